@@ -1,0 +1,1 @@
+"""ustack: a user-space TCP/IP stack over a Linux TUN device."""

@@ -1,0 +1,110 @@
+"""The asyncio driver: the only place where the core meets the event loop.
+
+The TUN fd's reader callback drains every ready packet into the host, lets the
+application see what changed, then flushes what the host wants to send in one go
+(one ACK per connection per batch). One `call_at` handle serves the earliest
+timer deadline of all connections.
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from ustack.stack import Host
+from ustack.tcp.listener import Listener
+from ustack.tcp.tcb import Tcb
+
+EventSink = Callable[[list[Tcb], list[tuple[Listener, Tcb]]], None]
+MAX_ROUNDS = 8  # deliver/poll rounds per step; anything left runs on the next callback
+
+
+class Device(Protocol):
+    def fileno(self) -> int: ...
+    def read_batch(self) -> list[bytes]: ...
+    def write(self, packet: bytes) -> bool: ...
+
+
+class Driver:
+    def __init__(self, host: Host, device: Device, loop: asyncio.AbstractEventLoop,
+                 on_events: EventSink) -> None:
+        self.host = host
+        self.device = device
+        self.loop = loop
+        self._on_events = on_events
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._step_scheduled = False
+        self._in_step = False
+
+    def start(self) -> None:
+        self.loop.add_reader(self.device.fileno(), self._on_readable)
+
+    def stop(self) -> None:
+        self.loop.remove_reader(self.device.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def kick(self, tcb: Tcb) -> None:
+        """The application acted on `tcb`: flush soon (coalescing many calls into one)."""
+        self.host.wake(tcb)
+        if not self._in_step and not self._step_scheduled:
+            self._step_scheduled = True
+            self.loop.call_soon(self._scheduled_step)
+
+    def flush(self) -> None:
+        self._step(self.loop.time())
+
+    def _on_readable(self) -> None:
+        now = self.loop.time()
+        receive = self.host.receive
+        for packet in self.device.read_batch():
+            receive(packet, now)
+        self._step(now)
+
+    def _scheduled_step(self) -> None:
+        self._step_scheduled = False
+        self._step(self.loop.time())
+
+    def _on_timer(self) -> None:
+        # asyncio runs handles up to one clock resolution early: the deadline is "now".
+        now = max(self.loop.time(), self._timer_at or 0.0)
+        self._timer = self._timer_at = None
+        self._step(now)
+
+    def _step(self, now: float) -> None:
+        host = self.host
+        self._in_step = True
+        try:
+            for _ in range(MAX_ROUNDS):
+                touched, accepted = host.take_events()
+                if touched or accepted:
+                    self._on_events(touched, accepted)
+                write = self.device.write
+                for packet in host.poll(now):
+                    write(packet)
+                if not host.has_events() and not host.has_pending():
+                    break
+        finally:
+            self._in_step = False
+        if host.has_events() or host.has_pending():
+            self.kick_later()
+        self._arm_timer()
+
+    def kick_later(self) -> None:
+        if not self._step_scheduled:
+            self._step_scheduled = True
+            self.loop.call_soon(self._scheduled_step)
+
+    def _arm_timer(self) -> None:
+        deadline = self.host.next_deadline()
+        if deadline is None:
+            return
+        # Re-arm only for an earlier deadline; a later one is served by an early
+        # wake-up that finds nothing due and re-arms (gVisor timer.go).
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)

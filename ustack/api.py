@@ -1,0 +1,388 @@
+"""What users import: `Stack`, whose methods mirror asyncio's, and a real Transport.
+
+    async with ustack.Stack(dev="ustack0", addr="10.77.0.2") as stack:
+        server = await stack.start_server(handle, port=7)
+        reader, writer = await stack.open_connection("10.77.0.1", 8080)
+
+asyncio's own StreamReader/StreamWriter and Protocol classes run unchanged on the
+`Transport` below. Nothing here touches TCB fields beyond its public calls.
+"""
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ustack.aio import Driver
+from ustack.stack import Host
+from ustack.tcp.listener import Listener
+from ustack.tcp.states import State
+from ustack.tcp.tcb import DEFAULT_MSL, Tcb
+from ustack.tun import TunDevice
+
+SNDBUF = 256 * 1024  # like SO_SNDBUF: what the TCB holds before the transport counts it
+HIGH_WATER = 64 * 1024  # asyncio's _FlowControlMixin defaults
+LOW_WATER = 16 * 1024
+STREAM_LIMIT = 2**16
+
+# Once our FIN is acknowledged, a closed transport is done (as a kernel socket is
+# done when close() returns): the TCB finishes FIN-WAIT-2/TIME-WAIT on its own.
+_DONE_AFTER_CLOSE = frozenset({State.FIN_WAIT_2, State.TIME_WAIT, State.CLOSED})
+
+ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+
+class Transport(asyncio.Transport):
+    """An asyncio.Transport over one ustack TCB."""
+
+    def __init__(self, stack: "Stack", tcb: Tcb, protocol: asyncio.BaseProtocol) -> None:
+        super().__init__()
+        self._stack = stack
+        self._tcb = tcb
+        self._protocol = protocol
+        self._loop = stack.loop
+        self._made = False
+        self._reading = True
+        self._closing = False
+        self._eof_written = False
+        self._eof_delivered = False
+        self._lost = False
+        self._protocol_paused = False
+        self._high = HIGH_WATER
+        self._low = LOW_WATER
+        local = (stack.addr, tcb.local_port)
+        remote = (socket.inet_ntoa(tcb.remote_addr), tcb.remote_port)
+        self._extra: dict[str, Any] = {"peername": remote, "sockname": local, "socket": None}
+        self._loop.call_soon(self._connection_made)
+
+    # ---------------------------------------------------------- from the core
+
+    def _connection_made(self) -> None:
+        self._made = True
+        self._protocol.connection_made(self)
+        self._on_tcb_event()
+
+    def _on_tcb_event(self) -> None:
+        """The TCB changed: deliver data and EOF, update flow control, notice the end."""
+        if not self._made or self._lost:
+            return
+        tcb = self._tcb
+        if self._reading and not self._closing:
+            if tcb.readable:
+                self._deliver(tcb.read())
+                self._stack._driver.kick(tcb)  # reading may open the window
+            if (tcb.fin_received and not tcb.readable and not self._eof_delivered
+                    and self._reading):
+                self._eof_delivered = True
+                keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+                if not keep_open:
+                    self.close()
+        self._maybe_resume_protocol()
+        if tcb.state is State.CLOSED or (self._closing and tcb.state in _DONE_AFTER_CLOSE):
+            self._connection_lost(tcb.error)
+
+    def _deliver(self, data: bytes) -> None:
+        protocol = self._protocol
+        if isinstance(protocol, asyncio.BufferedProtocol):
+            view = memoryview(data)
+            while view:
+                buf = memoryview(protocol.get_buffer(len(view)))
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                protocol.buffer_updated(n)
+                view = view[n:]
+        else:
+            protocol.data_received(data)  # type: ignore[attr-defined]
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._stack._transports.pop(self._tcb, None)
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+
+    # ------------------------------------------------------ asyncio interface
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "tcp_info":
+            return self._tcp_info()
+        return self._extra.get(name, default)
+
+    def _tcp_info(self) -> dict[str, Any]:
+        tcb = self._tcb
+        return {
+            "state": tcb.state.value, "snd_una": tcb.snd_una, "snd_nxt": tcb.snd_nxt,
+            "snd_wnd": tcb.snd_wnd, "rcv_nxt": tcb.rcv_nxt, "snd_mss": tcb.snd_mss,
+            "srtt": tcb.rtt.srtt, "rto": tcb.rtt.rto, "cwnd": tcb.cc.cwnd,
+            "retransmits": tcb.retransmits,
+        }
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    def pause_reading(self) -> None:
+        # Data stays in the TCB's receive buffer, so the advertised window closes.
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self._loop.call_soon(self._on_tcb_event)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if self._eof_written:
+            raise RuntimeError("cannot call write() after write_eof()")
+        if self._lost or self._closing or not data:
+            return  # asyncio drops writes to a closing transport
+        self._tcb.send(data)
+        self._stack._driver.kick(self._tcb)
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def write_eof(self) -> None:
+        if self._eof_written or self._lost:
+            return
+        self._eof_written = True
+        self._tcb.shutdown()
+        self._stack._driver.kick(self._tcb)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._tcb.close()  # the FIN follows whatever is still buffered
+        self._stack._driver.kick(self._tcb)
+        if self._tcb.state in _DONE_AFTER_CLOSE:
+            self._connection_lost(self._tcb.error)
+
+    def abort(self) -> None:
+        self._tcb.abort()
+        self._stack._driver.kick(self._tcb)
+        self._connection_lost(None)
+
+    def get_write_buffer_size(self) -> int:
+        return max(0, self._tcb.send_buffered - SNDBUF)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if not self._protocol_paused and self.get_write_buffer_size() > self._high:
+            self._protocol_paused = True
+            self._protocol.pause_writing()
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low:
+            self._protocol_paused = False
+            self._protocol.resume_writing()
+
+
+class Server:
+    """The asyncio.Server interface over one ustack listener."""
+
+    def __init__(self, stack: "Stack", listener: Listener,
+                 protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._stack = stack
+        self._listener = listener
+        self.protocol_factory = protocol_factory
+        self._closed = stack.loop.create_future()
+
+    @property
+    def port(self) -> int:
+        return self._listener.port
+
+    @property
+    def sockets(self) -> tuple[()]:
+        return ()  # no kernel sockets exist; see `port` and `Stack.addr`
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._stack.loop
+
+    def is_serving(self) -> bool:
+        return not self._listener.closed
+
+    def close(self) -> None:
+        if not self._listener.closed:
+            self._stack._host.unlisten(self._listener)
+            self._stack._servers.pop(self._listener, None)
+            self._stack._driver.flush()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def start_serving(self) -> None:
+        return None
+
+    async def serve_forever(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> "Server":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+class Stack:
+    """A ustack host on a TUN device: `async with Stack(...) as stack:`."""
+
+    def __init__(self, dev: str = "ustack0", addr: str = "10.77.0.2", *,
+                 kernel_addr: str = "10.77.0.1/24", mtu: int | None = None,
+                 msl: float = DEFAULT_MSL) -> None:
+        self.dev = dev
+        self.addr = str(ipaddress.IPv4Address(addr))
+        self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
+        self._mtu = mtu
+        self._msl = msl
+        self._device: TunDevice | None = None
+        self._servers: dict[Listener, Server] = {}
+        self._transports: dict[Tcb, Transport] = {}
+        self._connecting: dict[Tcb, asyncio.Future[None]] = {}
+
+    async def __aenter__(self) -> "Stack":
+        self.loop = asyncio.get_running_loop()
+        self._device = TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu)
+        self.mtu = self._device.mtu
+        self._host = Host(self.addr, mtu=self.mtu, msl=self._msl)
+        self._driver = Driver(self._host, self._device, self.loop, self._on_events)
+        self._driver.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Reset every connection, stop listening, release the device."""
+        if self._device is None:
+            return
+        for server in list(self._servers.values()):
+            server.close()
+        for tcb in self._host.connections():
+            tcb.abort()
+            self._host.wake(tcb)
+        self._driver.flush()
+        for transport in list(self._transports.values()):
+            transport._connection_lost(None)
+        self._driver.stop()
+        self._device.close()
+        self._device = None
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+
+    def stats(self) -> dict[str, int]:
+        stats = self._host.stats()
+        if self._device is not None:
+            stats.update(self._device.counters)
+        return stats
+
+    # -------------------------------------------------- asyncio-style calls
+
+    async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                            host: str | None = None, port: int | None = None, *,
+                            backlog: int = 100) -> Server:
+        self._check_local(host)
+        if port is None:
+            raise ValueError("a port is required")
+        listener = self._host.listen(port, backlog)
+        server = Server(self, listener, protocol_factory)
+        self._servers[listener] = server
+        return server
+
+    async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                                host: str, port: int) -> tuple[Transport, asyncio.BaseProtocol]:
+        tcb = self._host.connect(host, port, self.loop.time())
+        established = self.loop.create_future()
+        self._connecting[tcb] = established
+        self._driver.kick(tcb)
+        try:
+            await established
+        except asyncio.CancelledError:
+            tcb.abort()
+            self._driver.kick(tcb)
+            raise
+        finally:
+            self._connecting.pop(tcb, None)
+        protocol = protocol_factory()
+        transport = Transport(self, tcb, protocol)
+        self._transports[tcb] = transport
+        made = self.loop.create_future()
+        self.loop.call_soon(made.set_result, None)  # after connection_made, as asyncio does
+        await made
+        return transport, protocol
+
+    async def start_server(self, client_connected_cb: ClientConnected, host: str | None = None,
+                           port: int | None = None, *, limit: int = STREAM_LIMIT,
+                           backlog: int = 100) -> Server:
+        loop = self.loop
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+        return await self.create_server(factory, host, port, backlog=backlog)
+
+    async def open_connection(self, host: str, port: int, *, limit: int = STREAM_LIMIT
+                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader = asyncio.StreamReader(limit=limit, loop=self.loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=self.loop)
+        transport, _ = await self.create_connection(lambda: protocol, host, port)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, self.loop)
+
+    # --------------------------------------------------------- core events
+
+    def _on_events(self, touched: list[Tcb], accepted: list[tuple[Listener, Tcb]]) -> None:
+        for listener, tcb in accepted:
+            listener.accept_queue.remove(tcb)
+            server = self._servers.get(listener)
+            if server is None:
+                tcb.abort()
+                self._host.wake(tcb)
+                continue
+            self._transports[tcb] = Transport(self, tcb, server.protocol_factory())
+        for tcb in touched:
+            transport = self._transports.get(tcb)
+            if transport is not None:
+                transport._on_tcb_event()
+                continue
+            waiter = self._connecting.get(tcb)
+            if waiter is None or waiter.done():
+                continue
+            if tcb.state is State.CLOSED:
+                waiter.set_exception(tcb.error or ConnectionError("connection closed"))
+            elif tcb.state is not State.SYN_SENT and tcb.state is not State.SYN_RCVD:
+                waiter.set_result(None)
+
+    def _check_local(self, host: str | None) -> None:
+        if host not in (None, "", "0.0.0.0", self.addr):
+            raise OSError(99, f"cannot listen on {host}: this stack's address is {self.addr}")

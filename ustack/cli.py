@@ -1,0 +1,217 @@
+"""The `ustack` command: `serve` services, or `connect` like netcat.
+
+Exit status: 0 success; 1 connection error (refused, reset, timed out);
+2 usage or environment error (bad arguments, no permission, no TUN, device busy).
+"""
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ustack import services
+from ustack.api import Stack
+from ustack.tun import TunError
+
+EXIT_OK, EXIT_CONNECTION, EXIT_USAGE = 0, 1, 2
+STDIN_CHUNK = 64 * 1024
+
+
+def log(message: str) -> None:
+    print(f"ustack: {message}", file=sys.stderr, flush=True)
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
+def _cidr(text: str) -> str:
+    try:
+        iface = ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address/prefix") from None
+    if "/" not in text:
+        iface = ipaddress.IPv4Interface(f"{text}/24")
+    return str(iface)
+
+
+def _port(text: str) -> int:
+    if not text.isdecimal() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1..65535)")
+    return int(text)
+
+
+def _mtu(text: str) -> int:
+    if not text.isdecimal() or not 576 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an MTU (576..65535)")
+    return int(text)
+
+
+def _service(text: str) -> tuple[str, int]:
+    try:
+        return services.parse_service_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ustack", description="A user-space TCP/IP stack over a Linux TUN device.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def device_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dev", default="ustack0", help="TUN device name (default ustack0)")
+        p.add_argument("--addr", type=_ipv4, default="10.77.0.2",
+                       help="ustack's IPv4 address (default 10.77.0.2)")
+        p.add_argument("--kernel-addr", type=_cidr, default="10.77.0.1/24",
+                       help="kernel side of a TUN that ustack creates (default 10.77.0.1/24)")
+        p.add_argument("--mtu", type=_mtu, default=None,
+                       help="device MTU (default: the device's, 1500 for a new one)")
+        p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                       help="event loop (default uvloop when installed)")
+
+    serve = sub.add_parser("serve", help="serve echo, discard, chargen, http")
+    device_options(serve)
+    serve.add_argument("--backlog", type=int, default=128, help="listen backlog (default 128)")
+    serve.add_argument("services", nargs="*", type=_service, metavar="SERVICE[:PORT]",
+                       help="echo (7), discard (9), chargen (19), http (80); default echo:7")
+
+    connect = sub.add_parser("connect", help="open a connection: stdin to it, it to stdout")
+    device_options(connect)
+    connect.add_argument("host", type=_ipv4, metavar="HOST")
+    connect.add_argument("port", type=_port, metavar="PORT")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.addr == args.kernel_addr.split("/")[0]:
+        log(f"--addr {args.addr} is the kernel side's address; pick another")
+        return EXIT_USAGE
+    command = serve if args.command == "serve" else connect
+    try:
+        return _run(command(args), args.loop)
+    except TunError as e:
+        log(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_CONNECTION
+
+
+def _run(coro: Coroutine[Any, Any, int], loop_name: str) -> int:
+    if loop_name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def _on_signals(handler: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    specs: list[tuple[str, int]] = args.services or [("echo", 7)]
+    ports = [port for _, port in specs]
+    if len(set(ports)) != len(ports):
+        log("two services on one port: give each its own port")
+        return EXIT_USAGE
+    stop = asyncio.Event()
+    async with Stack(args.dev, args.addr, kernel_addr=args.kernel_addr, mtu=args.mtu) as stack:
+        for name, port in specs:
+            await stack.create_server(services.protocol_factory(name), None, port,
+                                      backlog=args.backlog)
+        _on_signals(stop.set)
+        listing = " ".join(f"{name}:{port}" for name, port in specs)
+        log(f"serving {listing} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu})")
+        await stop.wait()
+        stats = stack.stats()
+    log("stopped; " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
+    return EXIT_OK
+
+
+async def connect(args: argparse.Namespace) -> int:
+    async with Stack(args.dev, args.addr, kernel_addr=args.kernel_addr, mtu=args.mtu) as stack:
+        task = asyncio.ensure_future(_netcat(stack, args.host, args.port))
+        _on_signals(task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            log("interrupted")
+            return EXIT_CONNECTION
+        except (ConnectionError, TimeoutError, OSError) as e:
+            log(f"{args.host}:{args.port}: {_describe(e)}")
+            return EXIT_CONNECTION
+
+
+async def _netcat(stack: Stack, host: str, port: int) -> int:
+    reader, writer = await stack.open_connection(host, port)
+    loop = asyncio.get_running_loop()
+
+    async def upstream() -> None:
+        async for chunk in _stdin_chunks():
+            writer.write(chunk)
+            await writer.drain()
+        if not writer.is_closing():
+            writer.write_eof()  # half-close: the peer sees our FIN, we keep reading
+
+    async def downstream() -> None:
+        out = sys.stdout.buffer
+        while chunk := await reader.read(STDIN_CHUNK):
+            await loop.run_in_executor(None, _write_all, out, chunk)
+
+    await asyncio.gather(upstream(), downstream())
+    # Both directions are done: close, and return once our FIN is acknowledged;
+    # TIME-WAIT is not worth waiting out in a short-lived process.
+    writer.close()
+    await writer.wait_closed()
+    return EXIT_OK
+
+
+def _write_all(out: Any, chunk: bytes) -> None:
+    out.write(chunk)
+    out.flush()
+
+
+async def _stdin_chunks():  # type: ignore[no-untyped-def]
+    """Chunks of stdin read by a daemon thread (regular files, pipes and ttys alike)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+    fd = sys.stdin.fileno() if sys.stdin is not None else -1
+
+    def reader() -> None:
+        while True:
+            try:
+                chunk = os.read(fd, STDIN_CHUNK) if fd >= 0 else b""
+            except OSError:
+                chunk = b""
+            asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
+            if not chunk:
+                return
+
+    threading.Thread(target=reader, name="ustack-stdin", daemon=True).start()
+    while chunk := await queue.get():
+        yield chunk
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset by peer"
+    if isinstance(e, TimeoutError):
+        return "connection timed out"
+    return str(e) or type(e).__name__

@@ -1,0 +1,272 @@
+"""The host: one IPv4 address, its connections, listeners and timers. Sans-IO.
+
+`receive(packet, now)` takes one IP packet from the link; `poll(now)` runs the
+timers that are due and returns every packet to transmit; `next_deadline()`
+says when to call `poll` again. Nothing here reads a clock or touches a device.
+"""
+
+import heapq
+import ipaddress
+import itertools
+import random
+
+from ustack import ip
+from ustack.stats import Counters, DropReason
+from ustack.tcp import segment, seq
+from ustack.tcp.isn import IsnGenerator
+from ustack.tcp.listener import Listener
+from ustack.tcp.segment import ACK, RST, SYN, Segment, SegmentError
+from ustack.tcp.states import State
+from ustack.tcp.tcb import DEFAULT_MSL, DEFAULT_RCV_BUF, Tcb
+
+# RFC 6056 §2.1: the IANA dynamic range for ephemeral ports.
+EPHEMERAL_PORTS = range(49152, 65536)
+IP_TCP_HEADERS = 40
+
+ConnKey = tuple[bytes, int, int]  # (remote address, remote port, local port)
+
+
+class Host:
+    def __init__(
+        self,
+        addr: str,
+        *,
+        mtu: int = 1500,
+        isn: IsnGenerator | None = None,
+        rng: random.Random | None = None,
+        msl: float = DEFAULT_MSL,
+        rcv_buf: int = DEFAULT_RCV_BUF,
+    ) -> None:
+        self.addr = ipaddress.IPv4Address(addr).packed
+        self.mtu = mtu
+        self.mss = mtu - IP_TCP_HEADERS  # RFC 9293 §3.7.1: MTU minus fixed headers
+        self.msl = msl
+        self.rcv_buf = rcv_buf
+        self.counters = Counters()
+        self._isn = isn or IsnGenerator()
+        self._rng = rng or random.SystemRandom()
+        self._conns: dict[ConnKey, Tcb] = {}
+        self._listeners: dict[int, Listener] = {}
+        self._parent: dict[Tcb, Listener] = {}  # embryonic children of listeners
+        self._timers: list[tuple[float, int, Tcb]] = []
+        self._tiebreak = itertools.count()
+        self._pending: dict[Tcb, None] = {}  # TCBs to poll (an ordered set)
+        self._out: list[bytes] = []
+        self._ip_id = self._rng.randrange(0x10000)
+        # Events for the application layer, taken with take_events().
+        self._touched: dict[Tcb, None] = {}
+        self._accepted: list[tuple[Listener, Tcb]] = []
+
+    # ------------------------------------------------------------ user side
+
+    def listen(self, port: int, backlog: int = 128) -> Listener:
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is not in 1..65535")
+        if port in self._listeners:
+            raise OSError(98, f"port {port} is already listening")
+        listener = Listener(port, backlog)
+        self._listeners[port] = listener
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        listener.closed = True
+        if self._listeners.get(listener.port) is listener:
+            del self._listeners[listener.port]
+        for child, parent in list(self._parent.items()):
+            if parent is listener:
+                child.abort()
+                self.wake(child)
+
+    def connect(self, remote: str, remote_port: int, now: float) -> Tcb:
+        """Active OPEN from a random ephemeral port (RFC 6056 §3.3.1, Algorithm 1)."""
+        remote_addr = ipaddress.IPv4Address(remote).packed
+        for _ in range(64):
+            port = self._rng.choice(EPHEMERAL_PORTS)
+            if (remote_addr, remote_port, port) not in self._conns and port not in self._listeners:
+                break
+        else:
+            raise OSError(99, "no free ephemeral port")
+        iss = self._isn(self.addr, port, remote_addr, remote_port, now)
+        tcb = self._new_tcb(port, remote_addr, remote_port, iss)
+        tcb.open_active(now)
+        self._conns[(remote_addr, remote_port, port)] = tcb
+        self.wake(tcb)
+        return tcb
+
+    def wake(self, tcb: Tcb) -> None:
+        """The user acted on `tcb` (send, read, close): poll it on the next `poll`."""
+        self._pending[tcb] = None
+
+    def take_events(self) -> tuple[list[Tcb], list[tuple[Listener, Tcb]]]:
+        """TCBs touched by segments or timers, and newly established passive ones."""
+        touched, accepted = list(self._touched), self._accepted
+        self._touched.clear()
+        self._accepted = []
+        return touched, accepted
+
+    def has_events(self) -> bool:
+        return bool(self._touched or self._accepted)
+
+    def has_pending(self) -> bool:
+        return bool(self._pending or self._out)
+
+    def connections(self) -> list[Tcb]:
+        return list(self._conns.values())
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    # ---------------------------------------------------------- packets in
+
+    def receive(self, packet: bytes | memoryview, now: float) -> None:
+        self.counters["packets_in"] += 1
+        dgram = ip.parse(packet, self.addr, self.counters)
+        if dgram is None:
+            return
+        if dgram.proto == ip.PROTO_TCP:
+            self._tcp_input(dgram, now)
+        elif dgram.proto == ip.PROTO_ICMP:
+            reply = ip.echo_reply(dgram, self.counters)
+            if reply is not None:
+                self._emit(dgram.src, ip.PROTO_ICMP, reply)
+        else:
+            self.counters.drop(DropReason.IP_PROTO_UNSUPPORTED)
+
+    def _tcp_input(self, dgram: ip.Datagram, now: float) -> None:
+        try:
+            seg = segment.decode(dgram.src, dgram.dst, dgram.payload)
+        except SegmentError as e:
+            self.counters.drop(DropReason[e.reason])
+            return
+        self.counters["tcp_segments_in"] += 1
+        key = (dgram.src, seg.src_port, seg.dst_port)
+        tcb = self._conns.get(key)
+        if tcb is not None and tcb.state is State.TIME_WAIT and _reopens_time_wait(tcb, seg):
+            # RFC 6191 / Linux tcp_timewait_state_process: a new SYN above the old
+            # connection's sequence space ends TIME-WAIT and opens a new connection.
+            self._forget(tcb)
+            tcb = None
+        if tcb is not None:
+            before = tcb.state
+            reason = tcb.on_segment(seg, now)
+            if reason is not None:
+                self.counters.drop(reason)
+            self._after_event(tcb, before)
+            return
+        listener = self._listeners.get(seg.dst_port)
+        if listener is not None:
+            self._listen_input(listener, dgram.src, seg, now)
+        else:
+            self._reset_closed(dgram.src, seg)
+
+    def _listen_input(self, listener: Listener, src: bytes, seg: Segment, now: float) -> None:
+        # RFC 9293 §3.10.7.2 (LISTEN).
+        if seg.flags & RST:
+            self.counters.drop(DropReason.TCP_UNEXPECTED)  # "An incoming RST should be ignored"
+        elif seg.flags & ACK:
+            self._send_rst(src, seg, Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0))
+        elif seg.flags & SYN:
+            if listener.full():
+                self.counters.drop(DropReason.TCP_LISTEN_OVERFLOW)
+                return
+            iss = self._isn(self.addr, seg.dst_port, src, seg.src_port, now)
+            tcb = self._new_tcb(seg.dst_port, src, seg.src_port, iss)
+            tcb.open_passive(seg, now)
+            self._conns[(src, seg.src_port, seg.dst_port)] = tcb
+            self._parent[tcb] = listener
+            listener.embryonic += 1
+            self.counters["passive_opens"] += 1
+            self.wake(tcb)
+        else:
+            self.counters.drop(DropReason.TCP_UNEXPECTED)
+
+    def _reset_closed(self, src: bytes, seg: Segment) -> None:
+        """RFC 9293 §3.10.7.1 (CLOSED) and §3.5.2: answer anything but a RST with a RST."""
+        self.counters.drop(DropReason.TCP_NO_LISTENER)
+        if seg.flags & RST:
+            return  # never answer a RST with a RST
+        if seg.flags & ACK:
+            rst = Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0)
+        else:
+            ack = seq.add(seg.seq, seg.seg_len)
+            rst = Segment(seg.dst_port, seg.src_port, 0, ack, RST | ACK, 0)
+        self._send_rst(src, seg, rst)
+
+    def _send_rst(self, dst: bytes, cause: Segment, rst: Segment) -> None:
+        self.counters["rst_out"] += 1
+        self._emit_segment(dst, rst)
+
+    # ------------------------------------------------------------- timers
+
+    def next_deadline(self) -> float | None:
+        heap = self._timers
+        while heap and heap[0][2]._heap_deadline != heap[0][0]:
+            heapq.heappop(heap)  # stale: the TCB re-armed or closed since
+        return heap[0][0] if heap else None
+
+    # --------------------------------------------------------- packets out
+
+    def poll(self, now: float) -> list[bytes]:
+        """Run due timers, then collect every packet that is ready to go."""
+        heap = self._timers
+        while heap and heap[0][0] <= now:
+            deadline, _, tcb = heapq.heappop(heap)
+            if tcb._heap_deadline != deadline:
+                continue
+            tcb._heap_deadline = None
+            before = tcb.state
+            tcb.on_timer(now)
+            self._after_event(tcb, before)
+        for tcb in self._pending:
+            for seg in tcb.poll(now):
+                if seg.flags & RST:
+                    self.counters["rst_out"] += 1
+                self._emit_segment(tcb.remote_addr, seg)
+            if tcb.state is State.CLOSED:
+                self._forget(tcb)
+            elif tcb.next_deadline is not None and tcb.next_deadline != tcb._heap_deadline:
+                tcb._heap_deadline = tcb.next_deadline
+                heapq.heappush(heap, (tcb.next_deadline, next(self._tiebreak), tcb))
+        self._pending.clear()
+        out, self._out = self._out, []
+        return out
+
+    def _emit_segment(self, dst: bytes, seg: Segment) -> None:
+        header, payload = segment.encode(seg, self.addr, dst)
+        self.counters["tcp_segments_out"] += 1
+        self._emit(dst, ip.PROTO_TCP, header, payload)
+
+    def _emit(self, dst: bytes, proto: int, *parts: bytes | memoryview) -> None:
+        length = sum(len(p) for p in parts)
+        self._ip_id = (self._ip_id + 1) & 0xFFFF
+        self._out.append(b"".join((ip.header(self.addr, dst, proto, length, self._ip_id), *parts)))
+
+    # ------------------------------------------------------------ helpers
+
+    def _new_tcb(self, local_port: int, remote_addr: bytes, remote_port: int, iss: int) -> Tcb:
+        return Tcb(local_port, remote_port, iss, mss=self.mss, rcv_buf=self.rcv_buf,
+                   msl=self.msl, remote_addr=remote_addr)
+
+    def _after_event(self, tcb: Tcb, before: State) -> None:
+        self._pending[tcb] = None
+        self._touched[tcb] = None
+        if before is State.SYN_RCVD and tcb.state is not State.SYN_RCVD:
+            listener = self._parent.pop(tcb, None)
+            if listener is not None:
+                listener.embryonic -= 1
+                if tcb.state is not State.CLOSED:
+                    listener.accept_queue.append(tcb)
+                    self._accepted.append((listener, tcb))
+
+    def _forget(self, tcb: Tcb) -> None:
+        key = (tcb.remote_addr, tcb.remote_port, tcb.local_port)
+        if self._conns.get(key) is tcb:
+            del self._conns[key]
+        tcb._heap_deadline = None
+        listener = self._parent.pop(tcb, None)
+        if listener is not None:
+            listener.embryonic -= 1
+
+
+def _reopens_time_wait(tcb: Tcb, seg: Segment) -> bool:
+    return (seg.flags & (SYN | ACK | RST)) == SYN and seq.gt(seg.seq, tcb.rcv_nxt)

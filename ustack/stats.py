@@ -1,0 +1,38 @@
+"""Per-stack counters: every drop has a named reason (Linux `skb_drop_reason`)."""
+
+from collections import Counter
+from enum import StrEnum
+
+
+class DropReason(StrEnum):
+    NOT_IPV4 = "drop_not_ipv4"
+    IP_TRUNCATED = "drop_ip_truncated"
+    IP_BAD_IHL = "drop_ip_bad_ihl"
+    IP_BAD_LENGTH = "drop_ip_bad_length"
+    IP_BAD_CHECKSUM = "drop_ip_bad_checksum"
+    IP_NOT_OURS = "drop_ip_not_ours"
+    IP_BAD_SOURCE = "drop_ip_bad_source"
+    IP_FRAGMENT = "drop_ip_fragment"
+    IP_PROTO_UNSUPPORTED = "drop_ip_proto_unsupported"
+    ICMP_MALFORMED = "drop_icmp_malformed"
+    ICMP_BAD_CHECKSUM = "drop_icmp_bad_checksum"
+    ICMP_IGNORED = "drop_icmp_ignored"
+    TCP_MALFORMED = "drop_tcp_malformed"
+    TCP_BAD_CHECKSUM = "drop_tcp_bad_checksum"
+    TCP_BAD_OPTIONS = "drop_tcp_bad_options"
+    TCP_BAD_FLAGS = "drop_tcp_bad_flags"
+    TCP_NO_LISTENER = "drop_tcp_no_listener"
+    TCP_LISTEN_OVERFLOW = "drop_tcp_listen_overflow"
+    TCP_NOT_ACCEPTABLE = "drop_tcp_not_acceptable"
+    TCP_OUT_OF_ORDER = "drop_tcp_out_of_order"
+    TCP_BAD_ACK = "drop_tcp_bad_ack"
+    TCP_NO_ACK = "drop_tcp_no_ack"
+    TCP_UNEXPECTED = "drop_tcp_unexpected"
+
+
+class Counters(Counter[str]):
+    """Monotonic named counters; `stats()` hands out a plain dict copy."""
+
+    def drop(self, reason: DropReason) -> None:
+        self[reason.value] += 1
+        self["drops"] += 1

@@ -1,0 +1,23 @@
+"""Initial sequence numbers per RFC 6528: ISN = M + F(4-tuple, secret).
+
+M is a 4 µs clock (RFC 9293 §3.4.1) taken from the `now` the caller passes in;
+F is a keyed hash that cannot be computed from outside (MUST-9).
+"""
+
+import hashlib
+import os
+
+from ustack.tcp.seq import MASK
+
+
+class IsnGenerator:
+    def __init__(self, secret: bytes | None = None) -> None:
+        self._secret = secret if secret is not None else os.urandom(16)
+
+    def __call__(
+        self, local: bytes, local_port: int, remote: bytes, remote_port: int, now: float
+    ) -> int:
+        key = local + local_port.to_bytes(2, "big") + remote + remote_port.to_bytes(2, "big")
+        f = hashlib.blake2s(key, key=self._secret, digest_size=4).digest()
+        m = int(now * 250_000)  # RFC 6528 §3: a timer ticking every 4 microseconds
+        return (m + int.from_bytes(f, "big")) & MASK
