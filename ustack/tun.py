@@ -10,6 +10,7 @@ import fcntl
 import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 from collections import Counter
 
@@ -41,7 +42,7 @@ class TunDevice:
         if not os.path.exists(TUN_PATH):
             raise TunError(f"{TUN_PATH} does not exist: load the tun module (modprobe tun) "
                            "or give the container the device")
-        existed = os.path.exists(f"/sys/class/net/{name}")
+        existed = _exists(name)
         try:
             dev = TunTapDevice(name, IFF_TUN | IFF_NO_PI)
         except OSError as e:
@@ -89,6 +90,15 @@ class TunDevice:
 
     def close(self) -> None:
         self._dev.close()
+
+
+def _exists(name: str) -> bool:
+    # Asks this network namespace (sysfs may be mounted from another one).
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def _open_error(name: str, e: OSError, existed: bool) -> str:
