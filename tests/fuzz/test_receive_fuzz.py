@@ -1,0 +1,86 @@
+"""Fuzz the parsers: any bytes into Host.receive never raise, and state stays bounded."""
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.test_host import tcp_packet
+from ustack.stack import Host
+
+SEEDS = [
+    tcp_packet(0x02, opts=b"\x02\x04\x05\xb4\x01\x03\x03\x07"),
+    tcp_packet(0x10, seq=101, ack=5, payload=b"hello"),
+    tcp_packet(0x11, seq=101, ack=5),
+    bytes.fromhex("450000540000400040016065" "0a4d0001" "0a4d0002") + b"\x08\x00" + bytes(62),
+]
+
+
+def _host() -> Host:
+    h = Host("10.77.0.2", rng=random.Random(0))
+    h.listen(7, backlog=16)
+    return h
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_raise(data: bytes) -> None:
+    h = _host()
+    h.receive(data, 0.0)
+    h.poll(0.0)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)),
+                                        max_size=6), st.integers(0, 200))
+def test_mutated_packets_never_raise(seed: bytes, flips: list[tuple[int, int]],
+                                     cut: int) -> None:
+    data = bytearray(seed)
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    h = _host()
+    h.receive(bytes(data[: len(data) - cut % 8]), 0.0)
+    h.receive(bytes(data), 0.0)
+    h.poll(1.0)
+    assert len(h.connections()) <= 16
+
+
+def test_syn_flood_is_bounded_by_backlog() -> None:
+    h = _host()
+    for port in range(1, 5000):
+        h.receive(tcp_packet(0x02, sport=port), 0.0)
+    h.poll(0.0)
+    assert len(h.connections()) == 16
+    assert h.stats()["drop_tcp_listen_overflow"] == 5000 - 1 - 16
+
+
+def _fix_checksums(data: bytearray) -> bytes:
+    """Recompute the IP and TCP checksums so the mutation reaches the TCP parser."""
+    from ustack.checksum import checksum
+    from ustack.tcp.segment import pseudo_header
+
+    data[10:12] = b"\0\0"
+    data[10:12] = checksum((bytes(data[:20]),)).to_bytes(2, "big")
+    seg = data[20:]
+    if len(seg) >= 18:
+        seg[16:18] = b"\0\0"
+        csum = checksum((pseudo_header(bytes(data[12:16]), bytes(data[16:20]), len(seg)),
+                         bytes(seg)))
+        seg[16:18] = csum.to_bytes(2, "big")
+    return bytes(data[:20] + seg)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(SEEDS[:3]), st.lists(st.tuples(st.integers(20, 60), st.integers(0, 255)),
+                                            min_size=1, max_size=6))
+def test_mutated_tcp_headers_with_valid_checksums_never_raise(
+        seed: bytes, flips: list[tuple[int, int]]) -> None:
+    data = bytearray(seed)
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    h = _host()
+    h.receive(_fix_checksums(data), 0.0)
+    h.poll(0.0)
+    assert h.stats().get("drop_tcp_bad_checksum", 0) == 0

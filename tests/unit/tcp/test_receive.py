@@ -1,0 +1,99 @@
+"""Receiving: acceptability (RFC 9293 §3.10.7.4 Table 6), text, window, RST and SYN checks."""
+
+from tests.unit.tcp.helpers import IRS, ISS, brief, established, peer, recv, send
+from ustack.tcp.segment import ACK, PSH, RST, SYN
+from ustack.tcp.states import State
+
+
+def test_in_order_data_is_delivered_and_acked_once_per_batch() -> None:
+    tcb = established()
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"abc"))
+    send(tcb, peer(ACK | PSH, IRS + 4, ISS + 1, payload=b"def"))
+    assert tcb.read() == b"abcdef"
+    assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 7, b"")]  # MUST-58: one ACK
+
+
+def test_duplicate_and_overlapping_data_is_delivered_once() -> None:
+    tcb = established()
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"abcd"))
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"abcd"))  # duplicate
+    send(tcb, peer(ACK, IRS + 3, ISS + 1, payload=b"cdef"))  # overlaps by two
+    assert tcb.read() == b"abcdef"
+
+
+def test_out_of_order_segment_gets_duplicate_ack() -> None:
+    tcb = established()
+    send(tcb, peer(ACK, IRS + 11, ISS + 1, payload=b"later"))
+    assert tcb.read() == b""
+    assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 1, b"")]
+
+
+def test_segment_outside_window_is_not_acceptable_and_acked() -> None:
+    tcb = established()
+    send(tcb, peer(ACK, IRS + 1 + 70000, ISS + 1, payload=b"far"))
+    assert tcb.read() == b""
+    assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 1, b"")]
+
+
+def test_old_duplicate_segment_is_acked() -> None:
+    tcb = established()
+    send(tcb, peer(ACK, IRS - 100, ISS + 1, payload=b"old"))
+    assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 1, b"")]
+
+
+def test_exact_rst_resets() -> None:
+    tcb = established()
+    send(tcb, peer(RST, IRS + 1))
+    assert tcb.state is State.CLOSED
+    assert isinstance(tcb.error, ConnectionResetError)
+
+
+def test_in_window_inexact_rst_gets_challenge_ack() -> None:
+    tcb = established()
+    send(tcb, peer(RST, IRS + 100))
+    assert tcb.state is State.ESTABLISHED  # RFC 5961 §3.2
+    assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 1, b"")]
+
+
+def test_out_of_window_rst_is_dropped_silently() -> None:
+    tcb = established()
+    send(tcb, peer(RST, IRS + 1 + 100000))
+    assert tcb.state is State.ESTABLISHED
+    assert recv(tcb) == []
+
+
+def test_syn_in_established_gets_challenge_ack() -> None:
+    tcb = established()
+    send(tcb, peer(SYN, IRS + 10))
+    assert tcb.state is State.ESTABLISHED  # RFC 5961 §4.2
+    assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 1, b"")]
+
+
+def test_ack_of_unsent_data_is_answered_and_dropped() -> None:
+    tcb = established()
+    send(tcb, peer(ACK, IRS + 1, ISS + 500, payload=b"x"))
+    assert tcb.read() == b""
+    assert tcb.snd_una == ISS + 1
+    assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 1, b"")]
+
+
+def test_segment_without_ack_is_dropped() -> None:
+    tcb = established()
+    send(tcb, peer(PSH, IRS + 1, payload=b"noack"))
+    assert tcb.read() == b""
+
+
+def test_window_closes_as_buffer_fills_and_reopens_on_read() -> None:
+    tcb = established(rcv_buf=4000)
+    chunk = b"z" * 1000
+    for i in range(4):
+        send(tcb, peer(ACK, IRS + 1 + 1000 * i, ISS + 1, payload=chunk))
+    (ack,) = recv(tcb)
+    assert ack.ack == IRS + 4001 and ack.wnd == 0
+    # Zero window: data at RCV.NXT is trimmed away, and the ACK tells the window again.
+    send(tcb, peer(ACK, IRS + 4001, ISS + 1, payload=b"more"))
+    assert tcb.readable == 4000
+    assert [s.wnd for s in recv(tcb)] == [0]
+    assert len(tcb.read()) == 4000
+    (update,) = recv(tcb)
+    assert update.wnd == 4000 and update.ack == IRS + 4001  # window update after reading

@@ -1,0 +1,175 @@
+"""The host on the wire: IPv4 validation, ICMP echo, RST for closed ports, demux.
+
+Packets are built with dpkt (an independent encoder) and parsed back with dpkt.
+"""
+
+import random
+import socket
+
+import dpkt
+import pytest
+
+from ustack.stack import Host
+from ustack.tcp.isn import IsnGenerator
+from ustack.tcp.states import State
+
+US = "10.77.0.2"
+PEER = "10.77.0.1"
+
+
+def host() -> Host:
+    return Host(US, isn=IsnGenerator(b"k" * 16), rng=random.Random(1))
+
+
+def tcp_packet(flags: int, sport: int = 40000, dport: int = 7, seq: int = 100, ack: int = 0,
+               payload: bytes = b"", src: str = PEER, dst: str = US, opts: bytes = b"") -> bytes:
+    tcp = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, win=65535,
+                       opts=opts, data=payload)
+    tcp.off = (20 + len(opts)) // 4
+    pkt = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=6, ttl=64, data=tcp)
+    pkt.len = 20 + len(bytes(tcp))
+    return bytes(pkt)
+
+
+def parse_out(packets: list[bytes]) -> list[dpkt.ip.IP]:
+    return [dpkt.ip.IP(p) for p in packets]
+
+
+def test_syn_to_closed_port_gets_rst_ack() -> None:
+    h = host()
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN, seq=100), 0.0)
+    (pkt,) = parse_out(h.poll(0.0))
+    tcp = pkt.data
+    # RFC 9293 §3.10.7.1: <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>, SYN counting one.
+    assert tcp.flags == dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK
+    assert (tcp.seq, tcp.ack, tcp.sport, tcp.dport) == (0, 101, 7, 40000)
+    assert socket.inet_ntoa(pkt.dst) == PEER
+    assert h.stats()["rst_out"] == 1
+
+
+def test_ack_to_closed_port_gets_rst_with_its_ack_as_seq() -> None:
+    h = host()
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, seq=100, ack=777, payload=b"x"), 0.0)
+    (pkt,) = parse_out(h.poll(0.0))
+    assert pkt.data.flags == dpkt.tcp.TH_RST and pkt.data.seq == 777
+
+
+def test_rst_to_closed_port_is_not_answered() -> None:
+    h = host()
+    h.receive(tcp_packet(dpkt.tcp.TH_RST, seq=100), 0.0)
+    assert h.poll(0.0) == []
+
+
+def test_ack_to_listener_gets_rst() -> None:
+    h = host()
+    h.listen(7)
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, seq=100, ack=5555), 0.0)
+    (pkt,) = parse_out(h.poll(0.0))
+    assert pkt.data.flags == dpkt.tcp.TH_RST and pkt.data.seq == 5555
+
+
+def test_handshake_through_the_host_and_accept_queue() -> None:
+    h = host()
+    listener = h.listen(7)
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN, seq=100, opts=b"\x02\x04\x05\xb4"), 0.0)
+    (synack,) = parse_out(h.poll(0.0))
+    assert synack.data.flags == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK and synack.data.ack == 101
+    assert dpkt.in_cksum(bytes(synack)[:20]) == 0
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, seq=101, ack=synack.data.seq + 1), 0.0)
+    assert h.poll(0.0) == []
+    _, accepted = h.take_events()
+    assert [t.state for _, t in accepted] == [State.ESTABLISHED]
+    assert list(listener.accept_queue) == [accepted[0][1]]
+
+
+def test_listen_backlog_overflow_is_counted() -> None:
+    h = host()
+    h.listen(7, backlog=2)
+    for port in (1001, 1002, 1003):
+        h.receive(tcp_packet(dpkt.tcp.TH_SYN, sport=port), 0.0)
+    assert len(h.poll(0.0)) == 2
+    assert h.stats()["drop_tcp_listen_overflow"] == 1
+
+
+def test_icmp_echo_is_answered() -> None:
+    h = host()
+    echo = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=7, seq=3, data=b"ping!"))
+    pkt = dpkt.ip.IP(src=socket.inet_aton(PEER), dst=socket.inet_aton(US), p=1, data=echo)
+    h.receive(bytes(pkt), 0.0)
+    (reply,) = parse_out(h.poll(0.0))
+    assert reply.p == 1 and reply.data.type == 0
+    assert (reply.data.data.id, reply.data.data.seq, reply.data.data.data) == (7, 3, b"ping!")
+    assert dpkt.in_cksum(bytes(reply.data)) == 0 and dpkt.in_cksum(bytes(reply)[:20]) == 0
+
+
+def _corrupt_ip_checksum(p: bytes) -> bytes:
+    return p[:10] + bytes([p[10] ^ 0xFF]) + p[11:]
+
+
+def _corrupt_tcp_payload(p: bytes) -> bytes:
+    return p[:-1] + bytes([p[-1] ^ 0x01])
+
+
+@pytest.mark.parametrize(
+    ("packet", "reason"),
+    [
+        (b"\x60" + bytes(47), "drop_not_ipv4"),
+        (b"\x45\x00", "drop_ip_truncated"),
+        (b"\x44" + bytes(19), "drop_ip_bad_ihl"),
+        (tcp_packet(2)[:30], "drop_ip_bad_length"),
+        (_corrupt_ip_checksum(tcp_packet(2)), "drop_ip_bad_checksum"),
+        (tcp_packet(2, dst="10.77.0.9"), "drop_ip_not_ours"),
+        (tcp_packet(2, src="224.0.0.1"), "drop_ip_bad_source"),
+        (_corrupt_tcp_payload(tcp_packet(2, payload=b"abc")), "drop_tcp_bad_checksum"),
+        (tcp_packet(2, opts=b"\x02\x09\x05\xb4"), "drop_tcp_bad_options"),
+        (tcp_packet(2 | 4), "drop_tcp_bad_flags"),
+    ],
+)
+def test_bad_packets_are_dropped_by_reason(packet: bytes, reason: str) -> None:
+    h = host()
+    h.listen(7)
+    h.receive(packet, 0.0)
+    assert h.poll(0.0) == []
+    assert h.stats()[reason] == 1
+
+
+def test_new_syn_reopens_time_wait() -> None:
+    h = host()
+    h.listen(7)
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN, seq=100), 0.0)
+    (synack,) = parse_out(h.poll(0.0))
+    iss = synack.data.seq
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, seq=101, ack=iss + 1), 0.0)
+    h.poll(0.0)
+    (tcb,) = h.connections()
+    tcb.shutdown()
+    h.wake(tcb)
+    h.poll(0.0)  # our FIN
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK | dpkt.tcp.TH_FIN, seq=101, ack=iss + 2), 0.1)
+    h.poll(0.1)
+    assert tcb.state is State.TIME_WAIT
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN, seq=100000), 1.0)
+    (new_synack,) = parse_out(h.poll(1.0))
+    assert new_synack.data.flags == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK
+    assert new_synack.data.ack == 100001
+
+
+def test_time_wait_expires_and_the_host_forgets_the_connection() -> None:
+    h = host()
+    tcb = h.connect(PEER, 9000, 0.0)
+    (syn,) = parse_out(h.poll(0.0))
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK, sport=9000, dport=tcb.local_port,
+                         seq=500, ack=syn.data.seq + 1), 0.1)
+    h.poll(0.1)
+    tcb.shutdown()
+    h.wake(tcb)
+    h.poll(0.2)
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK | dpkt.tcp.TH_FIN, sport=9000, dport=tcb.local_port,
+                         seq=501, ack=syn.data.seq + 2), 0.3)
+    h.poll(0.3)
+    assert tcb.state is State.TIME_WAIT
+    deadline = h.next_deadline()
+    assert deadline == pytest.approx(0.3 + 2 * h.msl)
+    h.poll(deadline)
+    assert tcb.state is State.CLOSED and h.connections() == []
+    assert h.next_deadline() is None
