@@ -164,7 +164,7 @@ class Host:
         if seg.flags & RST:
             self.counters.drop(DropReason.TCP_UNEXPECTED)  # "An incoming RST should be ignored"
         elif seg.flags & ACK:
-            self._send_rst(src, seg, Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0))
+            self._send_rst(src, Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0))
         elif seg.flags & SYN:
             if listener.full():
                 self.counters.drop(DropReason.TCP_LISTEN_OVERFLOW)
@@ -190,9 +190,9 @@ class Host:
         else:
             ack = seq.add(seg.seq, seg.seg_len)
             rst = Segment(seg.dst_port, seg.src_port, 0, ack, RST | ACK, 0)
-        self._send_rst(src, seg, rst)
+        self._send_rst(src, rst)
 
-    def _send_rst(self, dst: bytes, cause: Segment, rst: Segment) -> None:
+    def _send_rst(self, dst: bytes, rst: Segment) -> None:
         self.counters["rst_out"] += 1
         self._emit_segment(dst, rst)
 

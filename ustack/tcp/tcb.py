@@ -492,7 +492,7 @@ class Tcb:
                 if n <= 0:
                     return
                 offset = seq.sub(cursor, self._snd_buf_seq)
-                payload = bytes(self._snd_buf[offset:offset + n])
+                payload = bytes(memoryview(self._snd_buf)[offset:offset + n])  # one copy
                 flags = ACK
                 if n == pending:
                     flags |= PSH  # MUST-61: push when the buffer empties
