@@ -1,27 +1,46 @@
-"""TCP options codec (RFC 9293 §3.1, §3.2).
+"""TCP options codec (RFC 9293 §3.1–3.2, RFC 7323, RFC 2018).
 
-For now only MSS is interpreted; every other option is skipped by its length
-(MUST-6: ignore options we do not implement). A malformed list (a length that
-runs past the header or is < 2) drops the segment (MUST-7 asks for robustness,
-not for guessing).
+Understood: MSS, window scale, SACK-permitted, SACK, timestamps. Every other
+option is skipped by its length (MUST-6: ignore options we do not implement).
+A malformed list (a length < 2, one that runs past the header, or a known option
+of the wrong length) drops the segment: guessing would be worse (MUST-7).
 """
 
 import struct
+from dataclasses import dataclass
 
 KIND_EOL = 0
 KIND_NOP = 1
 KIND_MSS = 2
+KIND_WSCALE = 3
+KIND_SACK_PERMITTED = 4
+KIND_SACK = 5
+KIND_TIMESTAMP = 8
 
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1, MUST-15: assumed when no MSS option arrives
+MAX_WSCALE = 14  # RFC 7323 §2.3: a larger shift is used as 14
+TIMESTAMP_SPACE = 12  # NOP, NOP, kind 8, length 10: what a timestamp costs every segment
+
+_EXPECTED_LEN = {KIND_MSS: 4, KIND_WSCALE: 3, KIND_SACK_PERMITTED: 2, KIND_TIMESTAMP: 10}
 
 
 class OptionError(ValueError):
     """The option list is malformed."""
 
 
-def parse_mss(buf: bytes | memoryview) -> int | None:
-    """Walk the option list; return the MSS option's value or None. Raises OptionError."""
+@dataclass(slots=True)
+class Options:
     mss: int | None = None
+    wscale: int | None = None
+    sack_permitted: bool = False
+    sack: tuple[tuple[int, int], ...] = ()
+    ts_val: int | None = None
+    ts_ecr: int = 0
+
+
+def parse(buf: bytes | memoryview) -> Options:
+    """Decode an option list. Raises OptionError when it is malformed."""
+    opts = Options()
     i, end = 0, len(buf)
     while i < end:
         kind = buf[i]
@@ -35,14 +54,48 @@ def parse_mss(buf: bytes | memoryview) -> int | None:
         length = buf[i + 1]
         if length < 2 or i + length > end:
             raise OptionError(f"option {kind} has bad length {length}")
+        expected = _EXPECTED_LEN.get(kind)
+        if expected is not None and length != expected:
+            raise OptionError(f"option {kind} of length {length}")
         if kind == KIND_MSS:
-            if length != 4:
-                raise OptionError(f"MSS option of length {length}")
-            mss = (buf[i + 2] << 8) | buf[i + 3]
+            opts.mss = (buf[i + 2] << 8) | buf[i + 3]
+        elif kind == KIND_WSCALE:
+            opts.wscale = min(buf[i + 2], MAX_WSCALE)  # RFC 7323 §2.3: log, use 14
+        elif kind == KIND_SACK_PERMITTED:
+            opts.sack_permitted = True
+        elif kind == KIND_TIMESTAMP:
+            opts.ts_val, opts.ts_ecr = struct.unpack_from("!II", buf, i + 2)
+        elif kind == KIND_SACK:
+            if (length - 2) % 8:
+                raise OptionError(f"SACK option of length {length}")
+            edges = struct.unpack_from(f"!{(length - 2) // 4}I", buf, i + 2)
+            opts.sack = tuple(zip(edges[::2], edges[1::2], strict=True))
         i += length
-    return mss
+    return opts
+
+
+def encode(opts: Options) -> bytes:
+    """The option list for `opts`, padded to a multiple of 4 bytes with NOPs."""
+    out = bytearray()
+    if opts.mss is not None:
+        out += struct.pack("!BBH", KIND_MSS, 4, opts.mss)
+    if opts.sack_permitted:
+        out += struct.pack("!BBBB", KIND_NOP, KIND_NOP, KIND_SACK_PERMITTED, 2)
+    if opts.ts_val is not None:
+        out += struct.pack("!BBBBII", KIND_NOP, KIND_NOP, KIND_TIMESTAMP, 10,
+                           opts.ts_val, opts.ts_ecr)
+    if opts.wscale is not None:
+        out += struct.pack("!BBBB", KIND_NOP, KIND_WSCALE, 3, opts.wscale)
+    if opts.sack:
+        out += struct.pack("!BBBB", KIND_NOP, KIND_NOP, KIND_SACK, 2 + 8 * len(opts.sack))
+        for left, right in opts.sack:
+            out += struct.pack("!II", left, right)
+    return bytes(out)
+
+
+def parse_mss(buf: bytes | memoryview) -> int | None:
+    return parse(buf).mss
 
 
 def encode_mss(mss: int) -> bytes:
-    # RFC 9293 §3.2: MSS (kind 2, length 4) only in SYN segments (MUST-65).
-    return struct.pack("!BBH", KIND_MSS, 4, mss)
+    return encode(Options(mss=mss))
