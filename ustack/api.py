@@ -16,9 +16,10 @@ from typing import Any
 
 from ustack.aio import Driver
 from ustack.stack import Host
+from ustack.tcp.config import DEFAULT_MSL, TcpConfig
 from ustack.tcp.listener import Listener
 from ustack.tcp.states import State
-from ustack.tcp.tcb import DEFAULT_MSL, Tcb
+from ustack.tcp.tcb import Tcb
 from ustack.tun import TunDevice
 
 SNDBUF = 256 * 1024  # like SO_SNDBUF: what the TCB holds before the transport counts it
@@ -54,6 +55,7 @@ class Transport(asyncio.Transport):
         local = (stack.addr, tcb.local_port)
         remote = (socket.inet_ntoa(tcb.remote_addr), tcb.remote_port)
         self._extra: dict[str, Any] = {"peername": remote, "sockname": local, "socket": None}
+        tcb.nodelay = True  # asyncio sets TCP_NODELAY on every TCP transport; so do we
         self._loop.call_soon(self._connection_made)
 
     # ---------------------------------------------------------- from the core
@@ -275,7 +277,7 @@ class Stack:
         self.loop = asyncio.get_running_loop()
         self._device = TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu)
         self.mtu = self._device.mtu
-        self._host = Host(self.addr, mtu=self.mtu, msl=self._msl)
+        self._host = Host(self.addr, mtu=self.mtu, config=TcpConfig(msl=self._msl))
         self._driver = Driver(self._host, self._device, self.loop, self._on_events)
         self._driver.start()
         return self

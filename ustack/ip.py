@@ -25,17 +25,48 @@ ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 
 
+_OPT_EOL = 0
+_OPT_NOP = 1
+_OPT_LSRR = 131
+_OPT_SSRR = 137
+
+FRAGMENT_TIMEOUT = 30.0  # RFC 1122 §3.3.2: a reassembly timeout of 60 s or less
+MAX_PARTIAL_DATAGRAMS = 64
+MAX_FRAGMENT_BYTES = 1 << 20
+
+
 @dataclass(slots=True)
 class Datagram:
     src: bytes
     dst: bytes
     proto: int
-    payload: memoryview
+    payload: memoryview | bytes
+    ident: int = 0
+    offset: int = 0  # fragment offset in bytes
+    more: bool = False  # MF: more fragments follow
 
 
 def _bad_source(src: bytes) -> bool:
     # RFC 1122 §3.2.1.3: never answer a source that is broadcast, multicast or 0.0.0.0/8.
     return src[0] == 0 or src[0] >= 224 or src[0] == 127
+
+
+def _source_routed(options: memoryview) -> bool:
+    """Whether the IP options carry a source route (RFC 1122 §3.3.5: we drop those)."""
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == _OPT_EOL:
+            return False
+        if kind == _OPT_NOP:
+            i += 1
+            continue
+        if kind in (_OPT_LSRR, _OPT_SSRR):
+            return True
+        if i + 1 >= len(options) or options[i + 1] < 2:
+            return False  # malformed options: skipped by IHL, as a host may (§3.2.1.8)
+        i += options[i + 1]
+    return False
 
 
 def parse(packet: bytes | memoryview, our_addr: bytes, counters: Counters) -> Datagram | None:
@@ -52,7 +83,7 @@ def parse(packet: bytes | memoryview, our_addr: bytes, counters: Counters) -> Da
     if ihl < HEADER_LEN or ihl > len(view):
         counters.drop(DropReason.IP_BAD_IHL)
         return None
-    total_len, frag, proto = struct.unpack_from("!2xH2xHxB", view)
+    total_len, ident, frag, proto = struct.unpack_from("!2xHHHxB", view)
     if total_len < ihl or total_len > len(view):
         counters.drop(DropReason.IP_BAD_LENGTH)
         return None
@@ -67,12 +98,93 @@ def parse(packet: bytes | memoryview, our_addr: bytes, counters: Counters) -> Da
     if _bad_source(src):
         counters.drop(DropReason.IP_BAD_SOURCE)
         return None
-    if frag & (_MF | _OFFSET_MASK):
-        counters.drop(DropReason.IP_FRAGMENT)  # reassembly is not implemented yet
+    if ihl > HEADER_LEN and _source_routed(view[HEADER_LEN:ihl]):
+        counters.drop(DropReason.IP_SOURCE_ROUTED)
         return None
     counters["ip_in"] += 1
     # Bytes past total_len are link padding, not payload.
-    return Datagram(src, dst, proto, view[ihl:total_len])
+    return Datagram(src, dst, proto, view[ihl:total_len], ident,
+                    (frag & _OFFSET_MASK) * 8, bool(frag & _MF))
+
+
+class _Partial:
+    __slots__ = ("deadline", "held", "pieces", "total")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.pieces: dict[int, bytes] = {}
+        self.total: int | None = None  # known once the last fragment (MF=0) arrives
+        self.held = 0
+
+
+class Fragments:
+    """IPv4 reassembly (RFC 791 §3.2, RFC 1122 §3.3.2) with bounded memory.
+
+    Bounded by partial datagrams, by bytes held and by a 30 s timeout. A fragment that
+    overlaps another without repeating it exactly drops the whole datagram: no
+    first-or-last-wins guessing that an attacker could steer (the spirit of RFC 5722).
+    """
+
+    def __init__(self) -> None:
+        self._partial: dict[tuple[bytes, bytes, int, int], _Partial] = {}
+        self.held = 0
+
+    def add(self, d: Datagram, now: float, counters: Counters) -> Datagram | None:
+        """Take one fragment; the whole datagram when this one completes it."""
+        key = (d.src, d.dst, d.proto, d.ident)
+        partial = self._partial.get(key)
+        if partial is None:
+            if (len(self._partial) >= MAX_PARTIAL_DATAGRAMS
+                    or self.held + len(d.payload) > MAX_FRAGMENT_BYTES):
+                counters.drop(DropReason.IP_FRAGMENT_LIMIT)
+                return None
+            partial = self._partial[key] = _Partial(now + FRAGMENT_TIMEOUT)
+        end = d.offset + len(d.payload)
+        if end > 0xFFFF - HEADER_LEN or (d.more and len(d.payload) % 8):
+            self._discard(key, counters, DropReason.IP_FRAGMENT_TOO_BIG)
+            return None
+        if not d.more:
+            beyond = max((s + len(p) for s, p in partial.pieces.items()), default=0) > end
+            if beyond or (partial.total is not None and partial.total != end):
+                self._discard(key, counters, DropReason.IP_FRAGMENT_OVERLAP)
+                return None
+            partial.total = end
+        elif partial.total is not None and end > partial.total:
+            self._discard(key, counters, DropReason.IP_FRAGMENT_OVERLAP)
+            return None
+        for start, piece in partial.pieces.items():
+            if start < end and d.offset < start + len(piece):
+                if start == d.offset and piece == bytes(d.payload):
+                    return None  # an exact duplicate
+                self._discard(key, counters, DropReason.IP_FRAGMENT_OVERLAP)
+                return None
+        if self.held + len(d.payload) > MAX_FRAGMENT_BYTES:
+            self._discard(key, counters, DropReason.IP_FRAGMENT_LIMIT)
+            return None
+        partial.pieces[d.offset] = bytes(d.payload)
+        partial.held += len(d.payload)
+        self.held += len(d.payload)
+        if partial.total is None or partial.held != partial.total:
+            return None
+        del self._partial[key]
+        self.held -= partial.held
+        payload = b"".join(partial.pieces[k] for k in sorted(partial.pieces))
+        counters["ip_reassembled"] += 1
+        return Datagram(d.src, d.dst, d.proto, memoryview(payload), d.ident)
+
+    def expire(self, now: float, counters: Counters) -> None:
+        for key in [k for k, p in self._partial.items() if p.deadline <= now]:
+            self._discard(key, counters, DropReason.IP_FRAGMENT_TIMEOUT)
+
+    def next_deadline(self) -> float | None:
+        return min((p.deadline for p in self._partial.values()), default=None)
+
+    def _discard(self, key: tuple[bytes, bytes, int, int], counters: Counters,
+                 reason: DropReason) -> None:
+        partial = self._partial.pop(key, None)
+        if partial is not None:
+            self.held -= partial.held
+        counters.drop(reason)
 
 
 def header(src: bytes, dst: bytes, proto: int, payload_len: int, ident: int) -> bytes:

@@ -13,11 +13,14 @@ import random
 from ustack import ip
 from ustack.stats import Counters, DropReason
 from ustack.tcp import segment, seq
+from ustack.tcp.config import TcpConfig
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.listener import Listener
+from ustack.tcp.options import Options
 from ustack.tcp.segment import ACK, RST, SYN, Segment, SegmentError
 from ustack.tcp.states import State
-from ustack.tcp.tcb import DEFAULT_MSL, DEFAULT_RCV_BUF, Tcb
+from ustack.tcp.syncookies import SynCookies
+from ustack.tcp.tcb import Tcb
 
 # RFC 6056 §2.1: the IANA dynamic range for ephemeral ports.
 EPHEMERAL_PORTS = range(49152, 65536)
@@ -34,17 +37,18 @@ class Host:
         mtu: int = 1500,
         isn: IsnGenerator | None = None,
         rng: random.Random | None = None,
-        msl: float = DEFAULT_MSL,
-        rcv_buf: int = DEFAULT_RCV_BUF,
+        config: TcpConfig | None = None,
+        cookies: SynCookies | None = None,
     ) -> None:
         self.addr = ipaddress.IPv4Address(addr).packed
         self.mtu = mtu
         self.mss = mtu - IP_TCP_HEADERS  # RFC 9293 §3.7.1: MTU minus fixed headers
-        self.msl = msl
-        self.rcv_buf = rcv_buf
+        self.config = config or TcpConfig()
         self.counters = Counters()
         self._isn = isn or IsnGenerator()
         self._rng = rng or random.SystemRandom()
+        self._cookies = cookies or SynCookies()
+        self._fragments = ip.Fragments()
         self._conns: dict[ConnKey, Tcb] = {}
         self._listeners: dict[int, Listener] = {}
         self._parent: dict[Tcb, Listener] = {}  # embryonic children of listeners
@@ -59,12 +63,16 @@ class Host:
 
     # ------------------------------------------------------------ user side
 
-    def listen(self, port: int, backlog: int = 128) -> Listener:
+    @property
+    def msl(self) -> float:
+        return self.config.msl
+
+    def listen(self, port: int, backlog: int = 128, config: TcpConfig | None = None) -> Listener:
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is not in 1..65535")
         if port in self._listeners:
             raise OSError(98, f"port {port} is already listening")
-        listener = Listener(port, backlog)
+        listener = Listener(port, backlog, config or self.config)
         self._listeners[port] = listener
         return listener
 
@@ -77,7 +85,8 @@ class Host:
                 child.abort()
                 self.wake(child)
 
-    def connect(self, remote: str, remote_port: int, now: float) -> Tcb:
+    def connect(self, remote: str, remote_port: int, now: float,
+                config: TcpConfig | None = None) -> Tcb:
         """Active OPEN from a random ephemeral port (RFC 6056 §3.3.1, Algorithm 1)."""
         remote_addr = ipaddress.IPv4Address(remote).packed
         for _ in range(64):
@@ -87,7 +96,7 @@ class Host:
         else:
             raise OSError(99, "no free ephemeral port")
         iss = self._isn(self.addr, port, remote_addr, remote_port, now)
-        tcb = self._new_tcb(port, remote_addr, remote_port, iss)
+        tcb = self._new_tcb(port, remote_addr, remote_port, iss, config or self.config)
         tcb.open_active(now)
         self._conns[(remote_addr, remote_port, port)] = tcb
         self.wake(tcb)
@@ -123,6 +132,10 @@ class Host:
         dgram = ip.parse(packet, self.addr, self.counters)
         if dgram is None:
             return
+        if dgram.more or dgram.offset:
+            dgram = self._fragments.add(dgram, now, self.counters)
+            if dgram is None:
+                return
         if dgram.proto == ip.PROTO_TCP:
             self._tcp_input(dgram, now)
         elif dgram.proto == ip.PROTO_ICMP:
@@ -154,7 +167,7 @@ class Host:
             self._after_event(tcb, before)
             return
         listener = self._listeners.get(seg.dst_port)
-        if listener is not None:
+        if listener is not None and not listener.closed:
             self._listen_input(listener, dgram.src, seg, now)
         else:
             self._reset_closed(dgram.src, seg)
@@ -164,13 +177,17 @@ class Host:
         if seg.flags & RST:
             self.counters.drop(DropReason.TCP_UNEXPECTED)  # "An incoming RST should be ignored"
         elif seg.flags & ACK:
-            self._send_rst(src, Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0))
+            if not self._accept_cookie(listener, src, seg, now):
+                self._send_rst(src, Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0))
         elif seg.flags & SYN:
-            if listener.full():
+            if listener.accept_queue_full():
                 self.counters.drop(DropReason.TCP_LISTEN_OVERFLOW)
                 return
+            if listener.syn_queue_full():
+                self._send_cookie(src, seg, now)
+                return
             iss = self._isn(self.addr, seg.dst_port, src, seg.src_port, now)
-            tcb = self._new_tcb(seg.dst_port, src, seg.src_port, iss)
+            tcb = self._new_tcb(seg.dst_port, src, seg.src_port, iss, listener.config)
             tcb.open_passive(seg, now)
             self._conns[(src, seg.src_port, seg.dst_port)] = tcb
             self._parent[tcb] = listener
@@ -179,6 +196,41 @@ class Host:
             self.wake(tcb)
         else:
             self.counters.drop(DropReason.TCP_UNEXPECTED)
+
+    def _send_cookie(self, src: bytes, syn: Segment, now: float) -> None:
+        """SYN queue full: answer with a SYN cookie and keep nothing (RFC 4987 §3.6)."""
+        peer_mss = min(syn.opts.mss or 536, self.mss)
+        isn = self._cookies.make(self.addr, syn.dst_port, src, syn.src_port, syn.seq,
+                                 peer_mss, now)
+        window = min(self.config.rcv_buf, 0xFFFF)
+        synack = Segment(syn.dst_port, syn.src_port, isn, seq.add(syn.seq, 1), SYN | ACK,
+                         window, b"", Options(mss=self.mss))
+        self.counters["tcp_syncookies_sent"] += 1
+        self._emit_segment(src, synack)
+
+    def _accept_cookie(self, listener: Listener, src: bytes, ack: Segment, now: float) -> bool:
+        """An ACK for no connection: the end of a SYN-cookie handshake, if it validates."""
+        if ack.flags & (SYN | RST) or listener.accept_queue_full():
+            return False
+        irs = seq.sub(ack.seq, 1)
+        iss = seq.sub(ack.ack, 1)
+        mss = self._cookies.check(self.addr, ack.dst_port, src, ack.src_port, irs, iss, now)
+        if mss is None:
+            self.counters.drop(DropReason.TCP_BAD_COOKIE)
+            return False
+        tcb = self._new_tcb(ack.dst_port, src, ack.src_port, iss, listener.config)
+        tcb.open_from_cookie(ack, irs, mss, now)
+        self._conns[(src, ack.src_port, ack.dst_port)] = tcb
+        self.counters["tcp_syncookies_accepted"] += 1
+        reason = tcb.on_segment(ack, now)  # it may carry data (or even a FIN)
+        if reason is not None:
+            self.counters.drop(reason)
+        self._pending[tcb] = None
+        self._touched[tcb] = None
+        if tcb.state is not State.CLOSED:
+            listener.accept_queue.append(tcb)
+            self._accepted.append((listener, tcb))
+        return True
 
     def _reset_closed(self, src: bytes, seg: Segment) -> None:
         """RFC 9293 §3.10.7.1 (CLOSED) and §3.5.2: answer anything but a RST with a RST."""
@@ -202,12 +254,15 @@ class Host:
         heap = self._timers
         while heap and heap[0][2]._heap_deadline != heap[0][0]:
             heapq.heappop(heap)  # stale: the TCB re-armed or closed since
-        return heap[0][0] if heap else None
+        deadlines = [d for d in (heap[0][0] if heap else None,
+                                 self._fragments.next_deadline()) if d is not None]
+        return min(deadlines) if deadlines else None
 
     # --------------------------------------------------------- packets out
 
     def poll(self, now: float) -> list[bytes]:
         """Run due timers, then collect every packet that is ready to go."""
+        self._fragments.expire(now, self.counters)
         heap = self._timers
         while heap and heap[0][0] <= now:
             deadline, _, tcb = heapq.heappop(heap)
@@ -243,9 +298,11 @@ class Host:
 
     # ------------------------------------------------------------ helpers
 
-    def _new_tcb(self, local_port: int, remote_addr: bytes, remote_port: int, iss: int) -> Tcb:
-        return Tcb(local_port, remote_port, iss, mss=self.mss, rcv_buf=self.rcv_buf,
-                   msl=self.msl, remote_addr=remote_addr)
+    def _new_tcb(self, local_port: int, remote_addr: bytes, remote_port: int, iss: int,
+                 config: TcpConfig) -> Tcb:
+        return Tcb(local_port, remote_port, iss, mss=self.mss, config=config,
+                   remote_addr=remote_addr, ts_offset=self._rng.getrandbits(32),
+                   counters=self.counters)
 
     def _after_event(self, tcb: Tcb, before: State) -> None:
         self._pending[tcb] = None

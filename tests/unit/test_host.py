@@ -82,12 +82,38 @@ def test_handshake_through_the_host_and_accept_queue() -> None:
     assert list(listener.accept_queue) == [accepted[0][1]]
 
 
-def test_listen_backlog_overflow_is_counted() -> None:
+def test_full_syn_queue_answers_with_syn_cookies_and_they_validate() -> None:
     h = host()
-    h.listen(7, backlog=2)
-    for port in (1001, 1002, 1003):
+    listener = h.listen(7, backlog=2)
+    for port in (1001, 1002):
         h.receive(tcp_packet(dpkt.tcp.TH_SYN, sport=port), 0.0)
-    assert len(h.poll(0.0)) == 2
+    assert len(h.poll(0.0)) == 2 and len(h.connections()) == 2
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN, sport=1003, seq=7000,
+                         opts=b"\x02\x04\x05\xb4"), 0.0)
+    (cookie,) = parse_out(h.poll(0.0))
+    assert len(h.connections()) == 2  # RFC 4987 §3.6: no state kept for it
+    assert cookie.data.flags == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK and cookie.data.ack == 7001
+    assert h.stats()["tcp_syncookies_sent"] == 1
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, sport=1003, seq=7001,
+                         ack=cookie.data.seq + 1, payload=b"hi"), 1.0)
+    h.poll(1.0)
+    (tcb,) = listener.accept_queue
+    assert tcb.state is State.ESTABLISHED and tcb.snd_mss == 1460 and tcb.read() == b"hi"
+    # A forged ACK (wrong cookie) is answered with a RST, as any ACK to a listener is.
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, sport=1004, seq=1, ack=12345), 1.0)
+    (rst,) = parse_out(h.poll(1.0))
+    assert rst.data.flags == dpkt.tcp.TH_RST and h.stats()["drop_tcp_bad_cookie"] == 1
+
+
+def test_full_accept_queue_drops_syns() -> None:
+    h = host()
+    h.listen(7, backlog=1)
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN, sport=1001, seq=100), 0.0)
+    (synack,) = parse_out(h.poll(0.0))
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, sport=1001, seq=101, ack=synack.data.seq + 1), 0.0)
+    h.poll(0.0)
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN, sport=1002), 0.0)
+    assert h.poll(0.0) == []
     assert h.stats()["drop_tcp_listen_overflow"] == 1
 
 

@@ -2,18 +2,23 @@
 
 from collections import deque
 
+from ustack.tcp.config import TcpConfig
 from ustack.tcp.tcb import Tcb
 
 
 class Listener:
-    def __init__(self, port: int, backlog: int) -> None:
+    def __init__(self, port: int, backlog: int, config: TcpConfig) -> None:
         self.port = port
         self.backlog = max(1, backlog)
+        self.config = config  # for the connections it accepts
         self.embryonic = 0  # children still in SYN-RECEIVED
         self.accept_queue: deque[Tcb] = deque()
         self.closed = False
 
-    def full(self) -> bool:
-        # Like Linux, bound the connections not yet handed to the user: SYN-RECEIVED
-        # children plus the accept queue (SYN cookies come with the RFC 9293 work).
-        return self.embryonic + len(self.accept_queue) >= self.backlog
+    def syn_queue_full(self) -> bool:
+        """Handshakes in progress are bounded; past this, SYN cookies answer (RFC 4987)."""
+        return self.embryonic >= self.backlog
+
+    def accept_queue_full(self) -> bool:
+        """Established connections not yet taken by the user; past this, SYNs are dropped."""
+        return len(self.accept_queue) >= self.backlog

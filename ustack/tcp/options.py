@@ -92,10 +92,3 @@ def encode(opts: Options) -> bytes:
             out += struct.pack("!II", left, right)
     return bytes(out)
 
-
-def parse_mss(buf: bytes | memoryview) -> int | None:
-    return parse(buf).mss
-
-
-def encode_mss(mss: int) -> bytes:
-    return encode(Options(mss=mss))

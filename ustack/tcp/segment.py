@@ -5,12 +5,15 @@ over the pseudo-header of RFC 9293 §3.1.
 """
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dpkt
 
 from ustack.checksum import checksum, ones_sum
-from ustack.tcp.options import OptionError, encode_mss, parse_mss
+from ustack.tcp import options
+from ustack.tcp.options import OptionError, Options
+
+NO_OPTIONS = Options()  # shared by incoming segments without options: never mutated
 
 FIN = 0x01
 SYN = 0x02
@@ -34,7 +37,7 @@ class Segment:
     flags: int
     wnd: int
     payload: bytes | memoryview = b""
-    mss: int | None = None
+    opts: Options = field(default_factory=Options)
 
     @property
     def seg_len(self) -> int:
@@ -47,10 +50,9 @@ class Segment:
     def __repr__(self) -> str:
         names = "|".join(n for f, n in _FLAG_NAMES if self.flags & f) or "-"
         ack = f" ack={self.ack}" if self.flags & ACK else ""
-        mss = f" mss={self.mss}" if self.mss is not None else ""
         return (
             f"<{self.src_port}→{self.dst_port} {names} seq={self.seq}{ack} "
-            f"wnd={self.wnd} len={len(self.payload)}{mss}>"
+            f"wnd={self.wnd} len={len(self.payload)} {self.opts}>"
         )
 
 
@@ -79,18 +81,18 @@ def decode(src: bytes, dst: bytes, data: memoryview) -> Segment:
     if len(tcp.opts) + HEADER_LEN > len(data):
         raise SegmentError("TCP_MALFORMED")
     try:
-        mss = parse_mss(tcp.opts) if tcp.opts else None
+        opts = options.parse(tcp.opts) if tcp.opts else NO_OPTIONS
     except OptionError:
         raise SegmentError("TCP_BAD_OPTIONS") from None
     flags = tcp.flags & 0x3F
     if flags & SYN and flags & (RST | FIN):
         raise SegmentError("TCP_BAD_FLAGS")  # no meaningful SYN+RST / SYN+FIN exists
-    return Segment(tcp.sport, tcp.dport, tcp.seq, tcp.ack, flags, tcp.win, tcp.data, mss)
+    return Segment(tcp.sport, tcp.dport, tcp.seq, tcp.ack, flags, tcp.win, tcp.data, opts)
 
 
 def encode(seg: Segment, src: bytes, dst: bytes) -> tuple[bytes, bytes | memoryview]:
     """Wire form of `seg` as (header with options and checksum, payload)."""
-    opts = encode_mss(seg.mss) if seg.mss is not None else b""
+    opts = options.encode(seg.opts) if seg.opts is not NO_OPTIONS else b""
     hlen = HEADER_LEN + len(opts)
     header = struct.pack(
         "!HHIIBBHHH", seg.src_port, seg.dst_port, seg.seq, seg.ack if seg.flags & ACK else 0,

@@ -4,38 +4,36 @@ A `Tcb` is driven by three kinds of event and nothing else:
 
 - `on_segment(seg, now)`: a segment arrived (RFC 9293 §3.10.7);
 - user calls: `send`, `read`, `shutdown`, `close`, `abort` (§3.10.2–3.10.5);
-- `on_timer(now)`: the deadline in `next_deadline` has passed (§3.10.8).
+- `on_timer(now)`: a deadline in `next_deadline` has passed (§3.10.8).
 
 `poll(now)` returns the segments to transmit. The TCB never reads a clock, never
 does I/O and knows nothing of other connections; timers are absolute deadlines.
+Extensions: window scaling and timestamps (RFC 7323), SACK (RFC 2018), RFC 5961.
 """
 
 from collections.abc import Callable
 
-from ustack.stats import DropReason
-from ustack.tcp import seq
+from ustack.stats import Counters, DropReason
+from ustack.tcp import seq, timers
+from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
 from ustack.tcp.congestion import Reno
-from ustack.tcp.options import DEFAULT_MSS
+from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options
+from ustack.tcp.reassembly import Reassembly
 from ustack.tcp.rtt import MAX_RTO, RttEstimator
 from ustack.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
 from ustack.tcp.states import ON_CLOSE, ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING, SENDING, State
 
-MAX_WINDOW = 0xFFFF  # no window scaling yet (RFC 7323 comes later)
-DEFAULT_RCV_BUF = 256 * 1024
-DEFAULT_MSL = 30.0
-# RFC 9293 §3.8.3: R2 for data at least 100 s (MUST-20), for a SYN at least 3 min (MUST-23).
-DATA_RETRIES = 15  # Linux tcp_retries2: about 15 minutes at the 60 s maximum RTO
-SYN_RETRIES = 7  # 1+2+4+…+64 s: 255 s of SYN retransmission before giving up
-FIN_WAIT_2_TIMEOUT = 60.0  # Linux tcp_fin_timeout, for connections the user has closed
+MAX_UNSCALED_WINDOW = 0xFFFF
+CHALLENGE_ACKS_PER_SECOND = 10  # RFC 5961 §7: throttle challenge ACKs
+_HALF = 0x8000_0000
 
 
-class Timer:
-    """What the single deadline slot is for (smoltcp's `Timer` enum)."""
-
-    RETRANSMIT = "retransmit"
-    PERSIST = "persist"
-    TIME_WAIT = "time_wait"
-    FIN_WAIT_2 = "fin_wait_2"
+def wscale_for(buffer: int) -> int:
+    """The smallest shift that lets the window cover `buffer` (RFC 7323 §2.3)."""
+    shift = 0
+    while (buffer >> shift) > MAX_UNSCALED_WINDOW and shift < MAX_WSCALE:
+        shift += 1
+    return shift
 
 
 class Tcb:
@@ -46,10 +44,13 @@ class Tcb:
         iss: int,
         *,
         mss: int,
-        rcv_buf: int = DEFAULT_RCV_BUF,
-        msl: float = DEFAULT_MSL,
+        config: TcpConfig | None = None,
         remote_addr: bytes = b"",
+        ts_offset: int = 0,
+        counters: Counters | None = None,
     ) -> None:
+        self.config = config = config or TcpConfig()
+        self.counters = counters if counters is not None else Counters()
         self.state = State.CLOSED
         self.remote_addr = remote_addr  # identity only: the stack routes by it
         self.local_port = local_port
@@ -62,7 +63,7 @@ class Tcb:
         self.snd_wnd = 0
         self.snd_wl1 = 0
         self.snd_wl2 = 0
-        self.max_snd_wnd = 0  # RFC 5961 §5.2 needs the largest window the peer offered
+        self.max_snd_wnd = 0  # RFC 5961 §5.2: the largest window the peer offered
         # Receive sequence variables.
         self.irs = 0
         self.rcv_nxt = 0
@@ -70,11 +71,23 @@ class Tcb:
         # MSS: ours (sent in our SYN) and the effective send MSS (MUST-16).
         self.rcv_mss = mss
         self.snd_mss = DEFAULT_MSS
+        self._rcv_mss_seen = DEFAULT_MSS  # largest segment received: "full-sized"
+        # Negotiated options (RFC 7323, RFC 2018): offered in our SYN, kept if echoed.
+        self.rcv_wscale = wscale_for(config.rcv_buf) if config.window_scaling else 0
+        self.snd_wscale = 0
+        self.wscale_ok = False
+        self.sack_ok = False
+        self.ts_ok = False
+        self.ts_recent = 0  # TS.Recent (RFC 7323 §4.3)
+        self.last_ack_sent = 0  # Last.ACK.sent
+        self._ts_offset = ts_offset  # RFC 7323 §5.4: a per-connection random offset
         # Buffers: _snd_buf holds unacknowledged and unsent data, its first byte at _snd_buf_seq.
         self._snd_buf = bytearray()
         self._snd_buf_seq = seq.add(iss, 1)
         self._rcv_buf = bytearray()
-        self.rcv_buf_size = rcv_buf
+        self.rcv_buf_size = config.rcv_buf
+        self._ooo = Reassembly()
+        self._fin_seq: int | None = None  # where the peer's FIN is, once seen
         # Next sequence number to transmit: equals SND.NXT except after a retransmission
         # timeout, when it goes back to SND.UNA and catches up (go-back-N).
         self._send_cursor = iss
@@ -82,15 +95,22 @@ class Tcb:
         self.fin_received = False
         self.orphaned = False  # the user closed: nobody will read
         self.error: BaseException | None = None
-        self._ack_owed = False
+        self.nodelay = config.nodelay
+        # ACK policy: now (MUST-58 aggregation still applies per batch) or delayed (MUST-40).
+        self._ack_now = False
+        self._ack_delayed = False
+        self._full_segments_unacked = 0
         self._probe_owed = False
         self._outbox: list[Segment] = []
-        # Timers: one slot shared by retransmission, persist and the closing timers.
-        self.msl = msl
-        self.timer_kind: str | None = None
-        self.next_deadline: float | None = None
+        self._now = 0.0
+        # Timers.
+        self.timers = timers.Timers()
         self._retries = 0
         self._persist_backoff = 0
+        self._last_rcv = 0.0
+        self._keepalive_probes = 0
+        self._challenge_second = -1.0
+        self._challenge_count = 0
         self.rtt = RttEstimator()
         self._rtt_seq: int | None = None  # timing this sequence number (one at a time)
         self._rtt_time = 0.0
@@ -99,20 +119,56 @@ class Tcb:
         self.on_state_change: Callable[[Tcb, State, State], None] | None = None
         self._heap_deadline: float | None = None  # owned by the stack's timer heap
 
+    @property
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline
+
+    @property
+    def timer_kind(self) -> str | None:
+        return self.timers.kind
+
     # ------------------------------------------------------------------ opens
 
     def open_active(self, now: float) -> None:
         """Active OPEN (RFC 9293 §3.10.1): send <SEQ=ISS><CTL=SYN>, enter SYN-SENT."""
-        self._snd_buf_seq = seq.add(self.iss, 1)
+        self._last_rcv = now
         self._set_state(State.SYN_SENT)
 
     def open_passive(self, syn: Segment, now: float) -> None:
         """A SYN reached a listener (RFC 9293 §3.10.7.2): enter SYN-RECEIVED."""
         self.passive = True
+        self._last_rcv = now
         self._set_irs(syn.seq)
-        self._set_peer_mss(syn.mss)
+        self._negotiate(syn)
         self._update_window(syn)
         self._set_state(State.SYN_RCVD)
+
+    def open_from_cookie(self, ack: Segment, irs: int, mss: int, now: float) -> None:
+        """The ACK that completes a SYN-cookie handshake (RFC 4987 §3.6): ESTABLISHED."""
+        self.passive = True
+        self._last_rcv = now
+        self.rcv_wscale = 0  # a cookie carries no options but the MSS
+        self._set_irs(irs)
+        self._rcv_adv = seq.add(self.rcv_nxt, min(self.rcv_buf_size, MAX_UNSCALED_WINDOW))
+        self._set_peer_mss(mss)
+        self.snd_una = self.snd_nxt = self._send_cursor = seq.add(self.iss, 1)
+        self._update_window(ack)
+        self._set_state(State.ESTABLISHED)
+
+    def _negotiate(self, syn: Segment) -> None:
+        """Keep the options both SYNs carried (RFC 7323 §2.2, §3.2; RFC 2018 §2)."""
+        opts = syn.opts
+        self._set_peer_mss(opts.mss)
+        self.wscale_ok = opts.wscale is not None and self.config.window_scaling
+        if self.wscale_ok:
+            self.snd_wscale = opts.wscale or 0
+        else:
+            self.snd_wscale = self.rcv_wscale = 0
+        self.sack_ok = opts.sack_permitted and self.config.sack
+        self.ts_ok = opts.ts_val is not None and self.config.timestamps
+        if self.ts_ok:
+            self.ts_recent = opts.ts_val or 0
+            self.cc.set_mss(self.snd_mss - TIMESTAMP_SPACE)
 
     # ------------------------------------------------------------- user calls
 
@@ -127,7 +183,7 @@ class Tcb:
         data = bytes(self._rcv_buf)
         self._rcv_buf.clear()
         if data and self._window_update_due():
-            self._ack_owed = True
+            self._ack_now = True  # a window update (§3.8.6.2.2)
         return data
 
     @property
@@ -168,13 +224,14 @@ class Tcb:
 
     def on_segment(self, seg: Segment, now: float) -> DropReason | None:
         """RFC 9293 §3.10.7; returns why the segment was dropped, if it was."""
+        self._now = now
         if self.state is State.SYN_SENT:
             reason = self._on_syn_sent(seg, now)
         elif self.state is State.CLOSED:
             reason = DropReason.TCP_UNEXPECTED
         else:
             reason = self._on_synchronizing_or_synchronized(seg, now)
-        self._update_timer(now)
+        self._update_timers(now)
         return reason
 
     def _on_syn_sent(self, seg: Segment, now: float) -> DropReason | None:
@@ -194,14 +251,15 @@ class Tcb:
         # Fourth: the SYN bit.
         if not seg.flags & SYN:
             return DropReason.TCP_UNEXPECTED
+        self._last_rcv = now
         self._set_irs(seg.seq)
-        self._set_peer_mss(seg.mss)
+        self._negotiate(seg)
         if seg.flags & ACK:
-            self._ack_advanced(seg.ack, now)
+            self._ack_advanced(seg.ack, seg.opts.ts_ecr, now)
         if seq.gt(self.snd_una, self.iss):
             self._update_window(seg)
             self._set_state(State.ESTABLISHED)
-            self._ack_owed = True
+            self._ack_now = True
             # Text in a SYN-ACK is rare and may be dropped: the peer retransmits it.
         else:
             # Simultaneous open (§3.3.5): <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK>.
@@ -218,16 +276,29 @@ class Tcb:
             self._send_cursor = self.iss
             return None
 
+        # RFC 7323 §5.3 (R1), PAWS: an older timestamp marks an old duplicate.
+        ts_val = seg.opts.ts_val
+        if (self.ts_ok and ts_val is not None and not flags & RST
+                and seq.lt(ts_val, self.ts_recent)):
+            self._ack_now = True
+            return DropReason.TCP_PAWS
+
         # First, check sequence number (§3.10.7.4, Table 6).
         if not self._acceptable(seg):
             if not flags & RST:
-                self._ack_owed = True  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
+                self._ack_now = True  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
             return DropReason.TCP_NOT_ACCEPTABLE
+        self._last_rcv = now
+        self._keepalive_probes = 0
+        # RFC 7323 §4.3 (R3): remember the timestamp of the segment at the left edge.
+        if (ts_val is not None and seq.ge(ts_val, self.ts_recent)
+                and seq.le(seg.seq, self.last_ack_sent)):
+            self.ts_recent = ts_val
 
         # Second, check the RST bit (with RFC 5961 §3.2).
         if flags & RST:
             if seg.seq != self.rcv_nxt:
-                self._ack_owed = True  # challenge ACK
+                self._challenge_ack(now)
                 return DropReason.TCP_NOT_ACCEPTABLE
             if state is State.SYN_RCVD:
                 # Passive: back to LISTEN, i.e. this embryonic TCB just goes away.
@@ -236,6 +307,7 @@ class Tcb:
                 self._close(None)
             else:
                 self._close(ConnectionResetError("connection reset by peer"))
+            self.counters["tcp_rst_in"] += 1
             return None
 
         # Fourth, check the SYN bit (third, security, does not apply).
@@ -243,7 +315,7 @@ class Tcb:
             if state is State.SYN_RCVD and self.passive:
                 self._close(None)  # "return this connection to the LISTEN state"
                 return None
-            self._ack_owed = True  # RFC 5961 §4.2: challenge ACK
+            self._challenge_ack(now)  # RFC 5961 §4.2
             return DropReason.TCP_NOT_ACCEPTABLE
 
         # Fifth, check the ACK field.
@@ -258,13 +330,13 @@ class Tcb:
             if self._fin_queued:
                 self._set_state(State.FIN_WAIT_1)
         if seq.gt(seg.ack, self.snd_nxt):
-            self._ack_owed = True  # it acknowledges something not yet sent
+            self._ack_now = True  # it acknowledges something not yet sent
             return DropReason.TCP_BAD_ACK
         if seq.lt(seg.ack, seq.sub(self.snd_una, self.max_snd_wnd)):
-            self._ack_owed = True  # RFC 5961 §5.2: too old to be acceptable
+            self._ack_now = True  # RFC 5961 §5.2: too old to be acceptable
             return DropReason.TCP_BAD_ACK
         if seq.lt(self.snd_una, seg.ack):
-            self._ack_advanced(seg.ack, now)
+            self._ack_advanced(seg.ack, seg.opts.ts_ecr, now)
         if seq.le(self.snd_una, seg.ack) and (
             seq.lt(self.snd_wl1, seg.seq)
             or (self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, seg.ack))
@@ -275,39 +347,68 @@ class Tcb:
             if self.state is State.CLOSED:
                 return None  # LAST-ACK: "delete the TCB, and return"
             if self.state is State.TIME_WAIT:
-                self._arm(Timer.TIME_WAIT, now + 2 * self.msl)
+                self._enter_time_wait(now)
 
         # Sixth, the URG bit: urgent data is not supported; the pointer is ignored.
 
         # Seventh, process the segment text.
-        payload, fin, start = self._trim(seg)
-        if payload:
-            if self.state not in RECEIVING:
-                pass  # after the peer's FIN there is no more text (§3.10.7.4 seventh)
-            elif start != self.rcv_nxt:
-                # Not the next expected byte: drop it and say what we expect (a
-                # duplicate ACK). Reassembly (SHLD-31) comes with the RFC 9293 work.
-                self._ack_owed = True
-                return DropReason.TCP_OUT_OF_ORDER
-            elif self.orphaned:
-                # Data after the user's close has no reader: reset, as Linux does.
-                self._outbox.append(self._segment(RST | ACK, seq_no=self.snd_nxt))
-                self._close(None)
-                return None
-            else:
-                self._rcv_buf += payload
-                self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
-                self._ack_owed = True
+        reason = self._process_text(seg)
+        if self.state is State.CLOSED:
+            return reason
 
-        # Eighth, check the FIN bit.
-        if fin and seq.add(start, len(payload)) == self.rcv_nxt:
+        # Eighth, check the FIN bit (it may have waited beyond a gap until now).
+        if self._fin_seq is not None and self._fin_seq == self.rcv_nxt and not self.fin_received:
             self.rcv_nxt = seq.add(self.rcv_nxt, 1)
-            self._ack_owed = True
+            self._ack_now = True
             self.fin_received = True
             if self.state in ON_FIN_RECEIVED:
                 self._set_state(ON_FIN_RECEIVED[self.state])
-            if self.state is State.TIME_WAIT:
-                self._arm(Timer.TIME_WAIT, now + 2 * self.msl)  # (re)start 2 MSL
+                if self.state is State.TIME_WAIT:
+                    self._enter_time_wait(now)
+        elif self.state is State.TIME_WAIT and flags & FIN:
+            self._enter_time_wait(now)  # a retransmitted FIN restarts the 2 MSL wait
+        return reason
+
+    def _process_text(self, seg: Segment) -> DropReason | None:
+        """§3.10.7.4 seventh: deliver in-order text, hold out-of-order text (SHLD-31)."""
+        payload, fin, start = self._trim(seg)
+        if not payload and not fin:
+            return None
+        if self.state not in RECEIVING:
+            return None  # after the peer's FIN there is no more text
+        if fin and self._fin_seq is None:
+            self._fin_seq = seq.add(start, len(payload))
+        if not payload:
+            return None
+        if self.orphaned:
+            # Data after the user's close has no reader: reset, as Linux does.
+            self._outbox.append(self._segment(RST | ACK, seq_no=self.snd_nxt))
+            self._close(None)
+            return None
+        if start != self.rcv_nxt:
+            # Beyond a gap: hold it and say at once what we miss (RFC 5681 §4.2, with
+            # SACK blocks when negotiated).
+            self._ack_now = True
+            if not self._ooo.add(start, payload):
+                return DropReason.TCP_OOO_QUEUE_FULL
+            self.counters["tcp_ooo_queued"] += 1
+            return None
+        self._rcv_buf += payload
+        self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
+        if self._ooo:
+            # It fills (part of) a gap: take what now follows, and ACK at once (RFC 5681 §4.2).
+            self._ooo.drop_before(self.rcv_nxt)
+            more = self._ooo.take(self.rcv_nxt)
+            self._rcv_buf += more
+            self.rcv_nxt = seq.add(self.rcv_nxt, len(more))
+            self._ack_now = True
+        elif len(payload) >= self._rcv_mss_seen:
+            # MUST-40 / RFC 5681 §4.2: an ACK for at least every second full-sized segment.
+            self._rcv_mss_seen = min(len(payload), self.rcv_mss)
+            self._full_segments_unacked += 1
+            if self._full_segments_unacked >= 2:
+                self._ack_now = True
+        self._ack_delayed = True
         return None
 
     def _acceptable(self, seg: Segment) -> bool:
@@ -330,7 +431,7 @@ class Tcb:
         fin = bool(seg.flags & FIN)
         start = seg.seq
         old = seq.sub(self.rcv_nxt, start)
-        if old and old < 0x8000_0000:  # starts before RCV.NXT: drop what we already have
+        if old and old < _HALF:  # starts before RCV.NXT: drop what we already have
             if old > len(payload):
                 return b"", False, self.rcv_nxt
             payload = payload[old:]
@@ -339,38 +440,57 @@ class Tcb:
         if len(payload) > room:
             payload = payload[:room]
             fin = False  # the FIN lies beyond the window
-            self._ack_owed = True
+            self._ack_now = True
         return payload, fin, start
+
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961 §3.2, §4.2: a challenge ACK, throttled per §7."""
+        second = float(int(now))
+        if second != self._challenge_second:
+            self._challenge_second, self._challenge_count = second, 0
+        if self._challenge_count < CHALLENGE_ACKS_PER_SECOND:
+            self._challenge_count += 1
+            self._ack_now = True
+            self.counters["tcp_challenge_acks"] += 1
+        else:
+            self.counters["tcp_challenge_acks_throttled"] += 1
 
     # ------------------------------------------------------------ ACK effects
 
-    def _ack_advanced(self, ack: int, now: float) -> None:
+    def _ack_advanced(self, ack: int, ts_ecr: int, now: float) -> None:
         """SND.UNA < SEG.ACK =< SND.NXT: drop acknowledged data, feed RTT and cwnd."""
         acked = seq.sub(ack, self.snd_una)
         self.snd_una = ack
-        drop = min(seq.sub(ack, self._snd_buf_seq), len(self._snd_buf))
-        if drop and seq.sub(ack, self._snd_buf_seq) < 0x8000_0000:
+        into_buf = seq.sub(ack, self._snd_buf_seq)
+        if into_buf < _HALF:
+            drop = min(into_buf, len(self._snd_buf))
             del self._snd_buf[:drop]
             self._snd_buf_seq = seq.add(self._snd_buf_seq, drop)
         if seq.lt(self._send_cursor, ack):
             self._send_cursor = ack
-        if self._rtt_seq is not None and seq.ge(ack, self._rtt_seq):
+        if self.ts_ok and ts_ecr:
+            # RFC 7323 §4.1 (RTTM): the echoed timestamp dates the segment being ACKed.
+            self.rtt.sample(max(0, seq.sub(self._ts_now(now), ts_ecr)) / 1000)
+        elif self._rtt_seq is not None and seq.ge(ack, self._rtt_seq):
             self.rtt.sample(now - self._rtt_time)
+        if self._rtt_seq is not None and seq.ge(ack, self._rtt_seq):
             self._rtt_seq = None
         self._retries = 0
+        self._persist_backoff = 0
         self.cc.on_ack(acked)
         # RFC 6298 (5.2)/(5.3): stop the timer when all is acknowledged, else restart it.
-        if self.timer_kind == Timer.RETRANSMIT:
+        if self.timers.kind == timers.RETRANSMIT:
             if self.snd_una == self.snd_nxt:
-                self._disarm()
+                self.timers.disarm()
             else:
-                self._arm(Timer.RETRANSMIT, now + self.rtt.rto)
+                self.timers.arm(timers.RETRANSMIT, now + self.rtt.rto)
 
     def _update_window(self, seg: Segment) -> None:
-        self.snd_wnd = seg.wnd
+        # RFC 7323 §2.3: the window field of a SYN is never scaled.
+        self.snd_wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
-        self.max_snd_wnd = max(self.max_snd_wnd, seg.wnd)
+        self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
 
     def _fin_acked(self) -> bool:
         return self._fin_queued and self.snd_una == self._fin_seq_end()
@@ -385,35 +505,48 @@ class Tcb:
         self.irs = irs
         self.rcv_nxt = seq.add(irs, 1)
         self._rcv_adv = seq.add(self.rcv_nxt, offered)
+        self.last_ack_sent = self.rcv_nxt
 
     def _set_peer_mss(self, mss: int | None) -> None:
         # MUST-15/16: 536 without the option; never above what we can receive in one piece.
         self.snd_mss = max(1, min(mss if mss is not None else DEFAULT_MSS, self.rcv_mss))
         self.cc.set_mss(self.snd_mss)
 
+    def _ts_now(self, now: float) -> int:
+        """Our timestamp clock: milliseconds, from a per-connection offset (RFC 7323 §5.4)."""
+        return (int(now * 1000) + self._ts_offset) & seq.MASK
+
     # ----------------------------------------------------------------- timers
 
     def on_timer(self, now: float) -> None:
-        """§3.10.8: the deadline has passed (an early call does nothing)."""
-        if self.next_deadline is None or now < self.next_deadline:
-            return
-        kind = self.timer_kind
-        self._disarm()
-        if kind in (Timer.TIME_WAIT, Timer.FIN_WAIT_2):
-            self._close(None)
-        elif kind == Timer.PERSIST:
-            # MUST-36: probe the zero window. Like Linux (tcp_xmit_probe_skb) the probe
-            # is <SEQ=SND.UNA-1>, which the peer must answer with its current window.
-            self._probe_owed = True
-            self._persist_backoff += 1
-        elif kind == Timer.RETRANSMIT:
-            self._on_retransmission_timeout(now)
-        self._update_timer(now)
+        """§3.10.8: a deadline has passed (an early call does nothing)."""
+        self._now = now
+        t = self.timers
+        if t.delack_at is not None and now >= t.delack_at:
+            t.delack_at = None
+            self._ack_now = self._ack_now or self._ack_delayed
+        if t.keepalive_at is not None and now >= t.keepalive_at:
+            t.keepalive_at = None
+            self._on_keepalive_timeout()
+        if t.slot_at is not None and now >= t.slot_at:
+            kind = t.kind
+            t.disarm()
+            if kind in (timers.TIME_WAIT, timers.FIN_WAIT_2):
+                self._close(None)
+            elif kind == timers.PERSIST:
+                # MUST-36: probe the zero window. Like Linux (tcp_xmit_probe_skb) the probe
+                # is <SEQ=SND.UNA-1>, which the peer must answer with its current window.
+                self._probe_owed = True
+                self._persist_backoff += 1
+                self.counters["tcp_window_probes"] += 1
+            elif kind == timers.RETRANSMIT:
+                self._on_retransmission_timeout()
+        self._update_timers(now)
 
-    def _on_retransmission_timeout(self, now: float) -> None:
+    def _on_retransmission_timeout(self) -> None:
         self._retries += 1
-        limit = SYN_RETRIES if self.state in (State.SYN_SENT, State.SYN_RCVD) else DATA_RETRIES
-        if self._retries > limit:
+        syn = self.state in (State.SYN_SENT, State.SYN_RCVD)
+        if self._retries > (self.config.syn_retries if syn else self.config.max_retries):
             self._close(TimeoutError("connection timed out"))
             return
         # RFC 6298 (5.4)-(5.6): retransmit the earliest unacknowledged segment and
@@ -423,41 +556,62 @@ class Tcb:
         self.cc.on_rto(seq.sub(self.snd_nxt, self.snd_una))
         self._send_cursor = self.snd_una
         self.retransmits += 1
+        self.counters["tcp_rto"] += 1
 
-    def _arm(self, kind: str, deadline: float) -> None:
-        self.timer_kind = kind
-        self.next_deadline = deadline
+    def _on_keepalive_timeout(self) -> None:
+        # RFC 9293 §3.8.4: a probe <SEQ=SND.NXT-1> makes a live peer answer with an ACK.
+        if self._keepalive_probes >= self.config.keepalive_count:
+            self._close(TimeoutError("connection timed out (keepalive)"))  # MUST-29 aside
+            return
+        self._keepalive_probes += 1
+        self._probe_owed = True
+        self.counters["tcp_keepalive_probes"] += 1
 
-    def _disarm(self) -> None:
-        self.timer_kind = None
-        self.next_deadline = None
+    def _enter_time_wait(self, now: float) -> None:
+        # "Start the time-wait timer, turn off the other timers" (§3.10.7.4 eighth).
+        self.timers.clear()
+        self.timers.arm(timers.TIME_WAIT, now + 2 * self.config.msl)
 
-    def _update_timer(self, now: float) -> None:
-        """Keep the slot consistent with what is outstanding (after every event)."""
+    def _update_timers(self, now: float) -> None:
+        """Keep the deadlines consistent with what is outstanding (after every event)."""
+        t = self.timers
         if self.state in (State.CLOSED, State.TIME_WAIT):
             return
         if self.snd_una != self.snd_nxt:
-            if self.timer_kind != Timer.RETRANSMIT:
-                self._arm(Timer.RETRANSMIT, now + self.rtt.rto)  # RFC 6298 (5.1)
+            if t.kind != timers.RETRANSMIT:
+                t.arm(timers.RETRANSMIT, now + self.rtt.rto)  # RFC 6298 (5.1)
         elif self._unsent() and self.snd_wnd == 0:
-            if self.timer_kind != Timer.PERSIST:
-                interval = min(MAX_RTO, self.rtt.rto * (1 << min(self._persist_backoff, 10)))
-                self._arm(Timer.PERSIST, now + interval)
+            if t.kind != timers.PERSIST:
+                backoff = 1 << min(self._persist_backoff, 10)
+                t.arm(timers.PERSIST, now + min(MAX_RTO, self.rtt.rto * backoff))
         elif self.state is State.FIN_WAIT_2 and self.orphaned:
-            if self.timer_kind != Timer.FIN_WAIT_2:
-                self._arm(Timer.FIN_WAIT_2, now + FIN_WAIT_2_TIMEOUT)
-        elif self.timer_kind is not None:
-            self._disarm()
+            if t.kind != timers.FIN_WAIT_2:
+                t.arm(timers.FIN_WAIT_2, now + FIN_WAIT_2_TIMEOUT)
+        elif t.kind is not None:
+            t.disarm()
+        if self._ack_delayed and not self._ack_now:
+            if t.delack_at is None:
+                t.delack_at = now + self.config.delayed_ack
+        else:
+            t.delack_at = None
+        if (self.config.keepalive and self.state in (State.ESTABLISHED, State.CLOSE_WAIT)
+                and self.snd_una == self.snd_nxt):
+            cfg = self.config
+            t.keepalive_at = (self._last_rcv + cfg.keepalive_idle
+                              + self._keepalive_probes * cfg.keepalive_interval)
+        else:
+            t.keepalive_at = None
 
     # ----------------------------------------------------------------- output
 
     def poll(self, now: float) -> list[Segment]:
         """The segments to transmit now (MUST-58: one ACK for everything processed)."""
+        self._now = now
         out = self._outbox
         self._outbox = []
         state = self.state
         if state is State.CLOSED:
-            self._ack_owed = self._probe_owed = False
+            self._ack_now = self._ack_delayed = self._probe_owed = False
             return out
         if state is State.SYN_SENT:
             if self._send_cursor == self.iss:
@@ -465,15 +619,14 @@ class Tcb:
         elif state is State.SYN_RCVD:
             if self._send_cursor == self.iss:
                 self._transmit(out, SYN | ACK, self.iss, b"", now)
-        elif state not in (State.CLOSED, State.TIME_WAIT, State.FIN_WAIT_2):
+        elif state not in (State.TIME_WAIT, State.FIN_WAIT_2):
             self._send_text(out, now)
         if self._probe_owed:
             self._probe_owed = False
             out.append(self._segment(ACK, seq_no=seq.sub(self.snd_una, 1)))
-        elif self._ack_owed and not any(s.flags & ACK for s in out):
+        elif self._ack_now and not any(s.flags & ACK for s in out):
             out.append(self._segment(ACK, seq_no=self.snd_nxt))
-        self._ack_owed = False
-        self._update_timer(now)
+        self._update_timers(now)
         return out
 
     def _unsent(self) -> int:
@@ -486,66 +639,119 @@ class Tcb:
         while True:
             cursor = self._send_cursor
             pending = seq.sub(buf_end, cursor) if seq.lt(cursor, buf_end) else 0
-            if pending:
-                room = seq.sub(wnd_end, cursor) if seq.lt(cursor, wnd_end) else 0
-                n = min(self.snd_mss, pending, room)
-                if n <= 0:
-                    return
-                offset = seq.sub(cursor, self._snd_buf_seq)
-                payload = bytes(memoryview(self._snd_buf)[offset:offset + n])  # one copy
-                flags = ACK
-                if n == pending:
-                    flags |= PSH  # MUST-61: push when the buffer empties
-                    if self._fin_queued:
-                        flags |= FIN
-                self._transmit(out, flags, cursor, payload, now)
-            elif self._fin_queued and cursor == buf_end:
-                self._transmit(out, FIN | ACK, cursor, b"", now)
+            if not pending:
+                if self._fin_queued and cursor == buf_end:
+                    self._transmit(out, FIN | ACK, cursor, b"", now)
                 return
-            else:
+            room = seq.sub(wnd_end, cursor) if seq.lt(cursor, wnd_end) else 0
+            max_payload = self.snd_mss - self._option_space()  # RFC 9293 §3.7.1
+            n = min(max_payload, pending, room)
+            if n <= 0:
                 return
+            if n < max_payload and cursor == self.snd_nxt and self._hold_small(n, pending):
+                return
+            offset = seq.sub(cursor, self._snd_buf_seq)
+            payload = bytes(memoryview(self._snd_buf)[offset:offset + n])  # one copy
+            flags = ACK
+            if n == pending:
+                flags |= PSH  # MUST-61: push when the buffer empties
+                if self._fin_queued:
+                    flags |= FIN
+            self._transmit(out, flags, cursor, payload, now)
+
+    def _hold_small(self, n: int, pending: int) -> bool:
+        """Whether a new segment of `n` < MSS bytes should wait for an ACK."""
+        if self.snd_una == self.snd_nxt:
+            return False  # nothing in flight: no ACK is coming to trigger us
+        if n < pending:
+            # Window-limited: sender SWS avoidance (§3.8.6.2.1), send at least Fs = 1/2
+            # of the largest window the peer offered.
+            return n < self.max_snd_wnd // 2
+        # All that is queued fits: Nagle (§3.7.4) unless no-delay, or the FIN goes too.
+        return not self.nodelay and not self._fin_queued
 
     def _transmit(self, out: list[Segment], flags: int, seq_no: int, payload: bytes,
                   now: float) -> None:
         seg = self._segment(flags, seq_no=seq_no, payload=payload)
-        if flags & SYN:
-            seg.mss = self.rcv_mss  # RFC 9293 §3.7.1: MSS option in our SYN (MUST-14)
         end = seq.add(seq_no, seg.seg_len)
         if seq.gt(end, self.snd_nxt):
             if self._rtt_seq is None and seq.ge(seq_no, self.snd_nxt):
                 self._rtt_seq, self._rtt_time = end, now  # time new data only (Karn)
             self.snd_nxt = end
+        else:
+            self.counters["tcp_retransmitted_segments"] += 1
         self._send_cursor = end
         out.append(seg)
 
     def _segment(self, flags: int, *, seq_no: int, payload: bytes = b"") -> Segment:
-        if flags & RST and not flags & ACK:
-            return Segment(self.local_port, self.remote_port, seq_no, 0, flags, 0)
-        if self.state is State.SYN_SENT:
-            return Segment(self.local_port, self.remote_port, seq_no, 0, flags, self._window(),
-                           payload)
-        return Segment(self.local_port, self.remote_port, seq_no, self.rcv_nxt, flags | ACK,
-                       self._window(), payload)
+        if flags & RST:
+            ack = self.rcv_nxt if flags & ACK else 0
+            return Segment(self.local_port, self.remote_port, seq_no, ack, flags, 0)
+        if self.state is not State.SYN_SENT:
+            flags |= ACK
+        seg = Segment(self.local_port, self.remote_port, seq_no, self.rcv_nxt if flags & ACK
+                      else 0, flags, self._window(syn=bool(flags & SYN)), payload,
+                      self._options(flags))
+        if flags & ACK:
+            # This segment carries every ACK we owed.
+            self.last_ack_sent = self.rcv_nxt
+            self._ack_now = self._ack_delayed = False
+            self._full_segments_unacked = 0
+            self.timers.delack_at = None
+        return seg
+
+    def _options(self, flags: int) -> Options:
+        opts = Options()
+        if flags & SYN:
+            # RFC 9293 §3.7.1 (MUST-14) MSS; RFC 7323 §2.2 WS and RFC 2018 §2 SACK-permitted
+            # in a SYN-ACK only if the SYN had them (our SYN offers what is configured).
+            opts.mss = self.rcv_mss
+            syn_ack = bool(flags & ACK)
+            if self.wscale_ok if syn_ack else self.config.window_scaling:
+                opts.wscale = self.rcv_wscale
+            opts.sack_permitted = self.sack_ok if syn_ack else self.config.sack
+            if self.ts_ok if syn_ack else self.config.timestamps:
+                opts.ts_val, opts.ts_ecr = self._ts_now(self._now), self.ts_recent
+            return opts
+        if self.ts_ok:
+            opts.ts_val, opts.ts_ecr = self._ts_now(self._now), self.ts_recent
+        if self.sack_ok and self._ooo:
+            # RFC 2018 §3-4: up to 4 blocks, 3 beside a timestamp, the newest first.
+            opts.sack = tuple(self._ooo.sack_blocks(3 if self.ts_ok else 4))
+        return opts
+
+    def _option_space(self) -> int:
+        space = TIMESTAMP_SPACE if self.ts_ok else 0
+        if self.sack_ok and self._ooo:
+            space += 4 + 8 * len(self._ooo.sack_blocks(3 if self.ts_ok else 4))
+        return space
 
     # ------------------------------------------------------ receive window
 
     def _free_space(self) -> int:
-        return max(0, self.rcv_buf_size - len(self._rcv_buf))
+        return max(0, self.rcv_buf_size - len(self._rcv_buf) - self._ooo.held)
 
-    def _window(self) -> int:
-        """RCV.WND to advertise, with receiver SWS avoidance (RFC 9293 §3.8.6.2.2)."""
+    def _window(self, syn: bool = False) -> int:
+        """The window field to send, with receiver SWS avoidance (RFC 9293 §3.8.6.2.2).
+
+        The right edge RCV.NXT + RCV.WND never moves left; scaled windows are rounded up
+        to the scale unit for that reason (as Linux does), never down.
+        """
+        shift = 0 if syn else self.rcv_wscale
+        limit = MAX_UNSCALED_WINDOW << shift
         current = seq.sub(self._rcv_adv, self.rcv_nxt)
-        if current >= 0x8000_0000:
+        if current >= _HALF:
             current = 0
-        free = min(self._free_space(), MAX_WINDOW)
+        free = min(self._free_space(), limit)
         if free - current >= min(self.rcv_buf_size // 2, self.rcv_mss):
             current = free
-        self._rcv_adv = seq.add(self.rcv_nxt, current)
-        return current
+        field = min(-(-current >> shift), MAX_UNSCALED_WINDOW)  # ceil(current / 2**shift)
+        self._rcv_adv = seq.add(self.rcv_nxt, field << shift)
+        return field
 
     def _window_update_due(self) -> bool:
         current = seq.sub(self._rcv_adv, self.rcv_nxt)
-        free = min(self._free_space(), MAX_WINDOW)
+        free = min(self._free_space(), MAX_UNSCALED_WINDOW << self.rcv_wscale)
         return free - current >= min(self.rcv_buf_size // 2, self.rcv_mss)
 
     # ------------------------------------------------------------------ state
@@ -559,5 +765,6 @@ class Tcb:
         """Enter CLOSED: flush the queues; the stack deletes the TCB."""
         self.error = error
         self._snd_buf.clear()
-        self._disarm()
+        self._ooo.clear()
+        self.timers.clear()
         self._set_state(State.CLOSED)

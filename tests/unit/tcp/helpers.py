@@ -5,6 +5,8 @@ Tests advance a virtual clock by passing `now` explicitly.
 """
 
 from ustack.tcp import seq
+from ustack.tcp.config import TcpConfig
+from ustack.tcp.options import Options
 from ustack.tcp.segment import ACK, SYN, Segment
 from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
@@ -18,13 +20,19 @@ PEER_WND = 65535
 
 
 def peer(flags: int, seq_no: int, ack: int = 0, wnd: int = PEER_WND, payload: bytes = b"",
-         mss: int | None = None) -> Segment:
-    """A segment from the scripted peer."""
-    return Segment(REMOTE_PORT, LOCAL_PORT, seq_no, ack, flags, wnd, payload, mss)
+         mss: int | None = None, **opts: object) -> Segment:
+    """A segment from the scripted peer; `opts` are Options fields (wscale=7, ts_val=…)."""
+    return Segment(REMOTE_PORT, LOCAL_PORT, seq_no, ack, flags, wnd, payload,
+                   Options(mss=mss, **opts))  # type: ignore[arg-type]
 
 
-def new_tcb(iss: int = ISS, **kw: object) -> Tcb:
-    return Tcb(LOCAL_PORT, REMOTE_PORT, iss, mss=MSS, remote_addr=b"\x0a\x4d\x00\x01", **kw)
+# Nagle off unless a test is about Nagle: most scripts want every byte out at once.
+CONFIG = TcpConfig(nodelay=True)
+
+
+def new_tcb(iss: int = ISS, config: TcpConfig = CONFIG, **kw: object) -> Tcb:
+    return Tcb(LOCAL_PORT, REMOTE_PORT, iss, mss=MSS, config=config,
+               remote_addr=b"\x0a\x4d\x00\x01", **kw)  # type: ignore[arg-type]
 
 
 def send(tcb: Tcb, seg: Segment, now: float = 0.0) -> None:

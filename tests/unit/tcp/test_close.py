@@ -1,9 +1,9 @@
 """Both close orders, simultaneous close and TIME-WAIT (RFC 9293 §3.6, §3.10.4, §3.10.7.4)."""
 
 from tests.unit.tcp.helpers import IRS, ISS, brief, established, peer, recv, send
+from ustack.tcp.config import DEFAULT_MSL
 from ustack.tcp.segment import ACK, FIN, PSH
 from ustack.tcp.states import State
-from ustack.tcp.tcb import DEFAULT_MSL
 
 
 def test_passive_close_close_wait_then_last_ack() -> None:

@@ -24,7 +24,7 @@ def test_listen_syn_gets_syn_ack_with_mss() -> None:
     assert tcb.state is State.SYN_RCVD
     out = recv(tcb)
     assert brief(out) == [(SYN | ACK, ISS, IRS + 1, b"")]
-    assert out[0].mss == MSS
+    assert out[0].opts.mss == MSS
 
 
 def test_syn_rcvd_ack_establishes() -> None:
@@ -68,7 +68,7 @@ def test_active_open_sends_syn_then_acks_syn_ack() -> None:
     tcb.open_active(0.0)
     out = recv(tcb)
     assert brief(out) == [(SYN, ISS, 0, b"")]
-    assert out[0].mss == MSS
+    assert out[0].opts.mss == MSS
     send(tcb, peer(SYN | ACK, IRS, ISS + 1, mss=1000))
     assert tcb.state is State.ESTABLISHED
     assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 1, b"")]

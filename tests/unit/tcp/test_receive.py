@@ -1,16 +1,39 @@
 """Receiving: acceptability (RFC 9293 §3.10.7.4 Table 6), text, window, RST and SYN checks."""
 
-from tests.unit.tcp.helpers import IRS, ISS, brief, established, peer, recv, send
+import pytest
+
+from tests.unit.tcp.helpers import IRS, ISS, MSS, brief, established, peer, recv, send
+from ustack.tcp.config import DELAYED_ACK, TcpConfig
 from ustack.tcp.segment import ACK, PSH, RST, SYN
 from ustack.tcp.states import State
 
 
-def test_in_order_data_is_delivered_and_acked_once_per_batch() -> None:
+def test_small_in_order_data_gets_a_delayed_ack() -> None:
     tcb = established()
-    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"abc"))
-    send(tcb, peer(ACK | PSH, IRS + 4, ISS + 1, payload=b"def"))
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"abc"), 1.0)
+    send(tcb, peer(ACK | PSH, IRS + 4, ISS + 1, payload=b"def"), 1.0)
     assert tcb.read() == b"abcdef"
-    assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 7, b"")]  # MUST-58: one ACK
+    assert recv(tcb, 1.0) == []  # MUST-40: the ACK may wait, less than 0.5 s
+    assert tcb.next_deadline == pytest.approx(1.0 + DELAYED_ACK)
+    tcb.on_timer(1.0 + DELAYED_ACK)
+    assert brief(recv(tcb, 1.0 + DELAYED_ACK)) == [(ACK, ISS + 1, IRS + 7, b"")]  # one ACK
+
+
+def test_every_second_full_sized_segment_is_acked_at_once() -> None:
+    tcb = established()
+    full = b"f" * MSS
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=full))
+    assert recv(tcb) == []
+    send(tcb, peer(ACK, IRS + 1 + MSS, ISS + 1, payload=full))
+    assert brief(recv(tcb)) == [(ACK, ISS + 1, IRS + 1 + 2 * MSS, b"")]  # RFC 5681 §4.2
+
+
+def test_delayed_ack_rides_on_outgoing_data() -> None:
+    tcb = established()
+    send(tcb, peer(ACK | PSH, IRS + 1, ISS + 1, payload=b"ping"))
+    tcb.send(b"pong")
+    assert brief(recv(tcb)) == [(ACK | PSH, ISS + 1, IRS + 5, b"pong")]
+    assert tcb.next_deadline == pytest.approx(tcb.rtt.rto)  # only the retransmission timer
 
 
 def test_duplicate_and_overlapping_data_is_delivered_once() -> None:
@@ -84,7 +107,7 @@ def test_segment_without_ack_is_dropped() -> None:
 
 
 def test_window_closes_as_buffer_fills_and_reopens_on_read() -> None:
-    tcb = established(rcv_buf=4000)
+    tcb = established(config=TcpConfig(rcv_buf=4000, nodelay=True))
     chunk = b"z" * 1000
     for i in range(4):
         send(tcb, peer(ACK, IRS + 1 + 1000 * i, ISS + 1, payload=chunk))

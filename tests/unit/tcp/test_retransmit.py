@@ -3,10 +3,10 @@
 import pytest
 
 from tests.unit.tcp.helpers import IRS, ISS, brief, established, new_tcb, peer, recv, send
+from ustack.tcp.config import SYN_RETRIES
 from ustack.tcp.rtt import INITIAL_RTO, MAX_RTO, MIN_RTO, RttEstimator
 from ustack.tcp.segment import ACK, PSH, SYN
 from ustack.tcp.states import State
-from ustack.tcp.tcb import SYN_RETRIES
 
 
 def test_unacked_data_is_retransmitted_with_backoff() -> None:

@@ -1,0 +1,39 @@
+"""A TCB's timers as absolute deadlines (RFC 9293 §3.8, §3.10.8). No clock, no tasks.
+
+One slot is shared by the timers that exclude each other (smoltcp's `Timer`):
+retransmission, zero-window persist, FIN-WAIT-2 and TIME-WAIT. The delayed ACK and
+keepalive have slots of their own. `next_deadline` is the earliest of them.
+"""
+
+RETRANSMIT = "retransmit"
+PERSIST = "persist"
+TIME_WAIT = "time_wait"
+FIN_WAIT_2 = "fin_wait_2"
+
+
+class Timers:
+    __slots__ = ("delack_at", "keepalive_at", "kind", "slot_at")
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.slot_at: float | None = None
+        self.delack_at: float | None = None
+        self.keepalive_at: float | None = None
+
+    def arm(self, kind: str, at: float) -> None:
+        self.kind = kind
+        self.slot_at = at
+
+    def disarm(self) -> None:
+        self.kind = None
+        self.slot_at = None
+
+    def clear(self) -> None:
+        self.disarm()
+        self.delack_at = None
+        self.keepalive_at = None
+
+    @property
+    def next_deadline(self) -> float | None:
+        times = [t for t in (self.slot_at, self.delack_at, self.keepalive_at) if t is not None]
+        return min(times) if times else None
