@@ -1,0 +1,213 @@
+"""Helpers for the integration tests: private network namespaces and ustack processes.
+
+Every packet of these tests stays inside namespaces made here (``ustk-<random>``); the
+processes started in them are remembered and ended by PID in teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+NSCLIENT = HERE / "nsclient.py"
+
+USTACK_ADDR = "10.77.0.2"
+KERNEL_ADDR = "10.77.0.1"
+READY_MARK = "ustack: serving"
+# The command that runs ustack: the interpreter running the tests (the venv's), unless
+# USTACK_TEST_CMD names another (e.g. "/usr/local/bin/ustack" to test an installed copy).
+USTACK = shlex.split(os.environ.get("USTACK_TEST_CMD", "")) or [sys.executable, "-m", "ustack"]
+
+
+def require_tools(*names: str) -> None:
+    """Skip unless every named command is on PATH; fail instead under USTACK_REQUIRE_NETNS=1
+    (CI, where scripts/test.sh has installed them)."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if not missing:
+        return
+    reason = f"missing command(s): {', '.join(missing)}"
+    if os.environ.get("USTACK_REQUIRE_NETNS", "") not in ("", "0"):
+        pytest.fail(f"{reason} (USTACK_REQUIRE_NETNS=1 forbids skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pattern_sha256(n: int) -> str:
+    """SHA-256 of what ``GET /bytes/n`` must return: byte i is ``i % 256``."""
+    block = bytes(range(256)) * 4096  # 1 MiB, a whole number of 256-byte periods
+    h = hashlib.sha256()
+    full, rest = divmod(n, len(block))
+    for _ in range(full):
+        h.update(block)
+    h.update(block[:rest])
+    return h.hexdigest()
+
+
+def random_file(path: Path, size: int) -> str:
+    """Write ``size`` random bytes to ``path``; return their SHA-256."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return sha256(data)
+
+
+def readline(proc: subprocess.Popen, timeout: float) -> bytes:
+    """The next line of ``proc.stdout``, waiting at most ``timeout`` seconds."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no output from {proc.args} within {timeout} s")
+    return proc.stdout.readline()
+
+
+class Netns:
+    """A private network namespace with helpers to run commands inside it."""
+
+    def __init__(self, prefix: str = "ustk") -> None:
+        self.name = f"{prefix}-{secrets.token_hex(4)}"
+        self.procs: list[subprocess.Popen] = []
+        self._created = False
+        subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=10)
+        self._created = True
+        try:
+            self.ip("link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+
+    def wrap(self, cmd: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *map(str, cmd)]
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ip", "-n", self.name, *args], check=check, capture_output=True, text=True,
+            timeout=10,
+        )
+
+    def run(
+        self, cmd: Sequence[str], *, timeout: float, **kw
+    ) -> subprocess.CompletedProcess:
+        """subprocess.run inside the namespace; output captured unless redirected."""
+        if "stdout" not in kw and "capture_output" not in kw:
+            kw["stdout"] = subprocess.PIPE
+        if "stderr" not in kw and "capture_output" not in kw:
+            kw["stderr"] = subprocess.PIPE
+        if "stdin" not in kw and "input" not in kw:
+            kw["stdin"] = subprocess.DEVNULL
+        return subprocess.run(self.wrap(cmd), timeout=timeout, **kw)
+
+    def popen(self, cmd: Sequence[str], **kw) -> subprocess.Popen:
+        """Start a process inside the namespace; it is ended in teardown."""
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(self.wrap(cmd), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def client(self, *args: str, timeout: float, **kw) -> subprocess.CompletedProcess:
+        """Run tests/integration/nsclient.py inside the namespace."""
+        return self.run([sys.executable, str(NSCLIENT), *args], timeout=timeout, **kw)
+
+    def client_json(self, *args: str, timeout: float) -> dict:
+        done = self.client(*args, timeout=timeout)
+        assert done.returncode == 0, (
+            f"nsclient {' '.join(args)} exited {done.returncode}: {done.stderr.decode()!r}"
+        )
+        return json.loads(done.stdout)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+        for proc in self.procs:
+            for stream in (proc.stdout, proc.stderr, proc.stdin):
+                if stream is not None:
+                    stream.close()
+        self.procs.clear()
+        if self._created:
+            subprocess.run(
+                ["ip", "netns", "del", self.name], capture_output=True, timeout=10
+            )
+            self._created = False
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 3.0) -> int | None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; return the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+class UstackServer:
+    """``ustack serve`` running in a namespace, with its stderr in a file."""
+
+    def __init__(
+        self, ns: Netns, services: Sequence[str], log: Path, args=(), prefix=()
+    ) -> None:
+        self.ns = ns
+        self.log = log
+        self._log_file = log.open("wb")
+        self.cmd = [*prefix, *USTACK, "serve", *args, *services]
+        self.proc = ns.popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self._log_file)
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if READY_MARK in self.stderr():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{' '.join(self.cmd)} exited {self.proc.returncode} before it was "
+                    f"ready; stderr:\n{self.stderr()}"
+                )
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{' '.join(self.cmd)} printed no {READY_MARK!r} line within {timeout} s; "
+            f"stderr:\n{self.stderr()}"
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 3.0) -> tuple[int | None, float]:
+        """Send ``sig``; return (exit status or None if still running, seconds taken)."""
+        start = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                return None, time.monotonic() - start
+        return self.proc.returncode, time.monotonic() - start
+
+    def close(self) -> None:
+        self._log_file.close()

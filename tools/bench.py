@@ -1,0 +1,1062 @@
+#!/usr/bin/env python3
+"""Benchmark ustack against the kernel's own TCP, side by side, in one run.
+
+Everything happens inside a private network namespace ``ustack-bench-<pid>`` that this
+command creates and always deletes (also on Ctrl-C or SIGTERM). Inside it:
+
+* a TUN device ``ustack0`` (kernel side 10.77.0.1/24, MTU ``--mtu``);
+* ``python -m ustack serve echo:7 discard:9 http:80`` answering at 10.77.0.2 over that TUN;
+* the *same* service protocols (``ustack.services.protocol_factory``) on kernel sockets,
+  driven by uvloop, listening on 10.77.0.1 ports 7007/7009/7080.
+
+The same client code (this file re-executed inside the namespace with ``--client``) then
+measures both servers: upload into discard, download of ``GET /bytes/N``, HTTP/1.0
+connections per second, 1-byte echo round trips; finally the peak RSS (VmHWM) of both
+server processes. Every figure is shown with the ratio ustack/kernel, because the machine
+running this is usually shared and noisy: only ratios from the same run compare.
+
+Usage (root, Linux, /dev/net/tun, iproute2)::
+
+    sudo /tmp/venv/bin/python tools/bench.py            # full run, table
+    sudo /tmp/venv/bin/python tools/bench.py --quick    # smoke run
+    sudo /tmp/venv/bin/python tools/bench.py --json     # same figures as JSON
+
+No packet ever leaves the namespace: servers bind and clients connect only to 10.77.0.1 and
+10.77.0.2, which exist only inside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+THIS = Path(__file__).resolve()
+
+DEV = "ustack0"  # lives only inside the private namespace, so the name cannot collide
+KERNEL_ADDR = "10.77.0.1"
+USTACK_ADDR = "10.77.0.2"
+PREFIX = 24
+USTACK_PORTS = {"echo": 7, "discard": 9, "http": 80}
+KERNEL_PORTS = {"echo": 7007, "discard": 7009, "http": 7080}
+
+READY_USTACK = "ustack: serving"
+READY_KERNEL = "kernel: serving"
+START_TIMEOUT = 20.0  # seconds for a server to print its ready line
+STOP_TIMEOUT = 5.0  # seconds after SIGTERM before SIGKILL
+SETUP_TIMEOUT = 10.0  # seconds for each `ip` command
+MB = 1_000_000
+
+
+class BenchError(Exception):
+    """An environment problem: reported as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------
+# Client side: runs inside the namespace (``--client SCENARIO``), prints one JSON object.
+# --------------------------------------------------------------------------------------
+
+
+class ClientFailure(Exception):
+    """A scenario that did not complete; the message goes into the table cell."""
+
+
+def _remaining(t_end: float) -> float:
+    left = t_end - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("time limit reached")
+    return left
+
+
+def client_upload(host: str, port: int, nbytes: int, limit: float) -> dict:
+    """Send ``nbytes`` into discard, half-close, wait for the server's close."""
+    t_end = time.monotonic() + limit
+    chunk = memoryview(bytes(range(256)) * 1024)  # 256 KiB
+    sent = 0
+    with socket.create_connection((host, port), timeout=min(10.0, limit)) as s:
+        t0 = time.perf_counter()
+        try:
+            while sent < nbytes:
+                s.settimeout(min(10.0, _remaining(t_end)))
+                sent += s.send(chunk[: min(len(chunk), nbytes - sent)])
+            s.shutdown(socket.SHUT_WR)
+            while True:
+                s.settimeout(min(10.0, _remaining(t_end)))
+                if not s.recv(65536):
+                    break
+        except (TimeoutError, OSError) as e:
+            dt = time.perf_counter() - t0
+            raise ClientFailure(
+                f"{type(e).__name__}: {e}; {sent / MB:.2f} of {nbytes / MB:g} MB sent in {dt:.1f} s"
+            ) from e
+        dt = time.perf_counter() - t0
+    return {"value": nbytes / MB / dt, "seconds": dt, "bytes": nbytes}
+
+
+def _read_http_head(s: socket.socket, t_end: float) -> tuple[int, dict[str, str], bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        s.settimeout(min(10.0, _remaining(t_end)))
+        data = s.recv(65536)
+        if not data:
+            raise ClientFailure(f"connection closed before the response head ({len(buf)} B)")
+        buf += data
+        if len(buf) > 65536:
+            raise ClientFailure("response head larger than 64 KiB")
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ClientFailure(f"bad status line {lines[0]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers, rest
+
+
+def client_download(host: str, port: int, nbytes: int, limit: float) -> dict:
+    """GET /bytes/N, read exactly N bytes, check that byte i is i % 256."""
+    t_end = time.monotonic() + limit
+    bufsize = 1 << 20
+    pattern = bytes(range(256)) * (bufsize // 256 + 2)
+    buf = bytearray(bufsize)
+    view = memoryview(buf)
+    got = 0
+    req = (f"GET /bytes/{nbytes} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection((host, port), timeout=min(10.0, limit)) as s:
+        t0 = time.perf_counter()
+        try:
+            s.sendall(req)
+            status, headers, rest = _read_http_head(s, t_end)
+            if status != 200:
+                raise ClientFailure(f"HTTP status {status}")
+            if headers.get("content-length") != str(nbytes):
+                raise ClientFailure(f"Content-Length {headers.get('content-length')!r}")
+
+            def check(data: bytes | memoryview, offset: int) -> None:
+                start = offset % 256
+                if data != pattern[start : start + len(data)]:
+                    raise ClientFailure(f"wrong bytes in the body near offset {offset}")
+
+            if rest:
+                rest = rest[:nbytes]
+                check(rest, 0)
+                got = len(rest)
+            while got < nbytes:
+                s.settimeout(min(10.0, _remaining(t_end)))
+                n = s.recv_into(view, min(bufsize, nbytes - got))
+                if n == 0:
+                    raise ClientFailure("connection closed early")
+                check(view[:n], got)
+                got += n
+        except (TimeoutError, OSError) as e:
+            dt = time.perf_counter() - t0
+            raise ClientFailure(
+                f"{type(e).__name__}: {e}; {got / MB:.2f} of {nbytes / MB:g} MB received"
+                f" in {dt:.1f} s"
+            ) from e
+        dt = time.perf_counter() - t0
+    return {"value": nbytes / MB / dt, "seconds": dt, "bytes": nbytes}
+
+
+def client_conns(host: str, port: int, count: int, concurrency: int, limit: float) -> dict:
+    """``count`` times: connect, HTTP/1.0 GET /, read to EOF, close; ``concurrency`` threads."""
+    t_end = time.monotonic() + limit
+    req = b"GET / HTTP/1.0\r\n\r\n"
+    lock = threading.Lock()
+    issued = 0
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def one() -> None:
+        s = socket.create_connection((host, port), timeout=5.0)
+        try:
+            s.sendall(req)
+            data = b""
+            while True:
+                part = s.recv(65536)
+                if not part:
+                    break
+                data += part
+        finally:
+            s.close()
+        if not data.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+            raise ClientFailure(f"unexpected response {data[:40]!r}")
+
+    def worker() -> None:
+        nonlocal issued
+        while True:
+            with lock:
+                if issued >= count or time.monotonic() >= t_end or len(errors) >= 10:
+                    return
+                issued += 1
+            t = time.perf_counter()
+            try:
+                one()
+            except (OSError, ClientFailure) as e:
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}")
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.1, t_end - time.monotonic() + 10.0))
+    dt = time.perf_counter() - t0
+    ok = len(latencies)
+    if errors:
+        raise ClientFailure(f"{len(errors)} of {issued} connections failed, first: {errors[0]}")
+    if ok == 0:
+        raise ClientFailure("no connection completed")
+    result = {
+        "value": ok / dt,
+        "seconds": dt,
+        "connections": ok,
+        "concurrency": concurrency,
+        "latency_p50_us": statistics.median(latencies) * 1e6,
+    }
+    if ok < count:
+        result["note"] = f"time limit: {ok} of {count} connections in {dt:.1f} s"
+    return result
+
+
+def _percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    k = max(0, min(len(sorted_values) - 1, math.ceil(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def client_echo(host: str, port: int, rounds: int, limit: float) -> dict:
+    """One connection, TCP_NODELAY, ``rounds`` times: send 1 byte, wait for it back."""
+    t_end = time.monotonic() + limit
+    samples: list[float] = []
+    i = 0
+    with socket.create_connection((host, port), timeout=min(10.0, limit)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(5.0)
+        try:
+            for i in range(10 + rounds):  # the first 10 rounds warm up and are not counted
+                if time.monotonic() >= t_end:
+                    break
+                t = time.perf_counter_ns()
+                s.sendall(b"x")
+                if s.recv(16) != b"x":
+                    raise ClientFailure(f"round {i + 1}: echo returned other bytes")
+                if i >= 10:
+                    samples.append((time.perf_counter_ns() - t) / 1000)
+        except (TimeoutError, OSError) as e:
+            raise ClientFailure(
+                f"round {i + 1} (10 warm-up rounds first): {type(e).__name__}: {e}"
+            ) from e
+    if not samples:
+        raise ClientFailure("no round completed")
+    samples.sort()
+    result = {
+        "p50_us": _percentile(samples, 50),
+        "p99_us": _percentile(samples, 99),
+        "mean_us": statistics.fmean(samples),
+        "max_us": samples[-1],
+        "rounds": len(samples),
+    }
+    if len(samples) < rounds:
+        result["note"] = f"time limit: {len(samples)} of {rounds} rounds"
+    return result
+
+
+def client_main(args: argparse.Namespace) -> int:
+    scen, host, port, limit = args.client, args.host, args.port, args.time_limit
+    try:
+        if scen == "upload":
+            result = client_upload(host, port, args.bytes, limit)
+        elif scen == "download":
+            result = client_download(host, port, args.bytes, limit)
+        elif scen == "conns":
+            result = client_conns(host, port, args.conns, args.concurrency, limit)
+        elif scen == "echo":
+            result = client_echo(host, port, args.rounds, limit)
+        else:
+            raise ClientFailure(f"unknown scenario {scen}")
+    except (ClientFailure, OSError) as e:
+        msg = str(e) if isinstance(e, ClientFailure) else f"{type(e).__name__}: {e}"
+        print(json.dumps({"error": msg}))
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# Kernel-socket server: the same service protocols as ustack, on uvloop.
+# --------------------------------------------------------------------------------------
+
+
+def kernel_server_main(host: str, spec: str) -> int:
+    import asyncio
+
+    import uvloop
+
+    from ustack.services import protocol_factory
+
+    services = []
+    for item in spec.split(","):
+        name, _, port = item.partition(":")
+        services.append((name, int(port)))
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        servers = [
+            await loop.create_server(protocol_factory(name), host, port, reuse_address=True)
+            for name, port in services
+        ]
+        print(f"{READY_KERNEL} {spec} on {host}", file=sys.stderr, flush=True)
+        await stop.wait()
+        for srv in servers:
+            srv.close()
+
+    uvloop.run(serve())
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# Orchestration: namespace, servers, scenarios, table.
+# --------------------------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def exit_text(rc: int | None) -> str:
+    if rc is None:
+        return "not exited"
+    if rc < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-rc).name}"
+    return f"exited with status {rc}"
+
+
+class Server:
+    """A long-running child process whose stderr is drained by a thread."""
+
+    def __init__(self, label: str, argv: list[str], ready: str) -> None:
+        self.label = label
+        self.argv = argv
+        self.ready_text = ready
+        self.lines: deque[str] = deque(maxlen=200)
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
+        )
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+        self.exit_code: int | None = None
+        self.stop_seconds: float | None = None
+        self.exited_early = False  # it had already exited when we came to stop it
+        self.killed_after_timeout = False  # SIGTERM was not enough: SIGKILL
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.lines.append(line)
+            if line.startswith(self.ready_text):
+                self.ready.set()
+
+    def wait_ready(self, timeout: float) -> str | None:
+        """None when ready, else a reason."""
+        t_end = time.monotonic() + timeout
+        while time.monotonic() < t_end:
+            if self.ready.wait(0.1):
+                return None
+            if self.proc.poll() is not None:
+                self._thread.join(1.0)
+                return f"{exit_text(self.proc.returncode)}: {self.last_line()}"
+        return f"no '{self.ready_text}' line within {timeout:g} s: {self.last_line()}"
+
+    def last_line(self) -> str:
+        for line in reversed(self.lines):
+            if line.strip():
+                return line.strip()[-200:]
+        return "(no output)"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def peak_rss_mb(self) -> float | None:
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the process so far."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.exit_code is not None:
+            return
+        self.exited_early = self.proc.poll() is not None
+        if not self.exited_early:
+            t0 = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+                self.stop_seconds = time.monotonic() - t0
+            except subprocess.TimeoutExpired:
+                self.killed_after_timeout = True
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        self.exit_code = self.proc.returncode
+        self._thread.join(1.0)
+
+
+def run_quiet(argv: list[str], timeout: float = SETUP_TIMEOUT) -> None:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"`{shlex.join(argv)}` took more than {timeout:g} s") from e
+    if r.returncode != 0:
+        raise BenchError(f"`{shlex.join(argv)}` failed: {r.stderr.strip() or r.returncode}")
+
+
+@dataclass
+class Cell:
+    value: float | None = None
+    error: str | None = None
+    samples: list[float] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    unit: str
+    better: str  # "higher" or "lower"
+    ustack: Cell = field(default_factory=Cell)
+    kernel: Cell = field(default_factory=Cell)
+
+    def ratio(self) -> float | None:
+        u, k = self.ustack.value, self.kernel.value
+        if u is None or k is None or k == 0:
+            return None
+        return u / k
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ns = f"ustack-bench-{os.getpid()}"
+        self.ns_created = False
+        self.ustack: Server | None = None
+        self.kernel: Server | None = None
+        self.ustack_start_error: str | None = None
+        self.rows: list[Row] = []
+
+    # -- namespace ---------------------------------------------------------------------
+
+    def nsexec(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+    def ip_json(self, argv: list[str]) -> list[dict]:
+        r = subprocess.run(
+            ["ip", "-j", "-n", self.ns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=SETUP_TIMEOUT,
+            check=False,
+        )
+        if r.returncode != 0:
+            raise BenchError(f"`ip -j {shlex.join(argv)}` failed: {r.stderr.strip()}")
+        return json.loads(r.stdout or "[]")
+
+    def tun_counters(self) -> dict[str, int] | None:
+        """Packets and bytes through the TUN, seen from the kernel (tx = towards ustack)."""
+        try:
+            link = self.ip_json(["-s", "link", "show", "dev", DEV])[0]
+            st = link["stats64"]
+        except (BenchError, ValueError, LookupError, subprocess.TimeoutExpired):
+            return None
+        return {
+            "to_ustack_packets": st["tx"]["packets"],
+            "to_ustack_bytes": st["tx"]["bytes"],
+            "from_ustack_packets": st["rx"]["packets"],
+            "from_ustack_bytes": st["rx"]["bytes"],
+        }
+
+    def check_ustack_address(self) -> None:
+        """The ustack column must not measure the kernel: 10.77.0.2 is no kernel address."""
+        for link in self.ip_json(["addr"]):
+            for info in link.get("addr_info", []):
+                if info.get("local") == USTACK_ADDR:
+                    raise BenchError(
+                        f"{USTACK_ADDR} is a kernel address on {link.get('ifname')} in the "
+                        "namespace: the ustack column would measure the kernel"
+                    )
+
+    def setup(self) -> None:
+        run_quiet(["ip", "netns", "add", self.ns])
+        self.ns_created = True
+        run_quiet(self.nsexec(["ip", "link", "set", "lo", "up"]))
+        if self.args.self_test:
+            # The "ustack" half is a second kernel server on 10.77.0.2 (checks the tool).
+            run_quiet(self.nsexec(["ip", "addr", "add", f"{USTACK_ADDR}/32", "dev", "lo"]))
+        # A persistent TUN owned by the namespace, as scripts/setup_tun.sh makes one; the
+        # kernel server can bind 10.77.0.1 before (and even if) ustack attaches.
+        run_quiet(self.nsexec(["ip", "tuntap", "add", "dev", DEV, "mode", "tun"]))
+        run_quiet(self.nsexec(["ip", "link", "set", DEV, "mtu", str(self.args.mtu)]))
+        run_quiet(self.nsexec(["ip", "addr", "add", f"{KERNEL_ADDR}/{PREFIX}", "dev", DEV]))
+        run_quiet(self.nsexec(["ip", "link", "set", DEV, "up"]))
+
+    def teardown(self) -> None:
+        for srv in (self.ustack, self.kernel):
+            if srv is not None:
+                try:
+                    srv.stop()
+                except Exception as e:  # keep going: the namespace must go
+                    print(f"bench: stopping {srv.label}: {e}", file=sys.stderr)
+        if self.ns_created:
+            with contextlib.suppress(Exception):
+                subprocess.run(
+                    self.nsexec(["ip", "link", "del", DEV]),
+                    capture_output=True,
+                    timeout=SETUP_TIMEOUT,
+                    check=False,
+                )
+            r = subprocess.run(
+                ["ip", "netns", "del", self.ns],
+                capture_output=True,
+                text=True,
+                timeout=SETUP_TIMEOUT,
+                check=False,
+            )
+            if r.returncode != 0:
+                print(
+                    f"bench: could not delete namespace {self.ns}: {r.stderr.strip()}",
+                    file=sys.stderr,
+                )
+            else:
+                self.ns_created = False
+
+    # -- servers -----------------------------------------------------------------------
+
+    def kernel_server_argv(self, host: str, ports: dict[str, int]) -> list[str]:
+        spec = ",".join(f"{name}:{port}" for name, port in ports.items())
+        return self.nsexec(
+            [sys.executable, str(THIS), "--kernel-server", "--host", host, "--spec", spec]
+        )
+
+    def start_servers(self) -> None:
+        self.kernel = Server(
+            "kernel", self.kernel_server_argv(KERNEL_ADDR, KERNEL_PORTS), READY_KERNEL
+        )
+        why = self.kernel.wait_ready(START_TIMEOUT)
+        if why:
+            raise BenchError(f"kernel-socket server did not start: {why}")
+        if self.args.self_test:
+            argv = self.kernel_server_argv(USTACK_ADDR, USTACK_PORTS)
+            ready = READY_KERNEL
+        else:
+            services = [f"{name}:{port}" for name, port in USTACK_PORTS.items()]
+            argv = self.nsexec(
+                [
+                    sys.executable,
+                    "-m",
+                    "ustack",
+                    "serve",
+                    "--dev",
+                    DEV,
+                    "--addr",
+                    USTACK_ADDR,
+                    "--kernel-addr",
+                    f"{KERNEL_ADDR}/{PREFIX}",
+                    "--mtu",
+                    str(self.args.mtu),
+                    *self.args.ustack_arg,
+                    *services,
+                ]
+            )
+            ready = READY_USTACK
+        self.ustack = Server("ustack", argv, ready)
+        why = self.ustack.wait_ready(START_TIMEOUT)
+        if why:
+            self.ustack_start_error = f"ustack did not start: {why}"
+            print(f"bench: {self.ustack_start_error}", file=sys.stderr)
+        elif not self.args.self_test:
+            self.check_ustack_address()
+
+    # -- clients -----------------------------------------------------------------------
+
+    def run_client(self, scenario: str, host: str, port: int) -> dict:
+        a = self.args
+        argv = [
+            sys.executable,
+            str(THIS),
+            "--client",
+            scenario,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--time-limit",
+            str(a.time_limit),
+            "--bytes",
+            str(int(a.mb * MB)),
+            "--conns",
+            str(a.conns),
+            "--concurrency",
+            str(a.concurrency),
+            "--rounds",
+            str(a.rounds),
+        ]
+        try:
+            r = subprocess.run(
+                self.nsexec(argv),
+                cwd=REPO,
+                env=child_env(),
+                capture_output=True,
+                text=True,
+                timeout=a.time_limit + 30,
+                start_new_session=True,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"client hung past {a.time_limit + 30:g} s and was killed"}
+        lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+        if lines:
+            with contextlib.suppress(ValueError):
+                return json.loads(lines[-1])
+        err = r.stderr.strip().splitlines()
+        return {"error": f"client exited {r.returncode}: {err[-1] if err else 'no output'}"}
+
+    def measure(self, side: str, scenario: str, key: str, cell: Cell) -> dict | None:
+        if side == "ustack":
+            srv, host, ports = self.ustack, USTACK_ADDR, USTACK_PORTS
+            if self.ustack_start_error:
+                cell.error = self.ustack_start_error
+                return None
+        else:
+            srv, host, ports = self.kernel, KERNEL_ADDR, KERNEL_PORTS
+        assert srv is not None
+        if not srv.alive():
+            cell.error = f"{srv.label} {exit_text(srv.proc.returncode)}: {srv.last_line()}"
+            return None
+        port = ports[
+            "discard" if scenario == "upload" else "echo" if scenario == "echo" else "http"
+        ]
+        count_tun = side == "ustack" and not self.args.self_test
+        before = self.tun_counters() if count_tun else None
+        cpu0 = srv.cpu_seconds()
+        res = self.run_client(scenario, host, port)
+        cpu1 = srv.cpu_seconds()
+        after = self.tun_counters() if before is not None else None
+        if before is not None and after is not None:
+            res["tun"] = {k: after[k] - before[k] for k in before}
+        if cpu0 is not None and cpu1 is not None:
+            res["server_cpu_s"] = round(cpu1 - cpu0, 3)
+        if "error" in res:
+            cell.error = res["error"]
+            if "tun" in res:
+                t = res["tun"]
+                cell.error += (
+                    f"; TUN meanwhile: {t['to_ustack_packets']} packets to ustack,"
+                    f" {t['from_ustack_packets']} from it"
+                )
+            if not srv.alive():
+                cell.error += f"; {srv.label} {exit_text(srv.proc.returncode)}"
+            return None
+        return res
+
+    def scenario(self, scenario: str, rows: list[tuple[Row, Callable[[dict], float]]]) -> None:
+        for _ in range(self.args.repeat):
+            for side in ("kernel", "ustack"):
+                cells = [getattr(row, side) for row, _ in rows]
+                if any(c.error for c in cells):
+                    continue  # a side that failed once stays failed
+                self.progress(f"{scenario} / {side}")
+                res = self.measure(side, scenario, rows[0][0].key, cells[0])
+                if res is None:
+                    for c in cells[1:]:
+                        c.error = cells[0].error
+                    continue
+                for (_row, pick), c in zip(rows, cells, strict=True):
+                    c.samples.append(pick(res))
+                    c.extra = {k: v for k, v in res.items() if k != "value"}
+        for row, _ in rows:
+            for c in (row.ustack, row.kernel):
+                if c.error is None and c.samples:
+                    c.value = statistics.median(c.samples)
+
+    def progress(self, text: str) -> None:
+        if not self.args.json:
+            print(f"  ... {text}", file=sys.stderr, flush=True)
+
+    def run(self) -> None:
+        a = self.args
+        conc = a.concurrency
+        up = Row("upload", f"upload {a.mb:g} MB into discard", "MB/s", "higher")
+        down = Row("download", f"download GET /bytes/{int(a.mb * MB)}", "MB/s", "higher")
+        conns = Row(
+            "conns", f"HTTP/1.0 connections ({a.conns}, {conc} parallel)", "conn/s", "higher"
+        )
+        p50 = Row("echo_p50", f"echo 1 B round trip p50 ({a.rounds} rounds)", "us", "lower")
+        p99 = Row("echo_p99", "echo 1 B round trip p99", "us", "lower")
+        rss = Row("rss", "peak RSS of the server process (VmHWM)", "MB", "lower")
+        self.rows = [up, down, conns, p50, p99, rss]
+
+        self.scenario("upload", [(up, lambda r: r["value"])])
+        self.scenario("download", [(down, lambda r: r["value"])])
+        self.scenario("conns", [(conns, lambda r: r["value"])])
+        self.scenario("echo", [(p50, lambda r: r["p50_us"]), (p99, lambda r: r["p99_us"])])
+
+        for side, srv in (("ustack", self.ustack), ("kernel", self.kernel)):
+            cell = getattr(rss, side)
+            if side == "ustack" and self.ustack_start_error:
+                cell.error = self.ustack_start_error
+            elif srv is None or not srv.alive():
+                cell.error = "process not running"
+            else:
+                cell.value = srv.peak_rss_mb()
+                if cell.value is None:
+                    cell.error = "no VmHWM in /proc"
+
+    # -- output ------------------------------------------------------------------------
+
+    def report(self) -> dict:
+        a = self.args
+        out_rows = []
+        for row in self.rows:
+            out_rows.append(
+                {
+                    "scenario": row.key,
+                    "label": row.label,
+                    "unit": row.unit,
+                    "better": row.better,
+                    "ustack": row.ustack.value,
+                    "kernel": row.kernel.value,
+                    "ratio_ustack_over_kernel": row.ratio(),
+                    "ustack_error": row.ustack.error,
+                    "kernel_error": row.kernel.error,
+                    "ustack_samples": row.ustack.samples,
+                    "kernel_samples": row.kernel.samples,
+                    "ustack_detail": row.ustack.extra,
+                    "kernel_detail": row.kernel.extra,
+                }
+            )
+        u = self.ustack
+        return {
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "host": {
+                "kernel": os.uname().release,
+                "cpus": os.cpu_count(),
+                "python": sys.version.split()[0],
+            },
+            "params": {
+                "mb": a.mb,
+                "conns": a.conns,
+                "concurrency": a.concurrency,
+                "rounds": a.rounds,
+                "mtu": a.mtu,
+                "repeat": a.repeat,
+                "time_limit": a.time_limit,
+                "self_test": a.self_test,
+            },
+            "ustack_server": "kernel (self-test)" if a.self_test else "python -m ustack serve",
+            "kernel_server": "ustack.services protocols on uvloop, kernel sockets",
+            "rows": out_rows,
+            "ustack_exit": None
+            if u is None
+            else {
+                "status": u.exit_code,
+                "exited_before_sigterm": u.exited_early,
+                "killed_after_sigterm_timeout": u.killed_after_timeout,
+                "seconds_after_sigterm": u.stop_seconds,
+                "last_line": u.last_line(),
+            },
+        }
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def render_table(rep: dict) -> str:
+    """A Markdown table; long failure reasons become numbered notes under it."""
+    header = ["scenario", "unit", "ustack", "kernel", "ustack/kernel", "better"]
+    body = []
+    notes: list[str] = []
+
+    def cell(value: float | None, error: str | None) -> str:
+        if not error:
+            return fmt(value)
+        if error in notes:
+            n = notes.index(error) + 1
+        else:
+            notes.append(error)
+            n = len(notes)
+        return f"FAILED ({error[:40]}{'...' if len(error) > 40 else ''}) [{n}]"
+
+    for r in rep["rows"]:
+        ratio = r["ratio_ustack_over_kernel"]
+        body.append(
+            [
+                r["label"],
+                r["unit"],
+                cell(r["ustack"], r["ustack_error"]),
+                cell(r["kernel"], r["kernel_error"]),
+                "-" if ratio is None else f"{ratio:.3f}",
+                r["better"],
+            ]
+        )
+    widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(b) for b in body]
+    out += [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
+    return "\n".join(out)
+
+
+def check_environment() -> None:
+    if sys.platform != "linux":
+        raise BenchError("this benchmark needs Linux (TUN devices and network namespaces)")
+    if os.geteuid() != 0:
+        raise BenchError(
+            "this benchmark must run as root (it creates a network namespace "
+            "and a TUN device): try sudo"
+        )
+    if not os.path.exists("/dev/net/tun"):
+        raise BenchError("/dev/net/tun is missing: load the tun module (modprobe tun)")
+    if shutil.which("ip") is None:
+        raise BenchError("the `ip` command (iproute2) is not installed")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="ustack vs the kernel's TCP, side by side in a private network namespace.",
+    )
+    p.add_argument(
+        "--mb",
+        type=float,
+        help="megabytes (10^6 B) for upload and download (default 20; --quick: 2)",
+    )
+    p.add_argument(
+        "--conns",
+        type=int,
+        help="connections for the connections/s scenario (default 500; --quick: 100)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="parallel client threads for connections/s (default 4)",
+    )
+    p.add_argument("--rounds", type=int, help="echo round trips (default 2000; --quick: 200)")
+    p.add_argument(
+        "--mtu",
+        type=int,
+        default=1500,
+        help="MTU of the TUN device, also passed to ustack serve (default 1500)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="run every scenario N times per side, interleaved, and report the median "
+        "(default 3; --quick: 1)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=30.0,
+        help="seconds each scenario may take per side (default 30; connections/s "
+        "stops at min(this, 20))",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 MB, 100 connections, 200 rounds"
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--self-test",
+        action="store_true",
+        help="replace ustack by a second kernel-socket server (checks the tool: "
+        "ratios should be near 1)",
+    )
+    p.add_argument(
+        "--ustack-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `ustack serve` (repeatable)",
+    )
+    # internal modes (the tool re-executes itself inside the namespace)
+    p.add_argument("--client", help=argparse.SUPPRESS)
+    p.add_argument("--kernel-server", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--host", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    p.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    defaults = (
+        {"mb": 2.0, "conns": 100, "rounds": 200, "repeat": 1}
+        if args.quick
+        else {"mb": 20.0, "conns": 500, "rounds": 2000, "repeat": 3}
+    )
+    for name, value in defaults.items():  # --quick only changes what was not given
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("mb", "conns", "concurrency", "rounds", "repeat", "time_limit"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if not 576 <= args.mtu <= 65535:
+        p.error("--mtu must be between 576 and 65535")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.client:
+        if args.client == "conns":
+            args.time_limit = min(args.time_limit, 20.0)
+        return client_main(args)
+    if args.kernel_server:
+        return kernel_server_main(args.host, args.spec)
+
+    try:
+        check_environment()
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    bench = Bench(args)
+    status = 0
+    try:
+        bench.setup()
+        bench.start_servers()
+        bench.run()
+        # stop the servers now so the report includes ustack's exit after SIGTERM
+        for srv in (bench.ustack, bench.kernel):
+            if srv is not None:
+                srv.stop()
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        status = 2
+    except KeyboardInterrupt:
+        print("bench: interrupted, cleaning up", file=sys.stderr)
+        status = 130
+    finally:
+        bench.teardown()
+    if status:
+        return status
+
+    rep = bench.report()
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    p = rep["params"]
+    print(
+        f"ustack benchmark  {rep['date']}  Linux {rep['host']['kernel']}, "
+        f"{rep['host']['cpus']} CPUs, Python {rep['host']['python']}, MTU {p['mtu']}"
+        + ("  [SELF-TEST: both sides are kernel servers]" if p["self_test"] else "")
+    )
+    print(render_table(rep))
+    for r in rep["rows"]:
+        t = r["ustack_detail"].get("tun")
+        if not t or r["scenario"] == "echo_p99":
+            continue
+        ti, to = t["to_ustack_packets"], t["from_ustack_packets"]
+        cpu_u = r["ustack_detail"].get("server_cpu_s")
+        cpu_k = r["kernel_detail"].get("server_cpu_s")
+        cpu = (
+            ""
+            if cpu_u is None or cpu_k is None
+            else f"; server process CPU s: ustack {cpu_u:.2f}, kernel {cpu_k:.2f}"
+        )
+        print(
+            f"{r['scenario'].removesuffix('_p50')} (last run): TUN {ti} packets to ustack"
+            f" (avg {t['to_ustack_bytes'] / max(ti, 1):.0f} B), {to} from ustack"
+            f" (avg {t['from_ustack_bytes'] / max(to, 1):.0f} B){cpu}"
+        )
+    ex = rep["ustack_exit"]
+    if ex is not None and not args.self_test:
+        if ex["exited_before_sigterm"]:
+            print(
+                f"ustack serve {exit_text(ex['status'])} before the benchmark stopped it "
+                f"(last stderr line: {ex['last_line']})"
+            )
+        elif ex["killed_after_sigterm_timeout"]:
+            print(
+                f"ustack serve did not exit within {STOP_TIMEOUT:g} s of SIGTERM and was killed"
+                f" (last stderr line: {ex['last_line']})"
+            )
+        elif ex["status"] == 0 and ex["seconds_after_sigterm"] is not None:
+            print(
+                f"ustack serve exited 0, {ex['seconds_after_sigterm']:.2f} s after SIGTERM;"
+                f" its last line: {ex['last_line']}"
+            )
+        else:
+            print(
+                f"ustack serve exit status {ex['status']} after SIGTERM "
+                f"(last stderr line: {ex['last_line']})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
