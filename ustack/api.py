@@ -31,6 +31,9 @@ STREAM_LIMIT = 2**16
 # done when close() returns): the TCB finishes FIN-WAIT-2/TIME-WAIT on its own.
 _DONE_AFTER_CLOSE = frozenset({State.FIN_WAIT_2, State.TIME_WAIT, State.CLOSED})
 
+# The user closed these; their data and FIN are still on the way.
+_FLUSHING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
+
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 
 
@@ -262,12 +265,13 @@ class Stack:
 
     def __init__(self, dev: str = "ustack0", addr: str = "10.77.0.2", *,
                  kernel_addr: str = "10.77.0.1/24", mtu: int | None = None,
-                 msl: float = DEFAULT_MSL) -> None:
+                 msl: float = DEFAULT_MSL, linger: float = 1.0) -> None:
         self.dev = dev
         self.addr = str(ipaddress.IPv4Address(addr))
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
         self._mtu = mtu
         self._msl = msl
+        self.linger = linger  # on exit: how long closed connections may keep sending
         self._device: TunDevice | None = None
         self._servers: dict[Listener, Server] = {}
         self._transports: dict[Tcb, Transport] = {}
@@ -286,11 +290,16 @@ class Stack:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Reset every connection, stop listening, release the device."""
+        """Stop listening; let closed connections deliver what they still hold (up to
+        `linger` seconds), reset the rest, release the device."""
         if self._device is None:
             return
         for server in list(self._servers.values()):
             server.close()
+        deadline = self.loop.time() + self.linger
+        while self.loop.time() < deadline and any(
+                tcb.state in _FLUSHING for tcb in self._host.connections()):
+            await asyncio.sleep(0.005)
         for tcb in self._host.connections():
             tcb.abort()
             self._host.wake(tcb)
