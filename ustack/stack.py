@@ -326,4 +326,10 @@ class Host:
 
 
 def _reopens_time_wait(tcb: Tcb, seg: Segment) -> bool:
-    return (seg.flags & (SYN | ACK | RST)) == SYN and seq.gt(seg.seq, tcb.rcv_nxt)
+    """RFC 6191 §2: a timestamp newer than TS.Recent (or, without timestamps, a sequence
+    number above RCV.NXT) proves the SYN belongs to a new incarnation."""
+    if (seg.flags & (SYN | ACK | RST)) != SYN:
+        return False
+    if tcb.ts_ok and seg.opts.ts_val is not None:
+        return seq.gt(seg.opts.ts_val, tcb.ts_recent)
+    return seq.gt(seg.seq, tcb.rcv_nxt)
