@@ -84,3 +84,39 @@ def test_mutated_tcp_headers_with_valid_checksums_never_raise(
     h.receive(_fix_checksums(data), 0.0)
     h.poll(0.0)
     assert h.stats().get("drop_tcp_bad_checksum", 0) == 0
+
+
+def test_100k_random_and_mutated_packets_keep_memory_flat() -> None:
+    import tracemalloc
+
+    rng = random.Random(20261124)
+    h = _host()
+    seeds = [bytearray(s) for s in SEEDS]
+    now = 0.0
+
+    def feed(count: int) -> None:
+        nonlocal now
+        for i in range(count):
+            kind = i % 3
+            if kind == 0:
+                data = rng.randbytes(rng.randrange(0, 120))
+            else:
+                data = bytearray(rng.choice(seeds))
+                for _ in range(rng.randrange(1, 4)):
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+                data = _fix_checksums(data) if kind == 2 else bytes(data)
+            h.receive(data, now)
+            if i % 64 == 0:
+                now += 0.5
+                h.poll(now)
+
+    feed(20_000)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    feed(80_000)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert growth < 512 * 1024, f"memory grew by {growth} bytes"
+    assert len(h.connections()) <= 16
+    assert h.stats()["packets_in"] == 100_000
