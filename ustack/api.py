@@ -9,6 +9,7 @@ asyncio's own StreamReader/StreamWriter and Protocol classes run unchanged on th
 """
 
 import asyncio
+import dataclasses
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 from ustack.aio import Driver
 from ustack.stack import Host
-from ustack.tcp.config import DEFAULT_MSL, TcpConfig
+from ustack.tcp.config import TcpConfig
 from ustack.tcp.listener import Listener
 from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
@@ -265,12 +266,16 @@ class Stack:
 
     def __init__(self, dev: str = "ustack0", addr: str = "10.77.0.2", *,
                  kernel_addr: str = "10.77.0.1/24", mtu: int | None = None,
-                 msl: float = DEFAULT_MSL, linger: float = 1.0) -> None:
+                 msl: float | None = None, linger: float = 1.0,
+                 tcp: TcpConfig | None = None) -> None:
         self.dev = dev
         self.addr = str(ipaddress.IPv4Address(addr))
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
         self._mtu = mtu
-        self._msl = msl
+        # TCP settings for every connection (socket options, in effect).
+        self.tcp = tcp or TcpConfig()
+        if msl is not None:
+            self.tcp = dataclasses.replace(self.tcp, msl=msl)
         self.linger = linger  # on exit: how long closed connections may keep sending
         self._device: TunDevice | None = None
         self._servers: dict[Listener, Server] = {}
@@ -281,7 +286,7 @@ class Stack:
         self.loop = asyncio.get_running_loop()
         self._device = TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu)
         self.mtu = self._device.mtu
-        self._host = Host(self.addr, mtu=self.mtu, config=TcpConfig(msl=self._msl))
+        self._host = Host(self.addr, mtu=self.mtu, config=self.tcp)
         self._driver = Driver(self._host, self._device, self.loop, self._on_events)
         self._driver.start()
         return self
