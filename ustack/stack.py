@@ -19,7 +19,7 @@ from ustack.tcp.listener import Listener
 from ustack.tcp.options import Options
 from ustack.tcp.segment import ACK, RST, SYN, Segment, SegmentError
 from ustack.tcp.states import State
-from ustack.tcp.syncookies import SynCookies
+from ustack.tcp.syncookies import COOKIE_LIFETIME, SynCookies
 from ustack.tcp.tcb import Tcb
 
 # RFC 6056 §2.1: the IANA dynamic range for ephemeral ports.
@@ -184,7 +184,7 @@ class Host:
                 self.counters.drop(DropReason.TCP_LISTEN_OVERFLOW)
                 return
             if listener.syn_queue_full():
-                self._send_cookie(src, seg, now)
+                self._send_cookie(listener, src, seg, now)
                 return
             iss = self._isn(self.addr, seg.dst_port, src, seg.src_port, now)
             tcb = self._new_tcb(seg.dst_port, src, seg.src_port, iss, listener.config)
@@ -197,12 +197,13 @@ class Host:
         else:
             self.counters.drop(DropReason.TCP_UNEXPECTED)
 
-    def _send_cookie(self, src: bytes, syn: Segment, now: float) -> None:
+    def _send_cookie(self, listener: Listener, src: bytes, syn: Segment, now: float) -> None:
         """SYN queue full: answer with a SYN cookie and keep nothing (RFC 4987 §3.6)."""
+        listener.last_cookie_at = now
         peer_mss = min(syn.opts.mss or 536, self.mss)
         isn = self._cookies.make(self.addr, syn.dst_port, src, syn.src_port, syn.seq,
                                  peer_mss, now)
-        window = min(self.config.rcv_buf, 0xFFFF)
+        window = min(listener.config.rcv_buf, 0xFFFF)
         synack = Segment(syn.dst_port, syn.src_port, isn, seq.add(syn.seq, 1), SYN | ACK,
                          window, b"", Options(mss=self.mss))
         self.counters["tcp_syncookies_sent"] += 1
@@ -211,6 +212,10 @@ class Host:
     def _accept_cookie(self, listener: Listener, src: bytes, ack: Segment, now: float) -> bool:
         """An ACK for no connection: the end of a SYN-cookie handshake, if it validates."""
         if ack.flags & (SYN | RST) or listener.accept_queue_full():
+            return False
+        # Only while cookies are in use (Linux tcp_synq_no_recent_overflow): otherwise a
+        # blind attacker could try to guess one for a connection nobody asked for.
+        if listener.last_cookie_at is None or now - listener.last_cookie_at > COOKIE_LIFETIME:
             return False
         irs = seq.sub(ack.seq, 1)
         iss = seq.sub(ack.ack, 1)

@@ -199,3 +199,15 @@ def test_time_wait_expires_and_the_host_forgets_the_connection() -> None:
     h.poll(deadline)
     assert tcb.state is State.CLOSED and h.connections() == []
     assert h.next_deadline() is None
+
+
+def test_cookie_acks_are_refused_when_no_cookie_was_sent() -> None:
+    from ustack.tcp.syncookies import SynCookies
+
+    cookies = SynCookies(b"s" * 16)
+    h = Host(US, isn=IsnGenerator(b"k" * 16), rng=random.Random(1), cookies=cookies)
+    h.listen(7)
+    isn = cookies.make(h.addr, 7, socket.inet_aton(PEER), 40000, 99, 1460, 0.0)
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, seq=100, ack=isn + 1), 0.0)
+    (rst,) = parse_out(h.poll(0.0))  # a valid cookie, but none was handed out: RST
+    assert rst.data.flags == dpkt.tcp.TH_RST and h.connections() == []

@@ -14,6 +14,7 @@ class Listener:
         self.embryonic = 0  # children still in SYN-RECEIVED
         self.accept_queue: deque[Tcb] = deque()
         self.closed = False
+        self.last_cookie_at: float | None = None  # when we last answered with a SYN cookie
 
     def syn_queue_full(self) -> bool:
         """Handshakes in progress are bounded; past this, SYN cookies answer (RFC 4987)."""

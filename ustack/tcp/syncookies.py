@@ -16,6 +16,7 @@ import os
 
 MSS_TABLE = (536, 1220, 1360, 1440, 1460, 4312, 8960, 65495)
 TICK = 64.0
+COOKIE_LIFETIME = 2 * TICK  # a cookie is valid for the tick it was made in and the next
 
 
 class SynCookies:

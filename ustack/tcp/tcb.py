@@ -25,6 +25,8 @@ from ustack.tcp.states import ON_CLOSE, ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING
 
 MAX_UNSCALED_WINDOW = 0xFFFF
 CHALLENGE_ACKS_PER_SECOND = 10  # RFC 5961 §7: throttle challenge ACKs
+MIN_SND_MSS = 48 + 40  # Linux tcp_min_snd_mss (48 bytes of data) plus 40 of options
+RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
 _HALF = 0x8000_0000
 
 
@@ -101,6 +103,8 @@ class Tcb:
         self._ack_delayed = False
         self._full_segments_unacked = 0
         self._probe_owed = False
+        self._force_one = False  # send one segment even beyond the window (RTO)
+        self._syn_timed_out = False
         self._outbox: list[Segment] = []
         self._now = 0.0
         # Timers.
@@ -168,7 +172,7 @@ class Tcb:
         self.ts_ok = opts.ts_val is not None and self.config.timestamps
         if self.ts_ok:
             self.ts_recent = opts.ts_val or 0
-            self.cc.set_mss(self.snd_mss - TIMESTAMP_SPACE)
+            self.cc.set_mss(self.snd_mss - TIMESTAMP_SPACE)  # >= 76: MIN_SND_MSS
 
     # ------------------------------------------------------------- user calls
 
@@ -359,6 +363,8 @@ class Tcb:
         # Eighth, check the FIN bit (it may have waited beyond a gap until now).
         if self._fin_seq is not None and self._fin_seq == self.rcv_nxt and not self.fin_received:
             self.rcv_nxt = seq.add(self.rcv_nxt, 1)
+            if seq.lt(self._rcv_adv, self.rcv_nxt):
+                self._rcv_adv = self.rcv_nxt  # a FIN at the right edge: the window is 0
             self._ack_now = True
             self.fin_received = True
             if self.state in ON_FIN_RECEIVED:
@@ -415,7 +421,7 @@ class Tcb:
         """RFC 9293 §3.10.7.4 Table 6, against the window we advertised."""
         rcv_wnd = seq.sub(self._rcv_adv, self.rcv_nxt)
         seg_len = seg.seg_len
-        if rcv_wnd == 0:
+        if rcv_wnd == 0 or rcv_wnd >= _HALF:
             # Special allowance for ACKs and RSTs at RCV.NXT when our window is zero:
             # text is trimmed away below, the ACK field still counts.
             return seg.seq == self.rcv_nxt
@@ -487,7 +493,11 @@ class Tcb:
 
     def _update_window(self, seg: Segment) -> None:
         # RFC 7323 §2.3: the window field of a SYN is never scaled.
+        reopened = self.snd_wnd == 0
         self.snd_wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale
+        if reopened and self.snd_wnd and seq.lt(self.snd_una, self._send_cursor):
+            # What we sent into the zero window (probes) was not accepted: resend it now.
+            self._send_cursor = self.snd_una
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
@@ -509,7 +519,10 @@ class Tcb:
 
     def _set_peer_mss(self, mss: int | None) -> None:
         # MUST-15/16: 536 without the option; never above what we can receive in one piece.
-        self.snd_mss = max(1, min(mss if mss is not None else DEFAULT_MSS, self.rcv_mss))
+        # A floor, as Linux's tcp_min_snd_mss: a tiny MSS (leaving no room for data next
+        # to options) would stall the connection or split it into 1-byte segments.
+        wanted = mss if mss is not None else DEFAULT_MSS
+        self.snd_mss = max(MIN_SND_MSS, min(wanted, self.rcv_mss))
         self.cc.set_mss(self.snd_mss)
 
     def _ts_now(self, now: float) -> int:
@@ -544,8 +557,11 @@ class Tcb:
         self._update_timers(now)
 
     def _on_retransmission_timeout(self) -> None:
-        self._retries += 1
         syn = self.state in (State.SYN_SENT, State.SYN_RCVD)
+        # A peer that keeps answering with a zero window is alive (MUST-37): only
+        # silence counts towards giving up.
+        if syn or self.snd_wnd or self._now - self._last_rcv >= MAX_RTO:
+            self._retries += 1
         if self._retries > (self.config.syn_retries if syn else self.config.max_retries):
             self._close(TimeoutError("connection timed out"))
             return
@@ -555,6 +571,11 @@ class Tcb:
         self._rtt_seq = None
         self.cc.on_rto(seq.sub(self.snd_nxt, self.snd_una))
         self._send_cursor = self.snd_una
+        # The earliest segment goes out even if the window has shrunk since (as Linux's
+        # tcp_retransmit_timer): to a zero window it is the probe of MUST-36.
+        self._force_one = True
+        if self.state in (State.SYN_SENT, State.SYN_RCVD):
+            self._syn_timed_out = True
         self.retransmits += 1
         self.counters["tcp_rto"] += 1
 
@@ -630,7 +651,8 @@ class Tcb:
         return out
 
     def _unsent(self) -> int:
-        return len(self._snd_buf) - seq.sub(self._send_cursor, self._snd_buf_seq)
+        """Data bytes not yet sent (0 once the cursor has passed the FIN)."""
+        return max(0, len(self._snd_buf) - seq.sub(self._send_cursor, self._snd_buf_seq))
 
     def _send_text(self, out: list[Segment], now: float) -> None:
         """Data (and FIN) from the cursor, within min(SND.WND, cwnd) (MUST-17, MUST-19)."""
@@ -645,6 +667,9 @@ class Tcb:
                 return
             room = seq.sub(wnd_end, cursor) if seq.lt(cursor, wnd_end) else 0
             max_payload = self.snd_mss - self._option_space()  # RFC 9293 §3.7.1
+            if self._force_one:
+                self._force_one = False
+                room = max(room, min(max_payload, pending))
             n = min(max_payload, pending, room)
             if n <= 0:
                 return
@@ -758,6 +783,8 @@ class Tcb:
 
     def _set_state(self, new: State) -> None:
         old, self.state = self.state, new
+        if new is State.ESTABLISHED and self._syn_timed_out and self.rtt.srtt is None:
+            self.rtt.rto = max(self.rtt.rto, RTO_AFTER_SYN_TIMEOUT)  # RFC 6298 (5.7)
         if self.on_state_change is not None and old is not new:
             self.on_state_change(self, old, new)
 
