@@ -27,6 +27,8 @@ _ustack_missing_packages() {
     command -v curl >/dev/null 2>&1 || echo curl
     command -v socat >/dev/null 2>&1 || echo socat
     command -v ping >/dev/null 2>&1 || echo iputils-ping
+    # The integration tests read captures back with tcpdump (checksums, options).
+    command -v tcpdump >/dev/null 2>&1 || echo tcpdump
     return 0
 }
 
