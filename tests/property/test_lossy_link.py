@@ -1,12 +1,23 @@
 """Property: over any mix of loss, duplication, corruption and reordering, both byte
 streams arrive complete and identical, and both ends finish closing."""
 
+import random
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.simlink import Faults, Pair, transfer
+from ustack.tcp.config import TcpConfig
 from ustack.tcp.states import State
 
+configs = st.builds(
+    TcpConfig,
+    congestion=st.sampled_from(["cubic", "newreno"]),
+    sack=st.booleans(),
+    timestamps=st.booleans(),
+    window_scaling=st.booleans(),
+    nodelay=st.booleans(),
+)
 faults = st.builds(
     Faults,
     loss=st.floats(0, 0.2),
@@ -17,12 +28,14 @@ faults = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(faults=faults, seed=st.integers(0, 2**32), up=st.binary(max_size=20_000),
-       down=st.binary(max_size=20_000), chunk=st.integers(1, 5000))
-def test_streams_arrive_intact(faults: Faults, seed: int, up: bytes, down: bytes,
-                               chunk: int) -> None:
-    pair = Pair(faults, seed)
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(faults=faults, seed=st.integers(0, 2**32), up_len=st.integers(0, 30_000),
+       down_len=st.integers(0, 30_000), chunk=st.integers(1, 5000), config=configs)
+def test_streams_arrive_intact(faults: Faults, seed: int, up_len: int, down_len: int,
+                               chunk: int, config: TcpConfig) -> None:
+    data = random.Random(seed)
+    up, down = data.randbytes(up_len), data.randbytes(down_len)
+    pair = Pair(faults, seed, config)
     got_down, got_up, client, server = transfer(pair, up, down, chunk=chunk)
     assert got_up == up
     assert got_down == down

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from ustack.stack import Host
+from ustack.tcp.config import TcpConfig
 from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
 
@@ -26,11 +27,12 @@ class Faults:
 class Pair:
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
+    config: TcpConfig = field(default_factory=TcpConfig)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self.a = Host(A_ADDR, rng=random.Random(self.seed + 1))
-        self.b = Host(B_ADDR, rng=random.Random(self.seed + 2))
+        self.a = Host(A_ADDR, rng=random.Random(self.seed + 1), config=self.config)
+        self.b = Host(B_ADDR, rng=random.Random(self.seed + 2), config=self.config)
         self.now = 0.0
         self._wire: list[tuple[float, int, Host, bytes]] = []
         self._order = itertools.count()
@@ -76,17 +78,17 @@ def transfer(pair: Pair, up: bytes, down: bytes, chunk: int = 4096,
         if server is None and listener.accept_queue:
             server = listener.accept_queue.popleft()
         if client.state in (State.ESTABLISHED, State.CLOSE_WAIT):
-            if up_left and client.send_buffered < 65536:
+            while up_left and client.send_buffered < 65536:  # writes of `chunk` bytes
                 client.send(up_left[:chunk])
                 up_left = up_left[chunk:]
-            elif not up_left:
+            if not up_left:
                 client.shutdown()
             pair.a.wake(client)
         if server is not None and server.state in (State.ESTABLISHED, State.CLOSE_WAIT):
-            if down_left and server.send_buffered < 65536:
+            while down_left and server.send_buffered < 65536:
                 server.send(down_left[:chunk])
                 down_left = down_left[chunk:]
-            elif not down_left and server.fin_received:
+            if not down_left and server.fin_received:
                 server.shutdown()
             pair.b.wake(server)
         for tcb, got, host in ((client, got_a, pair.a), (server, got_b, pair.b)):

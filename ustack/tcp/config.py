@@ -19,6 +19,7 @@ class TcpConfig:
     window_scaling: bool = True  # RFC 7323 §2
     timestamps: bool = True  # RFC 7323 §3
     sack: bool = True  # RFC 2018
+    congestion: str = "cubic"  # RFC 9438; or "newreno" (RFC 5681, RFC 6582)
     max_retries: int = DATA_RETRIES
     syn_retries: int = SYN_RETRIES
     delayed_ack: float = DELAYED_ACK

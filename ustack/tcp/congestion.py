@@ -1,31 +1,159 @@
-"""Congestion control (RFC 5681): slow start, congestion avoidance, reaction to RTO.
+"""Congestion control behind one small interface: NewReno (RFC 5681, RFC 6582) and
+CUBIC (RFC 9438, the default). Windows are in bytes; `mss` is the sender's SMSS.
 
-Fast retransmit/recovery and CUBIC come with the loss-recovery work; this is the
-part every sender MUST have (MUST-19).
+The TCB calls:
+- `on_ack(acked, now, rtt)` when new data is acknowledged outside loss recovery;
+- `on_loss(flight, now)` when it enters fast recovery (3 duplicate ACKs or SACK loss);
+- `on_recovery_exit(flight)` when the recovery point is acknowledged;
+- `on_rto(flight, now)` when the retransmission timer expires.
+Loss recovery itself (what to resend, window inflation) lives in the TCB.
 """
 
+from typing import Protocol
+
 INITIAL_WINDOW_SEGMENTS = 10  # RFC 6928
+NO_SSTHRESH = 1 << 62  # RFC 5681 §3.1: initially "arbitrarily high"
 
 
-class Reno:
+class Controller(Protocol):
+    name: str
+    mss: int
+    cwnd: int
+    ssthresh: int
+
+    def set_mss(self, mss: int) -> None: ...
+    def on_ack(self, acked: int, now: float, rtt: float | None) -> None: ...
+    def on_loss(self, flight: int, now: float) -> None: ...
+    def on_recovery_exit(self, flight: int) -> None: ...
+    def on_rto(self, flight: int, now: float) -> None: ...
+
+
+class NewReno:
+    name = "newreno"
+
     def __init__(self, mss: int) -> None:
         self.mss = mss
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
-        self.ssthresh = 1 << 30  # RFC 5681 §3.1: "arbitrarily high"
+        self.ssthresh = NO_SSTHRESH
 
     def set_mss(self, mss: int) -> None:
         self.mss = mss
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
 
-    def on_ack(self, acked: int) -> None:
+    def on_ack(self, acked: int, now: float, rtt: float | None) -> None:
         if self.cwnd < self.ssthresh:
-            # RFC 5681 (2): slow start, growth capped at one SMSS per ACK.
+            # RFC 5681 (2): slow start, at most one SMSS per ACK.
             self.cwnd += min(acked, self.mss)
         else:
             # RFC 5681 (3): congestion avoidance, about one SMSS per RTT.
             self.cwnd += max(1, self.mss * self.mss // self.cwnd)
 
-    def on_rto(self, flight_size: int) -> None:
-        # RFC 5681 (4) and §3.1: ssthresh to half the flight, cwnd to one segment.
-        self.ssthresh = max(flight_size // 2, 2 * self.mss)
+    def on_loss(self, flight: int, now: float) -> None:
+        # RFC 5681 (4) / RFC 6582 §3.2 step 2: ssthresh = max(FlightSize / 2, 2*SMSS).
+        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.cwnd = self.ssthresh
+
+    def on_recovery_exit(self, flight: int) -> None:
+        # RFC 6582 §3.2 step 3, option (1): cwnd = min(ssthresh, max(FlightSize, SMSS) + SMSS).
+        self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
+
+    def on_rto(self, flight: int, now: float) -> None:
+        # RFC 5681 (4) and §3.1: the loss window is one segment.
+        self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.mss
+
+
+class Cubic:
+    """RFC 9438. Internally in segments (floats), as the RFC's formulas are."""
+
+    name = "cubic"
+    C = 0.4  # RFC 9438 §5: C
+    BETA = 0.7  # RFC 9438 §4.6: beta_cubic
+    ALPHA = 3 * (1 - BETA) / (1 + BETA)  # RFC 9438 §4.3: alpha_cubic
+
+    def __init__(self, mss: int) -> None:
+        self.mss = mss
+        self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
+        self.ssthresh = NO_SSTHRESH
+        self.w_max = 0.0  # segments: the window before the last reduction
+        self.k = 0.0
+        self.epoch_start: float | None = None
+        self.cwnd_epoch = 0.0
+        self.w_est = 0.0
+        self._cwnd_prior = 0.0
+        self._cwnd_seg = float(INITIAL_WINDOW_SEGMENTS)  # cwnd in segments, fractional
+
+    def set_mss(self, mss: int) -> None:
+        self.mss = mss
+        self._cwnd_seg = float(INITIAL_WINDOW_SEGMENTS)
+        self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
+
+    def w_cubic(self, t: float) -> float:
+        """RFC 9438 Figure 1: W_cubic(t) = C * (t - K)**3 + W_max."""
+        return self.C * (t - self.k) ** 3 + self.w_max
+
+    def on_ack(self, acked: int, now: float, rtt: float | None) -> None:
+        segs_acked = acked / self.mss
+        if self.cwnd < self.ssthresh:
+            self._cwnd_seg += min(segs_acked, 1.0)  # RFC 9438 §4.10: slow start as RFC 5681
+            self._set_cwnd()
+            return
+        if self.epoch_start is None:
+            # A congestion-avoidance stage begins (RFC 9438 §4.2).
+            self.epoch_start = now
+            self.cwnd_epoch = self._cwnd_seg
+            self.w_est = self._cwnd_seg
+            if self.w_max < self._cwnd_seg:
+                self.w_max = self._cwnd_seg  # no loss yet, or past it: start at the plateau
+            self.k = ((self.w_max - self.cwnd_epoch) / self.C) ** (1 / 3)  # RFC 9438 Figure 2
+        t = now - self.epoch_start
+        # RFC 9438 §4.3: the Reno-friendly estimate, alpha_cubic until W_est reaches the
+        # window before the reduction, then 1.
+        alpha = self.ALPHA if self.w_est < self._cwnd_prior else 1.0
+        self.w_est += alpha * segs_acked / self._cwnd_seg
+        if self.w_cubic(t) < self.w_est:
+            self._cwnd_seg = self.w_est  # Reno-friendly region
+        else:
+            # RFC 9438 §4.4-4.5: aim at W_cubic(t + RTT), between cwnd and 1.5 cwnd.
+            target = self.w_cubic(t + (rtt or 0.0))
+            target = min(max(target, self._cwnd_seg), 1.5 * self._cwnd_seg)
+            self._cwnd_seg += (target - self._cwnd_seg) / self._cwnd_seg * segs_acked
+        self._set_cwnd()
+
+    def _reduce(self, flight: int) -> None:
+        cwnd = self._cwnd_seg
+        # RFC 9438 §4.7, fast convergence: release bandwidth when the plateau dropped.
+        self.w_max = cwnd * (1 + self.BETA) / 2 if cwnd < self.w_max else cwnd
+        self._cwnd_prior = cwnd
+        # RFC 9438 Figure 5: ssthresh = flight_size * beta_cubic, at least 2 segments.
+        self.ssthresh = max(int(flight * self.BETA), 2 * self.mss)
+        self.epoch_start = None
+
+    def on_loss(self, flight: int, now: float) -> None:
+        self._reduce(flight)
+        self._cwnd_seg = max(self.ssthresh / self.mss, 2.0)
+        self._set_cwnd()
+
+    def on_recovery_exit(self, flight: int) -> None:
+        self._cwnd_seg = self.ssthresh / self.mss
+        self._set_cwnd()
+
+    def on_rto(self, flight: int, now: float) -> None:
+        # RFC 9438 §4.8: as for a loss, then the RFC 5681 loss window of one segment.
+        self._reduce(flight)
+        self._cwnd_seg = 1.0
+        self._set_cwnd()
+
+    def _set_cwnd(self) -> None:
+        self.cwnd = max(self.mss, int(self._cwnd_seg * self.mss))
+
+
+CONTROLLERS = {"newreno": NewReno, "cubic": Cubic}
+
+
+def make(name: str, mss: int) -> Controller:
+    try:
+        return CONTROLLERS[name](mss)
+    except KeyError:
+        raise ValueError(f"unknown congestion control {name!r} "
+                         f"(expected one of: {', '.join(CONTROLLERS)})") from None

@@ -14,12 +14,12 @@ Extensions: window scaling and timestamps (RFC 7323), SACK (RFC 2018), RFC 5961.
 from collections.abc import Callable
 
 from ustack.stats import Counters, DropReason
-from ustack.tcp import seq, timers
+from ustack.tcp import congestion, seq, timers
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
-from ustack.tcp.congestion import Reno
 from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options
 from ustack.tcp.reassembly import Reassembly
 from ustack.tcp.rtt import MAX_RTO, RttEstimator
+from ustack.tcp.sack import DUP_THRESH, Scoreboard
 from ustack.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
 from ustack.tcp.states import ON_CLOSE, ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING, SENDING, State
 
@@ -90,9 +90,17 @@ class Tcb:
         self.rcv_buf_size = config.rcv_buf
         self._ooo = Reassembly()
         self._fin_seq: int | None = None  # where the peer's FIN is, once seen
-        # Next sequence number to transmit: equals SND.NXT except after a retransmission
-        # timeout, when it goes back to SND.UNA and catches up (go-back-N).
-        self._send_cursor = iss
+        # Retransmission: [_rtx_nxt, _rtx_end) is presumed lost and is sent again (skipping
+        # what SACK says arrived) before new data; None when nothing is to be resent.
+        self._rtx_nxt: int | None = None
+        self._rtx_end = iss
+        self._syn_owed = True  # our SYN (or SYN-ACK) is to be sent
+        # Loss recovery (RFC 5681 §3.2, RFC 6582, RFC 6675).
+        self._dupacks = 0
+        self.in_recovery = False
+        self._recover = iss  # RFC 6582 "recover"; RFC 6675 RecoveryPoint
+        self._high_rxt = iss  # RFC 6675 HighRxt: the end of what this recovery resent
+        self.scoreboard = Scoreboard()
         self._fin_queued = False  # the user closed its sending side
         self.fin_received = False
         self.orphaned = False  # the user closed: nobody will read
@@ -118,7 +126,7 @@ class Tcb:
         self.rtt = RttEstimator()
         self._rtt_seq: int | None = None  # timing this sequence number (one at a time)
         self._rtt_time = 0.0
-        self.cc = Reno(self.snd_mss)
+        self.cc = congestion.make(config.congestion, self.snd_mss)
         self.retransmits = 0
         self.on_state_change: Callable[[Tcb, State, State], None] | None = None
         self._heap_deadline: float | None = None  # owned by the stack's timer heap
@@ -155,7 +163,8 @@ class Tcb:
         self._set_irs(irs)
         self._rcv_adv = seq.add(self.rcv_nxt, min(self.rcv_buf_size, MAX_UNSCALED_WINDOW))
         self._set_peer_mss(mss)
-        self.snd_una = self.snd_nxt = self._send_cursor = seq.add(self.iss, 1)
+        self.snd_una = self.snd_nxt = seq.add(self.iss, 1)
+        self._syn_owed = False
         self._update_window(ack)
         self._set_state(State.ESTABLISHED)
 
@@ -267,7 +276,7 @@ class Tcb:
             # Text in a SYN-ACK is rare and may be dropped: the peer retransmits it.
         else:
             # Simultaneous open (§3.3.5): <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK>.
-            self._send_cursor = self.iss
+            self._syn_owed = True
             self._set_state(State.SYN_RCVD)
         return None
 
@@ -277,7 +286,7 @@ class Tcb:
         if state is State.SYN_RCVD and flags & SYN and not flags & ACK and seg.seq == self.irs:
             # The peer retransmitted its SYN: our SYN-ACK was lost. Send it again
             # (Linux tcp_check_req), rather than the bare ACK of the sequence check.
-            self._send_cursor = self.iss
+            self._syn_owed = True
             return None
 
         # RFC 7323 §5.3 (R1), PAWS: an older timestamp marks an old duplicate.
@@ -339,8 +348,12 @@ class Tcb:
         if seq.lt(seg.ack, seq.sub(self.snd_una, self.max_snd_wnd)):
             self._ack_now = True  # RFC 5961 §5.2: too old to be acceptable
             return DropReason.TCP_BAD_ACK
+        new_sack = self.sack_ok and self.scoreboard.update(seg.opts.sack, self.snd_una,
+                                                           self.snd_nxt)
         if seq.lt(self.snd_una, seg.ack):
             self._ack_advanced(seg.ack, seg.opts.ts_ecr, now)
+        elif self._is_duplicate_ack(seg, new_sack):
+            self._on_duplicate_ack(now)
         if seq.le(self.snd_una, seg.ack) and (
             seq.lt(self.snd_wl1, seg.seq)
             or (self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, seg.ack))
@@ -466,15 +479,19 @@ class Tcb:
     def _ack_advanced(self, ack: int, ts_ecr: int, now: float) -> None:
         """SND.UNA < SEG.ACK =< SND.NXT: drop acknowledged data, feed RTT and cwnd."""
         acked = seq.sub(ack, self.snd_una)
+        # Was any of the newly acknowledged data sent more than once? Then its echoed
+        # timestamp may date an earlier copy or a stale TS.Recent: no RTT sample from it.
+        resent = seq.gt(self._high_rxt, self.snd_una)
         self.snd_una = ack
         into_buf = seq.sub(ack, self._snd_buf_seq)
         if into_buf < _HALF:
             drop = min(into_buf, len(self._snd_buf))
             del self._snd_buf[:drop]
             self._snd_buf_seq = seq.add(self._snd_buf_seq, drop)
-        if seq.lt(self._send_cursor, ack):
-            self._send_cursor = ack
-        if self.ts_ok and ts_ecr:
+        self.scoreboard.advance(ack)
+        if self._rtx_nxt is not None and seq.lt(self._rtx_nxt, ack):
+            self._rtx_nxt = ack
+        if self.ts_ok and ts_ecr and not resent:
             # RFC 7323 §4.1 (RTTM): the echoed timestamp dates the segment being ACKed.
             self.rtt.sample(max(0, seq.sub(self._ts_now(now), ts_ecr)) / 1000)
         elif self._rtt_seq is not None and seq.ge(ack, self._rtt_seq):
@@ -483,7 +500,23 @@ class Tcb:
             self._rtt_seq = None
         self._retries = 0
         self._persist_backoff = 0
-        self.cc.on_ack(acked)
+        self._dupacks = 0
+        flight = seq.sub(self.snd_nxt, self.snd_una)
+        if not self.in_recovery:
+            self.cc.on_ack(acked, now, self.rtt.srtt)
+        elif seq.ge(ack, self._recover):
+            # Full acknowledgment: recovery is over (RFC 6582 §3.2 step 3, RFC 6675 §5).
+            self.in_recovery = False
+            self.cc.on_recovery_exit(flight)
+        elif self.sack_ok:
+            self._mark_lost()  # RFC 6675: the scoreboard says what else is missing
+        else:
+            # RFC 6582 §3.2 step 5, partial acknowledgment: resend the next hole at once
+            # and deflate the window by what was acknowledged (adding one SMSS back).
+            self._resend_from(self.snd_una, seq.add(self.snd_una, self.snd_mss))
+            self._force_one = True
+            self.cc.cwnd = max(self.snd_mss, self.cc.cwnd - acked
+                               + (self.snd_mss if acked >= self.snd_mss else 0))
         # RFC 6298 (5.2)/(5.3): stop the timer when all is acknowledged, else restart it.
         if self.timers.kind == timers.RETRANSMIT:
             if self.snd_una == self.snd_nxt:
@@ -495,9 +528,9 @@ class Tcb:
         # RFC 7323 §2.3: the window field of a SYN is never scaled.
         reopened = self.snd_wnd == 0
         self.snd_wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale
-        if reopened and self.snd_wnd and seq.lt(self.snd_una, self._send_cursor):
+        if reopened and self.snd_wnd and self.snd_una != self.snd_nxt:
             # What we sent into the zero window (probes) was not accepted: resend it now.
-            self._send_cursor = self.snd_una
+            self._resend_from(self.snd_una, self.snd_nxt)
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
@@ -569,13 +602,22 @@ class Tcb:
         # back off; Karn: the retransmitted segment gives no RTT sample (MUST-18).
         self.rtt.backoff()
         self._rtt_seq = None
-        self.cc.on_rto(seq.sub(self.snd_nxt, self.snd_una))
-        self._send_cursor = self.snd_una
-        # The earliest segment goes out even if the window has shrunk since (as Linux's
-        # tcp_retransmit_timer): to a zero window it is the probe of MUST-36.
-        self._force_one = True
-        if self.state in (State.SYN_SENT, State.SYN_RCVD):
+        if syn:
+            self._syn_owed = True
             self._syn_timed_out = True
+        else:
+            self.cc.on_rto(seq.sub(self.snd_nxt, self.snd_una), self._now)
+            # RFC 6582: after a timeout, recover = the highest sequence sent; RFC 2018 §8:
+            # SACK information may have been reneged, so resend everything outstanding.
+            self.in_recovery = False
+            self._recover = self.snd_nxt
+            self._dupacks = 0
+            self.scoreboard.clear()
+            self._high_rxt = self.snd_una
+            self._resend_from(self.snd_una, self.snd_nxt)
+            # The earliest segment goes out even if the window has shrunk since (as Linux's
+            # tcp_retransmit_timer): to a zero window it is the probe of MUST-36.
+            self._force_one = True
         self.retransmits += 1
         self.counters["tcp_rto"] += 1
 
@@ -634,12 +676,11 @@ class Tcb:
         if state is State.CLOSED:
             self._ack_now = self._ack_delayed = self._probe_owed = False
             return out
-        if state is State.SYN_SENT:
-            if self._send_cursor == self.iss:
-                self._transmit(out, SYN, self.iss, b"", now)
-        elif state is State.SYN_RCVD:
-            if self._send_cursor == self.iss:
-                self._transmit(out, SYN | ACK, self.iss, b"", now)
+        if state is State.SYN_SENT or state is State.SYN_RCVD:
+            if self._syn_owed:
+                self._syn_owed = False
+                self._transmit(out, SYN if state is State.SYN_SENT else SYN | ACK, self.iss,
+                               b"", now)
         elif state not in (State.TIME_WAIT, State.FIN_WAIT_2):
             self._send_text(out, now)
         if self._probe_owed:
@@ -651,38 +692,157 @@ class Tcb:
         return out
 
     def _unsent(self) -> int:
-        """Data bytes not yet sent (0 once the cursor has passed the FIN)."""
-        return max(0, len(self._snd_buf) - seq.sub(self._send_cursor, self._snd_buf_seq))
+        """Data bytes never sent yet (0 once SND.NXT has passed the FIN)."""
+        return max(0, len(self._snd_buf) - seq.sub(self.snd_nxt, self._snd_buf_seq))
 
     def _send_text(self, out: list[Segment], now: float) -> None:
-        """Data (and FIN) from the cursor, within min(SND.WND, cwnd) (MUST-17, MUST-19)."""
+        """Retransmissions first, then new data and the FIN: within SND.WND (MUST-17) and
+        within what congestion control allows in the network (MUST-19, RFC 6675 pipe)."""
         buf_end = seq.add(self._snd_buf_seq, len(self._snd_buf))
-        wnd_end = seq.add(self.snd_una, min(self.snd_wnd, self.cc.cwnd))
+        wnd_end = seq.add(self.snd_una, self.snd_wnd)
+        max_payload = self.snd_mss - self._option_space()  # RFC 9293 §3.7.1
+        while self._rtx_nxt is not None:
+            start = self._rtx_nxt
+            sacked_to = self.scoreboard.covering(start)
+            if sacked_to is not None:
+                self._rtx_nxt = sacked_to  # the peer has it: skip (RFC 6675 NextSeg)
+            elif not seq.lt(start, self._rtx_end) or not seq.lt(start, self.snd_nxt):
+                self._rtx_nxt = None
+            elif not self._force_one and (self.cc.cwnd - self._pipe() < max_payload
+                                          or not seq.lt(start, wnd_end)):
+                break
+            else:
+                end = self._rtx_end if seq.lt(self._rtx_end, self.snd_nxt) else self.snd_nxt
+                nxt = self.scoreboard.next_sacked(start)
+                if nxt is not None and seq.lt(nxt, end):
+                    end = nxt
+                self._force_one = False
+                self._retransmit(out, start, min(seq.sub(end, start), max_payload), buf_end,
+                                 now)
         while True:
-            cursor = self._send_cursor
+            cursor = self.snd_nxt
             pending = seq.sub(buf_end, cursor) if seq.lt(cursor, buf_end) else 0
             if not pending:
                 if self._fin_queued and cursor == buf_end:
                     self._transmit(out, FIN | ACK, cursor, b"", now)
                 return
             room = seq.sub(wnd_end, cursor) if seq.lt(cursor, wnd_end) else 0
-            max_payload = self.snd_mss - self._option_space()  # RFC 9293 §3.7.1
-            if self._force_one:
+            budget = self.cc.cwnd - self._pipe()
+            if self._force_one:  # an RTO with nothing left to resend: probe with new data
                 self._force_one = False
-                room = max(room, min(max_payload, pending))
-            n = min(max_payload, pending, room)
+                room = budget = max(room, min(max_payload, pending))
+            n = min(max_payload, pending, room, max(0, budget))
             if n <= 0:
                 return
-            if n < max_payload and cursor == self.snd_nxt and self._hold_small(n, pending):
+            if n < max_payload and self._hold_small(n, pending):
                 return
-            offset = seq.sub(cursor, self._snd_buf_seq)
-            payload = bytes(memoryview(self._snd_buf)[offset:offset + n])  # one copy
             flags = ACK
             if n == pending:
                 flags |= PSH  # MUST-61: push when the buffer empties
                 if self._fin_queued:
                     flags |= FIN
-            self._transmit(out, flags, cursor, payload, now)
+            self._transmit(out, flags, cursor, self._payload(cursor, n), now)
+
+    def _retransmit(self, out: list[Segment], start: int, n: int, buf_end: int,
+                    now: float) -> None:
+        """Send [start, start + n) again; the FIN rides along if it is next."""
+        data = min(n, seq.sub(buf_end, start)) if seq.lt(start, buf_end) else 0
+        flags = ACK
+        end = seq.add(start, data)
+        if self._fin_queued and end == buf_end and seq.lt(end, self.snd_nxt):
+            flags |= FIN  # the FIN was sent before: it is lost with the data
+        if data and end == buf_end:
+            flags |= PSH
+        if not data and not flags & FIN:
+            self._rtx_nxt = None
+            return
+        self._transmit(out, flags, start, self._payload(start, data), now)
+        self._rtx_nxt = seq.add(end, 1 if flags & FIN else 0)
+        if seq.gt(self._rtx_nxt, self._high_rxt):
+            self._high_rxt = self._rtx_nxt
+
+    def _payload(self, start: int, n: int) -> bytes:
+        offset = seq.sub(start, self._snd_buf_seq)
+        return bytes(memoryview(self._snd_buf)[offset:offset + n])  # one copy
+
+    def _pipe(self) -> int:
+        """RFC 6675 §4 SetPipe, in effect: bytes sent and still believed in the network,
+        i.e. outstanding minus SACKed minus what is presumed lost and not yet resent."""
+        flight = seq.sub(self.snd_nxt, self.snd_una)
+        lost = 0
+        if self._rtx_nxt is not None and seq.lt(self._rtx_nxt, self._rtx_end):
+            end = self._rtx_end if seq.lt(self._rtx_end, self.snd_nxt) else self.snd_nxt
+            if seq.lt(self._rtx_nxt, end):
+                lost = seq.sub(end, self._rtx_nxt) - self.scoreboard.sacked_between(
+                    self._rtx_nxt, end)
+        return max(0, flight - self.scoreboard.sacked - lost)
+
+    # ---------------------------------------------------------- loss recovery
+
+    def _lose(self, start: int, end: int) -> None:
+        """Presume [start, end) lost: it is resent before any new data."""
+        if self._rtx_nxt is None:
+            self._rtx_nxt, self._rtx_end = start, end
+            return
+        if seq.lt(start, self._rtx_nxt):
+            self._rtx_nxt = start
+        if seq.gt(end, self._rtx_end):
+            self._rtx_end = end
+
+    def _resend_from(self, start: int, end: int) -> None:
+        """Start resending at `start` whatever was resent before (RTO, partial ACK)."""
+        self._rtx_nxt, self._rtx_end = start, end
+
+    def _is_duplicate_ack(self, seg: Segment, new_sack: bool) -> bool:
+        """RFC 5681 §2 DUPLICATE ACKNOWLEDGMENT (RFC 6675 §2: or one with new SACK data)."""
+        if seg.ack != self.snd_una or self.snd_una == self.snd_nxt:
+            return False
+        if seg.payload or seg.flags & (SYN | FIN):
+            return False
+        if new_sack:
+            return True
+        # Unchanged window; a D-SACK (old data) brings no new SACK information, so a
+        # duplicate of a spurious retransmission does not feed a retransmission storm.
+        return not seg.opts.sack and (seg.wnd << self.snd_wscale) == self.snd_wnd
+
+    def _on_duplicate_ack(self, now: float) -> None:
+        self._dupacks += 1
+        if self.in_recovery:
+            if self.sack_ok:
+                self._mark_lost()
+            else:
+                self.cc.cwnd += self.snd_mss  # RFC 6582 §3.2 step 4: inflate
+            return
+        sack_loss = self.sack_ok and self.scoreboard.lost_edge(self.snd_mss) is not None
+        if self._dupacks < DUP_THRESH and not sack_loss:
+            return
+        # RFC 6582 §3.2 step 2: a new recovery only once everything sent before the last
+        # one is acknowledged, so a retransmission's duplicates don't start another.
+        if seq.lt(self.snd_una, self._recover) and self.counters["tcp_fast_retransmits"]:
+            return
+        flight = seq.sub(self.snd_nxt, self.snd_una)
+        self.in_recovery = True
+        self._recover = self.snd_nxt
+        self.cc.on_loss(flight, now)
+        self.counters["tcp_fast_retransmits"] += 1
+        self.retransmits += 1
+        # RFC 6675 §5 (4.3) / RFC 5681 §3.2 step 2: resend the first unacknowledged segment,
+        # whatever cwnd says.
+        self._high_rxt = self.snd_una
+        self._resend_from(self.snd_una, seq.add(self.snd_una, self.snd_mss))
+        self._force_one = True
+        if self.sack_ok:
+            self._mark_lost()
+        else:
+            self.cc.cwnd = self.cc.ssthresh + DUP_THRESH * self.snd_mss  # RFC 6582 step 2
+
+    def _mark_lost(self) -> None:
+        """RFC 6675 IsLost: unsacked data below the lost edge and above what was already
+        resent in this recovery (HighRxt) is resent."""
+        edge = self.scoreboard.lost_edge(self.snd_mss)
+        start = self._high_rxt if seq.gt(self._high_rxt, self.snd_una) else self.snd_una
+        if edge is not None and seq.lt(start, edge):
+            self._lose(start, edge)
 
     def _hold_small(self, n: int, pending: int) -> bool:
         """Whether a new segment of `n` < MSS bytes should wait for an ACK."""
@@ -705,7 +865,6 @@ class Tcb:
             self.snd_nxt = end
         else:
             self.counters["tcp_retransmitted_segments"] += 1
-        self._send_cursor = end
         out.append(seg)
 
     def _segment(self, flags: int, *, seq_no: int, payload: bytes = b"") -> Segment:

@@ -1,0 +1,86 @@
+"""cwnd against the RFC formulas: RFC 5681 §3.1 (slow start, congestion avoidance,
+timeout) and RFC 9438 (CUBIC, C = 0.4, beta = 0.7)."""
+
+import pytest
+
+from ustack.tcp.congestion import Cubic, NewReno, make
+
+MSS = 1000
+
+
+def test_newreno_slow_start_then_congestion_avoidance() -> None:
+    cc = NewReno(MSS)
+    assert cc.cwnd == 10 * MSS  # RFC 6928 initial window
+    cc.on_ack(3 * MSS, 0.0, None)
+    assert cc.cwnd == 11 * MSS  # RFC 5681 (2): at most SMSS per ACK
+    cc.ssthresh = cc.cwnd
+    for _ in range(11):
+        before = cc.cwnd
+        cc.on_ack(MSS, 0.0, None)
+        assert cc.cwnd == before + max(1, MSS * MSS // before)  # RFC 5681 (3)
+    assert 11 * MSS < cc.cwnd <= 12 * MSS  # about one SMSS per window of ACKs
+
+
+def test_newreno_timeout() -> None:
+    cc = NewReno(MSS)
+    cc.on_rto(flight=30 * MSS, now=0.0)
+    assert (cc.ssthresh, cc.cwnd) == (15 * MSS, MSS)  # RFC 5681 (4), loss window
+    cc.on_rto(flight=MSS, now=0.0)
+    assert cc.ssthresh == 2 * MSS
+
+
+def cubic_after_loss(w: int = 100) -> Cubic:
+    cc = Cubic(MSS)
+    cc.cwnd = w * MSS
+    cc._cwnd_seg = float(w)
+    cc.ssthresh = 1  # in congestion avoidance
+    cc.on_loss(flight=w * MSS, now=10.0)
+    return cc
+
+
+def test_cubic_multiplicative_decrease() -> None:
+    cc = cubic_after_loss(100)
+    # RFC 9438 §4.6: ssthresh = flight * beta; cwnd = ssthresh; W_max = cwnd before.
+    assert cc.ssthresh == 70 * MSS and cc.cwnd == 70 * MSS
+    assert cc.w_max == 100
+
+
+def test_cubic_fast_convergence() -> None:
+    cc = cubic_after_loss(100)
+    cc.on_loss(flight=70 * MSS, now=11.0)  # a second loss below the old plateau
+    assert cc.w_max == pytest.approx(70 * (1 + 0.7) / 2)  # RFC 9438 §4.7
+
+
+def test_cubic_window_follows_w_cubic() -> None:
+    cc = cubic_after_loss(100)
+    rtt = 0.1
+    k = ((100 - 70) / 0.4) ** (1 / 3)  # RFC 9438 Figure 2, cwnd_epoch = 70
+    cc.on_ack(MSS, 20.0, rtt)  # the epoch starts here
+    assert cc.k == pytest.approx(k)
+    w = cc._cwnd_seg
+    now = 20.0
+    for _ in range(200):
+        now += 0.01
+        t = now - 20.0
+        target = 0.4 * (t + rtt - k) ** 3 + 100  # RFC 9438 Figure 1 at t + RTT
+        target = min(max(target, w), 1.5 * w)
+        w_est_before = cc.w_est
+        cc.on_ack(MSS, now, rtt)
+        alpha = 3 * (1 - 0.7) / (1 + 0.7) if w_est_before < 100 else 1.0
+        w_est = w_est_before + alpha / w  # RFC 9438 §4.3
+        cubic_now = 0.4 * (t - k) ** 3 + 100
+        w = w_est if cubic_now < w_est else w + (target - w) / w  # §4.3 vs §4.4/4.5
+        assert cc._cwnd_seg == pytest.approx(w)
+        assert cc.cwnd == int(w * MSS)
+    assert cc.cwnd > 70 * MSS  # it grew back towards W_max
+
+
+def test_cubic_timeout() -> None:
+    cc = cubic_after_loss(100)
+    cc.on_rto(flight=70 * MSS, now=12.0)
+    assert cc.cwnd == MSS and cc.ssthresh == 49 * MSS  # RFC 9438 §4.8
+
+
+def test_unknown_controller_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown congestion control"):
+        make("vegas", MSS)
