@@ -29,6 +29,7 @@ _ustack_missing_packages() {
     command -v ping >/dev/null 2>&1 || echo iputils-ping
     # The integration tests read captures back with tcpdump (checksums, options).
     command -v tcpdump >/dev/null 2>&1 || echo tcpdump
+    command -v nft >/dev/null 2>&1 || echo nftables
     return 0
 }
 
