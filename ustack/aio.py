@@ -3,13 +3,19 @@
 The TUN fd's reader callback drains every ready packet into the host, lets the
 application see what changed, then flushes what the host wants to send in one go
 (one ACK per connection per batch). One `call_at` handle serves the earliest
-timer deadline of all connections.
+timer deadline of all connections and of the link middleware.
+
+With link middleware (`ustack.link.Pipeline`: pcap, faults) inbound packets go
+device -> pipeline.rx -> host.receive and outbound host.poll -> pipeline.tx -> device;
+packets the pipeline held back come out of pipeline.poll in each step. Without it
+(pipeline None, the default) the per-packet path is exactly the bare loop.
 """
 
 import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from ustack.link import Pipeline
 from ustack.stack import Host
 from ustack.tcp.listener import Listener
 from ustack.tcp.tcb import Tcb
@@ -26,8 +32,9 @@ class Device(Protocol):
 
 class Driver:
     def __init__(self, host: Host, device: Device, loop: asyncio.AbstractEventLoop,
-                 on_events: EventSink) -> None:
+                 on_events: EventSink, pipeline: Pipeline | None = None) -> None:
         self.host = host
+        self.pipeline = pipeline
         self.device = device
         self.loop = loop
         self._on_events = on_events
@@ -55,11 +62,47 @@ class Driver:
     def flush(self) -> None:
         self._step(self.loop.time())
 
+    def set_pipeline(self, pipeline: Pipeline | None) -> None:
+        """Replace the link middleware. What the old pipeline still held goes on its way
+        at once (it is not lost to the switch); the new one takes every packet from here.
+        Safe from inside an application callback: the host hears of it on a later step."""
+        old, self.pipeline = self.pipeline, pipeline
+        if old is not None:
+            rx, tx = old.drain(self.loop.time())
+            write = self.device.write
+            for packet in tx:
+                write(packet)
+            if rx:
+                self.loop.call_soon(self._receive_held, rx)
+        self.kick_later()  # a step soon re-arms the timer for the new pipeline
+
+    def _receive_held(self, packets: list[bytes]) -> None:
+        now = self.loop.time()
+        receive = self.host.receive
+        for packet in packets:
+            receive(packet, now)
+        self._step(now)
+
+    def drain_tx(self) -> None:
+        """Send whatever the pipeline still holds for the device now (on exit)."""
+        if self.pipeline is not None:
+            _, tx = self.pipeline.drain(self.loop.time())
+            write = self.device.write
+            for packet in tx:
+                write(packet)
+
     def _on_readable(self) -> None:
         now = self.loop.time()
         receive = self.host.receive
-        for packet in self.device.read_batch():
-            receive(packet, now)
+        pipeline = self.pipeline
+        if pipeline is None:
+            for packet in self.device.read_batch():
+                receive(packet, now)
+        else:
+            rx = pipeline.rx
+            for packet in self.device.read_batch():
+                for passed in rx(packet, now):
+                    receive(passed, now)
         self._step(now)
 
     def _scheduled_step(self) -> None:
@@ -74,15 +117,30 @@ class Driver:
 
     def _step(self, now: float) -> None:
         host = self.host
+        pipeline = self.pipeline
         self._in_step = True
         try:
+            if pipeline is not None:
+                due = pipeline.next_deadline()
+                if due is not None and due <= now:
+                    rx_due, tx_due = pipeline.poll(now)
+                    for packet in rx_due:
+                        host.receive(packet, now)
+                    for packet in tx_due:
+                        self.device.write(packet)
             for _ in range(MAX_ROUNDS):
                 touched, accepted = host.take_events()
                 if touched or accepted:
                     self._on_events(touched, accepted)
                 write = self.device.write
-                for packet in host.poll(now):
-                    write(packet)
+                if pipeline is None:
+                    for packet in host.poll(now):
+                        write(packet)
+                else:
+                    tx = pipeline.tx
+                    for packet in host.poll(now):
+                        for passed in tx(packet, now):
+                            write(passed)
                 if not host.has_events() and not host.has_pending():
                     break
         finally:
@@ -98,6 +156,10 @@ class Driver:
 
     def _arm_timer(self) -> None:
         deadline = self.host.next_deadline()
+        if self.pipeline is not None:
+            link_deadline = self.pipeline.next_deadline()
+            if link_deadline is not None and (deadline is None or link_deadline < deadline):
+                deadline = link_deadline
         if deadline is None:
             return
         # Re-arm only for an earlier deadline; a later one is served by an early

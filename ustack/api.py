@@ -11,11 +11,15 @@ asyncio's own StreamReader/StreamWriter and Protocol classes run unchanged on th
 import asyncio
 import dataclasses
 import ipaddress
+import os
 import socket
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ustack.aio import Driver
+from ustack.link import FAULT_COUNTERS, FaultInjector, PcapWriter, pipeline_of
 from ustack.stack import Host
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.listener import Listener
@@ -262,12 +266,19 @@ class Server:
 
 
 class Stack:
-    """A ustack host on a TUN device: `async with Stack(...) as stack:`."""
+    """A ustack host on a TUN device: `async with Stack(...) as stack:`.
+
+    `pcap` names a file to capture every packet that crosses the TUN into (classic
+    pcap, raw IP; complete once the stack is closed). `stack.faults(...)` puts a seeded
+    fault injector on the link. The link middleware sits device - pcap - faults - host,
+    so the capture is what the kernel's side sent and received (see `ustack.link`).
+    """
 
     def __init__(self, dev: str = "ustack0", addr: str = "10.77.0.2", *,
                  kernel_addr: str = "10.77.0.1/24", mtu: int | None = None,
                  msl: float | None = None, linger: float = 1.0,
-                 tcp: TcpConfig | None = None) -> None:
+                 tcp: TcpConfig | None = None,
+                 pcap: str | os.PathLike[str] | None = None) -> None:
         self.dev = dev
         self.addr = str(ipaddress.IPv4Address(addr))
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
@@ -281,15 +292,52 @@ class Stack:
         self._servers: dict[Listener, Server] = {}
         self._transports: dict[Tcb, Transport] = {}
         self._connecting: dict[Tcb, asyncio.Future[None]] = {}
+        self.pcap = pcap
+        self._pcap: PcapWriter | None = None
+        self._faults: FaultInjector | None = None
+        self._fault_totals: Counter[str] = Counter()  # of injectors since replaced
 
     async def __aenter__(self) -> "Stack":
         self.loop = asyncio.get_running_loop()
-        self._device = TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu)
+        if self.pcap is not None:
+            # The writer reads no clock: its stamps are loop time plus this offset.
+            self._pcap = PcapWriter(self.pcap, wall_offset=time.time() - self.loop.time())
+        try:
+            self._device = TunDevice.open(self.dev, kernel_addr=self.kernel_addr,
+                                          mtu=self._mtu)
+        except BaseException:
+            if self._pcap is not None:
+                self._pcap.close()
+            raise
         self.mtu = self._device.mtu
         self._host = Host(self.addr, mtu=self.mtu, config=self.tcp)
-        self._driver = Driver(self._host, self._device, self.loop, self._on_events)
+        self._driver = Driver(self._host, self._device, self.loop, self._on_events,
+                              pipeline_of([self._pcap, self._faults]))
         self._driver.start()
         return self
+
+    def faults(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
+               corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
+               seed: int | None = None) -> int | None:
+        """Put a seeded fault injector on the link, in both directions, replacing any
+        before it; with no arguments (or all zero) remove it. Probabilities are fractions
+        (0.05 = 5%). Returns the seed in use (log it to replay a run), or None when no
+        faults are on. May be called before the stack starts or while it runs; packets
+        the old injector held back are sent on, not lost."""
+        injector = FaultInjector(loss=loss, dup=dup, reorder=reorder, corrupt=corrupt,
+                                 delay_ms=delay_ms, jitter_ms=jitter_ms, seed=seed)
+        new = injector if injector.active else None
+        old, self._faults = self._faults, new
+        if self._device is not None:  # running: the driver exists
+            self._driver.set_pipeline(pipeline_of([self._pcap, new]))
+        if old is not None:
+            self._fault_totals.update(old.counters)
+        return new.seed if new is not None else None
+
+    @property
+    def fault_injector(self) -> FaultInjector | None:
+        """The fault injector in use, if any (its `.seed`, `.describe()`, `.counters`)."""
+        return self._faults
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -309,9 +357,12 @@ class Stack:
             tcb.abort()
             self._host.wake(tcb)
         self._driver.flush()
+        self._driver.drain_tx()  # what the fault injector delays still goes out
         for transport in list(self._transports.values()):
             transport._connection_lost(None)
         self._driver.stop()
+        if self._driver.pipeline is not None:
+            self._driver.pipeline.close()  # the capture is complete from here on
         self._device.close()
         self._device = None
         await asyncio.sleep(0)  # let connection_lost callbacks run
@@ -320,6 +371,14 @@ class Stack:
         stats = self._host.stats()
         if self._device is not None:
             stats.update(self._device.counters)
+        if self._faults is not None or self._fault_totals:
+            faults = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
+            faults.update(self._fault_totals)
+            if self._faults is not None:
+                faults.update(self._faults.counters)
+            stats.update(faults)
+        if self._pcap is not None:
+            stats.update(self._pcap.counters)
         return stats
 
     # -------------------------------------------------- asyncio-style calls

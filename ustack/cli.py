@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ustack import services
+from ustack import link, services
 from ustack.api import Stack
 from ustack.tun import TunError
 
@@ -62,6 +62,37 @@ def _service(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _probability(text: str) -> float:
+    try:
+        return link.parse_probability(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _delay(text: str) -> tuple[float, float]:
+    try:
+        return link.parse_delay(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seed(text: str) -> int:
+    if not text.isdecimal() or int(text) >= 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (an integer 0..2**64-1)")
+    return int(text)
+
+
+def _pcap_file(text: str) -> str:
+    # Fail at once, with the usage line, if the capture cannot be written (the stack
+    # opens it again when it starts).
+    try:
+        with open(text, "wb"):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {e.strerror or e}") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ustack", description="A user-space TCP/IP stack over a Linux TUN device.")
@@ -77,6 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="device MTU (default: the device's, 1500 for a new one)")
         p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                        help="event loop (default uvloop when installed)")
+        link_opts = p.add_argument_group(
+            "link", "capture and fault injection between the TUN and the stack; "
+            "P is a fraction (0.05) or a percentage (5%), applied in both directions")
+        link_opts.add_argument("--pcap", type=_pcap_file, metavar="FILE",
+                               help="write every packet crossing the TUN to FILE (pcap)")
+        link_opts.add_argument("--loss", type=_probability, default=0.0, metavar="P",
+                               help="drop packets with probability P")
+        link_opts.add_argument("--dup", type=_probability, default=0.0, metavar="P",
+                               help="duplicate packets with probability P")
+        link_opts.add_argument("--reorder", type=_probability, default=0.0, metavar="P",
+                               help="hold packets back so a later one overtakes them")
+        link_opts.add_argument("--corrupt", type=_probability, default=0.0, metavar="P",
+                               help="flip one bit of packets with probability P")
+        link_opts.add_argument("--delay", type=_delay, default=(0.0, 0.0),
+                               metavar="MS[:JITTER_MS]",
+                               help="delay every packet by MS milliseconds, +- JITTER_MS")
+        link_opts.add_argument("--seed", type=_seed, default=None, metavar="N",
+                               help="seed of the fault injector (default: random, logged)")
 
     serve = sub.add_parser("serve", help="serve echo, discard, chargen, http")
     device_options(serve)
@@ -130,21 +179,45 @@ async def serve(args: argparse.Namespace) -> int:
         log("two services on one port: give each its own port")
         return EXIT_USAGE
     stop = asyncio.Event()
-    async with Stack(args.dev, args.addr, kernel_addr=args.kernel_addr, mtu=args.mtu) as stack:
+    async with _stack(args) as stack:
+        _log_faults(stack)
         for name, port in specs:
             await stack.create_server(services.protocol_factory(name), None, port,
                                       backlog=args.backlog)
         _on_signals(stop.set)
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR1, lambda: log("stats; " + _format_stats(stack.stats())))
         listing = " ".join(f"{name}:{port}" for name, port in specs)
         log(f"serving {listing} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu})")
         await stop.wait()
         stats = stack.stats()
-    log("stopped; " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
+    log("stopped; " + _format_stats(stats))
     return EXIT_OK
 
 
+def _format_stats(stats: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
+
+
+def _stack(args: argparse.Namespace) -> Stack:
+    """The Stack the options ask for, its fault injector set (installed when it starts)."""
+    stack = Stack(args.dev, args.addr, kernel_addr=args.kernel_addr, mtu=args.mtu,
+                  pcap=args.pcap)
+    delay_ms, jitter_ms = args.delay
+    stack.faults(loss=args.loss, dup=args.dup, reorder=args.reorder, corrupt=args.corrupt,
+                 delay_ms=delay_ms, jitter_ms=jitter_ms, seed=args.seed)
+    return stack
+
+
+def _log_faults(stack: Stack) -> None:
+    """The line that lets a lossy run be replayed: `ustack: faults loss=0.05 ... seed=N`."""
+    if stack.fault_injector is not None:
+        log("faults " + stack.fault_injector.describe())
+
+
 async def connect(args: argparse.Namespace) -> int:
-    async with Stack(args.dev, args.addr, kernel_addr=args.kernel_addr, mtu=args.mtu) as stack:
+    async with _stack(args) as stack:
+        _log_faults(stack)
         task = asyncio.ensure_future(_netcat(stack, args.host, args.port))
         _on_signals(task.cancel)
         try:
