@@ -16,6 +16,8 @@ from typing import Any
 
 from ustack import link, services
 from ustack.api import Stack
+from ustack.tcp import congestion
+from ustack.tcp.config import TcpConfig
 from ustack.tun import TunError
 
 EXIT_OK, EXIT_CONNECTION, EXIT_USAGE = 0, 1, 2
@@ -108,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="device MTU (default: the device's, 1500 for a new one)")
         p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                        help="event loop (default uvloop when installed)")
+        p.add_argument("--congestion", choices=tuple(congestion.CONTROLLERS), default="cubic",
+                       help="congestion control: cubic (RFC 9438, default) or newreno")
         link_opts = p.add_argument_group(
             "link", "capture and fault injection between the TUN and the stack; "
             "P is a fraction (0.05) or a percentage (5%), applied in both directions")
@@ -202,7 +206,7 @@ def _format_stats(stats: dict[str, int]) -> str:
 def _stack(args: argparse.Namespace) -> Stack:
     """The Stack the options ask for, its fault injector set (installed when it starts)."""
     stack = Stack(args.dev, args.addr, kernel_addr=args.kernel_addr, mtu=args.mtu,
-                  pcap=args.pcap)
+                  pcap=args.pcap, tcp=TcpConfig(congestion=args.congestion))
     delay_ms, jitter_ms = args.delay
     stack.faults(loss=args.loss, dup=args.dup, reorder=args.reorder, corrupt=args.corrupt,
                  delay_ms=delay_ms, jitter_ms=jitter_ms, seed=args.seed)
