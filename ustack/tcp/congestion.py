@@ -25,7 +25,7 @@ class Controller(Protocol):
     def on_ack(self, acked: int, now: float, rtt: float | None) -> None: ...
     def on_loss(self, flight: int, now: float) -> None: ...
     def on_recovery_exit(self, flight: int) -> None: ...
-    def on_rto(self, flight: int, now: float) -> None: ...
+    def on_rto(self, flight: int, now: float, repeated: bool = False) -> None: ...
 
 
 class NewReno:
@@ -57,9 +57,11 @@ class NewReno:
         # RFC 6582 §3.2 step 3, option (1): cwnd = min(ssthresh, max(FlightSize, SMSS) + SMSS).
         self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
 
-    def on_rto(self, flight: int, now: float) -> None:
-        # RFC 5681 (4) and §3.1: the loss window is one segment.
-        self.ssthresh = max(flight // 2, 2 * self.mss)
+    def on_rto(self, flight: int, now: float, repeated: bool = False) -> None:
+        # RFC 5681 (4) and §3.1: the loss window is one segment; ssthresh is held when
+        # a retransmission times out again.
+        if not repeated:
+            self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.mss
 
 
@@ -81,6 +83,7 @@ class Cubic:
         self.cwnd_epoch = 0.0
         self.w_est = 0.0
         self._cwnd_prior = 0.0
+        self._after_timeout = False
         self._cwnd_seg = float(INITIAL_WINDOW_SEGMENTS)  # cwnd in segments, fractional
 
     def set_mss(self, mss: int) -> None:
@@ -103,8 +106,11 @@ class Cubic:
             self.epoch_start = now
             self.cwnd_epoch = self._cwnd_seg
             self.w_est = self._cwnd_seg
-            if self.w_max < self._cwnd_seg:
-                self.w_max = self._cwnd_seg  # no loss yet, or past it: start at the plateau
+            if self.w_max < self._cwnd_seg or self._after_timeout:
+                # No loss yet, past the old plateau, or after a timeout (RFC 9438 §4.8):
+                # W_max = cwnd at the start of the stage, so K = 0.
+                self.w_max = self._cwnd_seg
+            self._after_timeout = False
             self.k = ((self.w_max - self.cwnd_epoch) / self.C) ** (1 / 3)  # RFC 9438 Figure 2
         t = now - self.epoch_start
         # RFC 9438 §4.3: the Reno-friendly estimate, alpha_cubic until W_est reaches the
@@ -138,9 +144,12 @@ class Cubic:
         self._cwnd_seg = self.ssthresh / self.mss
         self._set_cwnd()
 
-    def on_rto(self, flight: int, now: float) -> None:
-        # RFC 9438 §4.8: as for a loss, then the RFC 5681 loss window of one segment.
-        self._reduce(flight)
+    def on_rto(self, flight: int, now: float, repeated: bool = False) -> None:
+        # RFC 9438 §4.8: as for a loss (once per timeout sequence), then the RFC 5681 loss
+        # window of one segment; the next congestion avoidance starts afresh, K = 0.
+        if not repeated:
+            self._reduce(flight)
+        self._after_timeout = True
         self._cwnd_seg = 1.0
         self._set_cwnd()
 

@@ -97,6 +97,7 @@ class Tcb:
         self._syn_owed = True  # our SYN (or SYN-ACK) is to be sent
         # Loss recovery (RFC 5681 §3.2, RFC 6582, RFC 6675).
         self._dupacks = 0
+        self._consecutive_rtos = 0  # timeouts since SND.UNA last moved
         self.in_recovery = False
         self._recover = iss  # RFC 6582 "recover"; RFC 6675 RecoveryPoint
         self._high_rxt = iss  # RFC 6675 HighRxt: the end of what this recovery resent
@@ -494,15 +495,22 @@ class Tcb:
         if self.ts_ok and ts_ecr and not resent:
             # RFC 7323 §4.1 (RTTM): the echoed timestamp dates the segment being ACKed.
             self.rtt.sample(max(0, seq.sub(self._ts_now(now), ts_ecr)) / 1000)
-        elif self._rtt_seq is not None and seq.ge(ack, self._rtt_seq):
-            self.rtt.sample(now - self._rtt_time)
+        elif self._rtt_seq is not None and seq.ge(ack, self._rtt_seq) and not resent:
+            self.rtt.sample(now - self._rtt_time)  # Karn: never time a resent segment
         if self._rtt_seq is not None and seq.ge(ack, self._rtt_seq):
             self._rtt_seq = None
         self._retries = 0
         self._persist_backoff = 0
         self._dupacks = 0
+        self._consecutive_rtos = 0
         flight = seq.sub(self.snd_nxt, self.snd_una)
         if not self.in_recovery:
+            # Keep the recovery marks just behind SND.UNA, so that they never lag 2**31
+            # behind and flip meaning.
+            if seq.gt(ack, self._recover):
+                self._recover = ack
+            if seq.gt(ack, self._high_rxt):
+                self._high_rxt = ack
             self.cc.on_ack(acked, now, self.rtt.srtt)
         elif seq.ge(ack, self._recover):
             # Full acknowledgment: recovery is over (RFC 6582 §3.2 step 3, RFC 6675 §5).
@@ -513,7 +521,7 @@ class Tcb:
         else:
             # RFC 6582 §3.2 step 5, partial acknowledgment: resend the next hole at once
             # and deflate the window by what was acknowledged (adding one SMSS back).
-            self._resend_from(self.snd_una, seq.add(self.snd_una, self.snd_mss))
+            self._resend_from(self.snd_una, seq.add(self.snd_una, self._max_payload()))
             self._force_one = True
             self.cc.cwnd = max(self.snd_mss, self.cc.cwnd - acked
                                + (self.snd_mss if acked >= self.snd_mss else 0))
@@ -606,7 +614,10 @@ class Tcb:
             self._syn_owed = True
             self._syn_timed_out = True
         else:
-            self.cc.on_rto(seq.sub(self.snd_nxt, self.snd_una), self._now)
+            # RFC 5681 §3.1: ssthresh is held when the same data times out again.
+            self._consecutive_rtos += 1
+            self.cc.on_rto(seq.sub(self.snd_nxt, self.snd_una), self._now,
+                           repeated=self._consecutive_rtos > 1)
             # RFC 6582: after a timeout, recover = the highest sequence sent; RFC 2018 §8:
             # SACK information may have been reneged, so resend everything outstanding.
             self.in_recovery = False
@@ -700,7 +711,7 @@ class Tcb:
         within what congestion control allows in the network (MUST-19, RFC 6675 pipe)."""
         buf_end = seq.add(self._snd_buf_seq, len(self._snd_buf))
         wnd_end = seq.add(self.snd_una, self.snd_wnd)
-        max_payload = self.snd_mss - self._option_space()  # RFC 9293 §3.7.1
+        max_payload = self._max_payload()
         while self._rtx_nxt is not None:
             start = self._rtx_nxt
             sacked_to = self.scoreboard.covering(start)
@@ -719,6 +730,7 @@ class Tcb:
                 self._force_one = False
                 self._retransmit(out, start, min(seq.sub(end, start), max_payload), buf_end,
                                  now)
+        self._force_one = False  # it only ever forces a retransmission
         while True:
             cursor = self.snd_nxt
             pending = seq.sub(buf_end, cursor) if seq.lt(cursor, buf_end) else 0
@@ -728,9 +740,6 @@ class Tcb:
                 return
             room = seq.sub(wnd_end, cursor) if seq.lt(cursor, wnd_end) else 0
             budget = self.cc.cwnd - self._pipe()
-            if self._force_one:  # an RTO with nothing left to resend: probe with new data
-                self._force_one = False
-                room = budget = max(room, min(max_payload, pending))
             n = min(max_payload, pending, room, max(0, budget))
             if n <= 0:
                 return
@@ -797,10 +806,12 @@ class Tcb:
         """RFC 5681 §2 DUPLICATE ACKNOWLEDGMENT (RFC 6675 §2: or one with new SACK data)."""
         if seg.ack != self.snd_una or self.snd_una == self.snd_nxt:
             return False
-        if seg.payload or seg.flags & (SYN | FIN):
+        if seg.flags & (SYN | FIN):
             return False
         if new_sack:
-            return True
+            return True  # RFC 6675 §2: new SACK information, even on a segment with data
+        if seg.payload:
+            return False
         # Unchanged window; a D-SACK (old data) brings no new SACK information, so a
         # duplicate of a spurious retransmission does not feed a retransmission storm.
         return not seg.opts.sack and (seg.wnd << self.snd_wscale) == self.snd_wnd
@@ -816,9 +827,9 @@ class Tcb:
         sack_loss = self.sack_ok and self.scoreboard.lost_edge(self.snd_mss) is not None
         if self._dupacks < DUP_THRESH and not sack_loss:
             return
-        # RFC 6582 §3.2 step 2: a new recovery only once everything sent before the last
-        # one is acknowledged, so a retransmission's duplicates don't start another.
-        if seq.lt(self.snd_una, self._recover) and self.counters["tcp_fast_retransmits"]:
+        # RFC 6582 §3.2 step 2, RFC 6675 §5.1: no new recovery until everything sent
+        # before the last one (or the last timeout) is acknowledged.
+        if seq.lt(self.snd_una, self._recover):
             return
         flight = seq.sub(self.snd_nxt, self.snd_una)
         self.in_recovery = True
@@ -829,7 +840,7 @@ class Tcb:
         # RFC 6675 §5 (4.3) / RFC 5681 §3.2 step 2: resend the first unacknowledged segment,
         # whatever cwnd says.
         self._high_rxt = self.snd_una
-        self._resend_from(self.snd_una, seq.add(self.snd_una, self.snd_mss))
+        self._resend_from(self.snd_una, seq.add(self.snd_una, self._max_payload()))
         self._force_one = True
         if self.sack_ok:
             self._mark_lost()
@@ -903,6 +914,10 @@ class Tcb:
             # RFC 2018 §3-4: up to 4 blocks, 3 beside a timestamp, the newest first.
             opts.sack = tuple(self._ooo.sack_blocks(3 if self.ts_ok else 4))
         return opts
+
+    def _max_payload(self) -> int:
+        """Data per segment: the MSS less the options we send (RFC 9293 §3.7.1)."""
+        return self.snd_mss - self._option_space()
 
     def _option_space(self) -> int:
         space = TIMESTAMP_SPACE if self.ts_ok else 0

@@ -84,3 +84,21 @@ def test_cubic_timeout() -> None:
 def test_unknown_controller_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown congestion control"):
         make("vegas", MSS)
+
+
+def test_cubic_holds_its_state_on_repeated_timeouts_and_restarts_with_k_0() -> None:
+    cc = cubic_after_loss(100)
+    cc.on_rto(flight=70 * MSS, now=12.0)
+    w_max, ssthresh = cc.w_max, cc.ssthresh
+    cc.on_rto(flight=MSS, now=13.0, repeated=True)  # RFC 5681 §3.1: ssthresh held
+    assert (cc.w_max, cc.ssthresh, cc.cwnd) == (w_max, ssthresh, MSS)
+    cc.ssthresh = 1  # straight into congestion avoidance
+    cc.on_ack(MSS, 14.0, 0.1)
+    assert cc.k == 0 and cc.w_max == 1.0  # RFC 9438 §4.8: W_max = cwnd at the start
+
+
+def test_newreno_holds_ssthresh_on_repeated_timeouts() -> None:
+    cc = NewReno(MSS)
+    cc.on_rto(flight=40 * MSS, now=0.0)
+    cc.on_rto(flight=MSS, now=1.0, repeated=True)
+    assert cc.ssthresh == 20 * MSS and cc.cwnd == MSS

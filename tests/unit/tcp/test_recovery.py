@@ -3,7 +3,7 @@ recovery (RFC 6675), D-SACK tolerance, and RTO as the last resort."""
 
 from tests.unit.tcp.helpers import IRS, ISS, MSS, new_tcb, peer, recv, send
 from ustack.tcp.config import TcpConfig
-from ustack.tcp.segment import ACK, SYN
+from ustack.tcp.segment import ACK, PSH, SYN
 from ustack.tcp.states import State
 
 NEWRENO = TcpConfig(nodelay=True, congestion="newreno", sack=False, timestamps=False)
@@ -119,3 +119,47 @@ def test_recovery_runs_once_per_window() -> None:
         send(tcb, peer(ACK, IRS + 1, seg_start(1), wnd=65535), 0.3)
         recv(tcb, 0.3)
     assert tcb.counters["tcp_fast_retransmits"] == 1  # RFC 6582 §3.2 step 2: recover
+
+
+def test_no_new_recovery_below_the_recovery_point_after_a_timeout() -> None:
+    tcb = sender(NEWRENO, 6)
+    tcb.on_timer(tcb.next_deadline)  # RTO: recover = SND.NXT
+    recv(tcb, 1.0)
+    ssthresh = tcb.cc.ssthresh
+    for _ in range(4):
+        dupack(tcb, now=1.1)
+    assert not tcb.in_recovery and tcb.cc.ssthresh == ssthresh  # RFC 6675 §5.1
+
+
+def test_fast_retransmit_resends_exactly_one_segment_beside_timestamps() -> None:
+    cfg = TcpConfig(nodelay=True, congestion="newreno", sack=False)
+    tcb = new_tcb(config=cfg)
+    tcb.open_passive(peer(SYN, IRS, mss=MSS, ts_val=1), 0.0)
+    recv(tcb)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, ts_val=2, ts_ecr=0), 0.0)
+    tcb.send(b"t" * (6 * (MSS - 12)))
+    recv(tcb, 0.0)
+    out = []
+    for _ in range(3):
+        send(tcb, peer(ACK, IRS + 1, ISS + 1, ts_val=3, ts_ecr=0), 0.1)
+        out += recv(tcb, 0.1)
+    assert [(s.seq, len(s.payload)) for s in out] == [(ISS + 1, MSS - 12)]
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, ts_val=3, ts_ecr=0), 0.1)  # inflate: new data only
+    assert all(s.seq >= tcb.snd_nxt - len(s.payload) for s in recv(tcb, 0.1))
+
+
+def test_karn_no_rtt_sample_from_a_fast_retransmitted_segment() -> None:
+    tcb = sender(NEWRENO, 6)
+    srtt = tcb.rtt.srtt
+    for _ in range(3):
+        dupack(tcb, now=0.9)
+    send(tcb, peer(ACK, IRS + 1, tcb.snd_nxt, wnd=65535), 0.91)
+    assert tcb.rtt.srtt == srtt  # MUST-18
+
+
+def test_a_data_segment_with_new_sack_blocks_is_a_duplicate_ack() -> None:
+    tcb = sender(SACK, 8, sack=True)
+    for i in range(3):
+        send(tcb, peer(ACK | PSH, IRS + 1 + i, seg_start(0), wnd=65535, payload=b"x",
+                       sack=((seg_start(1), seg_start(2 + i)),)), 0.1)
+    assert tcb.in_recovery  # RFC 6675 §2: the data does not hide the SACK news
