@@ -13,11 +13,13 @@ import dataclasses
 import ipaddress
 import os
 import socket
+import ssl as _ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ustack import tls
 from ustack.aio import Driver
 from ustack.link import FAULT_COUNTERS, FaultInjector, PcapWriter, pipeline_of
 from ustack.stack import Host
@@ -44,6 +46,8 @@ ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitab
 
 class Transport(asyncio.Transport):
     """An asyncio.Transport over one ustack TCB."""
+
+    _start_tls_compatible = True  # asyncio's marker; `Stack.start_tls` upgrades it
 
     def __init__(self, stack: "Stack", tcb: Tcb, protocol: asyncio.BaseProtocol) -> None:
         super().__init__()
@@ -188,6 +192,16 @@ class Transport(asyncio.Transport):
         self._tcb.abort()
         self._stack._driver.kick(self._tcb)
         self._connection_lost(None)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        """End the connection at once, reporting `exc` to `connection_lost` (asyncio's
+        transports have this private method; its SSLProtocol calls it on a fatal TLS
+        error or a shutdown timeout). Like asyncio, buffered data is discarded: RST."""
+        if self._lost:
+            return
+        self._tcb.abort()
+        self._stack._driver.kick(self._tcb)
+        self._connection_lost(exc)
 
     def get_write_buffer_size(self) -> int:
         return max(0, self._tcb.send_buffered - SNDBUF)
@@ -385,17 +399,35 @@ class Stack:
 
     async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
                             host: str | None = None, port: int | None = None, *,
-                            backlog: int = 100) -> Server:
+                            backlog: int = 100, ssl: _ssl.SSLContext | None = None,
+                            ssl_handshake_timeout: float | None = None,
+                            ssl_shutdown_timeout: float | None = None) -> Server:
+        """Mirrors `loop.create_server`; with `ssl` every connection is TLS (the
+        handshake runs before the protocol's `connection_made`)."""
         self._check_local(host)
         if port is None:
             raise ValueError("a port is required")
+        sslcontext = tls.check_server_args(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        if sslcontext is not None:
+            protocol_factory = tls.server_protocol_factory(
+                protocol_factory, sslcontext, self.loop,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout)
         listener = self._host.listen(port, backlog)
         server = Server(self, listener, protocol_factory)
         self._servers[listener] = server
         return server
 
-    async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
-                                host: str, port: int) -> tuple[Transport, asyncio.BaseProtocol]:
+    async def create_connection(
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, *,
+        ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
+    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """Mirrors `loop.create_connection`. With `ssl` (a context, or True for a
+        default one) it returns once the TLS handshake is done: the transport is then
+        the TLS one, and handshake errors (`ssl.SSLError`, a timeout) are raised."""
+        tls_args = tls.check_client_args(ssl, host, server_hostname, ssl_handshake_timeout,
+                                         ssl_shutdown_timeout)
         tcb = self._host.connect(host, port, self.loop.time())
         established = self.loop.create_future()
         self._connecting[tcb] = established
@@ -409,6 +441,9 @@ class Stack:
         finally:
             self._connecting.pop(tcb, None)
         protocol = protocol_factory()
+        if tls_args is not None:
+            return await self._client_tls(tcb, protocol, *tls_args, ssl_handshake_timeout,
+                                          ssl_shutdown_timeout)
         transport = Transport(self, tcb, protocol)
         self._transports[tcb] = transport
         made = self.loop.create_future()
@@ -416,22 +451,87 @@ class Stack:
         await made
         return transport, protocol
 
+    async def _client_tls(self, tcb: Tcb, protocol: asyncio.BaseProtocol,
+                          sslcontext: _ssl.SSLContext | None, server_hostname: str | None,
+                          handshake_timeout: float | None, shutdown_timeout: float | None,
+                          ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        # asyncio's _create_connection_transport with _make_ssl_transport.
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        ssl_protocol = tls.make_ssl_protocol(
+            self.loop, protocol, sslcontext, waiter, server_hostname=server_hostname,
+            ssl_handshake_timeout=handshake_timeout, ssl_shutdown_timeout=shutdown_timeout)
+        transport = Transport(self, tcb, ssl_protocol)
+        self._transports[tcb] = transport
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        return ssl_protocol._app_transport, protocol
+
+    async def start_tls(self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol,
+                        sslcontext: _ssl.SSLContext, *, server_side: bool = False,
+                        server_hostname: str | None = None,
+                        ssl_handshake_timeout: float | None = None,
+                        ssl_shutdown_timeout: float | None = None) -> asyncio.Transport:
+        """Mirrors `loop.start_tls`: upgrade a ustack connection to TLS; return the new
+        transport (`protocol` receives the plaintext from then on). The old transport
+        must no longer be used by the caller."""
+        if not isinstance(sslcontext, _ssl.SSLContext):
+            raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                            f"got {sslcontext!r}")
+        if not isinstance(transport, Transport):
+            raise TypeError(f"transport {transport!r} is not supported by start_tls() "
+                            f"(only a plain ustack Transport is)")
+        loop = self.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        ssl_protocol = tls.make_ssl_protocol(
+            loop, protocol, sslcontext, waiter, server_side=server_side,
+            server_hostname=server_hostname, call_connection_made=False,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        # Pause early so that data cannot reach ssl_protocol before its connection_made.
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        conmade_cb = loop.call_soon(ssl_protocol.connection_made, transport)
+        resume_cb = loop.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            conmade_cb.cancel()
+            resume_cb.cancel()
+            raise
+        return ssl_protocol._app_transport
+
     async def start_server(self, client_connected_cb: ClientConnected, host: str | None = None,
                            port: int | None = None, *, limit: int = STREAM_LIMIT,
-                           backlog: int = 100) -> Server:
+                           backlog: int = 100, ssl: _ssl.SSLContext | None = None,
+                           ssl_handshake_timeout: float | None = None,
+                           ssl_shutdown_timeout: float | None = None) -> Server:
+        """Mirrors `asyncio.start_server`."""
         loop = self.loop
 
         def factory() -> asyncio.StreamReaderProtocol:
             reader = asyncio.StreamReader(limit=limit, loop=loop)
             return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
 
-        return await self.create_server(factory, host, port, backlog=backlog)
+        return await self.create_server(factory, host, port, backlog=backlog, ssl=ssl,
+                                        ssl_handshake_timeout=ssl_handshake_timeout,
+                                        ssl_shutdown_timeout=ssl_shutdown_timeout)
 
-    async def open_connection(self, host: str, port: int, *, limit: int = STREAM_LIMIT
-                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open_connection(
+        self, host: str, port: int, *, limit: int = STREAM_LIMIT,
+        ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Mirrors `asyncio.open_connection`."""
         reader = asyncio.StreamReader(limit=limit, loop=self.loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=self.loop)
-        transport, _ = await self.create_connection(lambda: protocol, host, port)
+        transport, _ = await self.create_connection(
+            lambda: protocol, host, port, ssl=ssl, server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
         return reader, asyncio.StreamWriter(transport, protocol, reader, self.loop)
 
     # --------------------------------------------------------- core events

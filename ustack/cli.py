@@ -9,12 +9,14 @@ import asyncio
 import ipaddress
 import os
 import signal
+import ssl
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ustack import link, services
+from ustack import link, services, tls
 from ustack.api import Stack
 from ustack.tcp import congestion
 from ustack.tcp.config import TcpConfig
@@ -22,6 +24,10 @@ from ustack.tun import TunError
 
 EXIT_OK, EXIT_CONNECTION, EXIT_USAGE = 0, 1, 2
 STDIN_CHUNK = 64 * 1024
+
+# Services over TLS: name -> (the plain service it wraps, default port). TLS stays out
+# of `services`; the CLI wraps the plain protocol in TLS.
+TLS_SERVICES = {"https": ("http", 443)}
 
 
 def log(message: str) -> None:
@@ -58,10 +64,22 @@ def _mtu(text: str) -> int:
 
 
 def _service(text: str) -> tuple[str, int]:
+    name, sep, port_text = text.strip().partition(":")
+    name = name.strip().lower()
     try:
-        return services.parse_service_spec(text)
+        if name not in TLS_SERVICES:
+            return services.parse_service_spec(text)
+        plain, default_port = TLS_SERVICES[name]
+        # The port rules are the plain service's.
+        return name, services.parse_service_spec(f"{plain}:{port_text}")[1] if sep \
+            else default_port
     except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        message = str(e)
+        if "unknown service" in message:
+            known = ", ".join(sorted([*services.DEFAULT_PORTS, *TLS_SERVICES]))
+            message = f"unknown service {name!r} in {text!r} (expected one of: {known})."
+        raise argparse.ArgumentTypeError(message.replace(f"'{plain}:", f"'{name}:")
+                                         if name in TLS_SERVICES else message) from None
 
 
 def _probability(text: str) -> float:
@@ -131,11 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
         link_opts.add_argument("--seed", type=_seed, default=None, metavar="N",
                                help="seed of the fault injector (default: random, logged)")
 
-    serve = sub.add_parser("serve", help="serve echo, discard, chargen, http")
+    serve = sub.add_parser("serve", help="serve echo, discard, chargen, http, https")
     device_options(serve)
     serve.add_argument("--backlog", type=int, default=128, help="listen backlog (default 128)")
+    tls_opts = serve.add_argument_group(
+        "TLS", "the certificate of https (the http service over TLS); one of "
+        "--cert or --self-signed is required with https")
+    cert_source = tls_opts.add_mutually_exclusive_group()
+    cert_source.add_argument("--cert", metavar="FILE",
+                             help="certificate chain (PEM); may also hold the key")
+    tls_opts.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
+    cert_source.add_argument("--self-signed", action="store_true",
+                             help="make a throwaway self-signed certificate for --addr "
+                             "(needs the openssl command)")
     serve.add_argument("services", nargs="*", type=_service, metavar="SERVICE[:PORT]",
-                       help="echo (7), discard (9), chargen (19), http (80); default echo:7")
+                       help="echo (7), discard (9), chargen (19), http (80), https (443); "
+                       "default echo:7")
 
     connect = sub.add_parser("connect", help="open a connection: stdin to it, it to stdout")
     device_options(connect)
@@ -149,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.addr == args.kernel_addr.split("/")[0]:
         log(f"--addr {args.addr} is the kernel side's address; pick another")
         return EXIT_USAGE
+    if args.command == "serve":
+        try:
+            args.sslcontext = _server_tls(args)
+        except (tls.TlsSetupError, ValueError) as e:
+            log(str(e))
+            return EXIT_USAGE
     command = serve if args.command == "serve" else connect
     try:
         return _run(command(args), args.loop)
@@ -176,6 +211,31 @@ def _on_signals(handler: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, handler)
 
 
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server SSLContext that --cert/--key/--self-signed ask for, or None.
+    Raises ValueError (or TlsSetupError) with one line for the user."""
+    wants_tls = any(name in TLS_SERVICES for name, _ in args.services or ())
+    if args.key is not None and args.cert is None:
+        raise ValueError("--key needs --cert (the certificate it belongs to)")
+    if args.self_signed and args.key is not None:
+        raise ValueError("--key goes with --cert, not with --self-signed")
+    if not wants_tls:
+        if args.cert is not None or args.self_signed:
+            raise ValueError("--cert/--self-signed are for https: no https service given")
+        return None
+    if args.cert is not None:
+        return tls.server_context(args.cert, args.key)
+    if not args.self_signed:
+        raise ValueError("https needs a certificate: give --cert FILE [--key FILE], "
+                         "or --self-signed")
+    with tempfile.TemporaryDirectory(prefix="ustack-tls-") as tmp:
+        # The context keeps the certificate and key in memory; the files can go.
+        cert, key = tls.self_signed_certificate(tmp, addresses=[args.addr])
+        context = tls.server_context(cert, key)
+    log(f"self-signed certificate for {args.addr} (valid 1 day)")
+    return context
+
+
 async def serve(args: argparse.Namespace) -> int:
     specs: list[tuple[str, int]] = args.services or [("echo", 7)]
     ports = [port for _, port in specs]
@@ -186,8 +246,13 @@ async def serve(args: argparse.Namespace) -> int:
     async with _stack(args) as stack:
         _log_faults(stack)
         for name, port in specs:
-            await stack.create_server(services.protocol_factory(name), None, port,
-                                      backlog=args.backlog)
+            if name in TLS_SERVICES:
+                plain, _ = TLS_SERVICES[name]
+                await stack.create_server(services.protocol_factory(plain), None, port,
+                                          backlog=args.backlog, ssl=args.sslcontext)
+            else:
+                await stack.create_server(services.protocol_factory(name), None, port,
+                                          backlog=args.backlog)
         _on_signals(stop.set)
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR1, lambda: log("stats; " + _format_stats(stack.stats())))
