@@ -10,6 +10,7 @@ asyncio's own StreamReader/StreamWriter and Protocol classes run unchanged on th
 
 import asyncio
 import dataclasses
+import errno
 import ipaddress
 import os
 import socket
@@ -64,6 +65,7 @@ class Transport(asyncio.Transport):
         self._protocol_paused = False
         self._high = HIGH_WATER
         self._low = LOW_WATER
+        self._linger_zero = False
         local = (stack.addr, tcb.local_port)
         remote = (socket.inet_ntoa(tcb.remote_addr), tcb.remote_port)
         self._extra: dict[str, Any] = {"peername": remote, "sockname": local, "socket": None}
@@ -130,8 +132,54 @@ class Transport(asyncio.Transport):
             "state": tcb.state.value, "snd_una": tcb.snd_una, "snd_nxt": tcb.snd_nxt,
             "snd_wnd": tcb.snd_wnd, "rcv_nxt": tcb.rcv_nxt, "snd_mss": tcb.snd_mss,
             "srtt": tcb.rtt.srtt, "rto": tcb.rtt.rto, "cwnd": tcb.cc.cwnd,
-            "retransmits": tcb.retransmits,
+            "retransmits": tcb.retransmits, "rcv_buf": tcb.rcv_buf_size,
+            "nodelay": tcb.nodelay, "keepalive": tcb.config.keepalive,
+            "keepalive_idle": tcb.config.keepalive_idle,
+            "keepalive_interval": tcb.config.keepalive_interval,
+            "keepalive_count": tcb.config.keepalive_count,
         }
+
+    # ------------------------------------------------ per-connection options
+
+    def set_nodelay(self, enabled: bool = True) -> None:
+        """Like `setsockopt(IPPROTO_TCP, TCP_NODELAY, enabled)`. On by default, as on every
+        asyncio TCP transport; `set_nodelay(False)` turns Nagle's algorithm back on."""
+        self._tcb.nodelay = bool(enabled)
+        self._stack._driver.kick(self._tcb)  # Nagle may have held a small segment
+
+    def set_keepalive(self, enabled: bool = True, idle: float | None = None,
+                      interval: float | None = None, count: int | None = None) -> None:
+        """Like `SO_KEEPALIVE` with `TCP_KEEPIDLE`, `TCP_KEEPINTVL` and `TCP_KEEPCNT`
+        (seconds, seconds, probes); None keeps the connection's current value. After
+        `idle` seconds without a segment from the peer, probes go every `interval`
+        seconds; after `count` unanswered ones `connection_lost` gets a TimeoutError."""
+        changes: dict[str, Any] = {"keepalive": bool(enabled)}
+        for name, value in (("keepalive_idle", idle), ("keepalive_interval", interval),
+                            ("keepalive_count", count)):
+            if value is not None:
+                if value <= 0:
+                    raise ValueError(f"{name.removeprefix('keepalive_')} must be positive")
+                changes[name] = value
+        self._tcb.config = dataclasses.replace(self._tcb.config, **changes)
+        self._stack._driver.kick(self._tcb)  # re-arms the connection's timers
+
+    def set_receive_buffer(self, nbytes: int) -> None:
+        """Like `SO_RCVBUF`: the bytes this connection buffers for a reader that is slow
+        (or paused) before the advertised window closes. It never shrinks below what is
+        already buffered, and the window already advertised is never taken back. The
+        window scale was fixed by the handshake, so to go beyond 64 KiB pass a large
+        enough `TcpConfig(rcv_buf=...)` to `create_connection`/`create_server`."""
+        if nbytes <= 0:
+            raise ValueError("the receive buffer must be positive")
+        tcb = self._tcb
+        tcb.rcv_buf_size = max(int(nbytes), tcb.readable)
+        self._stack._driver.kick(tcb)  # a larger buffer may open the window
+
+    def set_linger_zero(self, enabled: bool = True) -> None:
+        """Like `SO_LINGER` with `l_onoff=1, l_linger=0`: from then on `close()` works as
+        `abort()`: buffered data is discarded and the peer gets a RST instead of a FIN.
+        (`abort()` always ends the connection with a RST.)"""
+        self._linger_zero = bool(enabled)
 
     def is_closing(self) -> bool:
         return self._closing
@@ -180,7 +228,12 @@ class Transport(asyncio.Transport):
         return True
 
     def close(self) -> None:
+        """Mirrors `asyncio.Transport.close`: buffered data is sent, then a FIN (unless
+        `set_linger_zero()` was called: then it is `abort()`)."""
         if self._closing:
+            return
+        if self._linger_zero:
+            self.abort()
             return
         self._closing = True
         self._tcb.close()  # the FIN follows whatever is still buffered
@@ -189,6 +242,10 @@ class Transport(asyncio.Transport):
             self._connection_lost(self._tcb.error)
 
     def abort(self) -> None:
+        """Mirrors `asyncio.Transport.abort`: close at once, discarding buffered data; the
+        peer gets a RST (as a socket with `SO_LINGER` 0 does). `connection_lost(None)`."""
+        if self._lost:
+            return
         self._tcb.abort()
         self._stack._driver.kick(self._tcb)
         self._connection_lost(None)
@@ -317,8 +374,7 @@ class Stack:
             # The writer reads no clock: its stamps are loop time plus this offset.
             self._pcap = PcapWriter(self.pcap, wall_offset=time.time() - self.loop.time())
         try:
-            self._device = TunDevice.open(self.dev, kernel_addr=self.kernel_addr,
-                                          mtu=self._mtu)
+            self._device = self._open_device()
         except BaseException:
             if self._pcap is not None:
                 self._pcap.close()
@@ -329,6 +385,12 @@ class Stack:
                               pipeline_of([self._pcap, self._faults]))
         self._driver.start()
         return self
+
+    def _open_device(self) -> TunDevice:
+        """Open the link (a TUN device). Tests override this to run the stack over an
+        in-memory device with TunDevice's `fileno`, `read_batch`, `write`, `close`, `mtu`
+        and `counters`."""
+        return TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu)
 
     def faults(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
                corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
@@ -401,9 +463,12 @@ class Stack:
                             host: str | None = None, port: int | None = None, *,
                             backlog: int = 100, ssl: _ssl.SSLContext | None = None,
                             ssl_handshake_timeout: float | None = None,
-                            ssl_shutdown_timeout: float | None = None) -> Server:
+                            ssl_shutdown_timeout: float | None = None,
+                            tcp: TcpConfig | None = None) -> Server:
         """Mirrors `loop.create_server`; with `ssl` every connection is TLS (the
-        handshake runs before the protocol's `connection_made`)."""
+        handshake runs before the protocol's `connection_made`). `tcp` gives this
+        listener's connections their own settings (default: the stack's `tcp`). A port
+        already listening raises `OSError(errno.EADDRINUSE)`, as `bind()` does."""
         self._check_local(host)
         if port is None:
             raise ValueError("a port is required")
@@ -413,7 +478,14 @@ class Stack:
                 protocol_factory, sslcontext, self.loop,
                 ssl_handshake_timeout=ssl_handshake_timeout,
                 ssl_shutdown_timeout=ssl_shutdown_timeout)
-        listener = self._host.listen(port, backlog)
+        try:
+            listener = self._host.listen(port, backlog, config=tcp)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(errno.EADDRINUSE, f"[Errno {errno.EADDRINUSE}] error while "
+                              f"attempting to bind on address ({host or self.addr!r}, "
+                              f"{port}): address already in use") from None
+            raise
         server = Server(self, listener, protocol_factory)
         self._servers[listener] = server
         return server
@@ -422,13 +494,19 @@ class Stack:
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, *,
         ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
         ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
+        tcp: TcpConfig | None = None,
     ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
         """Mirrors `loop.create_connection`. With `ssl` (a context, or True for a
         default one) it returns once the TLS handshake is done: the transport is then
-        the TLS one, and handshake errors (`ssl.SSLError`, a timeout) are raised."""
+        the TLS one, and handshake errors (`ssl.SSLError`, a timeout) are raised.
+
+        `tcp` gives this connection its own settings (default: the stack's `tcp`).
+        Errors: `ConnectionRefusedError` when the peer answers our SYN with a RST,
+        `TimeoutError` when `tcp.syn_retries` retransmitted SYNs go unanswered
+        (1+2+4+... s), `ConnectionResetError` on a reset during the handshake."""
         tls_args = tls.check_client_args(ssl, host, server_hostname, ssl_handshake_timeout,
                                          ssl_shutdown_timeout)
-        tcb = self._host.connect(host, port, self.loop.time())
+        tcb = self._host.connect(host, port, self.loop.time(), config=tcp)
         established = self.loop.create_future()
         self._connecting[tcb] = established
         self._driver.kick(tcb)
@@ -508,8 +586,9 @@ class Stack:
                            port: int | None = None, *, limit: int = STREAM_LIMIT,
                            backlog: int = 100, ssl: _ssl.SSLContext | None = None,
                            ssl_handshake_timeout: float | None = None,
-                           ssl_shutdown_timeout: float | None = None) -> Server:
-        """Mirrors `asyncio.start_server`."""
+                           ssl_shutdown_timeout: float | None = None,
+                           tcp: TcpConfig | None = None) -> Server:
+        """Mirrors `asyncio.start_server` (`tcp` as for `create_server`)."""
         loop = self.loop
 
         def factory() -> asyncio.StreamReaderProtocol:
@@ -518,20 +597,21 @@ class Stack:
 
         return await self.create_server(factory, host, port, backlog=backlog, ssl=ssl,
                                         ssl_handshake_timeout=ssl_handshake_timeout,
-                                        ssl_shutdown_timeout=ssl_shutdown_timeout)
+                                        ssl_shutdown_timeout=ssl_shutdown_timeout, tcp=tcp)
 
     async def open_connection(
         self, host: str, port: int, *, limit: int = STREAM_LIMIT,
         ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
         ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
+        tcp: TcpConfig | None = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Mirrors `asyncio.open_connection`."""
+        """Mirrors `asyncio.open_connection` (`tcp` as for `create_connection`)."""
         reader = asyncio.StreamReader(limit=limit, loop=self.loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=self.loop)
         transport, _ = await self.create_connection(
             lambda: protocol, host, port, ssl=ssl, server_hostname=server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout)
+            ssl_shutdown_timeout=ssl_shutdown_timeout, tcp=tcp)
         return reader, asyncio.StreamWriter(transport, protocol, reader, self.loop)
 
     # --------------------------------------------------------- core events

@@ -1,0 +1,277 @@
+"""The Transport's asyncio contract, without a TUN: two Stacks joined by a socketpair.
+
+Each stack's device is one end of an AF_UNIX datagram socketpair (one datagram = one IP
+packet), so the real Driver runs with `loop.add_reader` on both asyncio's loop and uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from ustack.api import Stack
+from ustack.tcp.config import TcpConfig
+
+SERVER_ADDR = "10.0.0.1"
+CLIENT_ADDR = "10.0.0.2"
+PORT = 7000
+
+
+class PairDevice:
+    """One end of a socketpair, with the interface Stack needs of a TunDevice."""
+
+    mtu = 1500
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.counters: Counter[str] = Counter()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_batch(self) -> list[bytes]:
+        packets = []
+        for _ in range(256):
+            try:
+                packets.append(self.sock.recv(65536))
+            except (BlockingIOError, InterruptedError):
+                break
+        return packets
+
+    def write(self, packet: bytes) -> bool:
+        try:
+            self.sock.send(packet)
+        except (BlockingIOError, ConnectionRefusedError):
+            return False  # a full link drops, as a TUN queue does
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class PairStack(Stack):
+    def __init__(self, device: PairDevice, addr: str, **kw: Any) -> None:
+        super().__init__(addr=addr, linger=0.5, **kw)
+        self._pair_device = device
+
+    def _open_device(self) -> PairDevice:  # type: ignore[override]
+        return self._pair_device
+
+
+def stacks() -> tuple[PairStack, PairStack]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    return PairStack(PairDevice(a), SERVER_ADDR), PairStack(PairDevice(b), CLIENT_ADDR)
+
+
+def loop_factories() -> list[Any]:
+    params = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        params.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("no uvloop")))
+    else:
+        params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
+    return params
+
+
+@pytest.fixture(params=loop_factories())
+def run(request) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
+        with asyncio.Runner(loop_factory=request.param) as r:
+            return r.run(asyncio.wait_for(coro, 20))
+    return runner
+
+
+class Recorder(asyncio.Protocol):
+    """Records every protocol callback in order; closes on EOF unless told not to."""
+
+    def __init__(self, keep_open: bool = False) -> None:
+        self.events: list[str] = []
+        self.data = bytearray()
+        self.lost_exc: list[BaseException | None] = []
+        self.transport: asyncio.Transport | None = None
+        self.keep_open = keep_open
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.events.append("made")
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.events or self.events[-1] != "data":
+            self.events.append("data")
+        self.data += data
+
+    def eof_received(self) -> bool:
+        self.events.append("eof")
+        return self.keep_open
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.events.append("lost")
+        self.lost_exc.append(exc)
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def test_call_order_clean_close(run):
+    async def main() -> None:
+        server_stack, client_stack = stacks()
+        async with server_stack, client_stack:
+            servers: list[Recorder] = []
+
+            def factory() -> Recorder:
+                servers.append(Recorder())
+                return servers[-1]
+
+            await server_stack.create_server(factory, SERVER_ADDR, PORT)
+            transport, client = await client_stack.create_connection(
+                Recorder, SERVER_ADDR, PORT)
+            assert client.events == ["made"]  # connection_made ran before we got it back
+            payload = bytes(range(256)) * 1000
+            transport.write(payload)
+            transport.write_eof()
+            await asyncio.wait_for(servers[0].done, 10)
+            server = servers[0]
+            assert server.events == ["made", "data", "eof", "lost"]
+            assert bytes(server.data) == payload
+            assert server.lost_exc == [None]
+            await asyncio.wait_for(client.done, 10)
+            assert client.events == ["made", "eof", "lost"]
+            assert client.lost_exc == [None]
+
+    run(main())
+
+
+def test_write_after_close_is_ignored(run):
+    async def main() -> None:
+        server_stack, client_stack = stacks()
+        async with server_stack, client_stack:
+            servers: list[Recorder] = []
+
+            def factory() -> Recorder:
+                servers.append(Recorder())
+                return servers[-1]
+
+            await server_stack.create_server(factory, SERVER_ADDR, PORT)
+            transport, client = await client_stack.create_connection(
+                Recorder, SERVER_ADDR, PORT)
+            transport.write(b"before")
+            transport.close()
+            assert transport.is_closing()
+            transport.write(b"after")  # asyncio: ignored, no exception
+            transport.writelines([b"more"])
+            await asyncio.wait_for(servers[0].done, 10)
+            assert bytes(servers[0].data) == b"before"
+            assert servers[0].events == ["made", "data", "eof", "lost"]
+            await asyncio.wait_for(client.done, 10)
+            assert client.events == ["made", "lost"]
+            assert client.lost_exc == [None]
+
+    run(main())
+
+
+def test_abort_loses_once_and_resets_peer(run):
+    async def main() -> None:
+        server_stack, client_stack = stacks()
+        async with server_stack, client_stack:
+            servers: list[Recorder] = []
+
+            def factory() -> Recorder:
+                servers.append(Recorder())
+                return servers[-1]
+
+            await server_stack.create_server(factory, SERVER_ADDR, PORT)
+            transport, client = await client_stack.create_connection(
+                Recorder, SERVER_ADDR, PORT)
+            transport.write(b"x")
+            for _ in range(200):
+                if servers and servers[0].data:
+                    break
+                await asyncio.sleep(0.01)
+            transport.abort()
+            transport.abort()
+            transport.close()
+            await asyncio.wait_for(client.done, 10)
+            await asyncio.sleep(0.05)
+            assert client.events == ["made", "lost"]
+            assert client.lost_exc == [None]
+            await asyncio.wait_for(servers[0].done, 10)
+            assert isinstance(servers[0].lost_exc[0], ConnectionResetError)
+
+    run(main())
+
+
+def test_linger_zero_close_sends_rst(run):
+    async def main() -> None:
+        server_stack, client_stack = stacks()
+        async with server_stack, client_stack:
+            servers: list[Recorder] = []
+
+            def factory() -> Recorder:
+                servers.append(Recorder())
+                return servers[-1]
+
+            await server_stack.create_server(factory, SERVER_ADDR, PORT)
+            transport, client = await client_stack.create_connection(
+                Recorder, SERVER_ADDR, PORT)
+            for _ in range(200):
+                if servers:
+                    break
+                await asyncio.sleep(0.01)
+            transport.set_linger_zero()
+            transport.close()
+            await asyncio.wait_for(client.done, 10)
+            assert client.lost_exc == [None]
+            await asyncio.wait_for(servers[0].done, 10)
+            assert isinstance(servers[0].lost_exc[0], ConnectionResetError)
+
+    run(main())
+
+
+def test_refused_and_addr_in_use(run):
+    async def main() -> None:
+        server_stack, client_stack = stacks()
+        async with server_stack, client_stack:
+            with pytest.raises(ConnectionRefusedError):
+                await client_stack.create_connection(Recorder, SERVER_ADDR, PORT)
+            await server_stack.create_server(Recorder, SERVER_ADDR, PORT)
+            with pytest.raises(OSError) as info:
+                await server_stack.create_server(Recorder, SERVER_ADDR, PORT)
+            assert info.value.errno == errno.EADDRINUSE
+
+    run(main())
+
+
+def test_per_connection_options(run):
+    async def main() -> None:
+        server_stack, client_stack = stacks()
+        async with server_stack, client_stack:
+            await server_stack.create_server(Recorder, SERVER_ADDR, PORT,
+                                             tcp=TcpConfig(rcv_buf=100_000))
+            transport, _ = await client_stack.create_connection(
+                Recorder, SERVER_ADDR, PORT, tcp=TcpConfig(rcv_buf=50_000))
+            info = transport.get_extra_info("tcp_info")
+            assert info["rcv_buf"] == 50_000
+            assert info["nodelay"] is True  # asyncio's default for TCP transports
+            transport.set_nodelay(False)
+            transport.set_keepalive(True, idle=5, interval=2, count=3)
+            transport.set_receive_buffer(80_000)
+            info = transport.get_extra_info("tcp_info")
+            assert info["nodelay"] is False
+            assert (info["keepalive"], info["keepalive_idle"], info["keepalive_interval"],
+                    info["keepalive_count"]) == (True, 5, 2, 3)
+            assert info["rcv_buf"] == 80_000
+            with pytest.raises(ValueError):
+                transport.set_keepalive(True, count=0)
+            transport.close()
+
+    run(main())
