@@ -14,8 +14,8 @@ set -euo pipefail
 ustack_bootstrap
 cd "$USTACK_ROOT"
 
-echo "+ ruff check ustack tests tools" >&2
-"$USTACK_VENV/bin/ruff" check ustack tests tools
+echo "+ ruff check ustack tests tools examples" >&2
+"$USTACK_VENV/bin/ruff" check ustack tests tools examples
 
 echo "+ pytest $*" >&2
 # A hard bound on the whole run, well inside CI's 30 minutes.
