@@ -47,9 +47,10 @@ def _check_https(netns) -> None:
     assert hashlib.sha256(big.stdout).hexdigest() == pattern_sha256(1_000_000)
 
 
-def test_serve_https_self_signed(netns, start_ustack):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_serve_https_self_signed(netns, start_ustack, loop):
     require_tools("curl", "openssl")
-    server = start_ustack(netns, "https:443", "http:80", args=["--self-signed"])
+    server = start_ustack(netns, "https:443", "http:80", args=["--self-signed", "--loop", loop])
     # Unverifiable without -k: curl rejects the handshake; the server carries on.
     rejected = _curl(netns, f"https://{USTACK_ADDR}/")
     assert rejected.returncode == 60, rejected.stderr.decode()
