@@ -9,8 +9,11 @@ import heapq
 import ipaddress
 import itertools
 import random
+import socket
+from collections.abc import Callable
 
 from ustack import ip
+from ustack.ladder import Endpoint, Event, SegmentEvent, StateEvent, TimerEvent
 from ustack.stats import Counters, DropReason
 from ustack.tcp import segment, seq
 from ustack.tcp.config import TcpConfig
@@ -57,6 +60,9 @@ class Host:
         self._pending: dict[Tcb, None] = {}  # TCBs to poll (an ordered set)
         self._out: list[bytes] = []
         self._ip_id = self._rng.randrange(0x10000)
+        # The probe: every segment, state change and timer, as ladder events (or None).
+        self.probe: Callable[[Event], None] | None = None
+        self._now = 0.0
         # Events for the application layer, taken with take_events().
         self._touched: dict[Tcb, None] = {}
         self._accepted: list[tuple[Listener, Tcb]] = []
@@ -152,6 +158,9 @@ class Host:
             self.counters.drop(DropReason[e.reason])
             return
         self.counters["tcp_segments_in"] += 1
+        if self.probe is not None:
+            self._now = now
+            self._probe_segment(dgram.src, self.addr, seg, outbound=False)
         key = (dgram.src, seg.src_port, seg.dst_port)
         tcb = self._conns.get(key)
         if tcb is not None and tcb.state is State.TIME_WAIT and _reopens_time_wait(tcb, seg):
@@ -275,6 +284,7 @@ class Host:
                 continue
             tcb._heap_deadline = None
             before = tcb.state
+            self._now = now
             tcb.on_timer(now)
             self._after_event(tcb, before)
         for tcb in self._pending:
@@ -292,6 +302,8 @@ class Host:
         return out
 
     def _emit_segment(self, dst: bytes, seg: Segment) -> None:
+        if self.probe is not None:
+            self._probe_segment(self.addr, dst, seg, outbound=True)
         header, payload = segment.encode(seg, self.addr, dst)
         self.counters["tcp_segments_out"] += 1
         self._emit(dst, ip.PROTO_TCP, header, payload)
@@ -305,9 +317,36 @@ class Host:
 
     def _new_tcb(self, local_port: int, remote_addr: bytes, remote_port: int, iss: int,
                  config: TcpConfig) -> Tcb:
-        return Tcb(local_port, remote_port, iss, mss=self.mss, config=config,
-                   remote_addr=remote_addr, ts_offset=self._rng.getrandbits(32),
-                   counters=self.counters)
+        tcb = Tcb(local_port, remote_port, iss, mss=self.mss, config=config,
+                  remote_addr=remote_addr, ts_offset=self._rng.getrandbits(32),
+                  counters=self.counters)
+        if self.probe is not None:
+            tcb.on_state_change = self._probe_state
+            tcb.on_timer_fired = self._probe_timer
+        return tcb
+
+    # -------------------------------------------------------------- probe
+
+    def _probe_segment(self, src: bytes, dst: bytes, seg: Segment, outbound: bool) -> None:
+        assert self.probe is not None
+        self.probe(SegmentEvent(
+            self._now, Endpoint(socket.inet_ntoa(src), seg.src_port),
+            Endpoint(socket.inet_ntoa(dst), seg.dst_port), outbound, seg.flags, seg.seq,
+            seg.ack, seg.wnd, len(seg.payload), seg.opts))
+
+    def _endpoints(self, tcb: Tcb) -> tuple[Endpoint, Endpoint]:
+        return (Endpoint(socket.inet_ntoa(self.addr), tcb.local_port),
+                Endpoint(socket.inet_ntoa(tcb.remote_addr), tcb.remote_port))
+
+    def _probe_state(self, tcb: Tcb, old: State, new: State) -> None:
+        if self.probe is not None:
+            # A passive TCB is born of a listener: its first transition leaves LISTEN.
+            was = State.LISTEN if tcb.passive and old is State.CLOSED else old
+            self.probe(StateEvent(self._now, *self._endpoints(tcb), str(was), str(new)))
+
+    def _probe_timer(self, tcb: Tcb, kind: str) -> None:
+        if self.probe is not None:
+            self.probe(TimerEvent(self._now, *self._endpoints(tcb), kind))
 
     def _after_event(self, tcb: Tcb, before: State) -> None:
         self._pending[tcb] = None

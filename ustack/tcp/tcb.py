@@ -129,7 +129,9 @@ class Tcb:
         self._rtt_time = 0.0
         self.cc = congestion.make(config.congestion, self.snd_mss)
         self.retransmits = 0
+        # Observability hooks (the stack's probe): state changes and timers that fire.
         self.on_state_change: Callable[[Tcb, State, State], None] | None = None
+        self.on_timer_fired: Callable[[Tcb, str], None] | None = None
         self._heap_deadline: float | None = None  # owned by the stack's timer heap
 
     @property
@@ -579,12 +581,16 @@ class Tcb:
         if t.delack_at is not None and now >= t.delack_at:
             t.delack_at = None
             self._ack_now = self._ack_now or self._ack_delayed
+            self._fired("delayed_ack")
         if t.keepalive_at is not None and now >= t.keepalive_at:
             t.keepalive_at = None
+            self._fired("keepalive")
             self._on_keepalive_timeout()
         if t.slot_at is not None and now >= t.slot_at:
             kind = t.kind
             t.disarm()
+            if kind is not None:
+                self._fired(kind)
             if kind in (timers.TIME_WAIT, timers.FIN_WAIT_2):
                 self._close(None)
             elif kind == timers.PERSIST:
@@ -596,6 +602,10 @@ class Tcb:
             elif kind == timers.RETRANSMIT:
                 self._on_retransmission_timeout()
         self._update_timers(now)
+
+    def _fired(self, kind: str) -> None:
+        if self.on_timer_fired is not None:
+            self.on_timer_fired(self, kind)
 
     def _on_retransmission_timeout(self) -> None:
         syn = self.state in (State.SYN_SENT, State.SYN_RCVD)
