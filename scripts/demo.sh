@@ -55,8 +55,8 @@ ip -n "$NS" link set lo up
 echo "Private network namespace $NS; every command below runs inside it."
 echo "ustack will be 10.77.0.2; the kernel's side of its TUN device ustack0 is 10.77.0.1/24."
 
-show "ustack serve echo:7 http:80 &"
-ip netns exec "$NS" "$USTACK_PY" -m ustack serve echo:7 http:80 2>"$WORK/serve.log" &
+show "ustack serve --trace echo:7 http:80 &"
+ip netns exec "$NS" "$USTACK_PY" -m ustack serve --trace echo:7 http:80 2>"$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 150); do
     grep -q '^ustack: serving' "$WORK/serve.log" 2>/dev/null && break
@@ -71,9 +71,18 @@ fi
 grep '^ustack: serving' "$WORK/serve.log"
 
 show "printf 'hello\\n' | nc -N 10.77.0.2 7"
+before=$(wc -l <"$WORK/serve.log")
 out=$(printf 'hello\n' | nsx timeout 10 nc -N 10.77.0.2 7) || true
 printf '%s\n' "$out"
 if [[ $out == hello ]]; then ok "echoed"; else bad "echo returned '$out'"; fi
+sleep 0.2  # the last ACK
+echo "ustack's ladder of that connection (the kernel closed first: CLOSE_WAIT, LAST_ACK):"
+tail -n "+$((before + 1))" "$WORK/serve.log"
+if tail -n "+$((before + 1))" "$WORK/serve.log" | grep -q "LAST_ACK"; then
+    ok "ladder shows the passive close"
+else
+    bad "no LAST_ACK in the ladder"
+fi
 
 show "curl -s http://10.77.0.2/"
 out=$(nsx timeout 10 curl -s http://10.77.0.2/) || true
@@ -114,14 +123,24 @@ echo "Now ustack opens the connection: a kernel listener (nc -l) on port 5000, a
 echo "ustack connect talks to it from 10.77.0.2 (it makes its own TUN device again)."
 show "echo 'hello from the kernel' | nc -N -l 5000 &"
 printf 'hello from the kernel\n' >"$WORK/kernel.txt"
-ip netns exec "$NS" timeout 20 nc -N -l 5000 <"$WORK/kernel.txt" >"$WORK/listener.out" &
+# The kernel answers at once but closes its side a second later, so ustack closes first.
+{ cat "$WORK/kernel.txt"; sleep 1; } | ip netns exec "$NS" timeout 20 nc -N -l 5000 \
+    >"$WORK/listener.out" &
 LISTEN_PID=$!
 sleep 0.3
-show "echo 'hello from ustack' | ustack connect 10.77.0.1 5000"
+show "echo 'hello from ustack' | ustack connect --trace 10.77.0.1 5000"
+echo "(its ladder goes to stderr; ustack closes first: FIN_WAIT_1, FIN_WAIT_2, TIME_WAIT)"
 status=0
-out=$(printf 'hello from ustack\n' | nsx timeout 20 "$USTACK_PY" -m ustack connect 10.77.0.1 5000) \
+out=$(printf 'hello from ustack\n' \
+    | nsx timeout 20 "$USTACK_PY" -m ustack connect --trace 10.77.0.1 5000 2>"$WORK/connect.log") \
     || status=$?
+cat "$WORK/connect.log"
 printf '%s\n' "$out"
+if grep -q "TIME_WAIT" "$WORK/connect.log"; then
+    ok "ladder shows the active close"
+else
+    bad "no TIME_WAIT in ustack connect's ladder"
+fi
 wait "$LISTEN_PID" || true
 LISTEN_PID=
 echo "(the kernel listener received: $(cat "$WORK/listener.out"))"

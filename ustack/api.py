@@ -18,10 +18,11 @@ import ssl as _ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TextIO
 
 from ustack import tls
 from ustack.aio import Driver
+from ustack.ladder import Ladder
 from ustack.link import FAULT_COUNTERS, FaultInjector, PcapWriter, pipeline_of
 from ustack.stack import Host
 from ustack.tcp.config import TcpConfig
@@ -349,7 +350,8 @@ class Stack:
                  kernel_addr: str = "10.77.0.1/24", mtu: int | None = None,
                  msl: float | None = None, linger: float = 1.0,
                  tcp: TcpConfig | None = None,
-                 pcap: str | os.PathLike[str] | None = None) -> None:
+                 pcap: str | os.PathLike[str] | None = None,
+                 trace: TextIO | None = None) -> None:
         self.dev = dev
         self.addr = str(ipaddress.IPv4Address(addr))
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
@@ -364,6 +366,8 @@ class Stack:
         self._transports: dict[Tcb, Transport] = {}
         self._connecting: dict[Tcb, asyncio.Future[None]] = {}
         self.pcap = pcap
+        # trace: a stream (e.g. sys.stderr) that gets the ladder of every connection.
+        self.trace = trace
         self._pcap: PcapWriter | None = None
         self._faults: FaultInjector | None = None
         self._fault_totals: Counter[str] = Counter()  # of injectors since replaced
@@ -381,6 +385,9 @@ class Stack:
             raise
         self.mtu = self._device.mtu
         self._host = Host(self.addr, mtu=self.mtu, config=self.tcp)
+        if self.trace is not None:
+            isatty = getattr(self.trace, "isatty", lambda: False)
+            self._host.probe = Ladder(self.trace, color=isatty()).feed
         self._driver = Driver(self._host, self._device, self.loop, self._on_events,
                               pipeline_of([self._pcap, self._faults]))
         self._driver.start()

@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="event loop (default uvloop when installed)")
         p.add_argument("--congestion", choices=tuple(congestion.CONTROLLERS), default="cubic",
                        help="congestion control: cubic (RFC 9438, default) or newreno")
+        p.add_argument("--trace", action="store_true",
+                       help="print a ladder of every segment and state change to stderr")
         link_opts = p.add_argument_group(
             "link", "capture and fault injection between the TUN and the stack; "
             "P is a fraction (0.05) or a percentage (5%), applied in both directions")
@@ -271,7 +273,8 @@ def _format_stats(stats: dict[str, int]) -> str:
 def _stack(args: argparse.Namespace) -> Stack:
     """The Stack the options ask for, its fault injector set (installed when it starts)."""
     stack = Stack(args.dev, args.addr, kernel_addr=args.kernel_addr, mtu=args.mtu,
-                  pcap=args.pcap, tcp=TcpConfig(congestion=args.congestion))
+                  pcap=args.pcap, tcp=TcpConfig(congestion=args.congestion),
+                  trace=sys.stderr if args.trace else None)
     delay_ms, jitter_ms = args.delay
     stack.faults(loss=args.loss, dup=args.dup, reorder=args.reorder, corrupt=args.corrupt,
                  delay_ms=delay_ms, jitter_ms=jitter_ms, seed=args.seed)

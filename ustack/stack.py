@@ -95,6 +95,7 @@ class Host:
                 config: TcpConfig | None = None) -> Tcb:
         """Active OPEN from a random ephemeral port (RFC 6056 §3.3.1, Algorithm 1)."""
         remote_addr = ipaddress.IPv4Address(remote).packed
+        self._now = now
         for _ in range(64):
             port = self._rng.choice(EPHEMERAL_PORTS)
             if (remote_addr, remote_port, port) not in self._conns and port not in self._listeners:
