@@ -30,6 +30,7 @@ _ustack_missing_packages() {
     # The integration tests read captures back with tcpdump (checksums, options).
     command -v tcpdump >/dev/null 2>&1 || echo tcpdump
     command -v nft >/dev/null 2>&1 || echo nftables
+    command -v tshark >/dev/null 2>&1 || echo tshark
     return 0
 }
 
