@@ -44,9 +44,6 @@ class Segment:
         """SEG.LEN: payload plus one for each of SYN and FIN (RFC 9293 §3.4)."""
         return len(self.payload) + (self.flags & SYN and 1) + (self.flags & FIN and 1)
 
-    def has(self, flag: int) -> bool:
-        return bool(self.flags & flag)
-
     def __repr__(self) -> str:
         names = "|".join(n for f, n in _FLAG_NAMES if self.flags & f) or "-"
         ack = f" ack={self.ack}" if self.flags & ACK else ""

@@ -947,21 +947,29 @@ class Tcb:
         to the scale unit for that reason (as Linux does), never down.
         """
         shift = 0 if syn else self.rcv_wscale
-        limit = MAX_UNSCALED_WINDOW << shift
-        current = seq.sub(self._rcv_adv, self.rcv_nxt)
-        if current >= _HALF:
-            current = 0
-        free = min(self._free_space(), limit)
-        if free - current >= min(self.rcv_buf_size // 2, self.rcv_mss):
-            current = free
+        current = self._offered()
+        grown = self._grown_window(MAX_UNSCALED_WINDOW << shift)
+        if grown is not None:
+            current = grown
         field = min(-(-current >> shift), MAX_UNSCALED_WINDOW)  # ceil(current / 2**shift)
         self._rcv_adv = seq.add(self.rcv_nxt, field << shift)
         return field
 
     def _window_update_due(self) -> bool:
+        return self._grown_window(MAX_UNSCALED_WINDOW << self.rcv_wscale) is not None
+
+    def _offered(self) -> int:
+        """RCV.WND as last advertised (0 if RCV.NXT has passed the edge)."""
         current = seq.sub(self._rcv_adv, self.rcv_nxt)
-        free = min(self._free_space(), MAX_UNSCALED_WINDOW << self.rcv_wscale)
-        return free - current >= min(self.rcv_buf_size // 2, self.rcv_mss)
+        return 0 if current >= _HALF else current
+
+    def _grown_window(self, limit: int) -> int | None:
+        """The larger window to offer, if free space has grown by at least
+        min(buffer / 2, MSS) over what was offered (§3.8.6.2.2); else None."""
+        free = min(self._free_space(), limit)
+        if free - self._offered() >= min(self.rcv_buf_size // 2, self.rcv_mss):
+            return free
+        return None
 
     # ------------------------------------------------------------------ state
 
