@@ -362,6 +362,7 @@ class Stack:
             self.tcp = dataclasses.replace(self.tcp, msl=msl)
         self.linger = linger  # on exit: how long closed connections may keep sending
         self._device: TunDevice | None = None
+        self._device_counters: Counter[str] = Counter()  # kept after the device closes
         self._servers: dict[Listener, Server] = {}
         self._transports: dict[Tcb, Transport] = {}
         self._connecting: dict[Tcb, asyncio.Future[None]] = {}
@@ -379,6 +380,7 @@ class Stack:
             self._pcap = PcapWriter(self.pcap, wall_offset=time.time() - self.loop.time())
         try:
             self._device = self._open_device()
+            self._device_counters = self._device.counters
         except BaseException:
             if self._pcap is not None:
                 self._pcap.close()
@@ -451,9 +453,10 @@ class Stack:
         await asyncio.sleep(0)  # let connection_lost callbacks run
 
     def stats(self) -> dict[str, int]:
+        """Every counter of the host, device, fault injector and capture; still whole
+        (and final) after the stack is closed."""
         stats = self._host.stats()
-        if self._device is not None:
-            stats.update(self._device.counters)
+        stats.update(self._device_counters)
         if self._faults is not None or self._fault_totals:
             faults = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
             faults.update(self._fault_totals)

@@ -261,8 +261,8 @@ async def serve(args: argparse.Namespace) -> int:
         listing = " ".join(f"{name}:{port}" for name, port in specs)
         log(f"serving {listing} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu})")
         await stop.wait()
-        stats = stack.stats()
-    log("stopped; " + _format_stats(stats))
+    # After the stack closed: the counts include the resets and the last packets sent.
+    log("stopped; " + _format_stats(stack.stats()))
     return EXIT_OK
 
 
