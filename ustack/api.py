@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-from ustack import tls
+from ustack import tls, vnet
 from ustack.aio import Driver
 from ustack.ladder import Ladder
 from ustack.link import FAULT_COUNTERS, FaultInjector, PcapWriter, pipeline_of
@@ -351,7 +351,7 @@ class Stack:
                  msl: float | None = None, linger: float = 1.0,
                  tcp: TcpConfig | None = None,
                  pcap: str | os.PathLike[str] | None = None,
-                 trace: TextIO | None = None) -> None:
+                 trace: TextIO | None = None, offload: bool = False) -> None:
         self.dev = dev
         self.addr = str(ipaddress.IPv4Address(addr))
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
@@ -367,10 +367,14 @@ class Stack:
         self._transports: dict[Tcb, Transport] = {}
         self._connecting: dict[Tcb, asyncio.Future[None]] = {}
         self.pcap = pcap
+        # Checksum and TSO offloads on the TUN (IFF_VNET_HDR): the kernel and ustack
+        # exchange 64 KB super-packets and leave TCP checksums to each other.
+        self.offload = offload
         # trace: a stream (e.g. sys.stderr) that gets the ladder of every connection.
         self.trace = trace
         self._pcap: PcapWriter | None = None
         self._faults: FaultInjector | None = None
+        self._link_header = 0  # device framing before each IP packet (set on start)
         self._fault_totals: Counter[str] = Counter()  # of injectors since replaced
 
     async def __aenter__(self) -> "Stack":
@@ -386,7 +390,12 @@ class Stack:
                 self._pcap.close()
             raise
         self.mtu = self._device.mtu
-        self._host = Host(self.addr, mtu=self.mtu, config=self.tcp)
+        offload = getattr(self._device, "offload", False)
+        self._host = Host(self.addr, mtu=self.mtu, config=self.tcp, offload=offload)
+        self._link_header = vnet.HDR_LEN if offload else 0
+        for stage in (self._pcap, self._faults):
+            if stage is not None:
+                stage.link_header = self._link_header
         if self.trace is not None:
             isatty = getattr(self.trace, "isatty", lambda: False)
             self._host.probe = Ladder(self.trace, color=isatty()).feed
@@ -399,7 +408,8 @@ class Stack:
         """Open the link (a TUN device). Tests override this to run the stack over an
         in-memory device with TunDevice's `fileno`, `read_batch`, `write`, `close`, `mtu`
         and `counters`."""
-        return TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu)
+        return TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu,
+                              offload=self.offload)
 
     def faults(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
                corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
@@ -411,6 +421,7 @@ class Stack:
         the old injector held back are sent on, not lost."""
         injector = FaultInjector(loss=loss, dup=dup, reorder=reorder, corrupt=corrupt,
                                  delay_ms=delay_ms, jitter_ms=jitter_ms, seed=seed)
+        injector.link_header = self._link_header
         new = injector if injector.active else None
         old, self._faults = self._faults, new
         if self._device is not None:  # running: the driver exists

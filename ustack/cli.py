@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="kernel side of a TUN that ustack creates (default 10.77.0.1/24)")
         p.add_argument("--mtu", type=_mtu, default=None,
                        help="device MTU (default: the device's, 1500 for a new one)")
+        p.add_argument("--offload", action="store_true",
+                       help="checksum and TSO offloads (IFF_VNET_HDR): 64 KB segments "
+                            "both ways, e.g. with --mtu 65535")
         p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                        help="event loop (default uvloop when installed)")
         p.add_argument("--congestion", choices=tuple(congestion.CONTROLLERS), default="cubic",
@@ -259,7 +262,8 @@ async def serve(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR1, lambda: log("stats; " + _format_stats(stack.stats())))
         listing = " ".join(f"{name}:{port}" for name, port in specs)
-        log(f"serving {listing} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu})")
+        offload = ", offload" if stack.offload else ""
+        log(f"serving {listing} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu}{offload})")
         await stop.wait()
     # After the stack closed: the counts include the resets and the last packets sent.
     log("stopped; " + _format_stats(stack.stats()))
@@ -274,7 +278,7 @@ def _stack(args: argparse.Namespace) -> Stack:
     """The Stack the options ask for, its fault injector set (installed when it starts)."""
     stack = Stack(args.dev, args.addr, kernel_addr=args.kernel_addr, mtu=args.mtu,
                   pcap=args.pcap, tcp=TcpConfig(congestion=args.congestion),
-                  trace=sys.stderr if args.trace else None)
+                  trace=sys.stderr if args.trace else None, offload=args.offload)
     delay_ms, jitter_ms = args.delay
     stack.faults(loss=args.loss, dup=args.dup, reorder=args.reorder, corrupt=args.corrupt,
                  delay_ms=delay_ms, jitter_ms=jitter_ms, seed=args.seed)

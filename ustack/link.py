@@ -44,6 +44,8 @@ class Stage:
     """A pass-through stage; subclasses override what they need."""
 
     counters: Counter[str] | None = None
+    # Bytes of device framing before the IP packet (a virtio-net header with offloads).
+    link_header = 0
 
     def rx(self, packet: bytes, now: float) -> Packets:
         return [packet]
@@ -216,6 +218,10 @@ class PcapWriter(Stage):
             usec = self._last
         self._last = usec
         sec, usec = divmod(usec, 1_000_000)
+        if self.link_header:
+            # The IP packet only. With offloads it may be a super-packet, and its TCP
+            # checksum partial: tcpdump shows the same on a TSO interface.
+            packet = memoryview(packet)[self.link_header:]
         size = len(packet)
         kept = min(size, self.snaplen)
         write = self._file.write
@@ -344,7 +350,7 @@ class FaultInjector(Stage):
             copy = packet
             if self.corrupt and copy and rng.random() < self.corrupt:
                 counters["fault_corrupted"] += 1
-                copy = flip_bit(copy, rng)
+                copy = flip_bit(copy, rng, self.link_header)
             at = now
             if self._delay or self._jitter:
                 extra = self._delay
@@ -407,10 +413,18 @@ class FaultInjector(Stage):
         return outs
 
 
-def flip_bit(packet: bytes, rng: random.Random) -> bytes:
-    """`packet` with one random bit of one random byte inverted."""
+def flip_bit(packet: bytes, rng: random.Random, link_header: int = 0) -> bytes:
+    """`packet` with one random bit of one random byte after `link_header` inverted.
+
+    A virtio-net header in front is cleared: its word that the checksum is partial or
+    already verified no longer holds, so the receiver verifies it and drops the packet,
+    as a wire's corruption is caught (and a TSO request goes with it)."""
+    if len(packet) <= link_header:
+        return packet
     data = bytearray(packet)
-    data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    data[link_header + rng.randrange(len(data) - link_header)] ^= 1 << rng.randrange(8)
+    if link_header:
+        data[:link_header] = bytes(link_header)
     return bytes(data)
 
 

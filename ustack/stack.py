@@ -3,6 +3,11 @@
 `receive(packet, now)` takes one IP packet from the link; `poll(now)` runs the
 timers that are due and returns every packet to transmit; `next_deadline()`
 says when to call `poll` again. Nothing here reads a clock or touches a device.
+
+With `offload=True` (a TUN with IFF_VNET_HDR and offloads) every packet in and out
+starts with a virtio-net header (`ustack.vnet`): segments the kernel vouches for are
+not checksummed again, and outgoing TCP segments leave their checksum, and their
+cutting into MSS-sized pieces (TSO), to the kernel.
 """
 
 import heapq
@@ -12,7 +17,7 @@ import random
 import socket
 from collections.abc import Callable
 
-from ustack import ip
+from ustack import ip, vnet
 from ustack.ladder import Endpoint, Event, SegmentEvent, StateEvent, TimerEvent
 from ustack.stats import Counters, DropReason
 from ustack.tcp import segment, seq
@@ -28,6 +33,8 @@ from ustack.tcp.tcb import Tcb
 # RFC 6056 §2.1: the IANA dynamic range for ephemeral ports.
 EPHEMERAL_PORTS = range(49152, 65536)
 IP_TCP_HEADERS = 40
+# Data in one TSO super-segment: an IPv4 datagram of at most 64 KB with the largest headers.
+TSO_MAX = 0xFFFF - ip.HEADER_LEN - 60
 
 ConnKey = tuple[bytes, int, int]  # (remote address, remote port, local port)
 
@@ -42,9 +49,11 @@ class Host:
         rng: random.Random | None = None,
         config: TcpConfig | None = None,
         cookies: SynCookies | None = None,
+        offload: bool = False,
     ) -> None:
         self.addr = ipaddress.IPv4Address(addr).packed
         self.mtu = mtu
+        self.offload = offload
         self.mss = mtu - IP_TCP_HEADERS  # RFC 9293 §3.7.1: MTU minus fixed headers
         self.config = config or TcpConfig()
         self.counters = Counters()
@@ -136,6 +145,15 @@ class Host:
 
     def receive(self, packet: bytes | memoryview, now: float) -> None:
         self.counters["packets_in"] += 1
+        verify = True
+        if self.offload:
+            if len(packet) < vnet.HDR_LEN:
+                self.counters.drop(DropReason.VNET_TRUNCATED)
+                return
+            # The kernel made this packet: a partial (NEEDS_CSUM) or already verified
+            # (DATA_VALID) checksum is not ours to check.
+            verify = not packet[0] & vnet.TRUSTED
+            packet = memoryview(packet)[vnet.HDR_LEN:]
         dgram = ip.parse(packet, self.addr, self.counters)
         if dgram is None:
             return
@@ -143,18 +161,19 @@ class Host:
             dgram = self._fragments.add(dgram, now, self.counters)
             if dgram is None:
                 return
+            verify = True
         if dgram.proto == ip.PROTO_TCP:
-            self._tcp_input(dgram, now)
+            self._tcp_input(dgram, now, verify)
         elif dgram.proto == ip.PROTO_ICMP:
-            reply = ip.echo_reply(dgram, self.counters)
+            reply = ip.echo_reply(dgram, self.counters, verify)
             if reply is not None:
                 self._emit(dgram.src, ip.PROTO_ICMP, reply)
         else:
             self.counters.drop(DropReason.IP_PROTO_UNSUPPORTED)
 
-    def _tcp_input(self, dgram: ip.Datagram, now: float) -> None:
+    def _tcp_input(self, dgram: ip.Datagram, now: float, verify: bool = True) -> None:
         try:
-            seg = segment.decode(dgram.src, dgram.dst, dgram.payload)
+            seg = segment.decode(dgram.src, dgram.dst, dgram.payload, verify)
         except SegmentError as e:
             self.counters.drop(DropReason[e.reason])
             return
@@ -305,14 +324,23 @@ class Host:
     def _emit_segment(self, dst: bytes, seg: Segment) -> None:
         if self.probe is not None:
             self._probe_segment(self.addr, dst, seg, outbound=True)
-        header, payload = segment.encode(seg, self.addr, dst)
         self.counters["tcp_segments_out"] += 1
-        self._emit(dst, ip.PROTO_TCP, header, payload)
+        if not self.offload:
+            header, payload = segment.encode(seg, self.addr, dst)
+            self._emit(dst, ip.PROTO_TCP, header, payload)
+            return
+        header, payload = segment.encode(seg, self.addr, dst, partial=True)
+        self._ip_id = (self._ip_id + 1) & 0xFFFF
+        ip_header = ip.header(self.addr, dst, ip.PROTO_TCP, len(header) + len(payload),
+                              self._ip_id)
+        self._out.append(b"".join((vnet.tcp_header(ip.HEADER_LEN, len(header), seg.gso),
+                                   ip_header, header, payload)))
 
     def _emit(self, dst: bytes, proto: int, *parts: bytes | memoryview) -> None:
         length = sum(len(p) for p in parts)
         self._ip_id = (self._ip_id + 1) & 0xFFFF
-        self._out.append(b"".join((ip.header(self.addr, dst, proto, length, self._ip_id), *parts)))
+        packet = (ip.header(self.addr, dst, proto, length, self._ip_id), *parts)
+        self._out.append(b"".join((vnet.NO_OFFLOAD, *packet) if self.offload else packet))
 
     # ------------------------------------------------------------ helpers
 
@@ -320,7 +348,7 @@ class Host:
                  config: TcpConfig) -> Tcb:
         tcb = Tcb(local_port, remote_port, iss, mss=self.mss, config=config,
                   remote_addr=remote_addr, ts_offset=self._rng.getrandbits(32),
-                  counters=self.counters)
+                  counters=self.counters, tso_max=TSO_MAX if self.offload else 0)
         if self.probe is not None:
             tcb.on_state_change = self._probe_state
             tcb.on_timer_fired = self._probe_timer

@@ -5,6 +5,7 @@ from enum import StrEnum
 
 
 class DropReason(StrEnum):
+    VNET_TRUNCATED = "drop_vnet_truncated"  # shorter than its virtio-net header
     NOT_IPV4 = "drop_not_ipv4"
     IP_TRUNCATED = "drop_ip_truncated"
     IP_BAD_IHL = "drop_ip_bad_ihl"

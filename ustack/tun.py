@@ -2,7 +2,10 @@
 
 pytun-pmd3 opens the device; on Linux its address setters are IPv6-only, so an
 IPv4 address for the kernel side is configured with iproute2, and it opens the
-fd blocking, so we set O_NONBLOCK ourselves.
+fd blocking, so we set O_NONBLOCK ourselves. It has no TUNSETOFFLOAD: with
+`offload=True` the device is opened with IFF_VNET_HDR and the offloads are enabled
+with fcntl.ioctl; every packet read or written then starts with a virtio-net header
+(`ustack.vnet`), which the host interprets.
 """
 
 import errno
@@ -11,14 +14,26 @@ import ipaddress
 import os
 import shutil
 import socket
+import struct
 import subprocess
 from collections import Counter
 
 from pytun_pmd3 import TunTapDevice
-from pytun_pmd3.linux import IFF_NO_PI, IFF_TUN
+from pytun_pmd3.linux import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR
+
+from ustack import vnet
 
 TUN_PATH = "/dev/net/tun"
 MAX_BATCH = 4096  # packets per wake-up; the reader callback fires again if more wait
+
+# linux/if_tun.h: _IOW('T', 208, unsigned int) and _IOW('T', 216, int).
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUN_F_CSUM = 0x01  # the kernel may hand us packets with partial checksums
+TUN_F_TSO4 = 0x02  # ... and TCP/IPv4 super-packets of up to 64 KB
+TUN_F_TSO6 = 0x04
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+GSO_MAX = 65535  # an IPv4 super-packet is one datagram: its total length is 16 bits
 
 
 class TunError(Exception):
@@ -26,30 +41,36 @@ class TunError(Exception):
 
 
 class TunDevice:
-    def __init__(self, dev: TunTapDevice, name: str, mtu: int, created: bool) -> None:
+    def __init__(self, dev: TunTapDevice, name: str, mtu: int, created: bool,
+                 offload: bool = False) -> None:
         self._dev = dev
         self.name = name
         self.mtu = mtu
         self.created = created  # we made it, so it vanishes when we close it
+        # Packets carry a virtio-net header; the kernel sends and takes super-packets.
+        self.offload = offload
         self.counters: Counter[str] = Counter()
         self._fd = dev.fileno()
-        self._read_size = mtu + 64
+        self._read_size = (max(mtu, GSO_MAX) + vnet.HDR_LEN if offload else mtu) + 64
 
     @classmethod
     def open(cls, name: str = "ustack0", *, kernel_addr: str = "10.77.0.1/24",
-             mtu: int | None = None) -> "TunDevice":
-        """Attach to TUN `name`, or create and configure it when it does not exist."""
+             mtu: int | None = None, offload: bool = False) -> "TunDevice":
+        """Attach to TUN `name`, or create and configure it when it does not exist.
+
+        `offload`: IFF_VNET_HDR with checksum and TSO offloads (see `ustack.vnet`)."""
         if not os.path.exists(TUN_PATH):
             raise TunError(f"{TUN_PATH} does not exist: load the tun module (modprobe tun) "
                            "or give the container the device")
         existed = _exists(name)
         try:
-            dev = TunTapDevice(name, IFF_TUN | IFF_NO_PI)
+            dev = TunTapDevice(name, IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0))
         except OSError as e:
             raise TunError(_open_error(name, e, existed)) from None
         try:
             flags = fcntl.fcntl(dev.fileno(), fcntl.F_GETFL)
             fcntl.fcntl(dev.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            _set_offload(dev.fileno(), offload)
             if existed:
                 if mtu is not None and mtu != dev.mtu:
                     dev.mtu = mtu
@@ -61,7 +82,7 @@ class TunDevice:
             if isinstance(e, TunError):
                 raise
             raise TunError(f"cannot configure TUN device {name}: {e.strerror or e}") from None
-        return cls(dev, name, actual_mtu, created=not existed)
+        return cls(dev, name, actual_mtu, created=not existed, offload=offload)
 
     def fileno(self) -> int:
         return self._fd
@@ -90,6 +111,18 @@ class TunDevice:
 
     def close(self) -> None:
         self._dev.close()
+
+
+def _set_offload(fd: int, offload: bool) -> None:
+    """Offloads on, or (a persistent device may keep them from an earlier user) off."""
+    if offload:
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", vnet.HDR_LEN))
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS if offload else 0)
+    except OSError as e:
+        if offload:
+            raise TunError(f"the TUN device refuses checksum and TSO offloads ({e.strerror}): "
+                           "run without --offload") from None
 
 
 def _exists(name: str) -> bool:

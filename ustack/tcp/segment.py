@@ -38,6 +38,8 @@ class Segment:
     wnd: int
     payload: bytes | memoryview = b""
     opts: Options = field(default_factory=Options)
+    # Outgoing only: data per segment when the device is to cut this one (TSO); 0 = none.
+    gso: int = 0
 
     @property
     def seg_len(self) -> int:
@@ -65,11 +67,14 @@ def pseudo_header(src: bytes, dst: bytes, length: int) -> bytes:
     return src + dst + struct.pack("!BBH", 0, PROTO_TCP, length)
 
 
-def decode(src: bytes, dst: bytes, data: memoryview) -> Segment:
-    """Decode and verify one TCP segment carried from `src` to `dst`. Raises SegmentError."""
+def decode(src: bytes, dst: bytes, data: memoryview, verify: bool = True) -> Segment:
+    """Decode and verify one TCP segment carried from `src` to `dst`. Raises SegmentError.
+
+    `verify=False` only for a segment the device vouches for (`ustack.vnet.TRUSTED`):
+    the kernel made it and never computed (or already checked) its checksum."""
     if len(data) < HEADER_LEN:
         raise SegmentError("TCP_MALFORMED")
-    if (ones_sum(pseudo_header(src, dst, len(data))) + ones_sum(data)) % 0xFFFF:
+    if verify and (ones_sum(pseudo_header(src, dst, len(data))) + ones_sum(data)) % 0xFFFF:
         raise SegmentError("TCP_BAD_CHECKSUM")  # MUST-3
     try:
         tcp = dpkt.tcp.TCP(data)
@@ -87,13 +92,20 @@ def decode(src: bytes, dst: bytes, data: memoryview) -> Segment:
     return Segment(tcp.sport, tcp.dport, tcp.seq, tcp.ack, flags, tcp.win, tcp.data, opts)
 
 
-def encode(seg: Segment, src: bytes, dst: bytes) -> tuple[bytes, bytes | memoryview]:
-    """Wire form of `seg` as (header with options and checksum, payload)."""
+def encode(seg: Segment, src: bytes, dst: bytes,
+           partial: bool = False) -> tuple[bytes, bytes | memoryview]:
+    """Wire form of `seg` as (header with options and checksum, payload).
+
+    `partial`: the checksum field holds only the pseudo-header sum, for a device that
+    completes it (checksum offload, `ustack.vnet.NEEDS_CSUM`), as Linux's tcp_v4_send_check."""
     opts = options.encode(seg.opts) if seg.opts is not NO_OPTIONS else b""
     hlen = HEADER_LEN + len(opts)
     header = struct.pack(
         "!HHIIBBHHH", seg.src_port, seg.dst_port, seg.seq, seg.ack if seg.flags & ACK else 0,
         (hlen // 4) << 4, seg.flags, seg.wnd, 0, 0,
     ) + opts
+    if partial:
+        csum = ones_sum(pseudo_header(src, dst, hlen + len(seg.payload)))
+        return header[:16] + csum.to_bytes(2, "big") + header[18:], seg.payload
     csum = checksum((pseudo_header(src, dst, hlen + len(seg.payload)), header, seg.payload))
     return header[:16] + csum.to_bytes(2, "big") + header[18:], seg.payload

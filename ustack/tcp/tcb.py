@@ -50,8 +50,11 @@ class Tcb:
         remote_addr: bytes = b"",
         ts_offset: int = 0,
         counters: Counters | None = None,
+        tso_max: int = 0,
     ) -> None:
         self.config = config = config or TcpConfig()
+        # TSO: the device cuts segments of up to this much data into MSS-sized ones.
+        self.tso_max = tso_max
         self.counters = counters if counters is not None else Counters()
         self.state = State.CLOSED
         self.remote_addr = remote_addr  # identity only: the stack routes by it
@@ -425,9 +428,10 @@ class Tcb:
             self.rcv_nxt = seq.add(self.rcv_nxt, len(more))
             self._ack_now = True
         elif len(payload) >= self._rcv_mss_seen:
-            # MUST-40 / RFC 5681 §4.2: an ACK for at least every second full-sized segment.
+            # MUST-40 / RFC 5681 §4.2: an ACK for at least every second full-sized segment
+            # (a super-packet from a TSO sender counts as the segments it carries).
             self._rcv_mss_seen = min(len(payload), self.rcv_mss)
-            self._full_segments_unacked += 1
+            self._full_segments_unacked += len(payload) // self._rcv_mss_seen
             if self._full_segments_unacked >= 2:
                 self._ack_now = True
         self._ack_delayed = True
@@ -741,6 +745,10 @@ class Tcb:
                 self._retransmit(out, start, min(seq.sub(end, start), max_payload), buf_end,
                                  now)
         self._force_one = False  # it only ever forces a retransmission
+        # TSO: one segment of whole MSS-sized pieces, which the device cuts apart.
+        burst = max_payload
+        if self.tso_max > max_payload:
+            burst = self.tso_max // max_payload * max_payload
         while True:
             cursor = self.snd_nxt
             pending = seq.sub(buf_end, cursor) if seq.lt(cursor, buf_end) else 0
@@ -750,17 +758,21 @@ class Tcb:
                 return
             room = seq.sub(wnd_end, cursor) if seq.lt(cursor, wnd_end) else 0
             budget = self.cc.cwnd - self._pipe()
-            n = min(max_payload, pending, room, max(0, budget))
+            n = min(burst, pending, room, max(0, budget))
             if n <= 0:
                 return
             if n < max_payload and self._hold_small(n, pending):
                 return
+            if n > max_payload and n < pending:
+                n -= n % max_payload  # no small piece in mid-stream (sender SWS, §3.8.6.2.1)
             flags = ACK
             if n == pending:
                 flags |= PSH  # MUST-61: push when the buffer empties
                 if self._fin_queued:
                     flags |= FIN
             self._transmit(out, flags, cursor, self._payload(cursor, n), now)
+            if n > max_payload:
+                out[-1].gso = max_payload
 
     def _retransmit(self, out: list[Segment], start: int, n: int, buf_end: int,
                     now: float) -> None:
