@@ -23,6 +23,11 @@ TIMESTAMP_SPACE = 12  # NOP, NOP, kind 8, length 10: what a timestamp costs ever
 
 _EXPECTED_LEN = {KIND_MSS: 4, KIND_WSCALE: 3, KIND_SACK_PERMITTED: 2, KIND_TIMESTAMP: 10}
 
+# The list on nearly every segment of a connection with timestamps (RFC 7323 Appendix A
+# layout): NOP, NOP, kind 8, length 10, TSval, TSecr. Parsed and built in one step.
+_TS_ONLY = struct.Struct("!4sII")
+_TS_ONLY_PREFIX = bytes((KIND_NOP, KIND_NOP, KIND_TIMESTAMP, 10))
+
 
 class OptionError(ValueError):
     """The option list is malformed."""
@@ -40,6 +45,10 @@ class Options:
 
 def parse(buf: bytes | memoryview) -> Options:
     """Decode an option list. Raises OptionError when it is malformed."""
+    if len(buf) == 12:
+        prefix, ts_val, ts_ecr = _TS_ONLY.unpack_from(buf)
+        if prefix == _TS_ONLY_PREFIX:
+            return Options(ts_val=ts_val, ts_ecr=ts_ecr)
     opts = Options()
     i, end = 0, len(buf)
     while i < end:
@@ -76,6 +85,9 @@ def parse(buf: bytes | memoryview) -> Options:
 
 def encode(opts: Options) -> bytes:
     """The option list for `opts`, padded to a multiple of 4 bytes with NOPs."""
+    if (opts.ts_val is not None and not opts.sack and opts.mss is None
+            and opts.wscale is None and not opts.sack_permitted):
+        return _TS_ONLY.pack(_TS_ONLY_PREFIX, opts.ts_val, opts.ts_ecr)
     out = bytearray()
     if opts.mss is not None:
         out += struct.pack("!BBH", KIND_MSS, 4, opts.mss)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import dpkt
 
-from ustack.checksum import checksum, ones_sum
+from ustack.checksum import finish
 from ustack.tcp import options
 from ustack.tcp.options import OptionError, Options
 
@@ -63,7 +63,11 @@ class SegmentError(ValueError):
         self.reason = reason
 
 
+_HEADER = struct.Struct("!HHIIBBHHH")
+
+
 def pseudo_header(src: bytes, dst: bytes, length: int) -> bytes:
+    """The pseudo-header of RFC 9293 §3.1 (for tools and tests that build segments)."""
     return src + dst + struct.pack("!BBH", 0, PROTO_TCP, length)
 
 
@@ -72,10 +76,17 @@ def decode(src: bytes, dst: bytes, data: memoryview, verify: bool = True) -> Seg
 
     `verify=False` only for a segment the device vouches for (`ustack.vnet.TRUSTED`):
     the kernel made it and never computed (or already checked) its checksum."""
-    if len(data) < HEADER_LEN:
+    size = len(data)
+    if size < HEADER_LEN:
         raise SegmentError("TCP_MALFORMED")
-    if verify and (ones_sum(pseudo_header(src, dst, len(data))) + ones_sum(data)) % 0xFFFF:
-        raise SegmentError("TCP_BAD_CHECKSUM")  # MUST-3
+    if verify:
+        # MUST-3 over the pseudo-header (its words: the addresses, the protocol, the
+        # length) and the segment, with one reduction (see ustack.checksum).
+        words = int.from_bytes(data, "big")
+        if size & 1:
+            words <<= 8
+        if (words + int.from_bytes(src + dst, "big") + PROTO_TCP + size) % 0xFFFF:
+            raise SegmentError("TCP_BAD_CHECKSUM")
     try:
         tcp = dpkt.tcp.TCP(data)
     except (dpkt.UnpackError, dpkt.NeedData):
@@ -100,12 +111,16 @@ def encode(seg: Segment, src: bytes, dst: bytes,
     completes it (checksum offload, `ustack.vnet.NEEDS_CSUM`), as Linux's tcp_v4_send_check."""
     opts = options.encode(seg.opts) if seg.opts is not NO_OPTIONS else b""
     hlen = HEADER_LEN + len(opts)
-    header = struct.pack(
-        "!HHIIBBHHH", seg.src_port, seg.dst_port, seg.seq, seg.ack if seg.flags & ACK else 0,
-        (hlen // 4) << 4, seg.flags, seg.wnd, 0, 0,
-    ) + opts
+    payload = seg.payload
+    fields = (seg.src_port, seg.dst_port, seg.seq, seg.ack if seg.flags & ACK else 0,
+              (hlen // 4) << 4, seg.flags, seg.wnd)
+    pseudo = int.from_bytes(src + dst, "big") + PROTO_TCP + hlen + len(payload)
     if partial:
-        csum = ones_sum(pseudo_header(src, dst, hlen + len(seg.payload)))
-        return header[:16] + csum.to_bytes(2, "big") + header[18:], seg.payload
-    csum = checksum((pseudo_header(src, dst, hlen + len(seg.payload)), header, seg.payload))
-    return header[:16] + csum.to_bytes(2, "big") + header[18:], seg.payload
+        return _HEADER.pack(*fields, pseudo % 0xFFFF, 0) + opts, payload
+    # One reduction over pseudo-header, header and data; the header's length is a
+    # multiple of 4, so the data's words line up after it.
+    data = int.from_bytes(payload, "big")
+    if len(payload) & 1:
+        data <<= 8  # an odd last byte is padded with a zero byte
+    words = pseudo + int.from_bytes(_HEADER.pack(*fields, 0, 0) + opts, "big") + data
+    return _HEADER.pack(*fields, finish(words), 0) + opts, payload

@@ -20,7 +20,7 @@ from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options
 from ustack.tcp.reassembly import Reassembly
 from ustack.tcp.rtt import MAX_RTO, RttEstimator
 from ustack.tcp.sack import DUP_THRESH, Scoreboard
-from ustack.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
+from ustack.tcp.segment import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, Segment
 from ustack.tcp.states import ON_CLOSE, ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING, SENDING, State
 
 MAX_UNSCALED_WINDOW = 0xFFFF
@@ -749,6 +749,9 @@ class Tcb:
         burst = max_payload
         if self.tso_max > max_payload:
             burst = self.tso_max // max_payload * max_payload
+        budget = self.cc.cwnd - self._pipe()
+        wnd = -1  # one window field and one option list serve the whole burst: nothing
+        opts = NO_OPTIONS  # that shapes them changes while it is built
         while True:
             cursor = self.snd_nxt
             pending = seq.sub(buf_end, cursor) if seq.lt(cursor, buf_end) else 0
@@ -757,7 +760,6 @@ class Tcb:
                     self._transmit(out, FIN | ACK, cursor, b"", now)
                 return
             room = seq.sub(wnd_end, cursor) if seq.lt(cursor, wnd_end) else 0
-            budget = self.cc.cwnd - self._pipe()
             n = min(burst, pending, room, max(0, budget))
             if n <= 0:
                 return
@@ -766,13 +768,27 @@ class Tcb:
             if n > max_payload and n < pending:
                 n -= n % max_payload  # no small piece in mid-stream (sender SWS, §3.8.6.2.1)
             flags = ACK
+            end = (cursor + n) & seq.MASK
             if n == pending:
                 flags |= PSH  # MUST-61: push when the buffer empties
                 if self._fin_queued:
                     flags |= FIN
-            self._transmit(out, flags, cursor, self._payload(cursor, n), now)
+                    end = (end + 1) & seq.MASK
+            if wnd < 0:
+                wnd = self._window()
+                opts = self._options(ACK)
+                self._acked_all()  # this burst carries every ACK we owed
+            seg = Segment(self.local_port, self.remote_port, cursor, self.rcv_nxt, flags, wnd,
+                          self._payload(cursor, n), opts)
             if n > max_payload:
-                out[-1].gso = max_payload
+                seg.gso = max_payload
+            out.append(seg)
+            if self._rtt_seq is None:
+                self._rtt_seq, self._rtt_time = end, now  # time new data only (Karn)
+            self.snd_nxt = end
+            # Recovery state makes the pipe more than a sum: count it again then.
+            budget = (budget - n if self._rtx_nxt is None
+                      else self.cc.cwnd - self._pipe())
 
     def _retransmit(self, out: list[Segment], start: int, n: int, buf_end: int,
                     now: float) -> None:
@@ -910,12 +926,14 @@ class Tcb:
                       else 0, flags, self._window(syn=bool(flags & SYN)), payload,
                       self._options(flags))
         if flags & ACK:
-            # This segment carries every ACK we owed.
-            self.last_ack_sent = self.rcv_nxt
-            self._ack_now = self._ack_delayed = False
-            self._full_segments_unacked = 0
-            self.timers.delack_at = None
+            self._acked_all()  # this segment carries every ACK we owed
         return seg
+
+    def _acked_all(self) -> None:
+        self.last_ack_sent = self.rcv_nxt
+        self._ack_now = self._ack_delayed = False
+        self._full_segments_unacked = 0
+        self.timers.delack_at = None
 
     def _options(self, flags: int) -> Options:
         opts = Options()
