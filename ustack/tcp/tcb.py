@@ -244,7 +244,9 @@ class Tcb:
     def on_segment(self, seg: Segment, now: float) -> DropReason | None:
         """RFC 9293 §3.10.7; returns why the segment was dropped, if it was."""
         self._now = now
-        if self.state is State.SYN_SENT:
+        if self.state is State.ESTABLISHED and self._fast_path(seg, now):
+            reason = None
+        elif self.state is State.SYN_SENT:
             reason = self._on_syn_sent(seg, now)
         elif self.state is State.CLOSED:
             reason = DropReason.TCP_UNEXPECTED
@@ -252,6 +254,50 @@ class Tcb:
             reason = self._on_synchronizing_or_synchronized(seg, now)
         self._update_timers(now)
         return reason
+
+    def _fast_path(self, seg: Segment, now: float) -> bool:
+        """Van Jacobson's header prediction (BSD; Linux tcp_rcv_established): in ESTABLISHED,
+        the next expected segment, only ACK (and PSH) set, the same window, no SACK news,
+        no recovery under way, either acknowledging new data or carrying in-window text.
+        Every check of §3.10.7.4 would pass, so only the steps that act are taken, in
+        their order; anything else (False) takes the full path."""
+        if (seg.flags | PSH) != ACK | PSH or seg.seq != self.rcv_nxt:
+            return False
+        opts = seg.opts
+        ts_val = opts.ts_val
+        if self.ts_ok and (ts_val is None or (ts_val - self.ts_recent) & seq.MASK >= _HALF):
+            return False  # no timestamp, or PAWS would have a word (R1)
+        if (opts.sack or self.in_recovery or self._rtx_nxt is not None or self.scoreboard
+                or self._ooo or self._fin_seq is not None
+                or (seg.wnd << self.snd_wscale) != self.snd_wnd):
+            return False
+        ack = seg.ack
+        advance = (ack - self.snd_una) & seq.MASK
+        if advance > (self.snd_nxt - self.snd_una) & seq.MASK:
+            return False  # beyond SND.NXT, or an old ACK
+        size = len(seg.payload)
+        if size:
+            window = (self._rcv_adv - self.rcv_nxt) & seq.MASK
+            if window >= _HALF or size > window or self.orphaned:
+                return False
+        elif not advance:
+            return False  # a duplicate ACK or a window probe's answer
+        # First: acceptable (SEG.SEQ = RCV.NXT, within the window).
+        self._last_rcv = now
+        self._keepalive_probes = 0
+        if (ts_val is not None and seq.ge(ts_val, self.ts_recent)
+                and seq.le(seg.seq, self.last_ack_sent)):
+            self.ts_recent = ts_val  # RFC 7323 §4.3 (R3)
+        # Fifth: the ACK. SND.WL1 <= SEG.SEQ and SND.WL2 <= SEG.ACK hold, so the (same)
+        # window is taken: only WL1 and WL2 move.
+        if advance:
+            self._ack_advanced(ack, opts.ts_ecr, now)
+        self.snd_wl1 = seg.seq
+        self.snd_wl2 = ack
+        # Seventh: the text.
+        if size:
+            self._process_text(seg)
+        return True
 
     def _on_syn_sent(self, seg: Segment, now: float) -> DropReason | None:
         # RFC 9293 §3.10.7.3, first: check the ACK bit.
