@@ -31,7 +31,11 @@ from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
 from ustack.tun import TunDevice
 
-SNDBUF = 256 * 1024  # like SO_SNDBUF: what the TCB holds before the transport counts it
+# Like SO_SNDBUF: what the TCB holds before the transport counts it. As Linux's
+# tcp_sndbuf_expand, it grows to twice the congestion window (so a fast path is never
+# starved of data to send), up to tcp_wmem's default maximum.
+SNDBUF = 256 * 1024
+SNDBUF_MAX = 4 * 1024 * 1024
 HIGH_WATER = 64 * 1024  # asyncio's _FlowControlMixin defaults
 LOW_WATER = 16 * 1024
 STREAM_LIMIT = 2**16
@@ -262,7 +266,8 @@ class Transport(asyncio.Transport):
         self._connection_lost(exc)
 
     def get_write_buffer_size(self) -> int:
-        return max(0, self._tcb.send_buffered - SNDBUF)
+        held = min(max(SNDBUF, 2 * self._tcb.cc.cwnd), SNDBUF_MAX)
+        return max(0, self._tcb.send_buffered - held)
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._low, self._high
