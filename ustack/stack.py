@@ -286,11 +286,24 @@ class Host:
 
     def next_deadline(self) -> float | None:
         heap = self._timers
-        while heap and heap[0][2]._heap_deadline != heap[0][0]:
-            heapq.heappop(heap)  # stale: the TCB re-armed or closed since
-        deadlines = [d for d in (heap[0][0] if heap else None,
-                                 self._fragments.next_deadline()) if d is not None]
-        return min(deadlines) if deadlines else None
+        while heap:
+            filed, _, tcb = heap[0]
+            if tcb._heap_deadline == filed:
+                actual = tcb.timers.next_deadline
+                if actual == filed:
+                    break
+                # Its timer moved later since it was filed: refile it where it is now.
+                heapq.heappop(heap)
+                tcb._heap_deadline = actual
+                if actual is not None:
+                    heapq.heappush(heap, (actual, next(self._tiebreak), tcb))
+            else:
+                heapq.heappop(heap)  # stale: the TCB was refiled or closed since
+        timer = heap[0][0] if heap else None
+        fragments = self._fragments.next_deadline()
+        if fragments is not None and (timer is None or fragments < timer):
+            return fragments
+        return timer
 
     # --------------------------------------------------------- packets out
 
@@ -303,6 +316,15 @@ class Host:
             if tcb._heap_deadline != deadline:
                 continue
             tcb._heap_deadline = None
+            actual = tcb.timers.next_deadline
+            if actual is None:
+                continue
+            if actual > now:
+                # Pushed later since it was filed (every ACK restarts the retransmission
+                # timer): file it again now rather than on every change.
+                tcb._heap_deadline = actual
+                heapq.heappush(heap, (actual, next(self._tiebreak), tcb))
+                continue
             before = tcb.state
             self._now = now
             tcb.on_timer(now)
@@ -314,9 +336,14 @@ class Host:
                 self._emit_segment(tcb.remote_addr, seg)
             if tcb.state is State.CLOSED:
                 self._forget(tcb)
-            elif tcb.next_deadline is not None and tcb.next_deadline != tcb._heap_deadline:
-                tcb._heap_deadline = tcb.next_deadline
-                heapq.heappush(heap, (tcb.next_deadline, next(self._tiebreak), tcb))
+                continue
+            # One heap entry per TCB, at or before its earliest deadline: only an earlier
+            # deadline needs a new entry (a later one is refiled when the entry comes up).
+            deadline = tcb.timers.next_deadline
+            filed = tcb._heap_deadline
+            if deadline is not None and (filed is None or deadline < filed):
+                tcb._heap_deadline = deadline
+                heapq.heappush(heap, (deadline, next(self._tiebreak), tcb))
         self._pending.clear()
         out, self._out = self._out, []
         return out

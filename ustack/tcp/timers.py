@@ -35,5 +35,11 @@ class Timers:
 
     @property
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.slot_at, self.delack_at, self.keepalive_at) if t is not None]
-        return min(times) if times else None
+        best = self.slot_at
+        t = self.delack_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.keepalive_at
+        if t is not None and (best is None or t < best):
+            best = t
+        return best
