@@ -531,25 +531,31 @@ class Tcb:
 
     def _ack_advanced(self, ack: int, ts_ecr: int, now: float) -> None:
         """SND.UNA < SEG.ACK =< SND.NXT: drop acknowledged data, feed RTT and cwnd."""
-        acked = seq.sub(ack, self.snd_una)
+        mask = seq.MASK
+        una = self.snd_una
+        acked = (ack - una) & mask
         # Was any of the newly acknowledged data sent more than once? Then its echoed
         # timestamp may date an earlier copy or a stale TS.Recent: no RTT sample from it.
-        resent = seq.gt(self._high_rxt, self.snd_una)
+        resent = self._high_rxt != una and (una - self._high_rxt) & mask >= _HALF
         self.snd_una = ack
-        into_buf = seq.sub(ack, self._snd_buf_seq)
-        if into_buf < _HALF:
-            drop = min(into_buf, len(self._snd_buf))
-            del self._snd_buf[:drop]
-            self._snd_buf_seq = seq.add(self._snd_buf_seq, drop)
-        self.scoreboard.advance(ack)
+        buf = self._snd_buf
+        into_buf = (ack - self._snd_buf_seq) & mask
+        if into_buf < _HALF and buf:
+            drop = min(into_buf, len(buf))
+            del buf[:drop]
+            self._snd_buf_seq = (self._snd_buf_seq + drop) & mask
+        if self.scoreboard:
+            self.scoreboard.advance(ack)
         if self._rtx_nxt is not None and seq.lt(self._rtx_nxt, ack):
             self._rtx_nxt = ack
+        rtt_seq = self._rtt_seq
+        timed = rtt_seq is not None and seq.ge(ack, rtt_seq)
         if self.ts_ok and ts_ecr and not resent:
             # RFC 7323 §4.1 (RTTM): the echoed timestamp dates the segment being ACKed.
-            self.rtt.sample(max(0, seq.sub(self._ts_now(now), ts_ecr)) / 1000)
-        elif self._rtt_seq is not None and seq.ge(ack, self._rtt_seq) and not resent:
+            self.rtt.sample(max(0, (self._ts_now(now) - ts_ecr) & mask) / 1000)
+        elif timed and not resent:
             self.rtt.sample(now - self._rtt_time)  # Karn: never time a resent segment
-        if self._rtt_seq is not None and seq.ge(ack, self._rtt_seq):
+        if timed:
             self._rtt_seq = None
         self._retries = 0
         self._persist_backoff = 0
