@@ -776,6 +776,9 @@ class Tcb:
         """Retransmissions first, then new data and the FIN: within SND.WND (MUST-17) and
         within what congestion control allows in the network (MUST-19, RFC 6675 pipe)."""
         buf_end = seq.add(self._snd_buf_seq, len(self._snd_buf))
+        if (self._rtx_nxt is None and self.snd_nxt == buf_end and not self._fin_queued) or (
+                self.snd_nxt == (buf_end + 1) & seq.MASK and self._rtx_nxt is None):
+            return  # all sent (the FIN too, if any), nothing to resend: the common case
         wnd_end = seq.add(self.snd_una, self.snd_wnd)
         max_payload = self._max_payload()
         while self._rtx_nxt is not None:
