@@ -69,6 +69,18 @@ def pattern_sha256(n: int) -> str:
     return h.hexdigest()
 
 
+def curl_bytes(ns: Netns, dst: Path, n: int, max_time: float = 100) -> None:
+    """GET /bytes/N from ustack's HTTP with curl into `dst`; checks status, size, SHA-256."""
+    done = ns.run(
+        ["curl", "-sS", "--fail", "--max-time", str(max_time), "-o", str(dst),
+         "-w", "%{http_code} %{size_download}", f"http://{USTACK_ADDR}/bytes/{n}"],
+        timeout=max_time + 20,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode() == f"200 {n}"
+    assert file_sha256(dst) == pattern_sha256(n)
+
+
 def random_file(path: Path, size: int) -> str:
     """Write ``size`` random bytes to ``path``; return their SHA-256."""
     data = os.urandom(size)

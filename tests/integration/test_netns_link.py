@@ -26,8 +26,7 @@ from .support import (
     NSCLIENT,
     USTACK,
     USTACK_ADDR,
-    file_sha256,
-    pattern_sha256,
+    curl_bytes,
     random_file,
     readline,
     require_tools,
@@ -83,16 +82,7 @@ def test_transfers_intact_under_faults_with_capture(netns, start_ustack, tmp_pat
     assert server.proc.poll() is None, "SIGUSR1 must not stop the server"
 
     # 5 MB through curl.
-    n = 5_000_000
-    dst = tmp_path / "bytes.bin"
-    done = netns.run(
-        ["curl", "-sS", "--fail", "--max-time", "180", "-o", str(dst),
-         "-w", "%{http_code} %{size_download}", f"http://{USTACK_ADDR}/bytes/{n}"],
-        timeout=200,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode() == f"200 {n}"
-    assert file_sha256(dst) == pattern_sha256(n)
+    curl_bytes(netns, tmp_path / "bytes.bin", 5_000_000, max_time=180)
 
     status, _ = server.stop(signal.SIGTERM, timeout=5)
     assert status == 0, server.stderr()

@@ -18,8 +18,7 @@ from ustack.checksum import ones_sum
 from .support import (
     KERNEL_ADDR,
     USTACK_ADDR,
-    file_sha256,
-    pattern_sha256,
+    curl_bytes,
     random_file,
     require_tools,
     sha256,
@@ -58,15 +57,7 @@ def _echo(ns, tmp_path, size: int, name: str = "in.bin") -> None:
 
 
 def _download(ns, tmp_path, n: int) -> None:
-    dst = tmp_path / "bytes.bin"
-    done = ns.run(
-        ["curl", "-sS", "--fail", "--max-time", "100", "-o", str(dst),
-         "-w", "%{http_code} %{size_download}", f"http://{USTACK_ADDR}/bytes/{n}"],
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode() == f"200 {n}"
-    assert file_sha256(dst) == pattern_sha256(n)
+    curl_bytes(ns, tmp_path / "bytes.bin", n)
 
 
 @pytest.mark.parametrize("mtu", [1500, 65535])
