@@ -175,11 +175,15 @@ class Fragments:
         return Datagram(d.src, d.dst, d.proto, memoryview(payload), d.ident)
 
     def expire(self, now: float, counters: Counters) -> None:
+        if not self._partial:
+            return
         for key in [k for k, p in self._partial.items() if p.deadline <= now]:
             self._discard(key, counters, DropReason.IP_FRAGMENT_TIMEOUT)
 
     def next_deadline(self) -> float | None:
-        return min((p.deadline for p in self._partial.values()), default=None)
+        if not self._partial:
+            return None  # the common case, asked on every step
+        return min(p.deadline for p in self._partial.values())
 
     def _discard(self, key: tuple[bytes, bytes, int, int], counters: Counters,
                  reason: DropReason) -> None:
