@@ -89,7 +89,10 @@ class Tcb:
         # Buffers: _snd_buf holds unacknowledged and unsent data, its first byte at _snd_buf_seq.
         self._snd_buf = bytearray()
         self._snd_buf_seq = seq.add(iss, 1)
-        self._rcv_buf = bytearray()
+        # In-order text not yet read: views of the segments as they arrived (no copy until
+        # read() joins them), and their total.
+        self._rcv_buf: list[bytes | memoryview] = []
+        self._rcv_len = 0
         self.rcv_buf_size = config.rcv_buf
         self._ooo = Reassembly()
         self._fin_seq: int | None = None  # where the peer's FIN is, once seen
@@ -199,15 +202,17 @@ class Tcb:
 
     def read(self) -> bytes:
         """RECEIVE call (§3.10.3): take every buffered byte; may open the window."""
-        data = bytes(self._rcv_buf)
-        self._rcv_buf.clear()
+        chunks = self._rcv_buf
+        data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._rcv_len = 0
         if data and self._window_update_due():
             self._ack_now = True  # a window update (§3.8.6.2.2)
         return data
 
     @property
     def readable(self) -> int:
-        return len(self._rcv_buf)
+        return self._rcv_len
 
     @property
     def send_buffered(self) -> int:
@@ -231,6 +236,7 @@ class Tcb:
         """Full close: shut down sending and drop anything that arrives unread."""
         self.orphaned = True
         self._rcv_buf.clear()
+        self._rcv_len = 0
         self.shutdown()
 
     def abort(self) -> None:
@@ -464,13 +470,15 @@ class Tcb:
                 return DropReason.TCP_OOO_QUEUE_FULL
             self.counters["tcp_ooo_queued"] += 1
             return None
-        self._rcv_buf += payload
+        self._rcv_buf.append(payload)
+        self._rcv_len += len(payload)
         self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
         if self._ooo:
             # It fills (part of) a gap: take what now follows, and ACK at once (RFC 5681 §4.2).
             self._ooo.drop_before(self.rcv_nxt)
             more = self._ooo.take(self.rcv_nxt)
-            self._rcv_buf += more
+            self._rcv_buf.append(more)
+            self._rcv_len += len(more)
             self.rcv_nxt = seq.add(self.rcv_nxt, len(more))
             self._ack_now = True
         elif len(payload) >= self._rcv_mss_seen:
@@ -1023,7 +1031,7 @@ class Tcb:
     # ------------------------------------------------------ receive window
 
     def _free_space(self) -> int:
-        return max(0, self.rcv_buf_size - len(self._rcv_buf) - self._ooo.held)
+        return max(0, self.rcv_buf_size - self._rcv_len - self._ooo.held)
 
     def _window(self, syn: bool = False) -> int:
         """The window field to send, with receiver SWS avoidance (RFC 9293 §3.8.6.2.2).
