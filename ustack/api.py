@@ -9,6 +9,7 @@ asyncio's own StreamReader/StreamWriter and Protocol classes run unchanged on th
 """
 
 import asyncio
+import ctypes
 import dataclasses
 import errno
 import ipaddress
@@ -342,6 +343,27 @@ class Server:
         await self.wait_closed()
 
 
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters
+_M_MMAP_THRESHOLD = -3
+_HEAP_KEPT = 64 * 1024 * 1024
+
+
+def _keep_freed_heap() -> None:
+    """Ask glibc to keep freed memory instead of returning it to the OS at once.
+
+    By default it trims the heap whenever 128 KB lie free at its top. The fast path
+    allocates and frees 64 KB buffers (segments, the user's chunks) thousands of times a
+    second; with trimming each of them page-faults anew (measured: ~200,000 minor faults
+    and a third of the CPU for 500 MB sent). Elsewhere than glibc this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)  # also fixes the trim threshold
+        libc.mallopt(_M_TRIM_THRESHOLD, _HEAP_KEPT)
+    except (OSError, AttributeError):
+        pass
+
+
 class Stack:
     """A ustack host on a TUN device: `async with Stack(...) as stack:`.
 
@@ -384,6 +406,7 @@ class Stack:
 
     async def __aenter__(self) -> "Stack":
         self.loop = asyncio.get_running_loop()
+        _keep_freed_heap()
         if self.pcap is not None:
             # The writer reads no clock: its stamps are loop time plus this offset.
             self._pcap = PcapWriter(self.pcap, wall_offset=time.time() - self.loop.time())

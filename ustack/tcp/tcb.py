@@ -21,6 +21,7 @@ from ustack.tcp.reassembly import Reassembly
 from ustack.tcp.rtt import MAX_RTO, RttEstimator
 from ustack.tcp.sack import DUP_THRESH, Scoreboard
 from ustack.tcp.segment import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, Segment
+from ustack.tcp.sendbuf import SendBuffer
 from ustack.tcp.states import ON_CLOSE, ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING, SENDING, State
 
 MAX_UNSCALED_WINDOW = 0xFFFF
@@ -87,7 +88,7 @@ class Tcb:
         self.last_ack_sent = 0  # Last.ACK.sent
         self._ts_offset = ts_offset  # RFC 7323 §5.4: a per-connection random offset
         # Buffers: _snd_buf holds unacknowledged and unsent data, its first byte at _snd_buf_seq.
-        self._snd_buf = bytearray()
+        self._snd_buf = SendBuffer()
         self._snd_buf_seq = seq.add(iss, 1)
         # In-order text not yet read: views of the segments as they arrived (no copy until
         # read() joins them), and their total.
@@ -198,7 +199,7 @@ class Tcb:
         """SEND call (RFC 9293 §3.10.2): queue data behind what is buffered."""
         if self.state not in SENDING or self._fin_queued:
             raise ConnectionError(f"cannot send in state {self.state} after close")
-        self._snd_buf += data
+        self._snd_buf.append(data)
 
     def read(self) -> bytes:
         """RECEIVE call (§3.10.3): take every buffered byte; may open the window."""
@@ -550,7 +551,7 @@ class Tcb:
         into_buf = (ack - self._snd_buf_seq) & mask
         if into_buf < _HALF and buf:
             drop = min(into_buf, len(buf))
-            del buf[:drop]
+            buf.drop(drop)
             self._snd_buf_seq = (self._snd_buf_seq + drop) & mask
         if self.scoreboard:
             self.scoreboard.advance(ack)
@@ -873,7 +874,7 @@ class Tcb:
 
     def _payload(self, start: int, n: int) -> bytes:
         offset = seq.sub(start, self._snd_buf_seq)
-        return bytes(memoryview(self._snd_buf)[offset:offset + n])  # one copy
+        return self._snd_buf.slice(offset, n)  # a view of the user's bytes, mostly
 
     def _pipe(self) -> int:
         """RFC 6675 §4 SetPipe, in effect: bytes sent and still believed in the network,
