@@ -71,7 +71,9 @@ else
     ip addr add "$cidr" dev "$name"
     echo "$prog: $name has address $cidr"
 fi
-ip link set dev "$name" up
+# A deeper queue toward ustack than TUN's default 500: a burst of more packets than that
+# (1000 clients closing at once) would otherwise be dropped before ustack can read it.
+ip link set dev "$name" txqueuelen 10000 up
 
 if [[ $owner != root ]] && ! runuser -u "$owner" -- test -r /dev/net/tun -a -w /dev/net/tun 2>/dev/null; then
     echo "$prog: warning: $owner cannot open /dev/net/tun (mode $(stat -c %a /dev/net/tun));" \

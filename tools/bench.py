@@ -63,6 +63,8 @@ START_TIMEOUT = 20.0  # seconds for a server to print its ready line
 STOP_TIMEOUT = 5.0  # seconds after SIGTERM before SIGKILL
 SETUP_TIMEOUT = 10.0  # seconds for each `ip` command
 MB = 1_000_000
+BACKLOG = 1024  # both servers' listen backlog
+SCENARIOS = ("upload", "download", "conns", "ab", "wrk", "echo", "idle")
 
 
 class BenchError(Exception):
@@ -285,6 +287,125 @@ def client_echo(host: str, port: int, rounds: int, limit: float) -> dict:
     return result
 
 
+def _run_tool(argv: list[str], limit: float) -> str:
+    """Run a load generator (ab, wrk) bounded in time; its stdout, or ClientFailure."""
+    if shutil.which(argv[0]) is None:
+        raise ClientFailure(f"{argv[0]} is not installed (apt-get install "
+                            f"{'apache2-utils' if argv[0] == 'ab' else argv[0]})")
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=limit + 10,
+                           check=False)
+    except subprocess.TimeoutExpired as e:
+        raise ClientFailure(f"{argv[0]} ran past {limit + 10:g} s and was killed") from e
+    if r.returncode != 0:
+        err = (r.stderr.strip() or r.stdout.strip()).splitlines()
+        raise ClientFailure(f"{argv[0]} exited {r.returncode}: {err[-1] if err else ''}")
+    return r.stdout
+
+
+def _field(text: str, label: str) -> str | None:
+    for line in text.splitlines():
+        if line.strip().startswith(label):
+            return line.strip()[len(label):].strip()
+    return None
+
+
+def client_ab(host: str, port: int, count: int, concurrency: int, limit: float) -> dict:
+    """ApacheBench: ``count`` HTTP/1.0 requests, a new connection each, ``concurrency``."""
+    # Bounded by the count and by the subprocess timeout (ab's own -t would raise the
+    # count to 50,000).
+    out = _run_tool(["ab", "-q", "-n", str(count), "-c", str(concurrency), "-s", "10",
+                     f"http://{host}:{port}/"], limit)
+    done, failed = _field(out, "Complete requests:"), _field(out, "Failed requests:")
+    rate = _field(out, "Requests per second:")
+    if rate is None or done is None or failed is None:
+        raise ClientFailure(f"no figures in ab's output: {out[-200:]!r}")
+    if int(failed) or _field(out, "Non-2xx responses:"):
+        raise ClientFailure(f"ab: {failed} failed requests, non-2xx: "
+                            f"{_field(out, 'Non-2xx responses:') or 0}")
+    result = {"value": float(rate.split()[0]), "requests": int(done),
+              "concurrency": concurrency}
+    if int(done) < count:
+        result["note"] = f"time limit: {done} of {count} requests"
+    return result
+
+
+def _wrk_us(text: str) -> float:
+    """wrk's latency like 2.95ms, 850.00us, 1.20s, in microseconds."""
+    for unit, scale in (("us", 1.0), ("ms", 1e3), ("s", 1e6)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
+def client_wrk(host: str, port: int, seconds: float, connections: int, limit: float) -> dict:
+    """wrk: keep-alive GET / on ``connections`` connections for ``seconds``, one thread."""
+    seconds = min(seconds, limit)
+    out = _run_tool(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s",
+                     "--latency", f"http://{host}:{port}/"], seconds + 10)
+    rate = _field(out, "Requests/sec:")
+    if rate is None:
+        raise ClientFailure(f"no figures in wrk's output: {out[-200:]!r}")
+    errors = _field(out, "Socket errors:")
+    bad = _field(out, "Non-2xx or 3xx responses:")
+    if errors or bad:
+        raise ClientFailure(f"wrk: socket errors: {errors or 'none'}; non-2xx: {bad or 0}")
+    result: dict = {"value": float(rate), "connections": connections, "seconds": seconds}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            result[f"latency_p{parts[0][:-1]}_us"] = _wrk_us(parts[1])
+    return result
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ClientFailure(f"no VmRSS for process {pid}")
+
+
+def client_idle(host: str, port: int, count: int, server_pid: int, limit: float) -> dict:
+    """Open ``count`` connections to echo and hold them; the server's RSS growth / count.
+
+    Every connection is proved established by an echo of one byte on a sample of them
+    (and all of them, if fewer than 200); the server's RSS is read before the first and
+    again once all are held (it runs in this PID namespace)."""
+    import resource
+
+    t_end = time.monotonic() + limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + 100
+    if soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            raise ClientFailure(f"RLIMIT_NOFILE hard limit {hard} < {want} connections")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    before = _rss_kb(server_pid)
+    socks: list[socket.socket] = []
+    try:
+        try:
+            for _ in range(count):
+                s = socket.create_connection((host, port), timeout=min(5.0, _remaining(t_end)))
+                socks.append(s)
+        except (TimeoutError, OSError) as e:
+            raise ClientFailure(f"{len(socks)} of {count} connections established, then "
+                                f"{type(e).__name__}: {e}") from e
+        step = max(1, len(socks) // 200)
+        for s in socks[::step]:
+            s.settimeout(min(5.0, _remaining(t_end)))
+            s.sendall(b"x")
+            if s.recv(1) != b"x":
+                raise ClientFailure("an idle connection did not echo")
+        time.sleep(0.5)  # let the server finish what the echoes started
+        held = _rss_kb(server_pid)
+    finally:
+        for s in socks:
+            s.close()
+    return {"value": (held - before) / count, "connections": count,
+            "rss_before_kb": before, "rss_held_kb": held}
+
+
 def client_main(args: argparse.Namespace) -> int:
     scen, host, port, limit = args.client, args.host, args.port, args.time_limit
     try:
@@ -296,6 +417,12 @@ def client_main(args: argparse.Namespace) -> int:
             result = client_conns(host, port, args.conns, args.concurrency, limit)
         elif scen == "echo":
             result = client_echo(host, port, args.rounds, limit)
+        elif scen == "ab":
+            result = client_ab(host, port, args.ab_n, args.ab_c, limit)
+        elif scen == "wrk":
+            result = client_wrk(host, port, args.wrk_seconds, args.wrk_c, limit)
+        elif scen == "idle":
+            result = client_idle(host, port, args.idle_conns, args.server_pid, limit)
         else:
             raise ClientFailure(f"unknown scenario {scen}")
     except (ClientFailure, OSError) as e:
@@ -329,7 +456,8 @@ def kernel_server_main(host: str, spec: str) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         servers = [
-            await loop.create_server(protocol_factory(name), host, port, reuse_address=True)
+            await loop.create_server(protocol_factory(name), host, port, reuse_address=True,
+                                     backlog=BACKLOG)
             for name, port in services
         ]
         print(f"{READY_KERNEL} {spec} on {host}", file=sys.stderr, flush=True)
@@ -548,7 +676,8 @@ class Bench:
         # A persistent TUN owned by the namespace, as scripts/setup_tun.sh makes one; the
         # kernel server can bind 10.77.0.1 before (and even if) ustack attaches.
         run_quiet(self.nsexec(["ip", "tuntap", "add", "dev", DEV, "mode", "tun"]))
-        run_quiet(self.nsexec(["ip", "link", "set", DEV, "mtu", str(self.args.mtu)]))
+        run_quiet(self.nsexec(["ip", "link", "set", DEV, "mtu", str(self.args.mtu),
+                               "txqueuelen", "10000"]))  # as scripts/setup_tun.sh
         run_quiet(self.nsexec(["ip", "addr", "add", f"{KERNEL_ADDR}/{PREFIX}", "dev", DEV]))
         run_quiet(self.nsexec(["ip", "link", "set", DEV, "up"]))
 
@@ -602,12 +731,17 @@ class Bench:
             ready = READY_KERNEL
         else:
             services = [f"{name}:{port}" for name, port in USTACK_PORTS.items()]
+            profile = ["-m", "cProfile", "-o", self.args.profile] if self.args.profile else []
             argv = self.nsexec(
                 [
                     sys.executable,
+                    *profile,
                     "-m",
                     "ustack",
                     "serve",
+                    "--backlog",
+                    str(BACKLOG),
+                    *(["--offload"] if self.args.offload else []),
                     "--dev",
                     DEV,
                     "--addr",
@@ -631,7 +765,7 @@ class Bench:
 
     # -- clients -----------------------------------------------------------------------
 
-    def run_client(self, scenario: str, host: str, port: int) -> dict:
+    def run_client(self, scenario: str, host: str, port: int, server_pid: int) -> dict:
         a = self.args
         argv = [
             sys.executable,
@@ -652,6 +786,18 @@ class Bench:
             str(a.concurrency),
             "--rounds",
             str(a.rounds),
+            "--ab-n",
+            str(a.ab_n),
+            "--ab-c",
+            str(a.ab_c),
+            "--wrk-seconds",
+            str(a.wrk_seconds),
+            "--wrk-c",
+            str(a.wrk_c),
+            "--idle-conns",
+            str(a.idle_conns),
+            "--server-pid",
+            str(server_pid),
         ]
         try:
             r = subprocess.run(
@@ -686,12 +832,13 @@ class Bench:
             cell.error = f"{srv.label} {exit_text(srv.proc.returncode)}: {srv.last_line()}"
             return None
         port = ports[
-            "discard" if scenario == "upload" else "echo" if scenario == "echo" else "http"
+            "discard" if scenario == "upload"
+            else "echo" if scenario in ("echo", "idle") else "http"
         ]
         count_tun = side == "ustack" and not self.args.self_test
         before = self.tun_counters() if count_tun else None
         cpu0 = srv.cpu_seconds()
-        res = self.run_client(scenario, host, port)
+        res = self.run_client(scenario, host, port, srv.proc.pid)
         cpu1 = srv.cpu_seconds()
         after = self.tun_counters() if before is not None else None
         if before is not None and after is not None:
@@ -745,13 +892,28 @@ class Bench:
         )
         p50 = Row("echo_p50", f"echo 1 B round trip p50 ({a.rounds} rounds)", "us", "lower")
         p99 = Row("echo_p99", "echo 1 B round trip p99", "us", "lower")
+        ab = Row("ab", f"ab -n {a.ab_n} -c {a.ab_c} (HTTP/1.0, new connection each)",
+                 "req/s", "higher")
+        wrk = Row("wrk", f"wrk -t1 -c{a.wrk_c} -d{a.wrk_seconds:g}s (keep-alive)", "req/s",
+                  "higher")
+        wrk99 = Row("wrk_p99", "wrk latency p99", "us", "lower")
+        idle = Row("idle", f"{a.idle_conns} idle connections: server RSS each", "KB", "lower")
         rss = Row("rss", "peak RSS of the server process (VmHWM)", "MB", "lower")
-        self.rows = [up, down, conns, p50, p99, rss]
-
-        self.scenario("upload", [(up, lambda r: r["value"])])
-        self.scenario("download", [(down, lambda r: r["value"])])
-        self.scenario("conns", [(conns, lambda r: r["value"])])
-        self.scenario("echo", [(p50, lambda r: r["p50_us"]), (p99, lambda r: r["p99_us"])])
+        chosen = set(a.scenarios)
+        plan = [
+            ("upload", [up], [(up, lambda r: r["value"])]),
+            ("download", [down], [(down, lambda r: r["value"])]),
+            ("conns", [conns], [(conns, lambda r: r["value"])]),
+            ("ab", [ab], [(ab, lambda r: r["value"])]),
+            ("wrk", [wrk, wrk99], [(wrk, lambda r: r["value"]),
+                                   (wrk99, lambda r: r.get("latency_p99_us", math.nan))]),
+            ("echo", [p50, p99], [(p50, lambda r: r["p50_us"]), (p99, lambda r: r["p99_us"])]),
+            ("idle", [idle], [(idle, lambda r: r["value"])]),
+        ]
+        self.rows = [row for name, rows, _ in plan if name in chosen for row in rows] + [rss]
+        for name, _, picks in plan:
+            if name in chosen:
+                self.scenario(name, picks)
 
         for side, srv in (("ustack", self.ustack), ("kernel", self.kernel)):
             cell = getattr(rss, side)
@@ -802,6 +964,13 @@ class Bench:
                 "concurrency": a.concurrency,
                 "rounds": a.rounds,
                 "mtu": a.mtu,
+                "offload": a.offload,
+                "scenarios": list(a.scenarios),
+                "ab_n": a.ab_n,
+                "ab_c": a.ab_c,
+                "wrk_seconds": a.wrk_seconds,
+                "wrk_c": a.wrk_c,
+                "idle_conns": a.idle_conns,
                 "repeat": a.repeat,
                 "time_limit": a.time_limit,
                 "self_test": a.self_test,
@@ -870,6 +1039,20 @@ def render_table(rep: dict) -> str:
     return "\n".join(out)
 
 
+def print_profile(path: str, top: int = 25) -> None:
+    """The functions ustack serve spent most time in (cProfile, own time)."""
+    import io
+    import pstats
+
+    if not os.path.exists(path):
+        print(f"no profile in {path}: ustack serve did not exit normally")
+        return
+    out = io.StringIO()
+    pstats.Stats(path, stream=out).sort_stats("tottime").print_stats(top)
+    print(f"\nustack serve profile ({path}), top {top} by own time:")
+    print(out.getvalue().split("\n", 4)[-1].rstrip())
+
+
 def check_environment() -> None:
     if sys.platform != "linux":
         raise BenchError("this benchmark needs Linux (TUN devices and network namespaces)")
@@ -882,6 +1065,16 @@ def check_environment() -> None:
         raise BenchError("/dev/net/tun is missing: load the tun module (modprobe tun)")
     if shutil.which("ip") is None:
         raise BenchError("the `ip` command (iproute2) is not installed")
+
+
+def _scenarios(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or '(none)'}: choose from "
+            f"{','.join(SCENARIOS)}")
+    return names
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -904,7 +1097,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=4,
         help="parallel client threads for connections/s (default 4)",
     )
-    p.add_argument("--rounds", type=int, help="echo round trips (default 2000; --quick: 200)")
+    p.add_argument("--rounds", type=int, help="echo round trips (default 10000; --quick: 200)")
+    p.add_argument("--ab-n", type=int, help="ab requests (default 4000; --quick: 500)")
+    p.add_argument("--ab-c", type=int, default=20, help="ab concurrency (default 20)")
+    p.add_argument("--wrk-seconds", type=float,
+                   help="wrk duration in seconds (default 5; --quick: 2)")
+    p.add_argument("--wrk-c", type=int, default=50, help="wrk connections (default 50)")
+    p.add_argument("--idle-conns", type=int,
+                   help="concurrent idle connections (default 10000; --quick: 1000)")
+    p.add_argument(
+        "--scenarios",
+        type=_scenarios,
+        default=SCENARIOS,
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)",
+    )
+    p.add_argument(
+        "--offload",
+        action="store_true",
+        help="run ustack serve with --offload (IFF_VNET_HDR, checksum and TSO offloads)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run ustack serve under cProfile, write FILE, print its top functions",
+    )
     p.add_argument(
         "--mtu",
         type=int,
@@ -948,16 +1164,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     defaults = (
-        {"mb": 2.0, "conns": 100, "rounds": 200, "repeat": 1}
+        {"mb": 2.0, "conns": 100, "rounds": 200, "repeat": 1, "ab_n": 500,
+         "wrk_seconds": 2.0, "idle_conns": 1000}
         if args.quick
-        else {"mb": 20.0, "conns": 500, "rounds": 2000, "repeat": 3}
+        else {"mb": 20.0, "conns": 500, "rounds": 10000, "repeat": 3, "ab_n": 4000,
+              "wrk_seconds": 5.0, "idle_conns": 10000}
     )
     for name, value in defaults.items():  # --quick only changes what was not given
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("mb", "conns", "concurrency", "rounds", "repeat", "time_limit"):
+    for name in ("mb", "conns", "concurrency", "rounds", "repeat", "time_limit", "ab_n", "ab_c",
+                 "wrk_seconds", "wrk_c", "idle_conns"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if not 576 <= args.mtu <= 65535:
@@ -1013,6 +1233,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ustack benchmark  {rep['date']}  Linux {rep['host']['kernel']}, "
         f"{rep['host']['cpus']} CPUs, Python {rep['host']['python']}, MTU {p['mtu']}"
+        + (", offload" if p["offload"] else "")
         + ("  [SELF-TEST: both sides are kernel servers]" if p["self_test"] else "")
     )
     print(render_table(rep))
@@ -1033,6 +1254,8 @@ def main(argv: list[str] | None = None) -> int:
             f" (avg {t['to_ustack_bytes'] / max(ti, 1):.0f} B), {to} from ustack"
             f" (avg {t['from_ustack_bytes'] / max(to, 1):.0f} B){cpu}"
         )
+    if args.profile:
+        print_profile(args.profile)
     ex = rep["ustack_exit"]
     if ex is not None and not args.self_test:
         if ex["exited_before_sigterm"]:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ustack.stack import Host  # noqa: E402
-from ustack.tcp.states import State  # noqa: E402
+from ustack.stack import Host
+from ustack.tcp.states import State
 
 A, B = "10.9.0.1", "10.9.0.2"
 CHUNK = 256 * 1024  # what the application hands over per send()

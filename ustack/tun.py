@@ -33,6 +33,7 @@ TUN_F_CSUM = 0x01  # the kernel may hand us packets with partial checksums
 TUN_F_TSO4 = 0x02  # ... and TCP/IPv4 super-packets of up to 64 KB
 TUN_F_TSO6 = 0x04
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+TX_QUEUE_LEN = 10000
 GSO_MAX = 65535  # an IPv4 super-packet is one datagram: its total length is 16 bits
 
 
@@ -156,7 +157,10 @@ def _configure(name: str, kernel_addr: str, mtu: int) -> None:
         raise TunError("the ip command (iproute2) is needed to configure a new TUN device")
     for cmd in (
         [ip, "addr", "add", kernel_addr, "dev", name],
-        [ip, "link", "set", "dev", name, "mtu", str(mtu), "up"],
+        # A deeper queue toward ustack than TUN's default 500: a burst of more packets (a
+        # thousand clients closing at once) would be dropped before ustack can read it.
+        [ip, "link", "set", "dev", name, "mtu", str(mtu), "txqueuelen", str(TX_QUEUE_LEN),
+         "up"],
     ):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
         if done.returncode != 0:
