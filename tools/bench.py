@@ -155,21 +155,26 @@ def client_download(host: str, port: int, nbytes: int, limit: float) -> dict:
             if headers.get("content-length") != str(nbytes):
                 raise ClientFailure(f"Content-Length {headers.get('content-length')!r}")
 
-            def check(data: bytes | memoryview, offset: int) -> None:
+            expected = memoryview(pattern)
+
+            def check(n: int, offset: int) -> None:
+                # The n bytes just received sit at the start of buf; startswith is a
+                # memcmp (comparing memoryviews goes byte by byte: ~2 ms a MB).
                 start = offset % 256
-                if data != pattern[start : start + len(data)]:
+                if not buf.startswith(expected[start : start + n]):
                     raise ClientFailure(f"wrong bytes in the body near offset {offset}")
 
             if rest:
                 rest = rest[:nbytes]
-                check(rest, 0)
+                if rest != pattern[: len(rest)]:
+                    raise ClientFailure("wrong bytes at the start of the body")
                 got = len(rest)
             while got < nbytes:
                 s.settimeout(min(10.0, _remaining(t_end)))
                 n = s.recv_into(view, min(bufsize, nbytes - got))
                 if n == 0:
                     raise ClientFailure("connection closed early")
-                check(view[:n], got)
+                check(n, got)
                 got += n
         except (TimeoutError, OSError) as e:
             dt = time.perf_counter() - t0
