@@ -1075,17 +1075,62 @@ def render_table(rep: dict) -> str:
     return "\n".join(out)
 
 
+# Where a profiled function's own time belongs, by its file (built-ins count for their
+# callers' files): the layers of DESIGN.md.
+LAYERS = (
+    ("TUN device I/O", ("ustack/tun.py",)),
+    ("IPv4 and TCP headers, checksums", ("ustack/ip.py", "ustack/tcp/segment.py",
+                                         "ustack/tcp/options.py", "ustack/checksum.py",
+                                         "ustack/vnet.py")),
+    ("TCP core and host", ("ustack/tcp/", "ustack/stack.py")),
+    ("driver and asyncio API", ("ustack/aio.py", "ustack/api.py")),
+    ("application (HTTP, echo)", ("ustack/services.py", "httptools")),
+    ("event loop (uvloop, waiting included)", ("asyncio/runners.py", "uvloop", "asyncio/")),
+)
+
+
+def profile_layers(stats: dict) -> dict[str, float]:
+    """Own time per layer; the start-up (imports, compiling) is left out."""
+    def layer_of(filename: str) -> str | None:
+        if "importlib" in filename or filename.startswith("<"):
+            return None
+        for name, parts in LAYERS:
+            if any(part in filename for part in parts):
+                return name
+        return "other"
+
+    totals: dict[str, float] = {}
+    for (filename, _, func), (_, _, own, _, callers) in stats.items():
+        if filename == "~":  # a built-in: its time goes to whoever called it
+            called = sum(c[2] for c in callers.values()) or 1.0
+            for (cfile, _, _), c in callers.items():
+                layer = layer_of(cfile)
+                if layer is not None and func not in ("compile", "exec"):
+                    totals[layer] = totals.get(layer, 0.0) + own * c[2] / called
+            continue
+        layer = layer_of(filename)
+        if layer is not None:
+            totals[layer] = totals.get(layer, 0.0) + own
+    return totals
+
+
 def print_profile(path: str, top: int = 25) -> None:
-    """The functions ustack serve spent most time in (cProfile, own time)."""
+    """Where ustack serve spent its time (cProfile): per layer, then the top functions."""
     import io
     import pstats
 
     if not os.path.exists(path):
         print(f"no profile in {path}: ustack serve did not exit normally")
         return
+    stats = pstats.Stats(path)
+    layers = profile_layers(stats.stats)  # type: ignore[attr-defined]
+    total = sum(layers.values()) or 1.0
+    print(f"\nustack serve profile ({path}): {total:.2f} s of own time (under cProfile)")
+    for name, seconds in sorted(layers.items(), key=lambda kv: -kv[1]):
+        print(f"  {seconds / total * 100:5.1f} %  {name}")
     out = io.StringIO()
     pstats.Stats(path, stream=out).sort_stats("tottime").print_stats(top)
-    print(f"\nustack serve profile ({path}), top {top} by own time:")
+    print(f"top {top} functions by own time:")
     print(out.getvalue().split("\n", 4)[-1].rstrip())
 
 
