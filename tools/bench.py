@@ -1089,6 +1089,9 @@ LAYERS = (
 )
 
 
+_STARTUP = ("compile", "builtins.exec", "marshal", "_imp.", "posix.stat", "__build_class__")
+
+
 def profile_layers(stats: dict) -> dict[str, float]:
     """Own time per layer; the start-up (imports, compiling) is left out."""
     def layer_of(filename: str) -> str | None:
@@ -1105,7 +1108,7 @@ def profile_layers(stats: dict) -> dict[str, float]:
             called = sum(c[2] for c in callers.values()) or 1.0
             for (cfile, _, _), c in callers.items():
                 layer = layer_of(cfile)
-                if layer is not None and func not in ("compile", "exec"):
+                if layer is not None and not any(w in func for w in _STARTUP):
                     totals[layer] = totals.get(layer, 0.0) + own * c[2] / called
             continue
         layer = layer_of(filename)
