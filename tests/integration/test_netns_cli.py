@@ -161,7 +161,8 @@ def test_no_permission_for_tun_exits_2(netns):
 # --- ustack connect ---------------------------------------------------------------------
 
 
-def test_connect_transfers_1mb_both_ways(netns, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--offload",)], ids=["plain", "offload"])
+def test_connect_transfers_1mb_both_ways(netns, tmp_path, extra):
     ours = tmp_path / "ours.bin"
     theirs = tmp_path / "theirs.bin"
     ours_sha = random_file(ours, 1_000_000)
@@ -175,7 +176,8 @@ def test_connect_transfers_1mb_both_ways(netns, tmp_path):
     assert readline(listener, 10) == b"listening\n"
     start = time.monotonic()
     with ours.open("rb") as stdin:
-        done = netns.run([*USTACK, "connect", KERNEL_ADDR, "5001"], stdin=stdin, timeout=60)
+        done = netns.run([*USTACK, "connect", *extra, KERNEL_ADDR, "5001"], stdin=stdin,
+                         timeout=60)
     took = time.monotonic() - start
     err = done.stderr.decode(errors="replace")
     assert done.returncode == 0, f"exit {done.returncode}; stderr: {err}"
