@@ -295,12 +295,14 @@ class Tcb:
         if (ts_val is not None and seq.ge(ts_val, self.ts_recent)
                 and seq.le(seg.seq, self.last_ack_sent)):
             self.ts_recent = ts_val  # RFC 7323 §4.3 (R3)
-        # Fifth: the ACK. SND.WL1 <= SEG.SEQ and SND.WL2 <= SEG.ACK hold, so the (same)
-        # window is taken: only WL1 and WL2 move.
+        # Fifth: the ACK, then the window update rule (the window itself is the same, so
+        # only SND.WL1 and SND.WL2 can move).
         if advance:
             self._ack_advanced(ack, opts.ts_ecr, now)
-        self.snd_wl1 = seg.seq
-        self.snd_wl2 = ack
+        wl1 = self.snd_wl1
+        if seq.lt(wl1, seg.seq) or (wl1 == seg.seq and seq.le(self.snd_wl2, ack)):
+            self.snd_wl1 = seg.seq
+            self.snd_wl2 = ack
         # Seventh: the text.
         if size:
             self._process_text(seg)
