@@ -10,6 +10,7 @@ do; the real kernel does the same in tests/integration/test_netns_offload.py.
 import random
 import socket
 import struct
+import tracemalloc
 
 import dpkt
 
@@ -19,10 +20,12 @@ from ustack.link import FaultInjector, PcapWriter, flip_bit
 from ustack.stack import TSO_MAX, Host
 from ustack.stats import DropReason
 from ustack.tcp import seq
+from ustack.tcp.config import TcpConfig
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.segment import ACK, FIN, PSH, SYN
+from ustack.tcp.tcb import Tcb
 
-from .tcp.helpers import IRS, ISS, MSS, established, recv
+from .tcp.helpers import IRS, ISS, MSS, established, new_tcb, peer, recv, send
 from .test_host import PEER, US, tcp_packet
 
 SYN_FLAG = dpkt.tcp.TH_SYN
@@ -238,3 +241,60 @@ def test_pcap_records_the_ip_packet_without_the_vnet_header(tmp_path) -> None:
     with path.open("rb") as f:
         ((_, raw),) = list(dpkt.pcap.Reader(f))
     assert raw == packet
+
+
+def test_tso_holds_a_small_last_piece_as_nagle_would() -> None:
+    """All that is queued fits one burst but ends in a partial piece: the whole pieces go,
+    the tail waits for the ACK (as without TSO, and as Linux's tcp_mss_split_point)."""
+    tcb = established(tso_max=TSO_MAX, config=TcpConfig(nodelay=False))
+    tcb.cc.cwnd = 100_000
+    tcb.send(b"n" * (10 * MSS + 700))
+    (seg,) = recv(tcb)
+    assert len(seg.payload) == 10 * MSS and seg.gso == MSS
+    assert recv(tcb) == []  # the 700 bytes wait
+    send(tcb, peer(ACK, seq.add(IRS, 1), seq.add(ISS, 1 + 10 * MSS)))
+    (tail,) = recv(tcb)
+    assert len(tail.payload) == 700 and tail.gso == 0
+
+
+def _with_timestamps() -> Tcb:
+    tcb = new_tcb(config=TcpConfig(nodelay=True))
+    tcb.open_passive(peer(SYN, IRS, mss=1460, ts_val=1, sack_permitted=True), 0.0)
+    tcb.poll(0.0)
+    tcb.on_segment(peer(ACK, seq.add(IRS, 1), seq.add(ISS, 1), ts_val=2, ts_ecr=0), 0.0)
+    tcb.poll(0.0)
+    return tcb
+
+
+def test_a_super_packet_counts_as_the_segments_it_carries_with_timestamps() -> None:
+    """MUST-40 / RFC 5681 §4.2 with a TSO peer: a 2-segment super-packet is two full-sized
+    segments (ACK at once), and 1448-byte segments after it still count as full-sized."""
+    tcb = _with_timestamps()
+    at = seq.add(IRS, 1)
+    acks = []
+    for size in [2 * 1448, 1448, 1448, 1448, 1448]:
+        tcb.on_segment(peer(ACK, at, seq.add(ISS, 1), payload=bytes(size), ts_val=3,
+                            ts_ecr=1), 0.0)
+        at = seq.add(at, size)
+        acks.append(len(tcb.poll(0.0)))
+    assert acks == [1, 0, 1, 0, 1]
+
+
+def test_small_received_text_does_not_pin_its_packets() -> None:
+    """1-byte segments while the application does not read: the receive buffer holds about
+    what the window counts, not a 1,500-byte packet per byte."""
+    tcb = established()
+    at = seq.add(IRS, 1)
+    packets = [bytes(1500) for _ in range(20_000)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i, packet in enumerate(packets):
+        seg = peer(ACK, at, seq.add(ISS, 1), payload=b"")
+        seg.payload = memoryview(packet)[52:53]
+        tcb.on_segment(seg, 0.0)
+        at = seq.add(at, 1)
+        packets[i] = None  # the driver keeps no packet: only the TCB could
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert tcb.readable == 20_000
+    assert held < 5_000_000, held  # 20,000 views would pin 30 MB of packets

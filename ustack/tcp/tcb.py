@@ -29,6 +29,7 @@ CHALLENGE_ACKS_PER_SECOND = 10  # RFC 5961 §7: throttle challenge ACKs
 MIN_SND_MSS = 48 + 40  # Linux tcp_min_snd_mss (48 bytes of data) plus 40 of options
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
 _HALF = 0x8000_0000
+_MIN_VIEW = 512  # received text shorter than this is copied, not kept as a view
 
 
 def wscale_for(buffer: int) -> int:
@@ -473,6 +474,11 @@ class Tcb:
                 return DropReason.TCP_OOO_QUEUE_FULL
             self.counters["tcp_ooo_queued"] += 1
             return None
+        if type(payload) is memoryview and (len(payload) < _MIN_VIEW
+                                            or 2 * len(payload) < len(payload.obj)):
+            # Small or trimmed text is copied: a view would pin its whole packet, and the
+            # window counts only the text (1-byte segments would hold 400 B each).
+            payload = bytes(payload)
         self._rcv_buf.append(payload)
         self._rcv_len += len(payload)
         self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
@@ -487,7 +493,10 @@ class Tcb:
         elif len(payload) >= self._rcv_mss_seen:
             # MUST-40 / RFC 5681 §4.2: an ACK for at least every second full-sized segment
             # (a super-packet from a TSO sender counts as the segments it carries).
-            self._rcv_mss_seen = min(len(payload), self.rcv_mss)
+            # A full segment carries the MSS less the options every segment has (the
+            # timestamp): a super-packet must not raise the bar above it.
+            full = self.rcv_mss - (TIMESTAMP_SPACE if self.ts_ok else 0)
+            self._rcv_mss_seen = min(len(payload), full)
             self._full_segments_unacked += len(payload) // self._rcv_mss_seen
             if self._full_segments_unacked >= 2:
                 self._ack_now = True
@@ -831,8 +840,13 @@ class Tcb:
                 return
             if n < max_payload and self._hold_small(n, pending):
                 return
-            if n > max_payload and n < pending:
-                n -= n % max_payload  # no small piece in mid-stream (sender SWS, §3.8.6.2.1)
+            tail = n % max_payload
+            if n > max_payload and tail and (
+                    n < pending or (not self.nodelay and not self._fin_queued)):
+                # Whole pieces only: no small piece in mid-stream (sender SWS,
+                # §3.8.6.2.1), and a small last piece waits as Nagle would make it wait
+                # behind the pieces now going out (§3.7.4; Linux tcp_mss_split_point).
+                n -= tail
             flags = ACK
             end = (cursor + n) & seq.MASK
             if n == pending:
