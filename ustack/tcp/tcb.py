@@ -29,6 +29,7 @@ CHALLENGE_ACKS_PER_SECOND = 10  # RFC 5961 §7: throttle challenge ACKs
 MIN_SND_MSS = 48 + 40  # Linux tcp_min_snd_mss (48 bytes of data) plus 40 of options
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
 _HALF = 0x8000_0000
+_AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
 _MIN_VIEW = 512  # received text shorter than this is copied, not kept as a view
 
 
@@ -357,6 +358,16 @@ class Tcb:
                 and seq.lt(ts_val, self.ts_recent)):
             self._ack_now = True
             return DropReason.TCP_PAWS
+
+        # After the peer's FIN, a RST it sends from its closed socket carries the FIN's
+        # own sequence number, RCV.NXT - 1: exact for that connection (Linux
+        # tcp_reset_check), so it resets it rather than being dropped as out of window.
+        if (flags & RST and self.fin_received and state in _AFTER_PEER_FIN
+                and seg.seq == seq.sub(self.rcv_nxt, 1)):
+            self._close(None if state is not State.CLOSE_WAIT
+                        else ConnectionResetError("connection reset by peer"))
+            self.counters["tcp_rst_in"] += 1
+            return None
 
         # First, check sequence number (§3.10.7.4, Table 6).
         if not self._acceptable(seg):

@@ -1,8 +1,9 @@
 """Both close orders, simultaneous close and TIME-WAIT (RFC 9293 §3.6, §3.10.4, §3.10.7.4)."""
 
 from tests.unit.tcp.helpers import IRS, ISS, brief, established, peer, recv, send
+from ustack.tcp import seq
 from ustack.tcp.config import DEFAULT_MSL
-from ustack.tcp.segment import ACK, FIN, PSH
+from ustack.tcp.segment import ACK, FIN, PSH, RST
 from ustack.tcp.states import State
 
 
@@ -95,3 +96,26 @@ def test_data_after_close_is_answered_with_rst() -> None:
     send(tcb, peer(ACK | PSH, IRS + 1, ISS + 2, payload=b"late"))
     assert tcb.state is State.CLOSED
     assert [s.flags & 0x04 for s in recv(tcb)] == [0x04]
+
+
+def test_rst_with_the_fins_sequence_number_resets_after_the_fin() -> None:
+    """The peer closed (FIN at IRS+1) and then answers from its dead socket with a RST at
+    the FIN's own sequence number, RCV.NXT - 1: Linux's tcp_reset_check takes it, and so
+    do we (it used to be dropped as out of window, costing a FIN and a second RST)."""
+    tcb = established()
+    fin_seq = seq.add(IRS, 1)
+    send(tcb, peer(FIN | ACK, fin_seq, seq.add(ISS, 1)))
+    recv(tcb)
+    assert tcb.state is State.CLOSE_WAIT
+    send(tcb, peer(RST, fin_seq))
+    assert tcb.state is State.CLOSED
+    assert isinstance(tcb.error, ConnectionResetError)
+    assert recv(tcb) == []
+
+
+def test_rst_two_behind_after_the_fin_is_still_not_acceptable() -> None:
+    tcb = established()
+    send(tcb, peer(FIN | ACK, seq.add(IRS, 1), seq.add(ISS, 1)))
+    recv(tcb)
+    send(tcb, peer(RST, IRS))
+    assert tcb.state is State.CLOSE_WAIT
