@@ -15,18 +15,7 @@ import sys
 
 import pytest
 
-REQUIRE_NETNS_ENV = "USTACK_REQUIRE_NETNS"
-
-
-def _strict() -> bool:
-    return os.environ.get(REQUIRE_NETNS_ENV, "") not in ("", "0")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip the current test, or fail it when ``USTACK_REQUIRE_NETNS=1``."""
-    if _strict():
-        pytest.fail(f"{reason} (and {REQUIRE_NETNS_ENV}=1 forbids skipping)", pytrace=False)
-    pytest.skip(reason)
+from ustack.testing import skip_or_fail
 
 
 @functools.cache

@@ -10,12 +10,16 @@ from collections.abc import Iterable
 Buffer = bytes | bytearray | memoryview
 
 
+def words(data: Buffer) -> int:
+    """`data` as one integer congruent to the sum of its 16-bit words (an odd last byte
+    padded with a zero byte), not yet reduced: callers add several and reduce once."""
+    value = int.from_bytes(data, "big")
+    return value << 8 if len(data) & 1 else value
+
+
 def ones_sum(data: Buffer) -> int:
     """Ones' complement sum of `data` (odd length padded with a zero byte), mod 0xffff."""
-    value = int.from_bytes(data, "big")
-    if len(data) & 1:
-        value <<= 8
-    return value % 0xFFFF
+    return words(data) % 0xFFFF
 
 
 def finish(total: int) -> int:
@@ -27,9 +31,4 @@ def finish(total: int) -> int:
 
 def checksum(parts: Iterable[Buffer]) -> int:
     """Checksum over the concatenation of `parts`; each part but the last must be even."""
-    return finish(sum(ones_sum(p) for p in parts))
-
-
-def verify(parts: Iterable[Buffer]) -> bool:
-    """True when the parts, checksum field included, sum to all ones (MUST-3)."""
-    return sum(ones_sum(p) for p in parts) % 0xFFFF == 0
+    return finish(sum(words(p) for p in parts))

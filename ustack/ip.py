@@ -91,7 +91,7 @@ def parse(packet: bytes | memoryview, our_addr: bytes, counters: Counters) -> Da
     if total_len < ihl or total_len > size:
         counters.drop(DropReason.IP_BAD_LENGTH)
         return None
-    if int.from_bytes(view[:ihl], "big") % 0xFFFF:  # RFC 1071 over the header: all ones
+    if ones_sum(view[:ihl]):  # RFC 1071: the header with its checksum sums to all ones
         counters.drop(DropReason.IP_BAD_CHECKSUM)
         return None
     if dst != our_addr:

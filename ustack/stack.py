@@ -352,22 +352,19 @@ class Host:
         if self.probe is not None:
             self._probe_segment(self.addr, dst, seg, outbound=True)
         self.counters["tcp_segments_out"] += 1
-        if not self.offload:
-            header, payload = segment.encode(seg, self.addr, dst)
-            self._emit(dst, ip.PROTO_TCP, header, payload)
-            return
-        header, payload = segment.encode(seg, self.addr, dst, partial=True)
-        self._ip_id = (self._ip_id + 1) & 0xFFFF
-        ip_header = ip.header(self.addr, dst, ip.PROTO_TCP, len(header) + len(payload),
-                              self._ip_id)
-        self._out.append(b"".join((vnet.tcp_header(ip.HEADER_LEN, len(header), seg.gso),
-                                   ip_header, header, payload)))
+        # With offloads the kernel completes the checksum and cuts a TSO segment.
+        header, payload = segment.encode(seg, self.addr, dst, partial=self.offload)
+        framing = (vnet.tcp_header(ip.HEADER_LEN, len(header), seg.gso) if self.offload
+                   else vnet.NO_OFFLOAD)
+        self._emit(dst, ip.PROTO_TCP, header, payload, framing=framing)
 
-    def _emit(self, dst: bytes, proto: int, *parts: bytes | memoryview) -> None:
+    def _emit(self, dst: bytes, proto: int, *parts: bytes | memoryview,
+              framing: bytes = vnet.NO_OFFLOAD) -> None:
+        """One IP packet of `parts`; with offloads, `framing` (a virtio-net header) first."""
         length = sum(len(p) for p in parts)
         self._ip_id = (self._ip_id + 1) & 0xFFFF
         packet = (ip.header(self.addr, dst, proto, length, self._ip_id), *parts)
-        self._out.append(b"".join((vnet.NO_OFFLOAD, *packet) if self.offload else packet))
+        self._out.append(b"".join((framing, *packet) if self.offload else packet))
 
     # ------------------------------------------------------------ helpers
 

@@ -103,7 +103,8 @@ def _strict() -> bool:
     return os.environ.get(REQUIRE_NETNS_ENV, "") not in ("", "0")
 
 
-def _skip_or_fail(reason: str) -> None:
+def skip_or_fail(reason: str) -> None:
+    """Skip the current test, or fail it when ``USTACK_REQUIRE_NETNS=1`` (CI)."""
     if _strict():
         pytest.fail(f"{reason} (and {REQUIRE_NETNS_ENV}=1 forbids skipping)", pytrace=False)
     pytest.skip(reason)
@@ -253,9 +254,9 @@ _FAILED = pytest.StashKey[bool]()
 
 def _precheck() -> None:
     if not sys.platform.startswith("linux"):
-        _skip_or_fail("ustack_host needs Linux (network namespaces and TUN devices)")
+        skip_or_fail("ustack_host needs Linux (network namespaces and TUN devices)")
     if not os.path.exists(TUN_PATH):
-        _skip_or_fail(f"ustack_host needs {TUN_PATH}, which is missing "
+        skip_or_fail(f"ustack_host needs {TUN_PATH}, which is missing "
                       "(modprobe tun, or docker run --device /dev/net/tun)")
 
 
@@ -277,7 +278,7 @@ def _private_namespace() -> Iterator[int | None]:
         else:
             test_fd = netns.current_fd()
         if problem is not None:
-            _skip_or_fail(problem)
+            skip_or_fail(problem)
         try:
             if test_fd is not None:
                 netns.link_up("lo")
@@ -314,7 +315,7 @@ def ustack_host(request: pytest.FixtureRequest) -> Iterator[UstackHost]:
                     except Exception as exc:
                         from ustack.tun import TunError
                         if isinstance(exc, TunError):
-                            _skip_or_fail(f"ustack_host cannot open its TUN device: {exc}")
+                            skip_or_fail(f"ustack_host cannot open its TUN device: {exc}")
                         raise
                     host.startup_seconds = time.perf_counter() - t0
                     request.node.stash[_HOST] = host

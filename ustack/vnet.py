@@ -30,7 +30,6 @@ TRUSTED = NEEDS_CSUM | DATA_VALID  # the TCP checksum is not ours to verify
 # gso_type
 GSO_NONE = 0
 GSO_TCPV4 = 1
-GSO_ECN = 0x80
 
 TCP_CSUM_OFFSET = 16  # the checksum field within the TCP header
 

@@ -359,9 +359,10 @@ class Tcb:
             self._ack_now = True
             return DropReason.TCP_PAWS
 
-        # After the peer's FIN, a RST it sends from its closed socket carries the FIN's
-        # own sequence number, RCV.NXT - 1: exact for that connection (Linux
-        # tcp_reset_check), so it resets it rather than being dropped as out of window.
+        # RFC 5961 §3.2 takes a RST only at exactly RCV.NXT. After the peer's FIN, a RST
+        # from its closed socket carries the FIN's own number, RCV.NXT - 1: Linux
+        # (tcp_reset_check) takes that as exact too, and so do we, rather than drop it
+        # as out of window and wait for a second one.
         if (flags & RST and self.fin_received and state in _AFTER_PEER_FIN
                 and seg.seq == seq.sub(self.rcv_nxt, 1)):
             self._close(None if state is not State.CLOSE_WAIT
@@ -807,9 +808,8 @@ class Tcb:
         """Retransmissions first, then new data and the FIN: within SND.WND (MUST-17) and
         within what congestion control allows in the network (MUST-19, RFC 6675 pipe)."""
         buf_end = seq.add(self._snd_buf_seq, len(self._snd_buf))
-        if (self._rtx_nxt is None and self.snd_nxt == buf_end and not self._fin_queued) or (
-                self.snd_nxt == (buf_end + 1) & seq.MASK and self._rtx_nxt is None):
-            return  # all sent (the FIN too, if any), nothing to resend: the common case
+        if self._rtx_nxt is None and self.snd_nxt == seq.add(buf_end, self._fin_queued):
+            return  # all sent (the FIN too, if queued), nothing to resend: the common case
         wnd_end = seq.add(self.snd_una, self.snd_wnd)
         max_payload = self._max_payload()
         while self._rtx_nxt is not None:
@@ -859,12 +859,10 @@ class Tcb:
                 # behind the pieces now going out (§3.7.4; Linux tcp_mss_split_point).
                 n -= tail
             flags = ACK
-            end = (cursor + n) & seq.MASK
             if n == pending:
                 flags |= PSH  # MUST-61: push when the buffer empties
                 if self._fin_queued:
                     flags |= FIN
-                    end = (end + 1) & seq.MASK
             if wnd < 0:
                 wnd = self._window()
                 opts = self._options(ACK)
@@ -873,10 +871,7 @@ class Tcb:
                           self._payload(cursor, n), opts)
             if n > max_payload:
                 seg.gso = max_payload
-            out.append(seg)
-            if self._rtt_seq is None:
-                self._rtt_seq, self._rtt_time = end, now  # time new data only (Karn)
-            self.snd_nxt = end
+            self._sent(out, seg, now)
             # Recovery state makes the pipe more than a sum: count it again then.
             budget = (budget - n if self._rtx_nxt is None
                       else self.cc.cwnd - self._pipe())
@@ -997,10 +992,13 @@ class Tcb:
 
     def _transmit(self, out: list[Segment], flags: int, seq_no: int, payload: bytes,
                   now: float) -> None:
-        seg = self._segment(flags, seq_no=seq_no, payload=payload)
-        end = seq.add(seq_no, seg.seg_len)
+        self._sent(out, self._segment(flags, seq_no=seq_no, payload=payload), now)
+
+    def _sent(self, out: list[Segment], seg: Segment, now: float) -> None:
+        """`seg` goes out: SND.NXT advances past new data, which may be timed."""
+        end = seq.add(seg.seq, seg.seg_len)
         if seq.gt(end, self.snd_nxt):
-            if self._rtt_seq is None and seq.ge(seq_no, self.snd_nxt):
+            if self._rtt_seq is None and seq.ge(seg.seq, self.snd_nxt):
                 self._rtt_seq, self._rtt_time = end, now  # time new data only (Karn)
             self.snd_nxt = end
         else:
