@@ -30,6 +30,12 @@ MIN_SND_MSS = 48 + 40  # Linux tcp_min_snd_mss (48 bytes of data) plus 40 of opt
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
 _HALF = 0x8000_0000
 _AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
+# The longest RTT a TSecr may claim: the longest RTO (RFC 6298 (2.5)); an ACK can take no
+# longer without a retransmission, which Karn excludes anyway. Linux's bound is ~35 min
+# (tcp_rtt_tsopt_us); ours is tighter. We could also demand that the echo be no older than
+# the TSval of the oldest unacknowledged segment (RFC 7323 §4.1 does not ask for it): that
+# needs per-segment send times, which the sender does not keep yet.
+_MAX_TS_RTT_MS = int(MAX_RTO * 1000)
 _MIN_VIEW = 512  # received text shorter than this is copied, not kept as a view
 
 
@@ -582,11 +588,19 @@ class Tcb:
             self._rtx_nxt = ack
         rtt_seq = self._rtt_seq
         timed = rtt_seq is not None and seq.ge(ack, rtt_seq)
-        if self.ts_ok and ts_ecr and not resent:
-            # RFC 7323 §4.1 (RTTM): the echoed timestamp dates the segment being ACKed.
-            self.rtt.sample(max(0, (self._ts_now(now) - ts_ecr) & mask) / 1000)
-        elif timed and not resent:
-            self.rtt.sample(now - self._rtt_time)  # Karn: never time a resent segment
+        if not resent:  # Karn (MUST-18): never time a resent segment
+            sample = None
+            if self.ts_ok and ts_ecr:
+                # RFC 7323 §4.1 (RTTM): the echoed timestamp dates the segment being ACKed,
+                # unless it lies in our future or further back than any RTT can be (Linux
+                # tcp_rtt_tsopt_us): a peer echoing garbage must not pin RTO at 60 s.
+                delta = (self._ts_now(now) - ts_ecr) & mask
+                if delta <= _MAX_TS_RTT_MS:
+                    sample = delta / 1000
+            if sample is None and timed:
+                sample = now - self._rtt_time  # the one segment we timed ourselves
+            if sample is not None:
+                self.rtt.sample(sample)
         if timed:
             self._rtt_seq = None
         self._retries = 0

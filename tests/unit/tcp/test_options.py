@@ -185,6 +185,29 @@ def test_rtt_is_measured_from_the_echoed_timestamp() -> None:
     assert tcb.rtt.srtt == pytest.approx(0.25 / 8, abs=0.001)
 
 
+@pytest.mark.parametrize("offset", [2**30, -(2**30), 2**31 - 1])
+def test_a_tsecr_from_the_future_or_far_past_gives_no_rtt_sample(offset: int) -> None:
+    # RFC 7323 §4.1 with Linux's plausibility bound (tcp_rtt_tsopt_us): an echoed value
+    # ahead of our clock, or older than any RTT can be, is not an RTT. Before the bound an
+    # echo 2**30 ms ahead sampled ~3 * 2**30 ms and pinned RTO at 60 s.
+    tcb = established_with(**LINUX_SYN)
+    rto = tcb.rtt.rto
+    tcb.send(b"a" * 100)
+    (seg,) = recv(tcb, 10.0)
+    tcb.send(b"b" * 100)
+    assert len(recv(tcb, 10.0)) == 1
+    bogus = (seg.opts.ts_val + offset) & 0xFFFF_FFFF
+    send(tcb, peer(ACK, IRS + 1, ISS + 101, wnd=512, ts_val=1002, ts_ecr=bogus), 10.002)
+    # The timed segment (sent at 10.0, acknowledged at 10.002) gives the sample instead.
+    assert tcb.rtt.srtt == pytest.approx(0.002 / 8, abs=1e-4)
+    assert tcb.rtt.rto == rto
+    # The rest is lost: it is sent again after the ordinary RTO, not after a minute.
+    deadline = tcb.next_deadline
+    assert deadline == pytest.approx(10.002 + rto)
+    tcb.on_timer(deadline)
+    assert brief(recv(tcb, deadline)) == [(ACK | PSH, ISS + 101, IRS + 1, b"b" * 100)]
+
+
 # ----------------------------------------------------------------- SACK
 
 
