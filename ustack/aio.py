@@ -78,9 +78,11 @@ class Driver:
 
     def _receive_held(self, packets: list[bytes]) -> None:
         now = self.loop.time()
-        receive = self.host.receive
+        host = self.host
         for packet in packets:
-            receive(packet, now)
+            host.receive(packet, now)
+            if host.accept_queue_full:
+                self._accept_now()
         self._step(now)
 
     def drain_tx(self) -> None:
@@ -93,17 +95,28 @@ class Driver:
 
     def _on_readable(self) -> None:
         now = self.loop.time()
-        receive = self.host.receive
+        host = self.host
+        receive = host.receive
         pipeline = self.pipeline
         if pipeline is None:
             for packet in self.device.read_batch():
                 receive(packet, now)
+                if host.accept_queue_full:
+                    self._accept_now()
         else:
             rx = pipeline.rx
             for packet in self.device.read_batch():
                 for passed in rx(packet, now):
                     receive(passed, now)
+                    if host.accept_queue_full:
+                        self._accept_now()
         self._step(now)
+
+    def _accept_now(self) -> None:
+        """A listener's accept queue is full in mid-batch: the application accepts now,
+        as it would on its own core beside a kernel, rather than the rest of the batch's
+        handshakes being dropped (`Host.take_accepted`)."""
+        self._on_events([], self.host.take_accepted())
 
     def _scheduled_step(self) -> None:
         self._step_scheduled = False
@@ -126,6 +139,8 @@ class Driver:
                     rx_due, tx_due = pipeline.poll(now)
                     for packet in rx_due:
                         host.receive(packet, now)
+                        if host.accept_queue_full:
+                            self._accept_now()
                     for packet in tx_due:
                         self.device.write(packet)
             for _ in range(MAX_ROUNDS):

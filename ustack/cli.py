@@ -102,6 +102,12 @@ def _seed(text: str) -> int:
     return int(text)
 
 
+def _backlog(text: str) -> int:
+    if not text.isdecimal() or not 0 < int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a backlog (an integer 1..65535)")
+    return int(text)
+
+
 def _pcap_file(text: str) -> str:
     # Fail at once, with the usage line, if the capture cannot be written (the stack
     # opens it again when it starts).
@@ -156,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve echo, discard, chargen, http, https")
     device_options(serve)
-    serve.add_argument("--backlog", type=int, default=128, help="listen backlog (default 128)")
+    serve.add_argument("--backlog", type=_backlog, default=services.BACKLOG,
+                       help="listen backlog: SYN queue and accept queue of each service "
+                       f"(default {services.BACKLOG}, what a kernel server gets: Linux's "
+                       "somaxconn)")
     tls_opts = serve.add_argument_group(
         "TLS", "the certificate of https (the http service over TLS); one of "
         "--cert or --self-signed is required with https")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import httptools
 
 __all__ = [
+    "BACKLOG",
     "DEFAULT_PORTS",
     "ChargenProtocol",
     "DiscardProtocol",
@@ -26,6 +27,11 @@ __all__ = [
 ]
 
 DEFAULT_PORTS: dict[str, int] = {"echo": 7, "discard": 9, "chargen": 19, "http": 80}
+
+# The listen backlog the services get: what a kernel server asking for more receives
+# (Linux's net.core.somaxconn, 4096 since 5.4), so a crowd of clients connecting at once
+# finds the same room as on the kernel.
+BACKLOG = 4096
 
 # A producer writes at most this many chunks per loop iteration, then yields to the loop
 # (via call_soon) so a fast peer cannot starve other connections.

@@ -75,6 +75,10 @@ class Host:
         # Events for the application layer, taken with take_events().
         self._touched: dict[Tcb, None] = {}
         self._accepted: list[tuple[Listener, Tcb]] = []
+        # A listener's accept queue filled up since the accepted connections were last
+        # taken: the driver lets the application accept before the next packet (see
+        # `take_accepted`).
+        self.accept_queue_full = False
 
     # ------------------------------------------------------------ user side
 
@@ -124,10 +128,20 @@ class Host:
 
     def take_events(self) -> tuple[list[Tcb], list[tuple[Listener, Tcb]]]:
         """TCBs touched by segments or timers, and newly established passive ones."""
-        touched, accepted = list(self._touched), self._accepted
+        touched = list(self._touched)
         self._touched.clear()
-        self._accepted = []
-        return touched, accepted
+        return touched, self.take_accepted()
+
+    def take_accepted(self) -> list[tuple[Listener, Tcb]]:
+        """Only the newly established passive connections (`take_events` gives them too).
+
+        In the kernel the application accepts on its own core while the stack works; in
+        one loop it can only accept between two packets. A driver takes these as soon as
+        `accept_queue_full` is set, so a batch of hundreds of handshake completions is not
+        cut to one backlog's worth while the application would have had room for all."""
+        accepted, self._accepted = self._accepted, []
+        self.accept_queue_full = False
+        return accepted
 
     def has_events(self) -> bool:
         return bool(self._touched or self._accepted)
@@ -190,7 +204,8 @@ class Host:
             tcb = None
         if tcb is not None:
             before = tcb.state
-            reason = tcb.on_segment(seg, now)
+            full = before is State.SYN_RCVD and self._accept_queue_full(tcb)
+            reason = tcb.on_segment(seg, now, accept_queue_full=full)
             if reason is not None:
                 self.counters.drop(reason)
             self._after_event(tcb, before)
@@ -210,6 +225,8 @@ class Host:
                 self._send_rst(src, Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0))
         elif seg.flags & SYN:
             if listener.accept_queue_full():
+                # Linux tcp_conn_request: no room to accept → drop (ListenOverflows); the
+                # peer's SYN retransmission tries again.
                 self.counters.drop(DropReason.TCP_LISTEN_OVERFLOW)
                 return
             if listener.syn_queue_full():
@@ -239,8 +256,11 @@ class Host:
         self._emit_segment(src, synack)
 
     def _accept_cookie(self, listener: Listener, src: bytes, ack: Segment, now: float) -> bool:
-        """An ACK for no connection: the end of a SYN-cookie handshake, if it validates."""
-        if ack.flags & (SYN | RST) or listener.accept_queue_full():
+        """An ACK for no connection: the end of a SYN-cookie handshake, if it validates.
+        False: answer it with a RST (RFC 9293 §3.10.7.2); True: taken, or dropped because
+        the accept queue is full (Linux cookie_v4_check, then tcp_v4_syn_recv_sock's
+        overflow: the peer's data or retransmission brings the cookie back later)."""
+        if ack.flags & (SYN | RST):
             return False
         # Only while cookies are in use (Linux tcp_synq_no_recent_overflow): otherwise a
         # blind attacker could try to guess one for a connection nobody asked for.
@@ -252,6 +272,9 @@ class Host:
         if mss is None:
             self.counters.drop(DropReason.TCP_BAD_COOKIE)
             return False
+        if listener.accept_queue_full():
+            self.counters.drop(DropReason.TCP_LISTEN_OVERFLOW)
+            return True
         tcb = self._new_tcb(ack.dst_port, src, ack.src_port, iss, listener.config)
         tcb.open_from_cookie(ack, irs, mss, now)
         self._conns[(src, ack.src_port, ack.dst_port)] = tcb
@@ -262,8 +285,7 @@ class Host:
         self._pending[tcb] = None
         self._touched[tcb] = None
         if tcb.state is not State.CLOSED:
-            listener.accept_queue.append(tcb)
-            self._accepted.append((listener, tcb))
+            self._queue_accepted(listener, tcb)
         return True
 
     def _reset_closed(self, src: bytes, seg: Segment) -> None:
@@ -401,6 +423,11 @@ class Host:
         if self.probe is not None:
             self.probe(TimerEvent(self._now, *self._endpoints(tcb), kind))
 
+    def _accept_queue_full(self, tcb: Tcb) -> bool:
+        """Whether the listener that `tcb` (in SYN-RECEIVED) came from has no room."""
+        listener = self._parent.get(tcb)
+        return listener is not None and listener.accept_queue_full()
+
     def _after_event(self, tcb: Tcb, before: State) -> None:
         self._pending[tcb] = None
         self._touched[tcb] = None
@@ -409,8 +436,13 @@ class Host:
             if listener is not None:
                 listener.embryonic -= 1
                 if tcb.state is not State.CLOSED:
-                    listener.accept_queue.append(tcb)
-                    self._accepted.append((listener, tcb))
+                    self._queue_accepted(listener, tcb)
+
+    def _queue_accepted(self, listener: Listener, tcb: Tcb) -> None:
+        listener.accept_queue.append(tcb)
+        self._accepted.append((listener, tcb))
+        if listener.accept_queue_full():
+            self.accept_queue_full = True
 
     def _forget(self, tcb: Tcb) -> None:
         key = (tcb.remote_addr, tcb.remote_port, tcb.local_port)

@@ -216,7 +216,7 @@ class _Runner:
 
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         from ustack.api import Stack
-        from ustack.services import parse_service_spec, protocol_factory
+        from ustack.services import BACKLOG, parse_service_spec, protocol_factory
 
         opts, host = self.opts, self.host
         specs = [parse_service_spec(s) for s in opts.services]
@@ -226,7 +226,8 @@ class _Runner:
         await stack.__aenter__()
         try:
             for name, port in specs:
-                await stack.create_server(protocol_factory(name), port=port)
+                await stack.create_server(protocol_factory(name), port=port,
+                                          backlog=BACKLOG)
             host.stack = stack
             host.loop = loop
             host._stop = asyncio.Event()

@@ -223,3 +223,54 @@ class UstackServer:
 
     def close(self) -> None:
         self._log_file.close()
+
+
+class Hop:
+    """A forwarding hop: clients in their own namespace reach ustack (and a kernel server)
+    through a router namespace, as across a real network.
+
+        client ns  c0 10.0.1.2 ──veth── r0 10.0.1.1  router ns (ip_forward=1)
+                                                   ustack0 10.77.0.1/24 ── ustack 10.77.0.2
+
+    The router holds ustack's TUN and any kernel server the test compares with (on
+    ``ROUTER_ADDR``); the client's default route is the router. ``shape()`` puts a ``tc``
+    qdisc on the router's side towards the client.
+    """
+
+    CLIENT_ADDR = "10.0.1.2"
+    ROUTER_ADDR = "10.0.1.1"
+
+    def __init__(self, client: Netns, router: Netns) -> None:
+        self.client = client
+        self.router = router
+        # Made inside the client namespace, its peer moved straight to the router's:
+        # the veth pair never exists in the namespace the tests run in.
+        client.ip("link", "add", "c0", "type", "veth", "peer", "name", "r0",
+                  "netns", router.name)
+        client.ip("addr", "add", f"{self.CLIENT_ADDR}/24", "dev", "c0")
+        client.ip("link", "set", "c0", "up")
+        client.ip("route", "add", "default", "via", self.ROUTER_ADDR)
+        router.ip("addr", "add", f"{self.ROUTER_ADDR}/24", "dev", "r0")
+        router.ip("link", "set", "r0", "up")
+        done = router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], timeout=10)
+        assert done.returncode == 0, done.stderr.decode()
+
+    def shape(self, *qdisc: str) -> None:
+        """``tc qdisc add dev r0 root QDISC...`` (the router's side towards the client)."""
+        done = self.router.run(["tc", "qdisc", "add", "dev", "r0", "root", *qdisc], timeout=10)
+        assert done.returncode == 0, done.stderr.decode()
+
+
+
+def kernel_tcp_counters(ns: Netns) -> dict[str, int]:
+    """The kernel's TCP counters in ``ns``, named as nstat names them (TcpRetransSegs,
+    TcpExtListenOverflows, ...)."""
+    done = ns.run(["cat", "/proc/net/snmp", "/proc/net/netstat"], timeout=10)
+    lines = done.stdout.decode().splitlines()
+    table: dict[str, int] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        prefix = names.split(":", 1)[0]
+        if prefix in ("Tcp", "TcpExt"):
+            for name, value in zip(names.split()[1:], values.split()[1:], strict=True):
+                table[f"{prefix}{name}"] = int(value)
+    return table

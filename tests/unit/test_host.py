@@ -117,6 +117,97 @@ def test_full_accept_queue_drops_syns() -> None:
     assert h.stats()["drop_tcp_listen_overflow"] == 1
 
 
+def test_full_accept_queue_drops_the_completing_ack_and_the_handshake_finishes_later() -> None:
+    # Linux tcp_check_req with tcp_abort_on_overflow = 0: a valid ACK that finds the accept
+    # queue full is dropped and counted, not answered with a RST; the connection stays in
+    # SYN-RECEIVED and completes once there is room.
+    h = host()
+    listener = h.listen(7, backlog=2)
+    synacks = {}
+
+    def syn(port: int) -> None:
+        h.receive(tcp_packet(dpkt.tcp.TH_SYN, sport=port, seq=100), 0.0)
+        (synacks[port],) = parse_out(h.poll(0.0))
+
+    def ack(port: int, now: float = 0.0, payload: bytes = b"") -> list[dpkt.ip.IP]:
+        h.receive(tcp_packet(dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, sport=port, seq=101,
+                             ack=synacks[port].data.seq + 1, payload=payload), now)
+        return parse_out(h.poll(now))
+
+    syn(1001)
+    syn(1002)
+    ack(1001)
+    syn(1003)
+    ack(1002)  # two accepted, none taken: the accept queue is full
+    assert len(listener.accept_queue) == 2
+    assert ack(1003, 0.1, b"hello") == []  # no RST, no ACK: as if it had been lost
+    assert h.stats()["drop_tcp_listen_overflow"] == 1
+    waiting = [t for t in h.connections() if t.remote_port == 1003]
+    assert [t.state for t in waiting] == [State.SYN_RCVD]
+    # A bad ACK is still answered with a RST (RFC 9293 §3.10.7.4 fifth, SYN-RECEIVED).
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, sport=1003, seq=101, ack=12345), 0.1)
+    (rst,) = parse_out(h.poll(0.1))
+    assert rst.data.flags == dpkt.tcp.TH_RST and rst.data.seq == 12345
+    # Its SYN-ACK is retransmitted on its timer, as for a lost ACK.
+    (again,) = parse_out(h.poll(1.0))
+    assert again.data.flags == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK
+    # The application accepts one: the retransmitted data completes the handshake.
+    listener.accept_queue.popleft()
+    assert ack(1003, 1.1, b"hello") == []  # its ACK is delayed (MUST-40)
+    tcb = listener.accept_queue[-1]
+    assert tcb.remote_port == 1003 and tcb.read() == b"hello"
+
+
+def test_a_full_accept_queue_is_flagged_for_the_driver_to_accept_at_once() -> None:
+    # The driver checks `accept_queue_full` after every packet and takes the accepted
+    # connections then (as an application on its own core would), not after the batch.
+    h = host()
+    listener = h.listen(7, backlog=2)
+    for port in (1001, 1002, 1003):
+        h.receive(tcp_packet(dpkt.tcp.TH_SYN, sport=port, seq=100), 0.0)
+        (synack,) = parse_out(h.poll(0.0))
+        h.receive(tcp_packet(dpkt.tcp.TH_ACK, sport=port, seq=101,
+                             ack=synack.data.seq + 1), 0.0)
+        assert h.accept_queue_full == (port == 1002)
+        if h.accept_queue_full:
+            taken = h.take_accepted()
+            assert [t.remote_port for _, t in taken] == [1001, 1002]
+            assert not h.accept_queue_full
+            listener.accept_queue.clear()  # what the application does with them
+    assert "drop_tcp_listen_overflow" not in h.stats()
+    _, accepted = h.take_events()
+    assert [t.remote_port for _, t in accepted] == [1003]
+
+
+def test_full_accept_queue_drops_a_valid_cookie_ack_and_takes_it_later() -> None:
+    h = host()
+    listener = h.listen(7, backlog=1)
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN, sport=1001, seq=100), 0.0)  # fills the SYN queue
+    (synack,) = parse_out(h.poll(0.0))
+    h.receive(tcp_packet(dpkt.tcp.TH_SYN, sport=1002, seq=7000), 0.0)
+    (cookie,) = parse_out(h.poll(0.0))
+    assert h.stats()["tcp_syncookies_sent"] == 1
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, sport=1001, seq=101, ack=synack.data.seq + 1), 0.0)
+    h.poll(0.0)
+    assert len(listener.accept_queue) == 1  # full
+    data = tcp_packet(dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, sport=1002, seq=7001,
+                      ack=cookie.data.seq + 1, payload=b"hi")
+    h.receive(data, 0.1)
+    assert h.poll(0.1) == []  # a valid cookie: dropped, not reset
+    assert h.stats()["drop_tcp_listen_overflow"] == 1
+    assert "drop_tcp_bad_cookie" not in h.stats()
+    # An invalid cookie is still reset, full queue or not (RFC 9293 §3.10.7.2).
+    h.receive(tcp_packet(dpkt.tcp.TH_ACK, sport=1003, seq=1, ack=12345), 0.1)
+    (rst,) = parse_out(h.poll(0.1))
+    assert rst.data.flags == dpkt.tcp.TH_RST and h.stats()["drop_tcp_bad_cookie"] == 1
+    listener.accept_queue.popleft()
+    h.receive(data, 0.5)  # the client's retransmission
+    h.poll(0.5)
+    (tcb,) = listener.accept_queue
+    assert tcb.remote_port == 1002 and tcb.read() == b"hi"
+    assert h.stats()["tcp_syncookies_accepted"] == 1
+
+
 def test_icmp_echo_is_answered() -> None:
     h = host()
     echo = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=7, seq=3, data=b"ping!"))

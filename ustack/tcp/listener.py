@@ -21,5 +21,6 @@ class Listener:
         return self.embryonic >= self.backlog
 
     def accept_queue_full(self) -> bool:
-        """Established connections not yet taken by the user; past this, SYNs are dropped."""
+        """Established connections not yet taken by the user; past this, SYNs and the ACKs
+        that would complete a handshake are dropped (Linux sk_acceptq_is_full)."""
         return len(self.accept_queue) >= self.backlog

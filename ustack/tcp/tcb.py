@@ -256,8 +256,16 @@ class Tcb:
 
     # -------------------------------------------------------- segment arrives
 
-    def on_segment(self, seg: Segment, now: float) -> DropReason | None:
-        """RFC 9293 §3.10.7; returns why the segment was dropped, if it was."""
+    def on_segment(self, seg: Segment, now: float, *,
+                   accept_queue_full: bool = False) -> DropReason | None:
+        """RFC 9293 §3.10.7; returns why the segment was dropped, if it was.
+
+        `accept_queue_full`: the listener this SYN-RECEIVED connection came from has no
+        room for one more established connection. The ACK that would complete the
+        handshake is then dropped once it is found valid, and the connection stays in
+        SYN-RECEIVED (its SYN-ACK retransmission, or the peer's next segment, completes it
+        later): Linux's tcp_check_req with tcp_abort_on_overflow = 0, not a RST.
+        """
         self._now = now
         if self.state is State.ESTABLISHED and self._fast_path(seg, now):
             reason = None
@@ -266,7 +274,7 @@ class Tcb:
         elif self.state is State.CLOSED:
             reason = DropReason.TCP_UNEXPECTED
         else:
-            reason = self._on_synchronizing_or_synchronized(seg, now)
+            reason = self._on_synchronizing_or_synchronized(seg, now, accept_queue_full)
         self._update_timers(now)
         return reason
 
@@ -349,7 +357,9 @@ class Tcb:
             self._set_state(State.SYN_RCVD)
         return None
 
-    def _on_synchronizing_or_synchronized(self, seg: Segment, now: float) -> DropReason | None:
+    def _on_synchronizing_or_synchronized(self, seg: Segment, now: float,
+                                          accept_queue_full: bool = False,
+                                          ) -> DropReason | None:
         state = self.state
         flags = seg.flags
         if state is State.SYN_RCVD and flags & SYN and not flags & ACK and seg.seq == self.irs:
@@ -418,6 +428,8 @@ class Tcb:
             if not (seq.lt(self.snd_una, seg.ack) and seq.le(seg.ack, self.snd_nxt)):
                 self._outbox.append(self._segment(RST, seq_no=seg.ack))  # <SEQ=SEG.ACK><CTL=RST>
                 return DropReason.TCP_BAD_ACK
+            if accept_queue_full:
+                return DropReason.TCP_LISTEN_OVERFLOW  # valid, but no room: stay (Linux)
             self._update_window(seg)
             self._set_state(State.ESTABLISHED)
             if self._fin_queued:
