@@ -20,7 +20,7 @@ from collections.abc import Callable
 from ustack import ip, vnet
 from ustack.ladder import Endpoint, Event, SegmentEvent, StateEvent, TimerEvent
 from ustack.stats import Counters, DropReason
-from ustack.tcp import segment, seq
+from ustack.tcp import segment, seq, timewait
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.listener import Listener
@@ -50,6 +50,7 @@ class Host:
         config: TcpConfig | None = None,
         cookies: SynCookies | None = None,
         offload: bool = False,
+        max_time_wait: int = timewait.MAX_RECORDS,
     ) -> None:
         self.addr = ipaddress.IPv4Address(addr).packed
         self.mtu = mtu
@@ -61,6 +62,7 @@ class Host:
         self._rng = rng or random.SystemRandom()
         self._cookies = cookies or SynCookies()
         self._fragments = ip.Fragments()
+        self._time_wait = timewait.TimeWaitTable(max_time_wait)
         self._conns: dict[ConnKey, Tcb] = {}
         self._listeners: dict[int, Listener] = {}
         self._parent: dict[Tcb, Listener] = {}  # embryonic children of listeners
@@ -111,7 +113,9 @@ class Host:
         self._now = now
         for _ in range(64):
             port = self._rng.choice(EPHEMERAL_PORTS)
-            if (remote_addr, remote_port, port) not in self._conns and port not in self._listeners:
+            if ((remote_addr, remote_port, port) not in self._conns
+                    and port not in self._listeners
+                    and timewait.key(remote_addr, remote_port, port) not in self._time_wait):
                 break
         else:
             raise OSError(99, "no free ephemeral port")
@@ -150,7 +154,12 @@ class Host:
         return bool(self._pending or self._out)
 
     def connections(self) -> list[Tcb]:
+        """Every connection with a TCB (TIME-WAIT ones are records: `time_wait_count`)."""
         return list(self._conns.values())
+
+    def time_wait_count(self) -> int:
+        """Connections in TIME-WAIT (compact records, see `ustack.tcp.timewait`)."""
+        return len(self._time_wait)
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
@@ -197,18 +206,15 @@ class Host:
             self._probe_segment(dgram.src, self.addr, seg, outbound=False)
         key = (dgram.src, seg.src_port, seg.dst_port)
         tcb = self._conns.get(key)
-        if tcb is not None and tcb.state is State.TIME_WAIT and _reopens_time_wait(tcb, seg):
-            # RFC 6191 / Linux tcp_timewait_state_process: a new SYN above the old
-            # connection's sequence space ends TIME-WAIT and opens a new connection.
-            self._forget(tcb)
-            tcb = None
         if tcb is not None:
             before = tcb.state
             full = before is State.SYN_RCVD and self._accept_queue_full(tcb)
             reason = tcb.on_segment(seg, now, accept_queue_full=full)
             if reason is not None:
                 self.counters.drop(reason)
-            self._after_event(tcb, before)
+            self._after_event(tcb, before, now)
+            return
+        if self._time_wait and self._time_wait_input(dgram.src, seg, now):
             return
         listener = self._listeners.get(seg.dst_port)
         if listener is not None and not listener.closed:
@@ -288,6 +294,30 @@ class Host:
             self._queue_accepted(listener, tcb)
         return True
 
+    def _time_wait_input(self, src: bytes, seg: Segment, now: float) -> bool:
+        """A segment for a connection in TIME-WAIT (Linux tcp_timewait_state_process);
+        False if there is none, or if the segment is a SYN that opens a new incarnation
+        (RFC 6191): the record is gone and the listener takes the SYN."""
+        k = timewait.key(src, seg.src_port, seg.dst_port)
+        tw = self._time_wait.get(k)
+        if tw is None:
+            return False
+        listener = self._listeners.get(seg.dst_port)
+        # Without a listener a SYN cannot open anything: it is answered as any segment
+        # in TIME-WAIT is (Linux: TCP_TW_SYN without a listener falls through to an ACK).
+        listener_ts = None if listener is None or listener.closed else listener.config.timestamps
+        outcome, reply, reason = timewait.on_segment(tw, seg, now, self.counters, listener_ts)
+        if reason is not None:
+            self.counters.drop(reason)
+        if reply is not None:
+            self._emit_segment(src, reply)
+        if outcome is timewait.Outcome.KEEP:
+            self._time_wait.put(k, tw)
+            return True
+        self._time_wait.remove(k)
+        self._probe_time_wait_end(src, tw.remote_port, tw.local_port, timer=False)
+        return outcome is timewait.Outcome.CLOSE
+
     def _reset_closed(self, src: bytes, seg: Segment) -> None:
         """RFC 9293 §3.10.7.1 (CLOSED) and §3.5.2: answer anything but a RST with a RST."""
         self.counters.drop(DropReason.TCP_NO_LISTENER)
@@ -322,16 +352,19 @@ class Host:
             else:
                 heapq.heappop(heap)  # stale: the TCB was refiled or closed since
         timer = heap[0][0] if heap else None
-        fragments = self._fragments.next_deadline()
-        if fragments is not None and (timer is None or fragments < timer):
-            return fragments
+        for other in (self._fragments.next_deadline(), self._time_wait.next_deadline()):
+            if other is not None and (timer is None or other < timer):
+                timer = other
         return timer
 
     # --------------------------------------------------------- packets out
 
     def poll(self, now: float) -> list[bytes]:
         """Run due timers, then collect every packet that is ready to go."""
+        self._now = now
         self._fragments.expire(now, self.counters)
+        for addr, remote_port, local_port in self._time_wait.expire(now):
+            self._probe_time_wait_end(addr, remote_port, local_port, timer=True)
         heap = self._timers
         while heap and heap[0][0] <= now:
             deadline, _, tcb = heapq.heappop(heap)
@@ -350,7 +383,7 @@ class Host:
             before = tcb.state
             self._now = now
             tcb.on_timer(now)
-            self._after_event(tcb, before)
+            self._after_event(tcb, before, now)
         for tcb in self._pending:
             for seg in tcb.poll(now):
                 if seg.flags & RST:
@@ -419,6 +452,17 @@ class Host:
             was = State.LISTEN if tcb.passive and old is State.CLOSED else old
             self.probe(StateEvent(self._now, *self._endpoints(tcb), str(was), str(new)))
 
+    def _probe_time_wait_end(self, remote: bytes, remote_port: int, local_port: int,
+                             timer: bool) -> None:
+        """A TIME-WAIT record is gone: its timer expired, a RST or SYN ended it, or it
+        never entered the full table."""
+        if self.probe is not None:
+            ends = (Endpoint(socket.inet_ntoa(self.addr), local_port),
+                    Endpoint(socket.inet_ntoa(remote), remote_port))
+            if timer:
+                self.probe(TimerEvent(self._now, *ends, "time_wait"))
+            self.probe(StateEvent(self._now, *ends, str(State.TIME_WAIT), str(State.CLOSED)))
+
     def _probe_timer(self, tcb: Tcb, kind: str) -> None:
         if self.probe is not None:
             self.probe(TimerEvent(self._now, *self._endpoints(tcb), kind))
@@ -428,15 +472,32 @@ class Host:
         listener = self._parent.get(tcb)
         return listener is not None and listener.accept_queue_full()
 
-    def _after_event(self, tcb: Tcb, before: State) -> None:
+    def _after_event(self, tcb: Tcb, before: State, now: float) -> None:
         self._pending[tcb] = None
         self._touched[tcb] = None
+        if tcb.state is State.TIME_WAIT:
+            self._enter_time_wait(tcb, now)
+            return
         if before is State.SYN_RCVD and tcb.state is not State.SYN_RCVD:
             listener = self._parent.pop(tcb, None)
             if listener is not None:
                 listener.embryonic -= 1
                 if tcb.state is not State.CLOSED:
                     self._queue_accepted(listener, tcb)
+
+    def _enter_time_wait(self, tcb: Tcb, now: float) -> None:
+        """The TCB gives way to a compact record in the TIME-WAIT table; the application
+        may still read what it holds. Past the table's limit the connection skips
+        TIME-WAIT (Linux tcp_time_wait: "time wait bucket table overflow")."""
+        for seg in tcb.poll(now):  # the ACK of the peer's FIN
+            self._emit_segment(tcb.remote_addr, seg)
+        tw = tcb.take_time_wait()
+        self._forget(tcb)
+        self._pending.pop(tcb, None)
+        if tw is not None and not self._time_wait.add(tcb.remote_addr, tw):
+            self.counters["tcp_time_wait_overflow"] += 1
+            self._probe_time_wait_end(tcb.remote_addr, tcb.remote_port, tcb.local_port,
+                                      timer=False)
 
     def _queue_accepted(self, listener: Listener, tcb: Tcb) -> None:
         listener.accept_queue.append(tcb)
@@ -452,13 +513,3 @@ class Host:
         listener = self._parent.pop(tcb, None)
         if listener is not None:
             listener.embryonic -= 1
-
-
-def _reopens_time_wait(tcb: Tcb, seg: Segment) -> bool:
-    """RFC 6191 §2: a timestamp newer than TS.Recent (or, without timestamps, a sequence
-    number above RCV.NXT) proves the SYN belongs to a new incarnation."""
-    if (seg.flags & (SYN | ACK | RST)) != SYN:
-        return False
-    if tcb.ts_ok and seg.opts.ts_val is not None:
-        return seq.gt(seg.opts.ts_val, tcb.ts_recent)
-    return seq.gt(seg.seq, tcb.rcv_nxt)

@@ -264,7 +264,9 @@ def test_garbage_and_syn_flood(netns, start_ustack):
     # No forwarding: the kernel drops ustack's SYN-ACKs to the spoofed (non-local)
     # addresses, so those connections stay half-open.
     set_sysctls(netns, {"net.ipv4.ip_forward": 0})
-    server = start_ustack(netns, "echo:7")
+    # A backlog below the flood's size, so that the SYN queue overflows into cookies (the
+    # default of 4096 would hold all 1,000 half-open connections, as Linux's would).
+    server = start_ustack(netns, "echo:7", args=("--backlog", "128"))
     pid = server.proc.pid  # `ip netns exec` execs: this is ustack itself
     warm = netns.run(["nc", "-N", USTACK_ADDR, "7"], input=b"warm\n", timeout=10)
     assert warm.stdout == b"warm\n", warm

@@ -29,6 +29,12 @@ _TS_ONLY = struct.Struct("!4sII")
 _TS_ONLY_PREFIX = bytes((KIND_NOP, KIND_NOP, KIND_TIMESTAMP, 10))
 
 
+def ts_clock(now: float, offset: int) -> int:
+    """Our timestamp clock (TSval): milliseconds, from a per-connection random offset
+    (RFC 7323 §5.4)."""
+    return (int(now * 1000) + offset) & 0xFFFF_FFFF
+
+
 class OptionError(ValueError):
     """The option list is malformed."""
 

@@ -14,9 +14,9 @@ Extensions: window scaling and timestamps (RFC 7323), SACK (RFC 2018), RFC 5961.
 from collections.abc import Callable
 
 from ustack.stats import Counters, DropReason
-from ustack.tcp import congestion, seq, timers
+from ustack.tcp import challenge, congestion, seq, timers, timewait
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
-from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options
+from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options, ts_clock
 from ustack.tcp.reassembly import Reassembly
 from ustack.tcp.rtt import MAX_RTO, RttEstimator
 from ustack.tcp.sack import DUP_THRESH, Scoreboard
@@ -25,7 +25,6 @@ from ustack.tcp.sendbuf import SendBuffer
 from ustack.tcp.states import ON_CLOSE, ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING, SENDING, State
 
 MAX_UNSCALED_WINDOW = 0xFFFF
-CHALLENGE_ACKS_PER_SECOND = 10  # RFC 5961 §7: throttle challenge ACKs
 MIN_SND_MSS = 48 + 40  # Linux tcp_min_snd_mss (48 bytes of data) plus 40 of options
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
 _HALF = 0x8000_0000
@@ -147,6 +146,7 @@ class Tcb:
         # Observability hooks (the stack's probe): state changes and timers that fire.
         self.on_state_change: Callable[[Tcb, State, State], None] | None = None
         self.on_timer_fired: Callable[[Tcb, str], None] | None = None
+        self.time_wait: timewait.TimeWait | None = None  # in TIME-WAIT: all that is left
         self._heap_deadline: float | None = None  # owned by the stack's timer heap
 
     @property
@@ -271,6 +271,8 @@ class Tcb:
             reason = None
         elif self.state is State.SYN_SENT:
             reason = self._on_syn_sent(seg, now)
+        elif self.state is State.TIME_WAIT:
+            reason = self._on_time_wait(seg, now)
         elif self.state is State.CLOSED:
             reason = DropReason.TCP_UNEXPECTED
         else:
@@ -406,7 +408,7 @@ class Tcb:
             if state is State.SYN_RCVD:
                 # Passive: back to LISTEN, i.e. this embryonic TCB just goes away.
                 self._close(None if self.passive else ConnectionRefusedError("connection refused"))
-            elif state in (State.CLOSING, State.LAST_ACK, State.TIME_WAIT):
+            elif state in (State.CLOSING, State.LAST_ACK):
                 self._close(None)
             else:
                 self._close(ConnectionResetError("connection reset by peer"))
@@ -476,8 +478,19 @@ class Tcb:
                 self._set_state(ON_FIN_RECEIVED[self.state])
                 if self.state is State.TIME_WAIT:
                     self._enter_time_wait(now)
-        elif self.state is State.TIME_WAIT and flags & FIN:
-            self._enter_time_wait(now)  # a retransmitted FIN restarts the 2 MSL wait
+        return reason
+
+    def _on_time_wait(self, seg: Segment, now: float) -> DropReason | None:
+        """RFC 9293 §3.10.7.4 in TIME-WAIT, by the compact record's rules (`timewait`). A
+        lone TCB has no listener to hand a new incarnation's SYN to (the host does)."""
+        tw = self.time_wait
+        if tw is None:
+            return DropReason.TCP_UNEXPECTED  # handed over to the host's table
+        outcome, reply, reason = timewait.on_segment(tw, seg, now, self.counters, None)
+        if reply is not None:
+            self._outbox.append(reply)
+        if outcome is timewait.Outcome.CLOSE:
+            self._close(None)
         return reason
 
     def _process_text(self, seg: Segment) -> DropReason | None:
@@ -567,15 +580,10 @@ class Tcb:
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 §3.2, §4.2: a challenge ACK, throttled per §7."""
-        second = float(int(now))
-        if second != self._challenge_second:
-            self._challenge_second, self._challenge_count = second, 0
-        if self._challenge_count < CHALLENGE_ACKS_PER_SECOND:
-            self._challenge_count += 1
+        self._challenge_second, self._challenge_count, allowed = challenge.throttle(
+            self._challenge_second, self._challenge_count, now, self.counters)
+        if allowed:
             self._ack_now = True
-            self.counters["tcp_challenge_acks"] += 1
-        else:
-            self.counters["tcp_challenge_acks_throttled"] += 1
 
     # ------------------------------------------------------------ ACK effects
 
@@ -683,8 +691,7 @@ class Tcb:
         self.cc.set_mss(self.snd_mss)
 
     def _ts_now(self, now: float) -> int:
-        """Our timestamp clock: milliseconds, from a per-connection offset (RFC 7323 §5.4)."""
-        return (int(now * 1000) + self._ts_offset) & seq.MASK
+        return ts_clock(now, self._ts_offset)
 
     # ----------------------------------------------------------------- timers
 
@@ -766,14 +773,34 @@ class Tcb:
         self.counters["tcp_keepalive_probes"] += 1
 
     def _enter_time_wait(self, now: float) -> None:
-        # "Start the time-wait timer, turn off the other timers" (§3.10.7.4 eighth).
+        """Keep only the compact record; the send side, the out-of-order queue and the
+        recovery state go (unread text stays for the application). "Start the time-wait
+        timer, turn off the other timers" (§3.10.7.4 eighth)."""
+        lifetime = 2 * self.config.msl
+        self.time_wait = timewait.TimeWait(
+            self.local_port, self.remote_port, self.snd_nxt, self.rcv_nxt, self._window(),
+            self.rcv_wscale, self.ts_ok, self.ts_recent, self._ts_offset, now + lifetime,
+            lifetime, self._challenge_second, self._challenge_count)
+        self._snd_buf.clear()
+        self._ooo.clear()
+        self.scoreboard.clear()
         self.timers.clear()
-        self.timers.arm(timers.TIME_WAIT, now + 2 * self.config.msl)
+
+    def take_time_wait(self) -> timewait.TimeWait | None:
+        """Hand the TIME-WAIT record over (to the host's table): from then on this TCB only
+        holds what the application has not read yet, and no timer."""
+        tw, self.time_wait = self.time_wait, None
+        self.timers.clear()
+        return tw
 
     def _update_timers(self, now: float) -> None:
         """Keep the deadlines consistent with what is outstanding (after every event)."""
         t = self.timers
-        if self.state in (State.CLOSED, State.TIME_WAIT):
+        if self.state is State.TIME_WAIT:
+            if self.time_wait is not None:
+                t.arm(timers.TIME_WAIT, self.time_wait.deadline)
+            return
+        if self.state is State.CLOSED:
             return
         if self.snd_una != self.snd_nxt:
             if t.kind != timers.RETRANSMIT:
@@ -816,7 +843,13 @@ class Tcb:
                 self._syn_owed = False
                 self._transmit(out, SYN if state is State.SYN_SENT else SYN | ACK, self.iss,
                                b"", now)
-        elif state not in (State.TIME_WAIT, State.FIN_WAIT_2):
+        elif state is State.TIME_WAIT:
+            if self._ack_now and self.time_wait is not None:
+                out.append(timewait.ack(self.time_wait, now))  # of the peer's FIN
+            self._ack_now = self._ack_delayed = self._probe_owed = False
+            self._update_timers(now)
+            return out
+        elif state is not State.FIN_WAIT_2:
             self._send_text(out, now)
         if self._probe_owed:
             self._probe_owed = False

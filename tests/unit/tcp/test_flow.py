@@ -7,10 +7,10 @@ import pytest
 
 from tests.unit.tcp.helpers import IRS, ISS, MSS, brief, established, peer, recv, send
 from ustack.tcp import timers
+from ustack.tcp.challenge import CHALLENGE_ACKS_PER_SECOND
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
 from ustack.tcp.segment import ACK, FIN, PSH, RST, SYN
 from ustack.tcp.states import State
-from ustack.tcp.tcb import CHALLENGE_ACKS_PER_SECOND
 
 NAGLE = TcpConfig(nodelay=False)
 
