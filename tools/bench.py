@@ -15,11 +15,20 @@ connections per second, 1-byte echo round trips; finally the peak RSS (VmHWM) of
 server processes. Every figure is shown with the ratio ustack/kernel, because the machine
 running this is usually shared and noisy: only ratios from the same run compare.
 
-Usage (root, Linux, /dev/net/tun, iproute2)::
+The ``churn`` scenario runs only when named (``--scenarios churn`` or ``--scenarios all``):
+it takes ``--churn-seconds`` (120 s) per side. Against a freshly started server it runs
+``ab -c 50`` with HTTP/1.0 (a new connection per request, the server closing first, so the
+server's TIME-WAIT table fills) in consecutive 15 s windows, and samples the server's
+VmRSS every second: it reports the RSS plateau (the peak) and whether requests/s holds up
+from the first window to the last. It runs once per side, whatever ``--repeat`` says. On
+the kernel side the TIME-WAIT sockets live in the kernel, not in the server's RSS.
 
-    sudo /tmp/venv/bin/python tools/bench.py            # full run, table
+Usage (root, Linux, /dev/net/tun, iproute2; ab and wrk for their scenarios)::
+
+    sudo /tmp/venv/bin/python tools/bench.py            # full run (all but churn), table
     sudo /tmp/venv/bin/python tools/bench.py --quick    # smoke run
     sudo /tmp/venv/bin/python tools/bench.py --json     # same figures as JSON
+    sudo /tmp/venv/bin/python tools/bench.py --scenarios churn   # 2 x 120 s of churn
 
 No packet ever leaves the namespace: servers bind and clients connect only to 10.77.0.1 and
 10.77.0.2, which exist only inside it.
@@ -66,7 +75,11 @@ MB = 1_000_000
 BACKLOG = 1024  # both servers' listen backlog
 IDLE_CLOSE_BATCH = 250  # the idle scenario closes this many connections at a time ...
 IDLE_CLOSE_PAUSE = 0.1  # ... with this pause (seconds) between batches
-SCENARIOS = ("upload", "download", "conns", "ab", "wrk", "echo", "idle")
+CHURN_WINDOW = 15.0  # seconds of each ab run in the churn scenario
+CHURN_C = 50  # churn's ab concurrency
+SCENARIOS = ("upload", "download", "conns", "ab", "wrk", "echo", "idle", "churn")
+# churn takes 2 x --churn-seconds (120 s by default) on its own: only when named
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "churn")
 
 
 class BenchError(Exception):
@@ -418,6 +431,87 @@ def client_idle(host: str, port: int, count: int, server_pid: int, limit: float)
             "rss_before_kb": before, "rss_held_kb": held}
 
 
+def churn_windows(seconds: float) -> int:
+    """How many CHURN_WINDOW-long ab runs make up ``seconds`` (whole windows, at least 1)."""
+    return max(1, round(seconds / CHURN_WINDOW))
+
+
+def _sample_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
+    """Append the VmRSS (kB) of ``pid`` every second until ``stop`` is set."""
+    while True:
+        try:
+            out.append(_rss_kb(pid))
+        except (OSError, ClientFailure):
+            return  # the server is gone: the ab window that follows says why
+        if stop.wait(1.0):
+            return
+
+
+def _ab_window(host: str, port: int) -> tuple[float, int, int]:
+    """One churn window: (requests/s, complete requests, failed + non-2xx requests)."""
+    # -n after -t: ab's -t sets the count to 50,000, which a fast window could reach
+    # before its time is up; _run_tool kills an ab still running 10 s after its -t.
+    out = _run_tool(["ab", "-q", "-t", f"{CHURN_WINDOW:g}", "-n", "100000000",
+                     "-c", str(CHURN_C), "-s", "10", f"http://{host}:{port}/"], CHURN_WINDOW)
+    done, failed = _field(out, "Complete requests:"), _field(out, "Failed requests:")
+    rate = _field(out, "Requests per second:")
+    if rate is None or done is None or failed is None:
+        raise ClientFailure(f"no figures in ab's output: {out[-200:]!r}")
+    bad = int(failed) + int(_field(out, "Non-2xx responses:") or 0)
+    return float(rate.split()[0]), int(done), bad
+
+
+def client_churn(host: str, port: int, seconds: float, server_pid: int) -> dict:
+    """HTTP/1.0 ab -c 50 for ``seconds`` in 15 s windows: the server closes every connection
+    first, so its TIME-WAIT table fills; its VmRSS is sampled every second meanwhile.
+
+    A window with failed requests is reported in the result, not fatal: only an ab that
+    exits non-zero ends the scenario."""
+    samples: list[int] = []
+    stop = threading.Event()
+    start_kb = _rss_kb(server_pid)
+    sampler = threading.Thread(target=_sample_rss, args=(server_pid, stop, samples),
+                               daemon=True)
+    sampler.start()
+    rates: list[float] = []
+    window_kb: list[int] = []  # VmRSS right after each window: at 15 s, 30 s, ...
+    done = failed = 0
+    try:
+        for i in range(churn_windows(seconds)):
+            try:
+                rate, n, bad = _ab_window(host, port)
+            except ClientFailure as e:
+                raise ClientFailure(f"window {i + 1} ({i * CHURN_WINDOW:g} s in): {e}; "
+                                    f"req/s before: {[round(r) for r in rates]}") from e
+            rates.append(rate)
+            done += n
+            failed += bad
+            window_kb.append(_rss_kb(server_pid))
+    finally:
+        stop.set()
+        sampler.join(5.0)
+    peak_kb = max([start_kb, *samples, *window_kb])
+    result = {
+        "value": peak_kb / 1024,
+        "rss_mb_start": start_kb / 1024,
+        "rss_mb_first": window_kb[0] / 1024,
+        "rss_mb_last": window_kb[-1] / 1024,
+        "rss_mb_windows": [round(kb / 1024, 1) for kb in window_kb],
+        "rps_first": rates[0],
+        "rps_last": rates[-1],
+        "rps_last_over_first": rates[-1] / rates[0] if rates[0] else None,
+        "windows": rates,
+        "window_seconds": CHURN_WINDOW,
+        "concurrency": CHURN_C,
+        "failed": failed,
+        "requests": done,
+        "rss_samples": len(samples),
+    }
+    if failed:
+        result["note"] = f"{failed} of {done} requests failed"
+    return result
+
+
 def client_main(args: argparse.Namespace) -> int:
     scen, host, port, limit = args.client, args.host, args.port, args.time_limit
     try:
@@ -435,6 +529,8 @@ def client_main(args: argparse.Namespace) -> int:
             result = client_wrk(host, port, args.wrk_seconds, args.wrk_c, limit)
         elif scen == "idle":
             result = client_idle(host, port, args.idle_conns, args.server_pid, limit)
+        elif scen == "churn":
+            result = client_churn(host, port, args.churn_seconds, args.server_pid)
         else:
             raise ClientFailure(f"unknown scenario {scen}")
     except (ClientFailure, OSError) as e:
@@ -619,6 +715,7 @@ class Row:
     better: str  # "higher" or "lower"
     ustack: Cell = field(default_factory=Cell)
     kernel: Cell = field(default_factory=Cell)
+    note: str = ""  # how to read the row, printed under the table
 
     def ratio(self) -> float | None:
         u, k = self.ustack.value, self.kernel.value
@@ -744,8 +841,8 @@ class Bench:
             raise BenchError(f"kernel-socket server did not start: {why}")
 
     def restart(self, side: str) -> None:
-        """A fresh server process: the idle scenario measures RSS growth, which memory the
-        process freed earlier (and keeps) would hide."""
+        """A fresh server process: the idle and churn scenarios measure RSS, which memory
+        the process freed earlier (and keeps) would hide or inflate."""
         srv = self.ustack if side == "ustack" else self.kernel
         if srv is not None:
             srv.stop()
@@ -794,6 +891,12 @@ class Bench:
 
     # -- clients -----------------------------------------------------------------------
 
+    def client_timeout(self, scenario: str) -> float:
+        """Seconds before a client process is killed: its own bound plus 30 s."""
+        if scenario == "churn":  # each ab window is killed 10 s after its -t at the latest
+            return churn_windows(self.args.churn_seconds) * (CHURN_WINDOW + 10) + 30
+        return self.args.time_limit + 30
+
     def run_client(self, scenario: str, host: str, port: int, server_pid: int) -> dict:
         a = self.args
         argv = [
@@ -825,9 +928,12 @@ class Bench:
             str(a.wrk_c),
             "--idle-conns",
             str(a.idle_conns),
+            "--churn-seconds",
+            str(a.churn_seconds),
             "--server-pid",
             str(server_pid),
         ]
+        timeout = self.client_timeout(scenario)
         try:
             r = subprocess.run(
                 self.nsexec(argv),
@@ -835,12 +941,12 @@ class Bench:
                 env=child_env(),
                 capture_output=True,
                 text=True,
-                timeout=a.time_limit + 30,
+                timeout=timeout,
                 start_new_session=True,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return {"error": f"client hung past {a.time_limit + 30:g} s and was killed"}
+            return {"error": f"client hung past {timeout:g} s and was killed"}
         lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
         if lines:
             with contextlib.suppress(ValueError):
@@ -860,7 +966,7 @@ class Bench:
         if not srv.alive():
             cell.error = f"{srv.label} {exit_text(srv.proc.returncode)}: {srv.last_line()}"
             return None
-        if scenario == "idle":
+        if scenario in ("idle", "churn"):
             self.restart(side)
             srv = self.ustack if side == "ustack" else self.kernel
             if side == "ustack" and self.ustack_start_error:
@@ -894,8 +1000,9 @@ class Bench:
             return None
         return res
 
-    def scenario(self, scenario: str, rows: list[tuple[Row, Callable[[dict], float]]]) -> None:
-        for _ in range(self.args.repeat):
+    def scenario(self, scenario: str, rows: list[tuple[Row, Callable[[dict], float]]],
+                 repeat: int) -> None:
+        for _ in range(repeat):
             for side in ("kernel", "ustack"):
                 cells = [getattr(row, side) for row, _ in rows]
                 if any(c.error for c in cells):
@@ -934,6 +1041,20 @@ class Bench:
                   "higher")
         wrk99 = Row("wrk_p99", "wrk latency p99", "us", "lower")
         idle = Row("idle", f"{a.idle_conns} idle connections: server RSS each", "KB", "lower")
+        churn_s = churn_windows(a.churn_seconds) * CHURN_WINDOW
+        churn_rss = Row(
+            "churn_rss", f"churn: server RSS peak (ab -c {CHURN_C} HTTP/1.0, {churn_s:g} s)",
+            "MB", "lower",
+            note="churn RSS: the kernel column is the uvloop server process only; the "
+            "kernel's TIME-WAIT sockets live in kernel memory, in no process's RSS",
+        )
+        churn_first = Row("churn_rps", f"churn: req/s first {CHURN_WINDOW:g} s", "req/s",
+                          "higher")
+        churn_ratio = Row(
+            "churn_rps_ratio",
+            f"churn: req/s last {CHURN_WINDOW:g} s / first {CHURN_WINDOW:g} s",
+            "ratio", "higher",
+        )
         rss = Row("rss", "peak RSS of the server process (VmHWM)", "MB", "lower")
         chosen = set(a.scenarios)
         plan = [
@@ -945,11 +1066,15 @@ class Bench:
                                    (wrk99, lambda r: r.get("latency_p99_us", math.nan))]),
             ("echo", [p50, p99], [(p50, lambda r: r["p50_us"]), (p99, lambda r: r["p99_us"])]),
             ("idle", [idle], [(idle, lambda r: r["value"])]),
+            ("churn", [churn_rss, churn_first, churn_ratio],
+             [(churn_rss, lambda r: r["value"]), (churn_first, lambda r: r["rps_first"]),
+              (churn_ratio, lambda r: r["rps_last_over_first"])]),
         ]
         self.rows = [row for name, rows, _ in plan if name in chosen for row in rows] + [rss]
         for name, _, picks in plan:
             if name in chosen:
-                self.scenario(name, picks)
+                # churn is long and already made of windows: once per side
+                self.scenario(name, picks, 1 if name == "churn" else a.repeat)
 
         for side, srv in (("ustack", self.ustack), ("kernel", self.kernel)):
             cell = getattr(rss, side)
@@ -983,6 +1108,7 @@ class Bench:
                     "kernel_samples": row.kernel.samples,
                     "ustack_detail": row.ustack.extra,
                     "kernel_detail": row.kernel.extra,
+                    "note": row.note,
                 }
             )
         u = self.ustack
@@ -1007,6 +1133,7 @@ class Bench:
                 "wrk_seconds": a.wrk_seconds,
                 "wrk_c": a.wrk_c,
                 "idle_conns": a.idle_conns,
+                "churn_seconds": a.churn_seconds,
                 "repeat": a.repeat,
                 "time_limit": a.time_limit,
                 "self_test": a.self_test,
@@ -1072,7 +1199,25 @@ def render_table(rep: dict) -> str:
     out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(b) for b in body]
     out += [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
+    out += [f"note: {r['note']}" for r in rep["rows"] if r.get("note")]
     return "\n".join(out)
+
+
+def print_churn(rep: dict) -> None:
+    """The churn scenario's windows, side by side: the table has only first and last."""
+    row = next((r for r in rep["rows"] if r["scenario"] == "churn_rss"), None)
+    if row is None:
+        return
+    for side in ("ustack", "kernel"):
+        d = row[f"{side}_detail"]
+        if row[f"{side}_error"] or not d:
+            continue
+        print(
+            f"churn {side}: req/s per {d['window_seconds']:g} s window "
+            f"{[round(x) for x in d['windows']]}; RSS MB at start {d['rss_mb_start']:.1f}, "
+            f"after each window {d['rss_mb_windows']}; {d['requests']} requests, "
+            f"{d['failed']} failed"
+        )
 
 
 # Where a profiled function's own time belongs, by its file (built-ins count for their
@@ -1152,6 +1297,8 @@ def check_environment() -> None:
 
 
 def _scenarios(text: str) -> tuple[str, ...]:
+    if text.strip() == "all":
+        return SCENARIOS
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown or not names:
@@ -1189,11 +1336,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wrk-c", type=int, default=50, help="wrk connections (default 50)")
     p.add_argument("--idle-conns", type=int,
                    help="concurrent idle connections (default 10000; --quick: 1000)")
+    p.add_argument("--churn-seconds", type=float,
+                   help=f"length of the churn scenario per side, in whole "
+                   f"{CHURN_WINDOW:g} s windows (default 120; --quick: 30)")
     p.add_argument(
         "--scenarios",
         type=_scenarios,
-        default=SCENARIOS,
-        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)",
+        default=DEFAULT_SCENARIOS,
+        help=f"comma-separated subset of {','.join(SCENARIOS)}, or 'all' (default: all "
+        "but churn, which takes 2 x --churn-seconds: name it to run it)",
     )
     p.add_argument(
         "--offload",
@@ -1252,10 +1403,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     defaults = (
         {"mb": 2.0, "conns": 100, "rounds": 200, "repeat": 1, "ab_n": 500,
-         "wrk_seconds": 2.0, "idle_conns": 1000}
+         "wrk_seconds": 2.0, "idle_conns": 1000, "churn_seconds": 2 * CHURN_WINDOW}
         if args.quick
         else {"mb": 20.0, "conns": 500, "rounds": 10000, "repeat": 3, "ab_n": 4000,
-              "wrk_seconds": 5.0, "idle_conns": 10000}
+              "wrk_seconds": 5.0, "idle_conns": 10000, "churn_seconds": 120.0}
     )
     for name, value in defaults.items():  # --quick only changes what was not given
         if getattr(args, name) is None:
@@ -1266,6 +1417,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if not 576 <= args.mtu <= 65535:
         p.error("--mtu must be between 576 and 65535")
+    if args.churn_seconds < CHURN_WINDOW:
+        p.error(f"--churn-seconds must be at least one window ({CHURN_WINDOW:g} s)")
     return args
 
 
@@ -1323,7 +1476,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(rep))
     for r in rep["rows"]:
         t = r["ustack_detail"].get("tun")
-        if not t or r["scenario"] == "echo_p99":
+        if not t or r["scenario"] in ("echo_p99", "churn_rps", "churn_rps_ratio"):
             continue
         ti, to = t["to_ustack_packets"], t["from_ustack_packets"]
         cpu_u = r["ustack_detail"].get("server_cpu_s")
@@ -1333,11 +1486,13 @@ def main(argv: list[str] | None = None) -> int:
             if cpu_u is None or cpu_k is None
             else f"; server process CPU s: ustack {cpu_u:.2f}, kernel {cpu_k:.2f}"
         )
+        name = r["scenario"].removesuffix("_p50").removesuffix("_rss")
         print(
-            f"{r['scenario'].removesuffix('_p50')} (last run): TUN {ti} packets to ustack"
+            f"{name} (last run): TUN {ti} packets to ustack"
             f" (avg {t['to_ustack_bytes'] / max(ti, 1):.0f} B), {to} from ustack"
             f" (avg {t['from_ustack_bytes'] / max(to, 1):.0f} B){cpu}"
         )
+    print_churn(rep)
     if args.profile:
         print_profile(args.profile)
     ex = rep["ustack_exit"]
