@@ -32,11 +32,6 @@ from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
 from ustack.tun import TunDevice
 
-# Like SO_SNDBUF: what the TCB holds before the transport counts it. As Linux's
-# tcp_sndbuf_expand, it grows to twice the congestion window (so a fast path is never
-# starved of data to send), up to tcp_wmem's default maximum.
-SNDBUF = 256 * 1024
-SNDBUF_MAX = 4 * 1024 * 1024
 HIGH_WATER = 64 * 1024  # asyncio's _FlowControlMixin defaults
 LOW_WATER = 16 * 1024
 STREAM_LIMIT = 2**16
@@ -139,6 +134,7 @@ class Transport(asyncio.Transport):
             "snd_wnd": tcb.snd_wnd, "rcv_nxt": tcb.rcv_nxt, "snd_mss": tcb.snd_mss,
             "srtt": tcb.rtt.srtt, "rto": tcb.rtt.rto, "cwnd": tcb.cc.cwnd,
             "retransmits": tcb.retransmits, "rcv_buf": tcb.rcv_buf_size,
+            "snd_buf": tcb.snd_buf_size,
             "nodelay": tcb.nodelay, "keepalive": tcb.config.keepalive,
             "keepalive_idle": tcb.config.keepalive_idle,
             "keepalive_interval": tcb.config.keepalive_interval,
@@ -171,14 +167,14 @@ class Transport(asyncio.Transport):
 
     def set_receive_buffer(self, nbytes: int) -> None:
         """Like `SO_RCVBUF`: the bytes this connection buffers for a reader that is slow
-        (or paused) before the advertised window closes. It never shrinks below what is
-        already buffered, and the window already advertised is never taken back. The
-        window scale was fixed by the handshake, so to go beyond 64 KiB pass a large
-        enough `TcpConfig(rcv_buf=...)` to `create_connection`/`create_server`."""
+        (or paused) before the advertised window closes. As on Linux, a buffer set this
+        way is no longer autotuned. It never shrinks below what is already buffered, and
+        the window already advertised is never taken back. The window scale was fixed by
+        the handshake (for `TcpConfig.rcv_buf_max`), which bounds the window."""
         if nbytes <= 0:
             raise ValueError("the receive buffer must be positive")
         tcb = self._tcb
-        tcb.rcv_buf_size = max(int(nbytes), tcb.readable)
+        tcb.set_receive_buffer(int(nbytes))
         self._stack._driver.kick(tcb)  # a larger buffer may open the window
 
     def set_linger_zero(self, enabled: bool = True) -> None:
@@ -267,8 +263,9 @@ class Transport(asyncio.Transport):
         self._connection_lost(exc)
 
     def get_write_buffer_size(self) -> int:
-        held = min(max(SNDBUF, 2 * self._tcb.cc.cwnd), SNDBUF_MAX)
-        return max(0, self._tcb.send_buffered - held)
+        # What the TCB holds within its send buffer (SO_SNDBUF, autotuned) is the kernel's
+        # part of a socket's buffering; only what lies beyond it is the transport's.
+        return max(0, self._tcb.send_buffered - self._tcb.snd_buf_size)
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._low, self._high

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from ustack import ip, vnet
 from ustack.ladder import Endpoint, Event, SegmentEvent, StateEvent, TimerEvent
 from ustack.stats import Counters, DropReason
-from ustack.tcp import segment, seq, timewait
+from ustack.tcp import autotune, segment, seq, timewait
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.listener import Listener
@@ -51,6 +51,7 @@ class Host:
         cookies: SynCookies | None = None,
         offload: bool = False,
         max_time_wait: int = timewait.MAX_RECORDS,
+        buffer_budget: int = autotune.DEFAULT_BUDGET,
     ) -> None:
         self.addr = ipaddress.IPv4Address(addr).packed
         self.mtu = mtu
@@ -58,6 +59,8 @@ class Host:
         self.mss = mtu - IP_TCP_HEADERS  # RFC 9293 §3.7.1: MTU minus fixed headers
         self.config = config or TcpConfig()
         self.counters = Counters()
+        # Buffer growth of all connections together (Linux tcp_mem): ustack.tcp.autotune.
+        self.budget = autotune.BufferBudget(buffer_budget, self.counters)
         self._isn = isn or IsnGenerator()
         self._rng = rng or random.SystemRandom()
         self._cookies = cookies or SynCookies()
@@ -427,7 +430,8 @@ class Host:
                  config: TcpConfig) -> Tcb:
         tcb = Tcb(local_port, remote_port, iss, mss=self.mss, config=config,
                   remote_addr=remote_addr, ts_offset=self._rng.getrandbits(32),
-                  counters=self.counters, tso_max=TSO_MAX if self.offload else 0)
+                  counters=self.counters, tso_max=TSO_MAX if self.offload else 0,
+                  budget=self.budget)
         if self.probe is not None:
             tcb.on_state_change = self._probe_state
             tcb.on_timer_fired = self._probe_timer

@@ -74,3 +74,22 @@ def test_a_thousand_clients_at_once_complete_without_a_reset_on_both_stacks(hop)
     assert stats["rst_out"] == 0, stats
     # Calm as Linux: the clients resend no more to ustack than to the kernel (+ slack).
     assert rtx <= 2 * kernel_rtx + 200, (rtx, kernel_rtx)
+
+
+@pytest.mark.parametrize("size", [2_000_000, 4_000_000])
+def test_a_client_that_writes_everything_before_it_reads(hop, start_ustack, size):
+    # A blocking client sends SIZE bytes to echo, shuts down its write side, and only then
+    # reads. The echo server stops reading while its peer does not read; the bytes in
+    # flight must fit in the buffers along the path or both windows close for good. Linux
+    # grows a socket's buffers as needed (tcp_sndbuf_expand, tcp_rcv_space_adjust); ustack
+    # used to keep 256 KB each way and stalled in about a quarter of the runs (2 MB) or
+    # all of them (4 MB). The kernel's echo server (asyncio streams, drain()) first.
+    kernel, addr = start_echo(hop, "kernel", "--backlog", "128")
+    runs = client_json(hop, "write-then-read", "--host", addr, "--size", str(size),
+                       "--runs", "20", timeout=300)
+    stop_echo(kernel)
+    assert all(run["ok"] for run in runs), runs
+    start_ustack(hop.router, "echo:7")
+    runs = client_json(hop, "write-then-read", "--host", USTACK_ADDR, "--size", str(size),
+                       "--runs", "20", timeout=300)
+    assert [run["ok"] for run in runs] == [True] * 20, runs

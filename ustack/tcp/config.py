@@ -3,7 +3,10 @@
 from dataclasses import dataclass
 
 DEFAULT_MSL = 30.0  # seconds; TIME-WAIT lasts 2 x MSL (RFC 9293 §3.4.2, MUST-13)
-DEFAULT_RCV_BUF = 256 * 1024
+DEFAULT_RCV_BUF = 256 * 1024  # the receive buffer a connection starts with ...
+MAX_RCV_BUF = 6 * 1024 * 1024  # ... and the most autotuning grows it to (tcp_rmem[2])
+DEFAULT_SND_BUF = 256 * 1024  # the send buffer it starts with ...
+MAX_SND_BUF = 4 * 1024 * 1024  # ... and the most it grows to (Linux tcp_wmem[2])
 # RFC 9293 §3.8.3: R2 for data at least 100 s (MUST-20), for a SYN at least 3 min (MUST-23).
 DATA_RETRIES = 15  # Linux tcp_retries2: about 15 minutes at the 60 s maximum RTO
 SYN_RETRIES = 7  # 1+2+4+…+64 s: 255 s of SYN retransmission before giving up
@@ -13,7 +16,12 @@ FIN_WAIT_2_TIMEOUT = 60.0  # Linux tcp_fin_timeout, for connections the user has
 
 @dataclass(slots=True)
 class TcpConfig:
+    # Buffers (SO_RCVBUF/SO_SNDBUF, autotuned as Linux's tcp_rmem/tcp_wmem: see
+    # ustack.tcp.autotune): the sizes a connection starts with and the most they grow to.
     rcv_buf: int = DEFAULT_RCV_BUF
+    rcv_buf_max: int = MAX_RCV_BUF
+    snd_buf: int = DEFAULT_SND_BUF
+    snd_buf_max: int = MAX_SND_BUF
     msl: float = DEFAULT_MSL
     nodelay: bool = False  # Nagle on (RFC 9293 §3.7.4) unless asked otherwise
     window_scaling: bool = True  # RFC 7323 §2

@@ -14,7 +14,7 @@ Extensions: window scaling and timestamps (RFC 7323), SACK (RFC 2018), RFC 5961.
 from collections.abc import Callable
 
 from ustack.stats import Counters, DropReason
-from ustack.tcp import challenge, congestion, seq, timers, timewait
+from ustack.tcp import autotune, challenge, congestion, seq, timers, timewait
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
 from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options, ts_clock
 from ustack.tcp.reassembly import Reassembly
@@ -59,6 +59,7 @@ class Tcb:
         ts_offset: int = 0,
         counters: Counters | None = None,
         tso_max: int = 0,
+        budget: autotune.BufferBudget | None = None,
     ) -> None:
         self.config = config = config or TcpConfig()
         # TSO: the device cuts segments of up to this much data into MSS-sized ones.
@@ -86,7 +87,9 @@ class Tcb:
         self.snd_mss = DEFAULT_MSS
         self._rcv_mss_seen = DEFAULT_MSS  # largest segment received: "full-sized"
         # Negotiated options (RFC 7323, RFC 2018): offered in our SYN, kept if echoed.
-        self.rcv_wscale = wscale_for(config.rcv_buf) if config.window_scaling else 0
+        # The scale must let the window reach the largest the buffer may grow to.
+        self.rcv_wscale = (wscale_for(max(config.rcv_buf, config.rcv_buf_max))
+                           if config.window_scaling else 0)
         self.snd_wscale = 0
         self.wscale_ok = False
         self.sack_ok = False
@@ -102,6 +105,14 @@ class Tcb:
         self._rcv_buf: list[bytes | memoryview] = []
         self._rcv_len = 0
         self.rcv_buf_size = config.rcv_buf
+        # Autotuning (ustack.tcp.autotune): the receive buffer grows by what the
+        # application reads per RTT, the send buffer (what send() takes before the
+        # application is asked to wait) with cwnd and with what it queued; growth beyond
+        # the initial sizes is claimed from the host's budget.
+        self.snd_buf_size = config.snd_buf
+        self._budget = budget if budget is not None else autotune.BufferBudget()
+        self._rcv_space = autotune.ReceiveSpace(min(config.rcv_buf, 10 * mss))
+        self._rcv_buf_locked = False  # the user fixed it (SO_RCVBUF): no autotuning
         self._ooo = Reassembly()
         self._fin_seq: int | None = None  # where the peer's FIN is, once seen
         # Retransmission: [_rtx_nxt, _rtx_end) is presumed lost and is sent again (skipping
@@ -208,6 +219,8 @@ class Tcb:
         if self.state not in SENDING or self._fin_queued:
             raise ConnectionError(f"cannot send in state {self.state} after close")
         self._snd_buf.append(data)
+        if len(self._snd_buf) > self.snd_buf_size:
+            self._grow_snd_buf(len(self._snd_buf))
 
     def read(self) -> bytes:
         """RECEIVE call (§3.10.3): take every buffered byte; may open the window."""
@@ -215,9 +228,43 @@ class Tcb:
         data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._rcv_len = 0
-        if data and self._window_update_due():
-            self._ack_now = True  # a window update (§3.8.6.2.2)
+        if data:
+            want = self._rcv_space.on_read(len(data), self._now, self.rcv_mss)
+            if want is not None and want > self.rcv_buf_size and not self._rcv_buf_locked:
+                self._grow_rcv_buf(want)
+            if self._window_update_due():
+                self._ack_now = True  # a window update (§3.8.6.2.2)
         return data
+
+    def set_receive_buffer(self, nbytes: int) -> None:
+        """SO_RCVBUF: a fixed receive buffer from now on (no autotuning, as on Linux); never
+        below what is buffered. The window already advertised is not taken back."""
+        self._release_growth(rcv=True)
+        self.rcv_buf_size = max(nbytes, self._rcv_len)
+        self._rcv_buf_locked = True
+
+    def _grow_rcv_buf(self, want: int) -> None:
+        new = min(want, max(self.config.rcv_buf_max, self.config.rcv_buf))
+        if new > self.rcv_buf_size and self._budget.claim(new - self.rcv_buf_size):
+            self.rcv_buf_size = new
+            self.counters["tcp_rcvbuf_grown"] += 1
+
+    def _grow_snd_buf(self, want: int) -> None:
+        """To at least `want` (doubling, so that growth is claimed a few times only)."""
+        cap = max(self.config.snd_buf_max, self.config.snd_buf)
+        new = min(cap, max(want, 2 * self.snd_buf_size))
+        if new > self.snd_buf_size and self._budget.claim(new - self.snd_buf_size):
+            self.snd_buf_size = new
+            self.counters["tcp_sndbuf_grown"] += 1
+
+    def _release_growth(self, rcv: bool = True, snd: bool = True) -> None:
+        """Give the growth beyond the initial sizes back to the host's budget."""
+        if rcv and not self._rcv_buf_locked and self.rcv_buf_size > self.config.rcv_buf:
+            self._budget.release(self.rcv_buf_size - self.config.rcv_buf)
+            self.rcv_buf_size = self.config.rcv_buf
+        if snd and self.snd_buf_size > self.config.snd_buf:
+            self._budget.release(self.snd_buf_size - self.config.snd_buf)
+            self.snd_buf_size = self.config.snd_buf
 
     @property
     def readable(self) -> int:
@@ -525,6 +572,9 @@ class Tcb:
         self._rcv_buf.append(payload)
         self._rcv_len += len(payload)
         self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
+        space = self._rcv_space
+        if space.rtt_seq is None or (self.rcv_nxt - space.rtt_seq) & seq.MASK < _HALF:
+            space.window_reached(self._rcv_adv, self._now)
         if self._ooo:
             # It fills (part of) a gap: take what now follows, and ACK at once (RFC 5681 §4.2).
             self._ooo.drop_before(self.rcv_nxt)
@@ -636,6 +686,8 @@ class Tcb:
             if seq.gt(ack, self._high_rxt):
                 self._high_rxt = ack
             self.cc.on_ack(acked, now, self.rtt.srtt)
+            if 2 * self.cc.cwnd > self.snd_buf_size:
+                self._grow_snd_buf(2 * self.cc.cwnd)  # Linux tcp_sndbuf_expand
         elif seq.ge(ack, self._recover):
             # Full acknowledgment: recovery is over (RFC 6582 §3.2 step 3, RFC 6675 §5).
             self.in_recovery = False
@@ -785,6 +837,7 @@ class Tcb:
         self._ooo.clear()
         self.scoreboard.clear()
         self.timers.clear()
+        self._release_growth()
 
     def take_time_wait(self) -> timewait.TimeWait | None:
         """Hand the TIME-WAIT record over (to the host's table): from then on this TCB only
@@ -1164,4 +1217,5 @@ class Tcb:
         self._snd_buf.clear()
         self._ooo.clear()
         self.timers.clear()
+        self._release_growth()
         self._set_state(State.CLOSED)
