@@ -126,8 +126,19 @@ def snapshot():
         "links": sorted(name for _, name in socket.if_nameindex()),
     }
 
+TTL = "/proc/sys/net/ipv4/ip_default_ttl"
+HOME_NS = os.readlink("/proc/thread-self/ns/net")
+
 def use(ustack_host):
-    SEEN_NS.append(os.readlink("/proc/thread-self/ns/net"))
+    here = os.readlink("/proc/thread-self/ns/net")
+    assert here != HOME_NS  # never mark the namespace the tests started in
+    SEEN_NS.append(here)
+    # A fresh namespace has the default TTL; each test leaves a mark in its own. (Inode
+    # numbers cannot tell: the kernel reuses a freed namespace's number.)
+    with open(TTL) as f:
+        assert f.read().strip() == "64"
+    with open(TTL, "w") as f:
+        f.write("99")
     with socket.create_connection((ustack_host.addr, 7), timeout=5) as s:
         s.sendall(b"x")
         assert s.recv(1) == b"x"
@@ -147,7 +158,7 @@ def test_second(ustack_host):
 def test_nothing_leaked():
     before, after = STATE["before"], snapshot()
     assert after == before
-    assert len(set(SEEN_NS)) == 3 and before["netns"] not in SEEN_NS
+    assert len(SEEN_NS) == 3 and before["netns"] not in SEEN_NS
     listed = subprocess.run(["lsns", "-n", "-t", "net", "-o", "NS"], capture_output=True,
                             text=True, timeout=10).stdout.split()
     for ns in SEEN_NS:

@@ -7,8 +7,8 @@
   the connection's maximum (`TcpConfig.rcv_buf_max`, 6 MB as Linux's tcp_rmem[2]).
 - Send side (the TCB's `snd_buf_size`, what it accepts before the application is told
   to wait): as Linux's tcp_sndbuf_expand, twice the congestion window, so the sender is
-  never short of data to fill it; and, where Linux would block a writer whose peer is
-  not reading, growing by what the application queued, so that a peer which writes
+  never short of data to fill it; and, while the peer's window is closed, by what the
+  application queued (where Linux would block the writer), so that a peer which writes
   everything before it reads (and an echo between them) does not deadlock with both
   windows at zero. Up to `TcpConfig.snd_buf_max` (4 MB as Linux's tcp_wmem[2]).
 - The host's budget (Linux tcp_mem): growth beyond the initial sizes is claimed from

@@ -29,6 +29,7 @@ MIN_SND_MSS = 48 + 40  # Linux tcp_min_snd_mss (48 bytes of data) plus 40 of opt
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
 _HALF = 0x8000_0000
 _AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
+_SYNCHRONIZED_SENDING = (State.ESTABLISHED, State.CLOSE_WAIT)
 # The longest RTT a TSecr may claim: the longest RTO (RFC 6298 (2.5)); an ACK can take no
 # longer without a retransmission, which Karn excludes anyway. Linux's bound is ~35 min
 # (tcp_rtt_tsopt_us); ours is tighter. We could also demand that the echo be no older than
@@ -219,8 +220,7 @@ class Tcb:
         if self.state not in SENDING or self._fin_queued:
             raise ConnectionError(f"cannot send in state {self.state} after close")
         self._snd_buf.append(data)
-        if len(self._snd_buf) > self.snd_buf_size:
-            self._grow_snd_buf(len(self._snd_buf))
+        self._grow_snd_buf_if_stuck()
 
     def read(self) -> bytes:
         """RECEIVE call (§3.10.3): take every buffered byte; may open the window."""
@@ -248,6 +248,15 @@ class Tcb:
         if new > self.rcv_buf_size and self._budget.claim(new - self.rcv_buf_size):
             self.rcv_buf_size = new
             self.counters["tcp_rcvbuf_grown"] += 1
+
+    def _grow_snd_buf_if_stuck(self) -> None:
+        """The peer's window is closed and the application has queued more than the send
+        buffer holds: grow it by what was queued. Linux would block the writer here until
+        the peer reads; a peer that writes everything before it reads (with an echo
+        between them) would then wait for us as we wait for it, both windows at zero."""
+        if (not self.snd_wnd and len(self._snd_buf) > self.snd_buf_size
+                and self.state in _SYNCHRONIZED_SENDING):
+            self._grow_snd_buf(len(self._snd_buf))
 
     def _grow_snd_buf(self, want: int) -> None:
         """To at least `want` (doubling, so that growth is claimed a few times only)."""
@@ -718,6 +727,8 @@ class Tcb:
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        if not self.snd_wnd:
+            self._grow_snd_buf_if_stuck()
 
     def _fin_acked(self) -> bool:
         return self._fin_queued and self.snd_una == self._fin_seq_end()
