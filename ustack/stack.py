@@ -22,7 +22,7 @@ from ustack.ladder import Endpoint, Event, SegmentEvent, StateEvent, TimerEvent
 from ustack.stats import Counters, DropReason
 from ustack.tcp import autotune, segment, seq, timewait
 from ustack.tcp.config import TcpConfig
-from ustack.tcp.isn import IsnGenerator
+from ustack.tcp.isn import IsnGenerator, TsOffsets
 from ustack.tcp.listener import Listener
 from ustack.tcp.options import Options
 from ustack.tcp.segment import ACK, RST, SYN, Segment, SegmentError
@@ -63,6 +63,7 @@ class Host:
         self.budget = autotune.BufferBudget(buffer_budget, self.counters)
         self._isn = isn or IsnGenerator()
         self._rng = rng or random.SystemRandom()
+        self._ts_offsets = TsOffsets(self._rng.getrandbits(128).to_bytes(16, "big"))
         self._cookies = cookies or SynCookies()
         self._fragments = ip.Fragments()
         self._time_wait = timewait.TimeWaitTable(max_time_wait)
@@ -429,7 +430,7 @@ class Host:
     def _new_tcb(self, local_port: int, remote_addr: bytes, remote_port: int, iss: int,
                  config: TcpConfig) -> Tcb:
         tcb = Tcb(local_port, remote_port, iss, mss=self.mss, config=config,
-                  remote_addr=remote_addr, ts_offset=self._rng.getrandbits(32),
+                  remote_addr=remote_addr, ts_offset=self._ts_offsets(self.addr, remote_addr),
                   counters=self.counters, tso_max=TSO_MAX if self.offload else 0,
                   budget=self.budget)
         if self.probe is not None:

@@ -260,3 +260,22 @@ def test_past_the_cap_a_connection_skips_time_wait_and_it_is_counted() -> None:
     assert h.time_wait_count() == 1
     assert h.stats()["tcp_time_wait_overflow"] == 1
     assert h.connections() == []
+
+
+def test_our_timestamps_only_grow_towards_one_peer_so_it_can_reopen_its_time_wait() -> None:
+    # RFC 6191 on the peer's side needs our TSvals to grow across connections: the offset
+    # of our timestamp clock is per address pair (Linux secure_tcp_ts_off), not random
+    # per connection (with which a new SYN started below the old connection's TSval half
+    # of the time and the peer refused it).
+    h = Host(US, isn=IsnGenerator(b"k" * 16))
+    first = h.connect(PEER, 80, 10.0)
+    (syn1,) = tcp_out(h, 10.0)
+    second = h.connect(PEER, 8080, 10.5)
+    (syn2,) = tcp_out(h, 10.5)
+    assert first.local_port != second.local_port
+
+    def tsval(tcp: dpkt.tcp.TCP) -> int:
+        opts = dict(dpkt.tcp.parse_opts(tcp.opts))
+        return struct.unpack("!II", opts[dpkt.tcp.TCP_OPT_TIMESTAMP])[0]
+
+    assert (tsval(syn2) - tsval(syn1)) % 2**32 == 500  # one clock, 500 ms later
