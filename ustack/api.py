@@ -666,11 +666,21 @@ class Stack:
         for listener, tcb in accepted:
             listener.accept_queue.remove(tcb)
             server = self._servers.get(listener)
-            if server is None:
+            try:
+                if server is None:
+                    raise ConnectionAbortedError("the server was closed")
+                protocol = server.protocol_factory()
+            except Exception as exc:
+                # As asyncio's _accept_connection2: report it, drop this connection, go on
+                # with the others (a mid-batch accept must not lose the rest of the batch).
+                if server is not None:
+                    self.loop.call_exception_handler({
+                        "message": "Error on transport creation for incoming connection",
+                        "exception": exc})
                 tcb.abort()
                 self._host.wake(tcb)
                 continue
-            self._transports[tcb] = Transport(self, tcb, server.protocol_factory())
+            self._transports[tcb] = Transport(self, tcb, protocol)
         for tcb in touched:
             transport = self._transports.get(tcb)
             if transport is not None:

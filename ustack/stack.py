@@ -60,7 +60,7 @@ class Host:
         self.config = config or TcpConfig()
         self.counters = Counters()
         # Buffer growth of all connections together (Linux tcp_mem): ustack.tcp.autotune.
-        self.budget = autotune.BufferBudget(buffer_budget, self.counters)
+        self.budget = autotune.BufferBudget(buffer_budget)
         self._isn = isn or IsnGenerator()
         self._rng = rng or random.SystemRandom()
         self._ts_offsets = TsOffsets(self._rng.getrandbits(128).to_bytes(16, "big"))
@@ -218,15 +218,20 @@ class Host:
                 self.counters.drop(reason)
             self._after_event(tcb, before, now)
             return
-        if self._time_wait and self._time_wait_input(dgram.src, seg, now):
-            return
+        iss = None
+        if self._time_wait:
+            taken, iss = self._time_wait_input(dgram.src, seg, now)
+            if taken:
+                return
         listener = self._listeners.get(seg.dst_port)
         if listener is not None and not listener.closed:
-            self._listen_input(listener, dgram.src, seg, now)
+            self._listen_input(listener, dgram.src, seg, now, iss)
         else:
             self._reset_closed(dgram.src, seg)
 
-    def _listen_input(self, listener: Listener, src: bytes, seg: Segment, now: float) -> None:
+    def _listen_input(self, listener: Listener, src: bytes, seg: Segment, now: float,
+                      iss: int | None = None) -> None:
+        """`iss`: the initial sequence number a SYN that ended TIME-WAIT must use."""
         # RFC 9293 §3.10.7.2 (LISTEN).
         if seg.flags & RST:
             self.counters.drop(DropReason.TCP_UNEXPECTED)  # "An incoming RST should be ignored"
@@ -242,7 +247,8 @@ class Host:
             if listener.syn_queue_full():
                 self._send_cookie(listener, src, seg, now)
                 return
-            iss = self._isn(self.addr, seg.dst_port, src, seg.src_port, now)
+            if iss is None:
+                iss = self._isn(self.addr, seg.dst_port, src, seg.src_port, now)
             tcb = self._new_tcb(seg.dst_port, src, seg.src_port, iss, listener.config)
             tcb.open_passive(seg, now)
             self._conns[(src, seg.src_port, seg.dst_port)] = tcb
@@ -298,14 +304,15 @@ class Host:
             self._queue_accepted(listener, tcb)
         return True
 
-    def _time_wait_input(self, src: bytes, seg: Segment, now: float) -> bool:
-        """A segment for a connection in TIME-WAIT (Linux tcp_timewait_state_process);
-        False if there is none, or if the segment is a SYN that opens a new incarnation
-        (RFC 6191): the record is gone and the listener takes the SYN."""
+    def _time_wait_input(self, src: bytes, seg: Segment,
+                         now: float) -> tuple[bool, int | None]:
+        """A segment for a connection in TIME-WAIT (Linux tcp_timewait_state_process):
+        whether it was taken here, and for a SYN that opens a new incarnation (RFC 6191:
+        the record is gone, the listener takes the SYN) the ISN it must use."""
         k = timewait.key(src, seg.src_port, seg.dst_port)
         tw = self._time_wait.get(k)
         if tw is None:
-            return False
+            return False, None
         listener = self._listeners.get(seg.dst_port)
         # Without a listener a SYN cannot open anything: it is answered as any segment
         # in TIME-WAIT is (Linux: TCP_TW_SYN without a listener falls through to an ACK).
@@ -317,10 +324,12 @@ class Host:
             self._emit_segment(src, reply)
         if outcome is timewait.Outcome.KEEP:
             self._time_wait.put(k, tw)
-            return True
+            return True, None
         self._time_wait.remove(k)
         self._probe_time_wait_end(src, tw.remote_port, tw.local_port, timer=False)
-        return outcome is timewait.Outcome.CLOSE
+        if outcome is timewait.Outcome.CLOSE:
+            return True, None
+        return False, timewait.reopen_iss(tw)
 
     def _reset_closed(self, src: bytes, seg: Segment) -> None:
         """RFC 9293 §3.10.7.1 (CLOSED) and §3.5.2: answer anything but a RST with a RST."""

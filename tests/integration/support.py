@@ -261,7 +261,6 @@ class Hop:
         assert done.returncode == 0, done.stderr.decode()
 
 
-
 def kernel_tcp_counters(ns: Netns) -> dict[str, int]:
     """The kernel's TCP counters in ``ns``, named as nstat names them (TcpRetransSegs,
     TcpExtListenOverflows, ...)."""

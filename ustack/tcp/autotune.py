@@ -4,12 +4,14 @@
   "Dynamic Right-Sizing in TCP"). Once per receiver RTT, the bytes the application read
   in that RTT are what the sender could send in one; the buffer (and so the window) is
   made about twice that, so a window-limited sender can double its rate each RTT, up to
-  the connection's maximum (`TcpConfig.rcv_buf_max`, 6 MB as Linux's tcp_rmem[2]).
+  the connection's maximum (`TcpConfig.rcv_buf_max`, 6 MB as Linux's tcp_rmem[2]), and
+  no more than the window can express with the scale fixed at the handshake.
 - Send side (the TCB's `snd_buf_size`, what it accepts before the application is told
   to wait): as Linux's tcp_sndbuf_expand, twice the congestion window, so the sender is
-  never short of data to fill it; and, while the peer's window is closed, by what the
-  application queued (where Linux would block the writer), so that a peer which writes
-  everything before it reads (and an echo between them) does not deadlock with both
+  never short of data to fill it; and by what the application queued when both ways are
+  blocked (the peer's window closed, text waiting for the application, which waits for
+  room to write before it reads): where Linux would keep the writer waiting, a peer that
+  writes everything before it reads (and an echo between them) would deadlock with both
   windows at zero. Up to `TcpConfig.snd_buf_max` (4 MB as Linux's tcp_wmem[2]).
 - The host's budget (Linux tcp_mem): growth beyond the initial sizes is claimed from
   one pool; once it is spent no buffer grows any more (counted as
@@ -18,25 +20,21 @@
 Sizes are limits, not allocations: an idle connection costs nothing more.
 """
 
-from ustack.stats import Counters
-
 DEFAULT_BUDGET = 1 << 30  # bytes of growth beyond the initial sizes, for the whole host
 
 
 class BufferBudget:
     """The bytes of buffer growth every connection of a host may claim together."""
 
-    __slots__ = ("claimed", "counters", "limit")
+    __slots__ = ("claimed", "limit")
 
-    def __init__(self, limit: int = DEFAULT_BUDGET, counters: Counters | None = None) -> None:
+    def __init__(self, limit: int = DEFAULT_BUDGET) -> None:
         self.limit = limit
         self.claimed = 0
-        self.counters = counters if counters is not None else Counters()
 
     def claim(self, n: int) -> bool:
-        """Reserve `n` more bytes; False (counted) when that would pass the limit."""
+        """Reserve `n` more bytes; False when that would pass the limit."""
         if self.claimed + n > self.limit:
-            self.counters["tcp_buffer_growth_denied"] += 1
             return False
         self.claimed += n
         return True
@@ -66,6 +64,10 @@ class ReceiveSpace:
         sender only makes them longer."""
         if self.rtt_seq is not None:
             sample = max(now - self.rtt_time, 0.001)  # the clock may tick in milliseconds
+            if self.rtt is None:
+                # The first estimate: reading is measured from here, not from the start
+                # of the connection (which would count many RTTs' worth as one).
+                self.copied, self.time = 0, now
             if self.rtt is None or sample < self.rtt:
                 self.rtt = sample
         self.rtt_seq, self.rtt_time = rcv_adv, now
@@ -82,9 +84,8 @@ class ReceiveSpace:
         if copied <= space:
             return None
         self.space = copied
-        # tcp_rcv_space_adjust: twice what was read, plus room for 16 segments; if the rate
-        # grew by a quarter or more, more again in proportion (the sender is in slow start).
+        # tcp_rcv_space_adjust (Linux 4.19 and later): twice what was read (against losses),
+        # plus room for 16 segments, plus twice that again in the proportion the rate grew
+        # (a sender in slow start doubles per RTT, and our ACK opens the next RTT's window).
         want = 2 * copied + 16 * mss
-        if 4 * (copied - space) >= space:
-            want += 2 * want * (copied - space) // space
-        return want
+        return want + 2 * (want * (copied - space) // space)

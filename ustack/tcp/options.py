@@ -30,8 +30,8 @@ _TS_ONLY_PREFIX = bytes((KIND_NOP, KIND_NOP, KIND_TIMESTAMP, 10))
 
 
 def ts_clock(now: float, offset: int) -> int:
-    """Our timestamp clock (TSval): milliseconds, from a per-connection random offset
-    (RFC 7323 §5.4)."""
+    """Our timestamp clock (TSval): milliseconds, from a random offset (RFC 7323 §5.4; per
+    peer address, see `ustack.tcp.isn.TsOffsets`)."""
     return (int(now * 1000) + offset) & 0xFFFF_FFFF
 
 

@@ -14,7 +14,7 @@ Extensions: window scaling and timestamps (RFC 7323), SACK (RFC 2018), RFC 5961.
 from collections.abc import Callable
 
 from ustack.stats import Counters, DropReason
-from ustack.tcp import autotune, challenge, congestion, seq, timers, timewait
+from ustack.tcp import acceptance, autotune, challenge, congestion, seq, timers, timewait
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
 from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options, ts_clock
 from ustack.tcp.reassembly import Reassembly
@@ -97,7 +97,7 @@ class Tcb:
         self.ts_ok = False
         self.ts_recent = 0  # TS.Recent (RFC 7323 §4.3)
         self.last_ack_sent = 0  # Last.ACK.sent
-        self._ts_offset = ts_offset  # RFC 7323 §5.4: a per-connection random offset
+        self._ts_offset = ts_offset  # RFC 7323 §5.4: a random offset (per peer address)
         # Buffers: _snd_buf holds unacknowledged and unsent data, its first byte at _snd_buf_seq.
         self._snd_buf = SendBuffer()
         self._snd_buf_seq = seq.add(iss, 1)
@@ -114,6 +114,8 @@ class Tcb:
         self._budget = budget if budget is not None else autotune.BufferBudget()
         self._rcv_space = autotune.ReceiveSpace(min(config.rcv_buf, 10 * mss))
         self._rcv_buf_locked = False  # the user fixed it (SO_RCVBUF): no autotuning
+        self._rcv_claimed = self._snd_claimed = 0  # growth taken from the budget
+        self._growth_refused = False  # the budget said no (counted once until a yes)
         self._ooo = Reassembly()
         self._fin_seq: int | None = None  # where the peer's FIN is, once seen
         # Retransmission: [_rtx_nxt, _rtx_end) is presumed lost and is sent again (skipping
@@ -230,7 +232,8 @@ class Tcb:
         self._rcv_len = 0
         if data:
             want = self._rcv_space.on_read(len(data), self._now, self.rcv_mss)
-            if want is not None and want > self.rcv_buf_size and not self._rcv_buf_locked:
+            if (want is not None and want > self.rcv_buf_size and not self._rcv_buf_locked
+                    and self.state in RECEIVING):
                 self._grow_rcv_buf(want)
             if self._window_update_due():
                 self._ack_now = True  # a window update (§3.8.6.2.2)
@@ -239,41 +242,65 @@ class Tcb:
     def set_receive_buffer(self, nbytes: int) -> None:
         """SO_RCVBUF: a fixed receive buffer from now on (no autotuning, as on Linux); never
         below what is buffered. The window already advertised is not taken back."""
-        self._release_growth(rcv=True)
+        self._release_growth(snd=False)
         self.rcv_buf_size = max(nbytes, self._rcv_len)
         self._rcv_buf_locked = True
 
     def _grow_rcv_buf(self, want: int) -> None:
-        new = min(want, max(self.config.rcv_buf_max, self.config.rcv_buf))
-        if new > self.rcv_buf_size and self._budget.claim(new - self.rcv_buf_size):
+        # No larger than the window can say with the scale the handshake fixed (Linux
+        # window_clamp): a peer without window scaling sees at most 64 KB.
+        cap = min(max(self.config.rcv_buf_max, self.config.rcv_buf),
+                  MAX_UNSCALED_WINDOW << self.rcv_wscale)
+        new = self._grow(self.rcv_buf_size, want, cap)
+        if new > self.rcv_buf_size:
+            self._rcv_claimed += new - self.rcv_buf_size
             self.rcv_buf_size = new
             self.counters["tcp_rcvbuf_grown"] += 1
 
     def _grow_snd_buf_if_stuck(self) -> None:
-        """The peer's window is closed and the application has queued more than the send
-        buffer holds: grow it by what was queued. Linux would block the writer here until
-        the peer reads; a peer that writes everything before it reads (with an echo
-        between them) would then wait for us as we wait for it, both windows at zero."""
-        if (not self.snd_wnd and len(self._snd_buf) > self.snd_buf_size
+        """Both ways blocked: the peer's window is closed, text waits for our application,
+        and it has queued more than the send buffer holds (so it waits for room before it
+        reads). Linux would keep it waiting until the peer reads; a peer that writes
+        everything before it reads (with an echo between them) would then wait for us as
+        we wait for it, both windows at zero. Grow the send buffer by what was queued."""
+        if (not self.snd_wnd and self._rcv_len and len(self._snd_buf) > self.snd_buf_size
                 and self.state in _SYNCHRONIZED_SENDING):
             self._grow_snd_buf(len(self._snd_buf))
 
     def _grow_snd_buf(self, want: int) -> None:
         """To at least `want` (doubling, so that growth is claimed a few times only)."""
         cap = max(self.config.snd_buf_max, self.config.snd_buf)
-        new = min(cap, max(want, 2 * self.snd_buf_size))
-        if new > self.snd_buf_size and self._budget.claim(new - self.snd_buf_size):
+        new = self._grow(self.snd_buf_size, max(want, 2 * self.snd_buf_size), cap)
+        if new > self.snd_buf_size:
+            self._snd_claimed += new - self.snd_buf_size
             self.snd_buf_size = new
             self.counters["tcp_sndbuf_grown"] += 1
 
+    def _grow(self, current: int, want: int, cap: int) -> int:
+        """What a buffer of `current` bytes grows to for `want` (at most `cap`), claimed
+        from the host's budget; `current` when the budget has no room (counted once, until
+        a growth succeeds again)."""
+        new = min(want, cap)
+        if new <= current:
+            return current
+        if not self._budget.claim(new - current):
+            if not self._growth_refused:
+                self._growth_refused = True
+                self.counters["tcp_buffer_growth_denied"] += 1
+            return current
+        self._growth_refused = False
+        return new
+
     def _release_growth(self, rcv: bool = True, snd: bool = True) -> None:
-        """Give the growth beyond the initial sizes back to the host's budget."""
-        if rcv and not self._rcv_buf_locked and self.rcv_buf_size > self.config.rcv_buf:
-            self._budget.release(self.rcv_buf_size - self.config.rcv_buf)
-            self.rcv_buf_size = self.config.rcv_buf
-        if snd and self.snd_buf_size > self.config.snd_buf:
-            self._budget.release(self.snd_buf_size - self.config.snd_buf)
-            self.snd_buf_size = self.config.snd_buf
+        """Give the growth this connection claimed back to the host's budget."""
+        if rcv and self._rcv_claimed:
+            self._budget.release(self._rcv_claimed)
+            self.rcv_buf_size -= self._rcv_claimed
+            self._rcv_claimed = 0
+        if snd and self._snd_claimed:
+            self._budget.release(self._snd_claimed)
+            self.snd_buf_size -= self._snd_claimed
+            self._snd_claimed = 0
 
     @property
     def readable(self) -> int:
@@ -333,6 +360,8 @@ class Tcb:
             reason = DropReason.TCP_UNEXPECTED
         else:
             reason = self._on_synchronizing_or_synchronized(seg, now, accept_queue_full)
+        if not self.snd_wnd:
+            self._grow_snd_buf_if_stuck()
         self._update_timers(now)
         return reason
 
@@ -346,7 +375,7 @@ class Tcb:
             return False
         opts = seg.opts
         ts_val = opts.ts_val
-        if self.ts_ok and (ts_val is None or (ts_val - self.ts_recent) & seq.MASK >= _HALF):
+        if self.ts_ok and (ts_val is None or acceptance.paws_rejects(ts_val, self.ts_recent)):
             return False  # no timestamp, or PAWS would have a word (R1)
         if (opts.sack or self.in_recovery or self._rtx_nxt is not None or self.scoreboard
                 or self._ooo or self._fin_seq is not None
@@ -366,8 +395,8 @@ class Tcb:
         # First: acceptable (SEG.SEQ = RCV.NXT, within the window).
         self._last_rcv = now
         self._keepalive_probes = 0
-        if (ts_val is not None and seq.ge(ts_val, self.ts_recent)
-                and seq.le(seg.seq, self.last_ack_sent)):
+        if ts_val is not None and acceptance.keeps_ts(ts_val, self.ts_recent, seg.seq,
+                                                      self.last_ack_sent):
             self.ts_recent = ts_val  # RFC 7323 §4.3 (R3)
         # Fifth: the ACK, then the window update rule (the window itself is the same, so
         # only SND.WL1 and SND.WL2 can move).
@@ -429,7 +458,7 @@ class Tcb:
         # RFC 7323 §5.3 (R1), PAWS: an older timestamp marks an old duplicate.
         ts_val = seg.opts.ts_val
         if (self.ts_ok and ts_val is not None and not flags & RST
-                and seq.lt(ts_val, self.ts_recent)):
+                and acceptance.paws_rejects(ts_val, self.ts_recent)):
             self._ack_now = True
             return DropReason.TCP_PAWS
 
@@ -445,15 +474,15 @@ class Tcb:
             return None
 
         # First, check sequence number (§3.10.7.4, Table 6).
-        if not self._acceptable(seg):
+        if not acceptance.in_window(seg.seq, seg.seg_len, self.rcv_nxt, self._rcv_adv):
             if not flags & RST:
                 self._ack_now = True  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
             return DropReason.TCP_NOT_ACCEPTABLE
         self._last_rcv = now
         self._keepalive_probes = 0
         # RFC 7323 §4.3 (R3): remember the timestamp of the segment at the left edge.
-        if (ts_val is not None and seq.ge(ts_val, self.ts_recent)
-                and seq.le(seg.seq, self.last_ack_sent)):
+        if ts_val is not None and acceptance.keeps_ts(ts_val, self.ts_recent, seg.seq,
+                                                      self.last_ack_sent):
             self.ts_recent = ts_val
 
         # Second, check the RST bit (with RFC 5961 §3.2).
@@ -605,20 +634,6 @@ class Tcb:
         self._ack_delayed = True
         return None
 
-    def _acceptable(self, seg: Segment) -> bool:
-        """RFC 9293 §3.10.7.4 Table 6, against the window we advertised."""
-        rcv_wnd = seq.sub(self._rcv_adv, self.rcv_nxt)
-        seg_len = seg.seg_len
-        if rcv_wnd == 0 or rcv_wnd >= _HALF:
-            # Special allowance for ACKs and RSTs at RCV.NXT when our window is zero:
-            # text is trimmed away below, the ACK field still counts.
-            return seg.seq == self.rcv_nxt
-        if seg_len == 0:
-            return seq.in_range(seg.seq, self.rcv_nxt, self._rcv_adv)
-        return seq.in_range(seg.seq, self.rcv_nxt, self._rcv_adv) or seq.in_range(
-            seq.add(seg.seq, seg_len - 1), self.rcv_nxt, self._rcv_adv
-        )
-
     def _trim(self, seg: Segment) -> tuple[bytes | memoryview, bool, int]:
         """The part of the text inside the window, whether the FIN survives, and its start."""
         payload = seg.payload
@@ -727,8 +742,6 @@ class Tcb:
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
-        if not self.snd_wnd:
-            self._grow_snd_buf_if_stuck()
 
     def _fin_acked(self) -> bool:
         return self._fin_queued and self.snd_una == self._fin_seq_end()
@@ -852,7 +865,9 @@ class Tcb:
 
     def take_time_wait(self) -> timewait.TimeWait | None:
         """Hand the TIME-WAIT record over (to the host's table): from then on this TCB only
-        holds what the application has not read yet, and no timer."""
+        holds what the application has not read yet, and no timer. Its state stays
+        TIME_WAIT for good (the record, not the TCB, reaches CLOSED): an application is
+        done with it once it has read the rest and closed, as with a kernel socket."""
         tw, self.time_wait = self.time_wait, None
         self.timers.clear()
         return tw
@@ -1217,6 +1232,8 @@ class Tcb:
 
     def _set_state(self, new: State) -> None:
         old, self.state = self.state, new
+        if new is State.CLOSED:
+            self._release_growth()  # LAST-ACK ends here without _close
         if new is State.ESTABLISHED and self._syn_timed_out and self.rtt.srtt is None:
             self.rtt.rto = max(self.rtt.rto, RTO_AFTER_SYN_TIMEOUT)  # RFC 6298 (5.7)
         if self.on_state_change is not None and old is not new:
@@ -1228,5 +1245,4 @@ class Tcb:
         self._snd_buf.clear()
         self._ooo.clear()
         self.timers.clear()
-        self._release_growth()
         self._set_state(State.CLOSED)

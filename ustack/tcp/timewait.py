@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ustack.stats import Counters, DropReason
-from ustack.tcp import challenge, seq
+from ustack.tcp import acceptance, challenge, seq
 from ustack.tcp.options import Options, ts_clock
 from ustack.tcp.segment import ACK, FIN, RST, SYN, Segment
 
@@ -94,16 +94,13 @@ def reopens(tw: TimeWait, seg: Segment, ts_wanted: bool) -> bool:
     return seq.gt(seg.seq, tw.rcv_nxt)
 
 
-def _acceptable(tw: TimeWait, seg: Segment) -> bool:
-    """RFC 9293 §3.10.7.4 Table 6 against the window we last advertised."""
-    rcv_wnd = tw.window << tw.wscale
-    end = seq.add(tw.rcv_nxt, rcv_wnd)
-    if rcv_wnd == 0:
-        return seg.seq == tw.rcv_nxt
-    if seg.seg_len == 0:
-        return seq.in_range(seg.seq, tw.rcv_nxt, end)
-    return (seq.in_range(seg.seq, tw.rcv_nxt, end)
-            or seq.in_range(seq.add(seg.seq, seg.seg_len - 1), tw.rcv_nxt, end))
+def reopen_iss(tw: TimeWait) -> int:
+    """The ISN of a connection that ends this TIME-WAIT: above everything the old one
+    sent, so that none of its old segments falls into the new window (RFC 9293 §3.6.1,
+    MAY-2 condition (1); Linux tcp_timewait_state_process: SND.NXT + 65535 + 2). Going
+    back to TIME-WAIT when the SYN proves to be an old duplicate (condition (2)) is not
+    done, as Linux does not."""
+    return seq.add(tw.snd_nxt, 65537)
 
 
 def _challenge(tw: TimeWait, now: float, counters: Counters) -> Segment | None:
@@ -125,18 +122,20 @@ def on_segment(tw: TimeWait, seg: Segment, now: float, counters: Counters,
         return Outcome.REOPEN, None, None
     ts_val = seg.opts.ts_val
     # RFC 7323 §5.3 (R1), PAWS: an older timestamp marks an old duplicate.
-    if tw.ts_ok and ts_val is not None and not flags & RST and seq.lt(ts_val, tw.ts_recent):
+    if (tw.ts_ok and ts_val is not None and not flags & RST
+            and acceptance.paws_rejects(ts_val, tw.ts_recent)):
         return Outcome.KEEP, ack(tw, now), DropReason.TCP_PAWS
     # First, check the sequence number. The peer's retransmitted FIN lies just below
     # RCV.NXT: ACK it again and wait 2 MSL from now.
-    if not _acceptable(tw, seg):
+    if not acceptance.in_window(seg.seq, seg.seg_len, tw.rcv_nxt,
+                                seq.add(tw.rcv_nxt, tw.window << tw.wscale)):
         if flags & RST:
             return Outcome.KEEP, None, DropReason.TCP_NOT_ACCEPTABLE
         if flags & FIN:
             tw.restart(now)
         return Outcome.KEEP, ack(tw, now), DropReason.TCP_NOT_ACCEPTABLE
     # RFC 7323 §4.3 (R3): the segment is at the left edge (Last.ACK.sent = RCV.NXT here).
-    if ts_val is not None and seq.ge(ts_val, tw.ts_recent) and seq.le(seg.seq, tw.rcv_nxt):
+    if ts_val is not None and acceptance.keeps_ts(ts_val, tw.ts_recent, seg.seq, tw.rcv_nxt):
         tw.ts_recent = ts_val
     # Second, the RST bit (RFC 5961 §3.2); fourth, the SYN bit (RFC 5961 §4.2).
     if flags & RST:

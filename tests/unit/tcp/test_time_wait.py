@@ -279,3 +279,40 @@ def test_our_timestamps_only_grow_towards_one_peer_so_it_can_reopen_its_time_wai
         return struct.unpack("!II", opts[dpkt.tcp.TCP_OPT_TIMESTAMP])[0]
 
     assert (tsval(syn2) - tsval(syn1)) % 2**32 == 500  # one clock, 500 ms later
+
+
+def test_a_key_filed_again_after_removal_expires_by_its_new_deadline() -> None:
+    table = TimeWaitTable()
+    addr = socket.inet_aton("10.0.1.2")
+    k = timewait.key(addr, 40000, 80)
+    table.add(addr, record(now=0.0))  # due at 60 s
+    table.remove(k)  # reopened at 1 s; its bucket entry stays behind
+    table.add(addr, record(now=30.0))  # the new connection's TIME-WAIT, due at 90 s
+    assert table.expire(61.0) == []  # the old entry finds a record due later
+    assert k in table
+    assert table.expire(90.0 + timewait.TICK) == [(addr, 40000, 80)]
+
+
+def test_a_reopening_syn_gets_an_isn_above_the_old_connection() -> None:
+    # RFC 9293 §3.6.1 (MAY-2): the new incarnation starts above everything the old one
+    # sent (Linux: SND.NXT + 65535 + 2), whatever the ISN clock says.
+    h, iss = server_in_time_wait()
+    h.receive(packet(dpkt.tcp.TH_SYN, 50, opts=ts_opt(2000)), 3.0)
+    (synack,) = tcp_out(h, 3.0)
+    assert synack.flags == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK
+    assert synack.seq == (iss + 2 + 65537) % 2**32
+
+
+def test_a_reopening_syn_that_finds_the_accept_queue_full_is_dropped_and_counted() -> None:
+    # As Linux: TIME-WAIT gave way to the SYN, the listener had no room, the client's
+    # SYN retransmission finds a plain listener.
+    h = Host(US, isn=IsnGenerator(b"k" * 16), rng=random.Random(1))
+    listener = h.listen(80, backlog=1)
+    server_in_time_wait(h=h)
+    listener.accept_queue.clear()
+    server_in_time_wait(sport=40001, h=h)  # still in the queue: it is full
+    assert h.time_wait_count() == 2
+    h.receive(packet(dpkt.tcp.TH_SYN, 50, opts=ts_opt(2000)), 3.0)
+    assert tcp_out(h, 3.0) == []
+    assert h.stats()["drop_tcp_listen_overflow"] == 1
+    assert h.time_wait_count() == 1
