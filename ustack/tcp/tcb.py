@@ -111,6 +111,7 @@ class Tcb:
         # application is asked to wait) with cwnd and with what it queued; growth beyond
         # the initial sizes is claimed from the host's budget.
         self.snd_buf_size = config.snd_buf
+        self._snd_buf_cap = max(config.snd_buf_max, config.snd_buf)
         self._budget = budget if budget is not None else autotune.BufferBudget()
         self._rcv_space = autotune.ReceiveSpace(min(config.rcv_buf, 10 * mss))
         self._rcv_buf_locked = False  # the user fixed it (SO_RCVBUF): no autotuning
@@ -222,7 +223,8 @@ class Tcb:
         if self.state not in SENDING or self._fin_queued:
             raise ConnectionError(f"cannot send in state {self.state} after close")
         self._snd_buf.append(data)
-        self._grow_snd_buf_if_stuck()
+        if not self.snd_wnd:
+            self._grow_snd_buf_if_stuck()
 
     def read(self) -> bytes:
         """RECEIVE call (§3.10.3): take every buffered byte; may open the window."""
@@ -269,8 +271,7 @@ class Tcb:
 
     def _grow_snd_buf(self, want: int) -> None:
         """To at least `want` (doubling, so that growth is claimed a few times only)."""
-        cap = max(self.config.snd_buf_max, self.config.snd_buf)
-        new = self._grow(self.snd_buf_size, max(want, 2 * self.snd_buf_size), cap)
+        new = self._grow(self.snd_buf_size, max(want, 2 * self.snd_buf_size), self._snd_buf_cap)
         if new > self.snd_buf_size:
             self._snd_claimed += new - self.snd_buf_size
             self.snd_buf_size = new
@@ -710,7 +711,7 @@ class Tcb:
             if seq.gt(ack, self._high_rxt):
                 self._high_rxt = ack
             self.cc.on_ack(acked, now, self.rtt.srtt)
-            if 2 * self.cc.cwnd > self.snd_buf_size:
+            if 2 * self.cc.cwnd > self.snd_buf_size < self._snd_buf_cap:
                 self._grow_snd_buf(2 * self.cc.cwnd)  # Linux tcp_sndbuf_expand
         elif seq.ge(ack, self._recover):
             # Full acknowledgment: recovery is over (RFC 6582 §3.2 step 3, RFC 6675 §5).
