@@ -12,6 +12,7 @@ packets the pipeline held back come out of pipeline.poll in each step. Without i
 """
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -21,6 +22,13 @@ from ustack.tcp.listener import Listener
 from ustack.tcp.tcb import Tcb
 
 EventSink = Callable[[list[Tcb], list[tuple[Listener, Tcb]]], None]
+
+# The core's clock: CLOCK_MONOTONIC with sub-microsecond resolution. The loop's own
+# `time()` reads the same clock (asyncio: time.monotonic; uvloop: libuv's uv_now), so
+# deadlines go to `call_at` unchanged; but uvloop caches it once per iteration in whole
+# milliseconds, which would make every RTT on a local link 0 or 1 ms and every ladder row
+# a round millisecond.
+clock = time.monotonic
 MAX_ROUNDS = 8  # deliver/poll rounds per step; anything left runs on the next callback
 
 
@@ -60,7 +68,7 @@ class Driver:
             self.loop.call_soon(self._scheduled_step)
 
     def flush(self) -> None:
-        self._step(self.loop.time())
+        self._step(clock())
 
     def set_pipeline(self, pipeline: Pipeline | None) -> None:
         """Replace the link middleware. What the old pipeline still held goes on its way
@@ -68,7 +76,7 @@ class Driver:
         Safe from inside an application callback: the host hears of it on a later step."""
         old, self.pipeline = self.pipeline, pipeline
         if old is not None:
-            rx, tx = old.drain(self.loop.time())
+            rx, tx = old.drain(clock())
             write = self.device.write
             for packet in tx:
                 write(packet)
@@ -77,7 +85,7 @@ class Driver:
         self.kick_later()  # a step soon re-arms the timer for the new pipeline
 
     def _receive_held(self, packets: list[bytes]) -> None:
-        now = self.loop.time()
+        now = clock()
         host = self.host
         for packet in packets:
             host.receive(packet, now)
@@ -88,13 +96,13 @@ class Driver:
     def drain_tx(self) -> None:
         """Send whatever the pipeline still holds for the device now (on exit)."""
         if self.pipeline is not None:
-            _, tx = self.pipeline.drain(self.loop.time())
+            _, tx = self.pipeline.drain(clock())
             write = self.device.write
             for packet in tx:
                 write(packet)
 
     def _on_readable(self) -> None:
-        now = self.loop.time()
+        now = clock()
         host = self.host
         receive = host.receive
         pipeline = self.pipeline
@@ -120,11 +128,12 @@ class Driver:
 
     def _scheduled_step(self) -> None:
         self._step_scheduled = False
-        self._step(self.loop.time())
+        self._step(clock())
 
     def _on_timer(self) -> None:
-        # asyncio runs handles up to one clock resolution early: the deadline is "now".
-        now = max(self.loop.time(), self._timer_at or 0.0)
+        # The loop runs handles up to one of its clock ticks early (uvloop: a millisecond):
+        # the deadline is "now".
+        now = max(clock(), self._timer_at or 0.0)
         self._timer = self._timer_at = None
         self._step(now)
 

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from ustack import tls, vnet
-from ustack.aio import Driver
+from ustack.aio import Driver, clock
 from ustack.ladder import Ladder
 from ustack.link import FAULT_COUNTERS, FaultInjector, PcapWriter, pipeline_of
 from ustack.stack import Host
@@ -405,8 +405,8 @@ class Stack:
         self.loop = asyncio.get_running_loop()
         _keep_freed_heap()
         if self.pcap is not None:
-            # The writer reads no clock: its stamps are loop time plus this offset.
-            self._pcap = PcapWriter(self.pcap, wall_offset=time.time() - self.loop.time())
+            # The writer reads no clock: its stamps are the core's clock plus this offset.
+            self._pcap = PcapWriter(self.pcap, wall_offset=time.time() - clock())
         try:
             self._device = self._open_device()
             self._device_counters = self._device.counters
@@ -552,7 +552,7 @@ class Stack:
         (1+2+4+... s), `ConnectionResetError` on a reset during the handshake."""
         tls_args = tls.check_client_args(ssl, host, server_hostname, ssl_handshake_timeout,
                                          ssl_shutdown_timeout)
-        tcb = self._host.connect(host, port, self.loop.time(), config=tcp)
+        tcb = self._host.connect(host, port, clock(), config=tcp)
         established = self.loop.create_future()
         self._connecting[tcb] = established
         self._driver.kick(tcb)

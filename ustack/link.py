@@ -1,6 +1,6 @@
 """Link middleware between the TUN device and the host: pcap capture, fault injection, taps.
 
-Sans-IO like the TCP core: no asyncio, no clock reads; `now` (the loop's monotonic
+Sans-IO like the TCP core: no asyncio, no clock reads; `now` (the core's monotonic
 clock) is passed in. Every stage has the same small interface (smoltcp's `phy::Device`
 middleware: `fault_injector.rs`, `pcap_writer.rs`, `tracer.rs`):
 
@@ -189,7 +189,7 @@ class PcapWriter(Stage):
     """Classic pcap of every packet in both directions, as it passes this stage.
 
     Time stamps are wall-clock: `now + wall_offset`, where the caller sets `wall_offset`
-    once to `time.time() - loop.time()` (the writer reads no clock; tests fix it), in
+    once to `time.time() - aio.clock()` (the writer reads no clock; tests fix it), in
     microseconds. They never go backwards: the driver's timer may run a hair ahead of
     the loop's clock (it serves a deadline as "now"), so a stamp is at least the last.
     """

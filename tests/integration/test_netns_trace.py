@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -47,3 +48,23 @@ def test_trace_and_pcap_ladders_agree(netns, start_ustack, tmp_path):
     ours, theirs = segment_lines(live), segment_lines(tool.stdout)
     assert len(ours) >= 12  # handshake, data both ways, both FINs: two lines a segment
     assert ours == theirs
+
+
+TIME = re.compile(r"^#\d+\s+([\d.]+)\s")
+
+
+def test_trace_times_have_microseconds_under_uvloop(netns, start_ustack):
+    # The core's clock is CLOCK_MONOTONIC, not uvloop's cached millisecond loop time:
+    # events of different wake-ups less than a millisecond apart get different times.
+    require_tools("nc")
+    server = start_ustack(netns, "echo:7", args=["--trace", "--loop", "uvloop"])
+    done = netns.run(["nc", "-N", USTACK_ADDR, "7"], input=b"tick\n", timeout=10)
+    assert done.stdout == b"tick\n"
+    status, _ = server.stop()
+    assert status == 0
+    times = [float(m.group(1)) for line in server.stderr().splitlines()
+             if (m := TIME.match(line))]
+    assert len(times) >= 8, server.stderr()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert any(0 < gap < 0.001 for gap in gaps), times
+    assert any(round(t * 1e6) % 1000 for t in times), times  # not all whole milliseconds

@@ -7,7 +7,7 @@ import socket
 
 import dpkt
 
-from ustack.aio import Driver
+from ustack.aio import Driver, clock
 from ustack.stack import Host
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.syncookies import SynCookies
@@ -70,8 +70,8 @@ def test_a_batch_of_more_completions_than_the_backlog_is_accepted_whole() -> Non
         loop = asyncio.get_running_loop()
         synacks = {}
         for port in (1001, 1002, 1003):
-            host.receive(packet(dpkt.tcp.TH_SYN, port, 100), loop.time())
-            (out,) = host.poll(loop.time())
+            host.receive(packet(dpkt.tcp.TH_SYN, port, 100), clock())
+            (out,) = host.poll(clock())
             synacks[port] = dpkt.ip.IP(out).data.seq
         assert host.stats()["tcp_syncookies_sent"] == 1
         device = BatchDevice()
