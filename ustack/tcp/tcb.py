@@ -16,6 +16,7 @@ from collections.abc import Callable
 from ustack.stats import Counters, DropReason
 from ustack.tcp import acceptance, autotune, challenge, congestion, seq, timers, timewait
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
+from ustack.tcp.flight import Flight
 from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options, ts_clock
 from ustack.tcp.reassembly import Reassembly
 from ustack.tcp.rtt import MAX_RTO, RttEstimator
@@ -154,8 +155,7 @@ class Tcb:
         self._challenge_second = -1.0
         self._challenge_count = 0
         self.rtt = RttEstimator()
-        self._rtt_seq: int | None = None  # timing this sequence number (one at a time)
-        self._rtt_time = 0.0
+        self._flight = Flight()  # what is in flight, sent when (RTT samples, later RACK)
         self.cc = congestion.make(config.congestion, self.snd_mss)
         self.retransmits = 0
         # Observability hooks (the stack's probe): state changes and timers that fire.
@@ -681,23 +681,18 @@ class Tcb:
             self.scoreboard.advance(ack)
         if self._rtx_nxt is not None and seq.lt(self._rtx_nxt, ack):
             self._rtx_nxt = ack
-        rtt_seq = self._rtt_seq
-        timed = rtt_seq is not None and seq.ge(ack, rtt_seq)
-        if not resent:  # Karn (MUST-18): never time a resent segment
-            sample = None
-            if self.ts_ok and ts_ecr:
-                # RFC 7323 §4.1 (RTTM): the echoed timestamp dates the segment being ACKed,
-                # unless it lies in our future or further back than any RTT can be (Linux
-                # tcp_rtt_tsopt_us): a peer echoing garbage must not pin RTO at 60 s.
-                delta = (self._ts_now(now) - ts_ecr) & mask
-                if delta <= _MAX_TS_RTT_MS:
-                    sample = delta / 1000
-            if sample is None and timed:
-                sample = now - self._rtt_time  # the one segment we timed ourselves
-            if sample is not None:
-                self.rtt.sample(sample)
-        if timed:
-            self._rtt_seq = None
+        # The RTT: from the send time of the newest segment this ACK covers, unless any
+        # of them went out twice (Karn, MUST-18); only then from the echoed timestamp
+        # (RFC 7323 §4.1), which has millisecond ticks, if nothing covered was resent
+        # and it lies neither in our future nor further back than any RTT can be (Linux
+        # tcp_rtt_tsopt_us): a peer echoing garbage must not pin RTO at 60 s.
+        sent_at, retransmitted = self._flight.acked(ack)
+        if sent_at is not None and not retransmitted:
+            self.rtt.sample(now - sent_at)
+        elif not resent and self.ts_ok and ts_ecr:
+            delta = (self._ts_now(now) - ts_ecr) & mask
+            if delta <= _MAX_TS_RTT_MS:
+                self.rtt.sample(delta / 1000)
         self._retries = 0
         self._persist_backoff = 0
         self._dupacks = 0
@@ -817,7 +812,6 @@ class Tcb:
         # RFC 6298 (5.4)-(5.6): retransmit the earliest unacknowledged segment and
         # back off; Karn: the retransmitted segment gives no RTT sample (MUST-18).
         self.rtt.backoff()
-        self._rtt_seq = None
         if syn:
             self._syn_owed = True
             self._syn_timed_out = True
@@ -861,6 +855,7 @@ class Tcb:
         self._snd_buf.clear()
         self._ooo.clear()
         self.scoreboard.clear()
+        self._flight.clear()
         self.timers.clear()
         self._release_growth()
 
@@ -1134,13 +1129,17 @@ class Tcb:
         self._sent(out, self._segment(flags, seq_no=seq_no, payload=payload), now)
 
     def _sent(self, out: list[Segment], seg: Segment, now: float) -> None:
-        """`seg` goes out: SND.NXT advances past new data, which may be timed."""
-        end = seq.add(seg.seq, seg.seg_len)
-        if seq.gt(end, self.snd_nxt):
-            if self._rtt_seq is None and seq.ge(seg.seq, self.snd_nxt):
-                self._rtt_seq, self._rtt_time = end, now  # time new data only (Karn)
+        """`seg` goes out: SND.NXT advances past new data; the flight records when."""
+        start, end = seg.seq, seq.add(seg.seq, seg.seg_len)
+        nxt = self.snd_nxt
+        if seq.gt(end, nxt):
+            if seq.lt(start, nxt):  # old data and new in one segment
+                self._flight.resent(start, nxt, now)
+                start = nxt
+            self._flight.sent(start, end, now)
             self.snd_nxt = end
         else:
+            self._flight.resent(start, end, now)
             self.counters["tcp_retransmitted_segments"] += 1
         out.append(seg)
 
@@ -1245,5 +1244,6 @@ class Tcb:
         self.error = error
         self._snd_buf.clear()
         self._ooo.clear()
+        self._flight.clear()
         self.timers.clear()
         self._set_state(State.CLOSED)
