@@ -28,6 +28,7 @@ class TcpConfig:
     timestamps: bool = True  # RFC 7323 §3
     sack: bool = True  # RFC 2018
     congestion: str = "cubic"  # RFC 9438; or "newreno" (RFC 5681, RFC 6582)
+    pacing: bool = True  # spread each window over the RTT (ustack.tcp.pacing)
     max_retries: int = DATA_RETRIES
     syn_retries: int = SYN_RETRIES
     delayed_ack: float = DELAYED_ACK

@@ -14,7 +14,16 @@ Extensions: window scaling and timestamps (RFC 7323), SACK (RFC 2018), RFC 5961.
 from collections.abc import Callable
 
 from ustack.stats import Counters, DropReason
-from ustack.tcp import acceptance, autotune, challenge, congestion, seq, timers, timewait
+from ustack.tcp import (
+    acceptance,
+    autotune,
+    challenge,
+    congestion,
+    pacing,
+    seq,
+    timers,
+    timewait,
+)
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
 from ustack.tcp.flight import Flight
 from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options, ts_clock
@@ -156,6 +165,9 @@ class Tcb:
         self._challenge_count = 0
         self.rtt = RttEstimator()
         self._flight = Flight()  # what is in flight, sent when (RTT samples, later RACK)
+        # Pacing (ustack.tcp.pacing): when the next release may go, and whether data waits.
+        self._pace_at = 0.0
+        self._pace_wait = False
         self.cc = congestion.make(config.congestion, self.snd_mss)
         self.retransmits = 0
         # Observability hooks (the stack's probe): state changes and timers that fire.
@@ -779,6 +791,9 @@ class Tcb:
             t.keepalive_at = None
             self._fired("keepalive")
             self._on_keepalive_timeout()
+        if t.pace_at is not None and now >= t.pace_at:
+            t.pace_at = None  # the next release is due: poll sends it (not an RFC timer)
+            self._pace_wait = False
         if t.slot_at is not None and now >= t.slot_at:
             kind = t.kind
             t.disarm()
@@ -894,6 +909,7 @@ class Tcb:
                 t.delack_at = now + self.config.delayed_ack
         else:
             t.delack_at = None
+        t.pace_at = self._pace_at if self._pace_wait else None
         if (self.config.keepalive and self.state in (State.ESTABLISHED, State.CLOSE_WAIT)
                 and self.snd_una == self.snd_nxt):
             cfg = self.config
@@ -940,12 +956,23 @@ class Tcb:
 
     def _send_text(self, out: list[Segment], now: float) -> None:
         """Retransmissions first, then new data and the FIN: within SND.WND (MUST-17) and
-        within what congestion control allows in the network (MUST-19, RFC 6675 pipe)."""
+        within what congestion control allows in the network (MUST-19, RFC 6675 pipe),
+        paced, and no more per wake-up than `pacing.wakeup_cap` (see `_allowance`)."""
+        self._pace_wait = False
         buf_end = seq.add(self._snd_buf_seq, len(self._snd_buf))
         if self._rtx_nxt is None and self.snd_nxt == seq.add(buf_end, self._fin_queued):
             return  # all sent (the FIN too, if queued), nothing to resend: the common case
         wnd_end = seq.add(self.snd_una, self.snd_wnd)
         max_payload = self._max_payload()
+        # TSO: one segment of whole MSS-sized pieces, which the device cuts apart.
+        burst = max_payload
+        if self.tso_max > max_payload:
+            burst = self.tso_max // max_payload * max_payload
+        pace_rate = self._pace_rate()
+        allowance = self._allowance(pace_rate, now, max_payload, burst)
+        if not allowance:
+            return  # too early for the next release: the pacing timer comes back
+        spent = 0
         while self._rtx_nxt is not None:
             start = self._rtx_nxt
             sacked_to = self.scoreboard.covering(start)
@@ -956,19 +983,53 @@ class Tcb:
             elif not self._force_one and (self.cc.cwnd - self._pipe() < max_payload
                                           or not seq.lt(start, wnd_end)):
                 break
+            elif not self._force_one and spent >= allowance:
+                self._pace_wait = True
+                break
             else:
                 end = self._rtx_end if seq.lt(self._rtx_end, self.snd_nxt) else self.snd_nxt
                 nxt = self.scoreboard.next_sacked(start)
                 if nxt is not None and seq.lt(nxt, end):
                     end = nxt
                 self._force_one = False
-                self._retransmit(out, start, min(seq.sub(end, start), max_payload), buf_end,
-                                 now)
+                n = min(seq.sub(end, start), max_payload)
+                self._retransmit(out, start, n, buf_end, now)
+                spent += n
         self._force_one = False  # it only ever forces a retransmission
-        # TSO: one segment of whole MSS-sized pieces, which the device cuts apart.
-        burst = max_payload
-        if self.tso_max > max_payload:
-            burst = self.tso_max // max_payload * max_payload
+        if not self._pace_wait:
+            spent = self._send_new(out, now, buf_end, wnd_end, max_payload, burst, allowance,
+                                   spent)
+        if pace_rate is not None and spent:
+            # The next release waits until these bytes have had their time at the rate.
+            self._pace_at = max(self._pace_at, now) + spent / pace_rate
+        elif self._pace_wait:
+            self._pace_at = now  # not pacing, but the wake-up's share is spent: next turn
+
+    def _pace_rate(self) -> float | None:
+        """The pacing rate in bytes/s, or None when not pacing (switched off, no RTT yet,
+        or the initial window still going out)."""
+        srtt = self.rtt.srtt
+        if (not self.config.pacing or srtt is None or seq.sub(self.snd_nxt, self.iss)
+                < congestion.INITIAL_WINDOW_SEGMENTS * self.snd_mss + 1):  # + the SYN
+            return None
+        cc = self.cc
+        return pacing.rate(cc.cwnd, seq.sub(self.snd_nxt, self.snd_una), cc.ssthresh, srtt)
+
+    def _allowance(self, pace_rate: float | None, now: float, max_payload: int,
+                   burst: int) -> int:
+        """The bytes this wake-up may hand the device; 0 (and the pacing timer armed) if
+        the next paced release is not due. A forced retransmission is never held."""
+        cap = pacing.wakeup_cap(burst)
+        if pace_rate is None:
+            return cap
+        if now < self._pace_at and not self._force_one:
+            self._pace_wait = True
+            return 0
+        return pacing.quantum(pace_rate, max_payload, cap)
+
+    def _send_new(self, out: list[Segment], now: float, buf_end: int, wnd_end: int,
+                  max_payload: int, burst: int, allowance: int, spent: int) -> int:
+        """New data and the FIN, up to `allowance` bytes this wake-up; the bytes spent."""
         budget = self.cc.cwnd - self._pipe()
         wnd = -1  # one window field and one option list serve the whole burst: nothing
         opts = NO_OPTIONS  # that shapes them changes while it is built
@@ -978,13 +1039,16 @@ class Tcb:
             if not pending:
                 if self._fin_queued and cursor == buf_end:
                     self._transmit(out, FIN | ACK, cursor, b"", now)
-                return
+                return spent
+            if spent >= allowance:
+                self._pace_wait = True
+                return spent
             room = seq.sub(wnd_end, cursor) if seq.lt(cursor, wnd_end) else 0
-            n = min(burst, pending, room, max(0, budget))
+            n = min(burst, pending, room, max(0, budget), max(allowance - spent, max_payload))
             if n <= 0:
-                return
+                return spent
             if n < max_payload and self._hold_small(n, pending):
-                return
+                return spent
             tail = n % max_payload
             if n > max_payload and tail and (
                     n < pending or (not self.nodelay and not self._fin_queued)):
@@ -1006,6 +1070,7 @@ class Tcb:
             if n > max_payload:
                 seg.gso = max_payload
             self._sent(out, seg, now)
+            spent += n
             # Recovery state makes the pipe more than a sum: count it again then.
             budget = (budget - n if self._rtx_nxt is None
                       else self.cc.cwnd - self._pipe())

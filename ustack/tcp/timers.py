@@ -2,7 +2,8 @@
 
 One slot is shared by the timers that exclude each other (smoltcp's `Timer`):
 retransmission, zero-window persist, FIN-WAIT-2 and TIME-WAIT. The delayed ACK and
-keepalive have slots of their own. `next_deadline` is the earliest of them.
+keepalive have slots of their own, and so has pacing: the time the next release of data
+may go (`ustack.tcp.pacing`). `next_deadline` is the earliest of them.
 """
 
 RETRANSMIT = "retransmit"
@@ -12,13 +13,14 @@ FIN_WAIT_2 = "fin_wait_2"
 
 
 class Timers:
-    __slots__ = ("delack_at", "keepalive_at", "kind", "slot_at")
+    __slots__ = ("delack_at", "keepalive_at", "kind", "pace_at", "slot_at")
 
     def __init__(self) -> None:
         self.kind: str | None = None
         self.slot_at: float | None = None
         self.delack_at: float | None = None
         self.keepalive_at: float | None = None
+        self.pace_at: float | None = None
 
     def arm(self, kind: str, at: float) -> None:
         self.kind = kind
@@ -32,6 +34,7 @@ class Timers:
         self.disarm()
         self.delack_at = None
         self.keepalive_at = None
+        self.pace_at = None
 
     @property
     def next_deadline(self) -> float | None:
@@ -40,6 +43,9 @@ class Timers:
         if t is not None and (best is None or t < best):
             best = t
         t = self.keepalive_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.pace_at
         if t is not None and (best is None or t < best):
             best = t
         return best

@@ -1,0 +1,40 @@
+"""Pacing: a sender spreads its window over the round trip instead of writing it back to
+back whenever an ACK opens it (Linux's internal pacing, tcp_update_pacing_rate and
+tcp_tso_autosize; the fq qdisc's job when there is one).
+
+- The rate is `ratio` × cwnd / SRTT: 2 in slow start (while cwnd < ssthresh / 2, so the
+  window can still double), 1.2 in congestion avoidance (sysctls tcp_pacing_ss_ratio
+  and tcp_pacing_ca_ratio).
+- Each release hands the device at most max(2 segments, rate × 1 ms) (tcp_tso_autosize's
+  1 ms of data), and the next release waits until those bytes have had their time at the
+  rate. A TSO super-segment counts as the wire segments it becomes: its bytes.
+- The initial window goes out unpaced (there is nothing to pace it by that would help:
+  RFC 6928 allows the burst), and so does a forced retransmission (RTO, fast retransmit).
+- Whatever the rate, and with pacing off too, one wake-up hands the device at most
+  WAKEUP_CAP_SEGMENTS device writes' worth (Linux TSQ, tcp_small_queue_check), so one bulk
+  flow cannot keep the others (and the reading of the device) waiting.
+"""
+
+SS_RATIO = 2.0
+CA_RATIO = 1.2
+QUANTUM_SECONDS = 0.001  # tcp_tso_autosize: 1 ms of data per release
+MIN_QUANTUM_SEGMENTS = 2
+# Per wake-up: 64 KB at MTU 1500 (44 writes), four 64 KB super-segments with TSO.
+WAKEUP_CAP_BYTES = 64 * 1024
+WAKEUP_CAP_SEGMENTS = 4
+
+
+def rate(cwnd: int, flight: int, ssthresh: int, srtt: float) -> float:
+    """Bytes per second (Linux tcp_update_pacing_rate; the window is max(cwnd, flight))."""
+    ratio = SS_RATIO if cwnd < ssthresh // 2 else CA_RATIO
+    return ratio * max(cwnd, flight) / max(srtt, 1e-6)
+
+
+def wakeup_cap(burst: int) -> int:
+    """What one wake-up may hand the device: bytes of `burst`-sized writes."""
+    return max(WAKEUP_CAP_BYTES, WAKEUP_CAP_SEGMENTS * burst)
+
+
+def quantum(pace_rate: float, max_payload: int, cap: int) -> int:
+    """What one release may hand the device at `pace_rate` (tcp_tso_autosize)."""
+    return min(cap, max(MIN_QUANTUM_SEGMENTS * max_payload, int(pace_rate * QUANTUM_SECONDS)))
