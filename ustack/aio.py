@@ -20,6 +20,7 @@ from ustack.link import Pipeline
 from ustack.stack import Host
 from ustack.tcp.listener import Listener
 from ustack.tcp.tcb import Tcb
+from ustack.tun import MAX_BATCH
 
 EventSink = Callable[[list[Tcb], list[tuple[Listener, Tcb]]], None]
 
@@ -30,6 +31,7 @@ EventSink = Callable[[list[Tcb], list[tuple[Listener, Tcb]]], None]
 # a round millisecond.
 clock = time.monotonic
 MAX_ROUNDS = 8  # deliver/poll rounds per step; anything left runs on the next callback
+DRAIN_BATCHES = 4  # batches a timer wake-up reads from the device before the timers run
 
 
 class Device(Protocol):
@@ -103,22 +105,28 @@ class Driver:
 
     def _on_readable(self) -> None:
         now = clock()
+        self._read(now)
+        self._step(now)
+
+    def _read(self, now: float) -> int:
+        """Hand the host every packet the device holds now (one batch); how many."""
         host = self.host
         receive = host.receive
         pipeline = self.pipeline
+        batch = self.device.read_batch()
         if pipeline is None:
-            for packet in self.device.read_batch():
+            for packet in batch:
                 receive(packet, now)
                 if host.accept_queue_full:
                     self._accept_now()
         else:
             rx = pipeline.rx
-            for packet in self.device.read_batch():
+            for packet in batch:
                 for passed in rx(packet, now):
                     receive(passed, now)
                     if host.accept_queue_full:
                         self._accept_now()
-        self._step(now)
+        return len(batch)
 
     def _accept_now(self) -> None:
         """A listener's accept queue is full in mid-batch: the application accepts now,
@@ -135,6 +143,13 @@ class Driver:
         # the deadline is "now".
         now = max(clock(), self._timer_at or 0.0)
         self._timer = self._timer_at = None
+        # What waits in the device goes first: the loop runs due timers before it polls
+        # for I/O, and an ACK sitting in the device makes a retransmission timeout moot
+        # (in a close storm, thousands of them would fire spuriously). Bounded, so that
+        # a flood cannot hold the timers back for ever.
+        for _ in range(DRAIN_BATCHES):
+            if self._read(now) < MAX_BATCH:
+                break
         self._step(now)
 
     def _step(self, now: float) -> None:

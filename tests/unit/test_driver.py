@@ -1,6 +1,7 @@
 """The asyncio driver over an in-memory device: the application accepts in mid-batch."""
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -28,6 +29,7 @@ class BatchDevice:
 
     def __init__(self) -> None:
         self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
         self.pending: list[bytes] = []
         self.written: list[bytes] = []
 
@@ -39,7 +41,9 @@ class BatchDevice:
         return self._r
 
     def read_batch(self) -> list[bytes]:
-        os.read(self._r, 1)
+        # Read without a signal too (a timer's wake-up): hand out what is pending.
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._r, 1)
         batch, self.pending = self.pending, []
         return batch
 
@@ -93,3 +97,42 @@ def test_a_batch_of_more_completions_than_the_backlog_is_accepted_whole() -> Non
     assert "drop_tcp_listen_overflow" not in host.stats()
     assert host.stats()["tcp_syncookies_accepted"] == 1
     assert not listener.accept_queue
+
+
+def test_a_timer_wake_up_reads_the_device_before_it_fires_timers() -> None:
+    # The ACK of our data waits in the device when the retransmission timer comes due
+    # (uvloop runs due timers before it polls for I/O): it must cancel the timeout, not
+    # follow a spurious retransmission. The device here never signals readability, so
+    # only the timer's wake-up can find the ACK.
+    host = Host(US, isn=IsnGenerator(b"k" * 16), rng=random.Random(1))
+
+    def reply(flags: int, seq: int, ack: int, dport: int) -> bytes:
+        tcp = dpkt.tcp.TCP(sport=7, dport=dport, seq=seq, ack=ack, flags=flags, win=65535)
+        ip = dpkt.ip.IP(src=socket.inet_aton(PEER), dst=socket.inet_aton(US), p=6, ttl=64,
+                        data=tcp)
+        ip.len = 20 + len(bytes(tcp))
+        return bytes(ip)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        device = BatchDevice()
+        driver = Driver(host, device, loop, lambda touched, accepted: None)
+        try:
+            tcb = host.connect(PEER, 7, clock())
+            (syn,) = host.poll(clock())
+            iss = dpkt.ip.IP(syn).data.seq
+            host.receive(reply(dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK, 500, iss + 1,
+                               tcb.local_port), clock())
+            tcb.send(b"data")
+            driver.kick(tcb)
+            await asyncio.sleep(0.01)
+            assert device.written  # the data went out; its RTO is now armed
+            device.pending = [reply(dpkt.tcp.TH_ACK, 501, iss + 5, tcb.local_port)]
+            await asyncio.sleep(tcb.rtt.rto + 0.1)
+            assert tcb.snd_una == iss + 5
+        finally:
+            driver.stop()
+            device.close()
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+    assert "tcp_rto" not in host.stats()
