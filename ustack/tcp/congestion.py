@@ -9,7 +9,7 @@ The TCB calls:
 Loss recovery itself (what to resend, window inflation) lives in the TCB.
 """
 
-from typing import Protocol
+from typing import Any, Protocol
 
 INITIAL_WINDOW_SEGMENTS = 10  # RFC 6928
 NO_SSTHRESH = 1 << 62  # RFC 5681 §3.1: initially "arbitrarily high"
@@ -26,9 +26,22 @@ class Controller(Protocol):
     def on_loss(self, flight: int, now: float) -> None: ...
     def on_recovery_exit(self, flight: int) -> None: ...
     def on_rto(self, flight: int, now: float, repeated: bool = False) -> None: ...
+    def snapshot(self) -> dict[str, Any]: ...
+    def restore(self, state: dict[str, Any]) -> None: ...
 
 
-class NewReno:
+class _Undoable:
+    """A controller's whole state can be kept and put back: a reduction that proves
+    spurious is undone (RFC 4015; Linux tcp_undo_cwnd_reduction)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def restore(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+
+
+class NewReno(_Undoable):
     name = "newreno"
 
     def __init__(self, mss: int) -> None:
@@ -65,7 +78,7 @@ class NewReno:
         self.cwnd = self.mss
 
 
-class Cubic:
+class Cubic(_Undoable):
     """RFC 9438. Internally in segments (floats), as the RFC's formulas are."""
 
     name = "cubic"

@@ -32,3 +32,8 @@ class RttEstimator:
     def backoff(self) -> None:
         """RFC 6298 (5.5): the timer expired, double RTO (up to the maximum)."""
         self.rto = min(MAX_RTO, self.rto * 2)
+
+    def undo_backoff(self) -> None:
+        """The timeout was spurious (RFC 4015): RTO from the estimate again, not doubled."""
+        if self.srtt is not None:
+            self.rto = min(MAX_RTO, max(MIN_RTO, self.srtt + max(CLOCK_G, K * self.rttvar)))

@@ -25,6 +25,7 @@ from ustack.tcp import (
     timewait,
 )
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
+from ustack.tcp.eifel import Eifel
 from ustack.tcp.flight import Flight
 from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options, ts_clock
 from ustack.tcp.reassembly import Reassembly
@@ -165,6 +166,7 @@ class Tcb:
         self._challenge_count = 0
         self.rtt = RttEstimator()
         self._flight = Flight()  # what is in flight, sent when (RTT samples, later RACK)
+        self._eifel: Eifel | None = None  # a timeout to check for being spurious
         # Pacing (ustack.tcp.pacing): when the next release may go, and whether data waits.
         self._pace_at = 0.0
         self._pace_wait = False
@@ -676,6 +678,8 @@ class Tcb:
 
     def _ack_advanced(self, ack: int, ts_ecr: int, now: float) -> None:
         """SND.UNA < SEG.ACK =< SND.NXT: drop acknowledged data, feed RTT and cwnd."""
+        if self._eifel is not None:
+            self._check_spurious_timeout(ts_ecr)
         mask = seq.MASK
         una = self.snd_una
         acked = (ack - una) & mask
@@ -831,6 +835,10 @@ class Tcb:
             self._syn_owed = True
             self._syn_timed_out = True
         else:
+            if self._consecutive_rtos == 0 and self.ts_ok:
+                # RFC 3522: the first ACK after the retransmission tells whether it was
+                # needed; keep what the reduction below would undo (RFC 4015).
+                self._eifel = Eifel(self.snd_una, self.cc.snapshot())
             # RFC 5681 §3.1: ssthresh is held when the same data times out again.
             self._consecutive_rtos += 1
             self.cc.on_rto(seq.sub(self.snd_nxt, self.snd_una), self._now,
@@ -848,6 +856,20 @@ class Tcb:
             self._force_one = True
         self.retransmits += 1
         self.counters["tcp_rto"] += 1
+
+    def _check_spurious_timeout(self, ts_ecr: int) -> None:
+        """The first ACK since a retransmission timeout (RFC 3522): if it acknowledges the
+        original transmission, undo the timeout (RFC 4015): the window and ssthresh of
+        before, the RTO without its backoff, and no go-back-N resending of what was
+        never lost (new data goes next)."""
+        eifel, self._eifel = self._eifel, None
+        if eifel is None or not eifel.spurious(ts_ecr):
+            return
+        self.counters["tcp_spurious_rto"] += 1
+        self.cc.restore(eifel.cc_state)
+        self.rtt.undo_backoff()
+        self._rtx_nxt = None
+        self._consecutive_rtos = 0
 
     def _on_keepalive_timeout(self) -> None:
         # RFC 9293 §3.8.4: a probe <SEQ=SND.NXT-1> makes a live peer answer with an ACK.
@@ -1089,6 +1111,8 @@ class Tcb:
             self._rtx_nxt = None
             return
         self._transmit(out, flags, start, self._payload(start, data), now)
+        if self._eifel is not None and self.ts_ok:
+            self._eifel.on_retransmit(start, self._ts_now(now))
         self._rtx_nxt = seq.add(end, 1 if flags & FIN else 0)
         if seq.gt(self._rtx_nxt, self._high_rxt):
             self._high_rxt = self._rtx_nxt

@@ -1,0 +1,56 @@
+"""Spurious retransmission timeouts: RFC 3522 detection with timestamps, RFC 4015's undo."""
+
+from tests.unit.tcp.helpers import IRS, ISS, MSS, new_tcb, peer, recv, send
+from ustack.tcp.config import TcpConfig
+from ustack.tcp.segment import ACK, SYN
+from ustack.tcp.states import State
+
+LINUX_SYN = dict(mss=MSS, wscale=7, sack_permitted=True, ts_val=1000, ts_ecr=0)
+SEG = MSS - 12  # data per segment beside the timestamp option
+
+
+def with_flight():
+    """Timestamps on; four segments in flight; returns the TCB, the segments, the time."""
+    tcb = new_tcb(config=TcpConfig(nodelay=True))
+    tcb.open_passive(peer(SYN, IRS, **LINUX_SYN), 0.0)
+    (synack,) = recv(tcb, 0.0)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, wnd=1000, ts_val=1001,
+                   ts_ecr=synack.opts.ts_val), 0.05)
+    assert tcb.state is State.ESTABLISHED and tcb.ts_ok
+    tcb.send(b"x" * 4 * SEG)
+    segs = recv(tcb, 1.0)
+    assert len(segs) == 4
+    return tcb, segs
+
+
+def timeout(tcb):
+    due = tcb.next_deadline
+    tcb.on_timer(due)
+    (again,) = recv(tcb, due)
+    assert again.seq == ISS + 1  # go-back-N starts at SND.UNA
+    return again, due
+
+
+def test_an_ack_for_the_original_transmission_undoes_the_timeout() -> None:
+    tcb, segs = with_flight()
+    cwnd, ssthresh = tcb.cc.cwnd, tcb.cc.ssthresh
+    again, due = timeout(tcb)
+    assert tcb.cc.cwnd == SEG and again.opts.ts_val > segs[0].opts.ts_val
+    # The original was only delayed: its ACK echoes the original's TSval.
+    send(tcb, peer(ACK, IRS + 1, ISS + 1 + SEG, wnd=1000, ts_val=1002,
+                   ts_ecr=segs[0].opts.ts_val), due + 0.01)
+    assert tcb.counters["tcp_spurious_rto"] == 1
+    assert (tcb.cc.cwnd, tcb.cc.ssthresh) >= (cwnd, ssthresh)  # as before the timeout
+    # No go-back-N: the rest was never lost and is not sent again.
+    assert all(s.seq != ISS + 1 + SEG for s in recv(tcb, due + 0.01))
+
+
+def test_an_ack_for_the_retransmission_keeps_the_reduction() -> None:
+    tcb, _ = with_flight()
+    again, due = timeout(tcb)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1 + SEG, wnd=1000, ts_val=1002,
+                   ts_ecr=again.opts.ts_val), due + 0.01)
+    assert "tcp_spurious_rto" not in tcb.counters
+    assert tcb.cc.cwnd <= 2 * SEG
+    # Go-back-N goes on with the next segment (RFC 5681 §3.1 after a real loss).
+    assert recv(tcb, due + 0.01)[0].seq == ISS + 1 + SEG

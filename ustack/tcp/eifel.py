@@ -1,0 +1,33 @@
+"""Spurious retransmission timeouts: detected with timestamps (RFC 3522, the Eifel
+detection algorithm) and answered by undoing what the timeout did to the congestion
+window (RFC 4015, the Eifel response; Linux tcp_try_undo_loss).
+
+A timeout is spurious when the segment it retransmitted had not been lost but delayed:
+the first ACK after the retransmission then echoes the timestamp of the original
+transmission, older than the one the retransmission carried.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from ustack.tcp import seq
+
+
+@dataclass(slots=True)
+class Eifel:
+    """What a timeout leaves to check: the segment it retransmits, the congestion state
+    before its reduction, and the TSval its first retransmission carried."""
+
+    una: int
+    cc_state: dict[str, Any]
+    retransmit_ts: int | None = None
+
+    def on_retransmit(self, start: int, ts_val: int) -> None:
+        """RFC 3522 §3.2 (2): remember the timestamp of the first retransmission."""
+        if start == self.una and self.retransmit_ts is None:
+            self.retransmit_ts = ts_val
+
+    def spurious(self, ts_ecr: int | None) -> bool:
+        """RFC 3522 §3.2 (4): the first acceptable ACK echoes an older timestamp."""
+        return (self.retransmit_ts is not None and ts_ecr is not None and ts_ecr != 0
+                and seq.lt(ts_ecr, self.retransmit_ts))
