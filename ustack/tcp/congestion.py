@@ -2,7 +2,9 @@
 CUBIC (RFC 9438, the default). Windows are in bytes; `mss` is the sender's SMSS.
 
 The TCB calls:
-- `on_ack(acked, now, rtt)` when new data is acknowledged outside loss recovery;
+- `on_ack(acked, now, rtt, ack, snd_nxt, sample)` when new data is acknowledged outside
+  loss recovery (the ACK, SND.NXT and this ACK's own RTT sample drive HyStart++ in slow
+  start, `ustack.tcp.hystart`);
 - `on_loss(flight, now)` when it enters fast recovery (3 duplicate ACKs or SACK loss);
 - `on_recovery_exit(flight)` when the recovery point is acknowledged;
 - `on_rto(flight, now)` when the retransmission timer expires.
@@ -10,6 +12,8 @@ Loss recovery itself (what to resend, window inflation) lives in the TCB.
 """
 
 from typing import Any, Protocol
+
+from ustack.tcp.hystart import HyStart
 
 INITIAL_WINDOW_SEGMENTS = 10  # RFC 6928
 NO_SSTHRESH = 1 << 62  # RFC 5681 §3.1: initially "arbitrarily high"
@@ -22,7 +26,8 @@ class Controller(Protocol):
     ssthresh: int
 
     def set_mss(self, mss: int) -> None: ...
-    def on_ack(self, acked: int, now: float, rtt: float | None) -> None: ...
+    def on_ack(self, acked: int, now: float, rtt: float | None, ack: int | None = None,
+               snd_nxt: int = 0, sample: float | None = None) -> None: ...
     def on_loss(self, flight: int, now: float) -> None: ...
     def on_recovery_exit(self, flight: int) -> None: ...
     def on_rto(self, flight: int, now: float, repeated: bool = False) -> None: ...
@@ -41,22 +46,35 @@ class _Undoable:
         vars(self).update(state)
 
 
+def _slow_start_growth(cc: "NewReno | Cubic", acked: int, ack: int | None, snd_nxt: int,
+                       sample: float | None) -> float:
+    """Bytes this ACK adds in slow start; HyStart++ watches the initial one (RFC 9406)."""
+    hystart = cc.hystart
+    if cc.ssthresh == NO_SSTHRESH and ack is not None:
+        hystart.on_ack(ack, snd_nxt, sample)
+    return hystart.growth(acked, cc.mss)
+
+
 class NewReno(_Undoable):
     name = "newreno"
 
-    def __init__(self, mss: int) -> None:
+    def __init__(self, mss: int, paced: bool = False) -> None:
         self.mss = mss
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
         self.ssthresh = NO_SSTHRESH
+        self.hystart = HyStart(paced)
 
     def set_mss(self, mss: int) -> None:
         self.mss = mss
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
 
-    def on_ack(self, acked: int, now: float, rtt: float | None) -> None:
+    def on_ack(self, acked: int, now: float, rtt: float | None, ack: int | None = None,
+               snd_nxt: int = 0, sample: float | None = None) -> None:
         if self.cwnd < self.ssthresh:
-            # RFC 5681 (2): slow start, at most one SMSS per ACK.
-            self.cwnd += min(acked, self.mss)
+            # RFC 5681 (2) slow start, with RFC 9406's L (what one ACK may add) and CSS.
+            self.cwnd += int(_slow_start_growth(self, acked, ack, snd_nxt, sample))
+            if self.hystart.css_over():
+                self.ssthresh = self.cwnd  # RFC 9406 §4.2: CSS done, congestion avoidance
         else:
             # RFC 5681 (3): congestion avoidance, about one SMSS per RTT.
             self.cwnd += max(1, self.mss * self.mss // self.cwnd)
@@ -86,10 +104,11 @@ class Cubic(_Undoable):
     BETA = 0.7  # RFC 9438 §4.6: beta_cubic
     ALPHA = 3 * (1 - BETA) / (1 + BETA)  # RFC 9438 §4.3: alpha_cubic
 
-    def __init__(self, mss: int) -> None:
+    def __init__(self, mss: int, paced: bool = False) -> None:
         self.mss = mss
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
         self.ssthresh = NO_SSTHRESH
+        self.hystart = HyStart(paced)
         self.w_max = 0.0  # segments: the window before the last reduction
         self.k = 0.0
         self.epoch_start: float | None = None
@@ -108,11 +127,15 @@ class Cubic(_Undoable):
         """RFC 9438 Figure 1: W_cubic(t) = C * (t - K)**3 + W_max."""
         return self.C * (t - self.k) ** 3 + self.w_max
 
-    def on_ack(self, acked: int, now: float, rtt: float | None) -> None:
+    def on_ack(self, acked: int, now: float, rtt: float | None, ack: int | None = None,
+               snd_nxt: int = 0, sample: float | None = None) -> None:
         segs_acked = acked / self.mss
         if self.cwnd < self.ssthresh:
-            self._cwnd_seg += min(segs_acked, 1.0)  # RFC 9438 §4.10: slow start as RFC 5681
+            # RFC 9438 §4.10: slow start as RFC 5681, here with HyStart++ (RFC 9406).
+            self._cwnd_seg += _slow_start_growth(self, acked, ack, snd_nxt, sample) / self.mss
             self._set_cwnd()
+            if self.hystart.css_over():
+                self.ssthresh = self.cwnd
             return
         if self.epoch_start is None:
             # A congestion-avoidance stage begins (RFC 9438 §4.2).
@@ -173,9 +196,9 @@ class Cubic(_Undoable):
 CONTROLLERS = {"newreno": NewReno, "cubic": Cubic}
 
 
-def make(name: str, mss: int) -> Controller:
+def make(name: str, mss: int, paced: bool = False) -> Controller:
     try:
-        return CONTROLLERS[name](mss)
+        return CONTROLLERS[name](mss, paced)
     except KeyError:
         raise ValueError(f"unknown congestion control {name!r} "
                          f"(expected one of: {', '.join(CONTROLLERS)})") from None

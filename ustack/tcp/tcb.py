@@ -170,7 +170,7 @@ class Tcb:
         # Pacing (ustack.tcp.pacing): when the next release may go, and whether data waits.
         self._pace_at = 0.0
         self._pace_wait = False
-        self.cc = congestion.make(config.congestion, self.snd_mss)
+        self.cc = congestion.make(config.congestion, self.snd_mss, paced=config.pacing)
         self.retransmits = 0
         # Observability hooks (the stack's probe): state changes and timers that fire.
         self.on_state_change: Callable[[Tcb, State, State], None] | None = None
@@ -703,8 +703,10 @@ class Tcb:
         # and it lies neither in our future nor further back than any RTT can be (Linux
         # tcp_rtt_tsopt_us): a peer echoing garbage must not pin RTO at 60 s.
         sent_at, retransmitted = self._flight.acked(ack)
+        sample = None
         if sent_at is not None and not retransmitted:
-            self.rtt.sample(now - sent_at)
+            sample = now - sent_at
+            self.rtt.sample(sample)
         elif not resent and self.ts_ok and ts_ecr:
             delta = (self._ts_now(now) - ts_ecr) & mask
             if delta <= _MAX_TS_RTT_MS:
@@ -721,7 +723,7 @@ class Tcb:
                 self._recover = ack
             if seq.gt(ack, self._high_rxt):
                 self._high_rxt = ack
-            self.cc.on_ack(acked, now, self.rtt.srtt)
+            self.cc.on_ack(acked, now, self.rtt.srtt, ack, self.snd_nxt, sample)
             if 2 * self.cc.cwnd > self.snd_buf_size < self._snd_buf_cap:
                 self._grow_snd_buf(2 * self.cc.cwnd)  # Linux tcp_sndbuf_expand
         elif seq.ge(ack, self._recover):

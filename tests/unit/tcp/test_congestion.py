@@ -12,8 +12,15 @@ def test_newreno_slow_start_then_congestion_avoidance() -> None:
     cc = NewReno(MSS)
     assert cc.cwnd == 10 * MSS  # RFC 6928 initial window
     cc.on_ack(3 * MSS, 0.0, None)
-    assert cc.cwnd == 11 * MSS  # RFC 5681 (2): at most SMSS per ACK
-    cc.ssthresh = cc.cwnd
+    # RFC 5681 (2) with RFC 9406's L: an ACK adds what it acknowledges, at most 8 SMSS
+    # unpaced (RFC 5681 alone said 1 SMSS; Linux's tcp_slow_start takes no limit).
+    assert cc.cwnd == 13 * MSS
+    cc.on_ack(20 * MSS, 0.0, None)
+    assert cc.cwnd == 21 * MSS
+    paced = NewReno(MSS, paced=True)
+    paced.on_ack(20 * MSS, 0.0, None)
+    assert paced.cwnd == 30 * MSS  # paced: L = infinity
+    cc.ssthresh = cc.cwnd = 11 * MSS
     for _ in range(11):
         before = cc.cwnd
         cc.on_ack(MSS, 0.0, None)
