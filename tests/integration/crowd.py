@@ -4,12 +4,16 @@
         an echo server (asyncio streams) whose handler starts with S seconds of blocking
         work; the same handler on ustack's API or on the kernel's sockets. It prints
         "ready" when listening and, on SIGTERM, one JSON line with its counters.
+        With --service http: ustack's HTTP service (GET /bytes/N) instead, on either.
     crowd.py clients --host H --port P --clients N --messages M
         N asyncio clients connect at once; each sends M messages, reading each echo
         back. One JSON line: how many completed, how many saw a reset, other errors.
     crowd.py write-then-read --host H --port P --size BYTES --runs R
         a blocking client that sends BYTES, shuts down its write side and only then
         reads the echo, R times in a row. One JSON line per run.
+    crowd.py downloads --host H --port P --size BYTES --count N
+        N downloads of GET /bytes/BYTES started together; one JSON line: whether each
+        was whole and right, and how many bytes each had when the first one finished.
 
 Every wait is bounded.
 """
@@ -26,6 +30,8 @@ import signal
 import socket
 import sys
 import time
+
+from ustack.services import HttpProtocol
 
 
 def out(obj: object) -> None:
@@ -76,7 +82,10 @@ async def serve(args: argparse.Namespace) -> None:
         import ustack
 
         async with ustack.Stack(dev="ustack0", addr=args.addr) as stack:
-            await stack.start_server(handle, port=args.port, backlog=args.backlog)
+            if args.service == "http":
+                await stack.create_server(HttpProtocol, port=args.port, backlog=args.backlog)
+            else:
+                await stack.start_server(handle, port=args.port, backlog=args.backlog)
             out("ready")
             await stop.wait()
             stats = stack.stats()
@@ -84,7 +93,12 @@ async def serve(args: argparse.Namespace) -> None:
              "rst_out": stats.get("rst_out", 0), "stats": stats})
     else:
         before = kernel_listen_overflows()
-        server = await asyncio.start_server(handle, args.addr, args.port, backlog=args.backlog)
+        if args.service == "http":
+            server = await loop.create_server(HttpProtocol, args.addr, args.port,
+                                              backlog=args.backlog)
+        else:
+            server = await asyncio.start_server(handle, args.addr, args.port,
+                                                backlog=args.backlog)
         out("ready")
         await stop.wait()
         server.close()
@@ -154,6 +168,33 @@ def write_then_read(host: str, port: int, size: int, timeout: float) -> dict:
     return {"ok": same, "received": len(got), "seconds": round(time.monotonic() - start, 2)}
 
 
+async def _download(host: str, port: int, size: int, got: list[int], i: int,
+                    first_done: asyncio.Future, timeout: float) -> bool:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    writer.write(f"GET /bytes/{size} HTTP/1.0\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    block = bytes(range(256)) * 256  # i % 256, 64 KiB a period
+    ok = head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]
+    while chunk := await asyncio.wait_for(reader.read(1 << 16), timeout):
+        off = got[i] % len(block)
+        want = (block[off:] + block)[:len(chunk)] if len(chunk) <= len(block) else None
+        ok = ok and (want is None or chunk == want)
+        got[i] += len(chunk)
+    writer.close()
+    if not first_done.done():
+        first_done.set_result(list(got))
+    return ok and got[i] == size
+
+
+async def downloads(args: argparse.Namespace) -> dict:
+    got = [0] * args.count
+    first_done: asyncio.Future = asyncio.get_running_loop().create_future()
+    oks = await asyncio.gather(*(
+        _download(args.host, args.port, args.size, got, i, first_done, args.timeout)
+        for i in range(args.count)))
+    return {"ok": oks, "at_first_done": first_done.result()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -163,6 +204,7 @@ def main() -> int:
     sp.add_argument("--port", type=int, default=7)
     sp.add_argument("--backlog", type=int, default=16)
     sp.add_argument("--slow", type=float, default=0.0)
+    sp.add_argument("--service", choices=("echo", "http"), default="echo")
     sp = sub.add_parser("clients")
     sp.add_argument("--host", required=True)
     sp.add_argument("--port", type=int, default=7)
@@ -176,12 +218,20 @@ def main() -> int:
     sp.add_argument("--size", type=int, required=True)
     sp.add_argument("--runs", type=int, default=1)
     sp.add_argument("--timeout", type=float, default=20.0)
+    sp = sub.add_parser("downloads")
+    sp.add_argument("--host", required=True)
+    sp.add_argument("--port", type=int, default=80)
+    sp.add_argument("--size", type=int, required=True)
+    sp.add_argument("--count", type=int, default=2)
+    sp.add_argument("--timeout", type=float, default=60.0)
     args = p.parse_args()
     raise_fd_limit()
     if args.cmd == "serve":
         asyncio.run(serve(args))
     elif args.cmd == "clients":
         out(asyncio.run(clients(args)))
+    elif args.cmd == "downloads":
+        out(asyncio.run(downloads(args)))
     else:
         for _ in range(args.runs):
             out(write_then_read(args.host, args.port, args.size, args.timeout))
