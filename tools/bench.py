@@ -23,12 +23,26 @@ VmRSS every second: it reports the RSS plateau (the peak) and whether requests/s
 from the first window to the last. It runs once per side, whatever ``--repeat`` says. On
 the kernel side the TIME-WAIT sockets live in the kernel, not in the server's RSS.
 
+The ``closestorm`` scenario also runs only when named (``--scenarios closestorm`` or
+``all``), once per side. Against a freshly started server it opens ``--storm-conns``
+(10000) connections to echo, proves one in 50 alive with a 1-byte echo, then closes them
+all in one tight loop of close() calls (the ``idle`` scenario closes in batches precisely
+to avoid this storm) and waits (at most 60 s) until no TCP socket of the namespace is in
+FIN-WAIT-1, FIN-WAIT-2, CLOSING or LAST-ACK. It reports the time from the first close()
+to that point, the kernel's TCP retransmissions and retransmission timeouts in the
+namespace meanwhile (on the ustack side only the clients' sockets are kernel TCP; on the
+kernel side the kernel server's count too), the TUN's transmit drops towards ustack
+meanwhile, and, from the ``ustack: stopped; ...`` counters line of the ustack server
+(stopped at the end of the scenario, once it has gone quiet on the TUN), its
+retransmission timeouts and those that timestamps proved spurious (RFC 3522).
+
 Usage (root, Linux, /dev/net/tun, iproute2; ab and wrk for their scenarios)::
 
-    sudo /tmp/venv/bin/python tools/bench.py            # full run (all but churn), table
+    sudo /tmp/venv/bin/python tools/bench.py            # all but churn, closestorm
     sudo /tmp/venv/bin/python tools/bench.py --quick    # smoke run
     sudo /tmp/venv/bin/python tools/bench.py --json     # same figures as JSON
     sudo /tmp/venv/bin/python tools/bench.py --scenarios churn   # 2 x 120 s of churn
+    sudo /tmp/venv/bin/python tools/bench.py --scenarios closestorm --storm-conns 3000
 
 No packet ever leaves the namespace: servers bind and clients connect only to 10.77.0.1 and
 10.77.0.2, which exist only inside it.
@@ -39,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import itertools
 import json
 import math
 import os
@@ -73,13 +88,25 @@ STOP_TIMEOUT = 5.0  # seconds after SIGTERM before SIGKILL
 SETUP_TIMEOUT = 10.0  # seconds for each `ip` command
 MB = 1_000_000
 BACKLOG = 1024  # both servers' listen backlog
-IDLE_CLOSE_BATCH = 250  # the idle scenario closes this many connections at a time ...
-IDLE_CLOSE_PAUSE = 0.1  # ... with this pause (seconds) between batches
+# The idle scenario closes this many connections at a time, with this pause (seconds)
+# between batches: precisely to avoid the close storm that closestorm measures.
+IDLE_CLOSE_BATCH = 250
+IDLE_CLOSE_PAUSE = 0.1
 CHURN_WINDOW = 15.0  # seconds of each ab run in the churn scenario
 CHURN_C = 50  # churn's ab concurrency
-SCENARIOS = ("upload", "download", "conns", "ab", "wrk", "echo", "idle", "churn")
-# churn takes 2 x --churn-seconds (120 s by default) on its own: only when named
-DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "churn")
+STORM_SAMPLE = 50  # closestorm proves one connection in this many alive (1-byte echo)
+STORM_WAIT = 60.0  # seconds closestorm waits for every close to complete
+STORM_POLL = 0.005  # seconds between two looks at the namespace's sockets
+STORM_QUIET = 3.0  # ustack is stopped once the TUN has carried nothing for this long ...
+STORM_SETTLE_MAX = 20.0  # ... or after this many seconds at most
+# /proc/net/tcp states of a close in progress: FIN-WAIT-1, FIN-WAIT-2, CLOSING, LAST-ACK
+# (an orphaned FIN-WAIT-2 socket, a time-wait mini-socket by then, shows its sub-state)
+CLOSING_STATES = frozenset({"04", "05", "0B", "09"})
+SCENARIOS = ("upload", "download", "conns", "ab", "wrk", "echo", "idle", "churn",
+             "closestorm")
+# churn takes 2 x --churn-seconds (120 s by default) on its own and closestorm stops the
+# ustack server for its final counters: only when named
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s not in ("churn", "closestorm"))
 
 
 class BenchError(Exception):
@@ -386,42 +413,59 @@ def _rss_kb(pid: int) -> int:
     raise ClientFailure(f"no VmRSS for process {pid}")
 
 
-def client_idle(host: str, port: int, count: int, server_pid: int, limit: float) -> dict:
-    """Open ``count`` connections to echo and hold them; the server's RSS growth / count.
-
-    Every connection is proved established by an echo of one byte on a sample of them
-    (and all of them, if fewer than 200); the server's RSS is read before the first and
-    again once all are held (it runs in this PID namespace)."""
+def _allow_files(count: int) -> None:
+    """Raise RLIMIT_NOFILE so that ``count`` sockets (and some files) can be open."""
     import resource
 
-    t_end = time.monotonic() + limit
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = count + 100
     if soft < want:
         if hard != resource.RLIM_INFINITY and hard < want:
             raise ClientFailure(f"RLIMIT_NOFILE hard limit {hard} < {want} connections")
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _open_conns(host: str, port: int, count: int, t_end: float,
+                socks: list[socket.socket]) -> None:
+    """Append ``count`` connections to ``socks``, one after the other (the caller closes
+    them, also those opened before a failure, in its own way)."""
+    try:
+        for _ in range(count):
+            socks.append(socket.create_connection((host, port),
+                                                  timeout=min(5.0, _remaining(t_end))))
+    except (TimeoutError, OSError) as e:
+        raise ClientFailure(f"{len(socks)} of {count} connections established, then "
+                            f"{type(e).__name__}: {e}") from e
+
+
+def _echo_one(socks: list[socket.socket], t_end: float, what: str) -> None:
+    """One byte echoed on each of ``socks``: proof that the connection is established."""
+    for s in socks:
+        s.settimeout(min(5.0, _remaining(t_end)))
+        s.sendall(b"x")
+        if s.recv(1) != b"x":
+            raise ClientFailure(f"{what} did not echo")
+
+
+def client_idle(host: str, port: int, count: int, server_pid: int, limit: float) -> dict:
+    """Open ``count`` connections to echo and hold them; the server's RSS growth / count.
+
+    Every connection is proved established by an echo of one byte on a sample of them
+    (and all of them, if fewer than 200); the server's RSS is read before the first and
+    again once all are held (it runs in this PID namespace)."""
+    t_end = time.monotonic() + limit
+    _allow_files(count)
     before = _rss_kb(server_pid)
     socks: list[socket.socket] = []
     try:
-        try:
-            for _ in range(count):
-                s = socket.create_connection((host, port), timeout=min(5.0, _remaining(t_end)))
-                socks.append(s)
-        except (TimeoutError, OSError) as e:
-            raise ClientFailure(f"{len(socks)} of {count} connections established, then "
-                                f"{type(e).__name__}: {e}") from e
-        step = max(1, len(socks) // 200)
-        for s in socks[::step]:
-            s.settimeout(min(5.0, _remaining(t_end)))
-            s.sendall(b"x")
-            if s.recv(1) != b"x":
-                raise ClientFailure("an idle connection did not echo")
+        _open_conns(host, port, count, t_end, socks)
+        _echo_one(socks[::max(1, len(socks) // 200)], t_end, "an idle connection")
         time.sleep(0.5)  # let the server finish what the echoes started
         held = _rss_kb(server_pid)
     finally:
         # Closed a batch at a time, as an idle population ends: ten thousand FINs in one
-        # burst measure a close storm (see BENCHMARKS.md), not memory.
+        # burst measure a close storm (see BENCHMARKS.md; the closestorm scenario), not
+        # memory.
         for i in range(0, len(socks), IDLE_CLOSE_BATCH):
             for s in socks[i:i + IDLE_CLOSE_BATCH]:
                 s.close()
@@ -429,6 +473,97 @@ def client_idle(host: str, port: int, count: int, server_pid: int, limit: float)
     time.sleep(1.0)  # the last closes finish before the next scenario
     return {"value": (held - before) / count, "connections": count,
             "rss_before_kb": before, "rss_held_kb": held}
+
+
+def _snmp_counter(path: str, section: str, name: str) -> int:
+    """A counter of /proc/net/snmp or /proc/net/netstat, which are this network namespace's:
+    a line ``Section: Name ...`` of names is followed by one of values."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for names, values in itertools.pairwise(lines):
+        if names.startswith(f"{section}: ") and values.startswith(f"{section}: "):
+            keys = names.split()
+            if name in keys:
+                return int(values.split()[keys.index(name)])
+    raise ClientFailure(f"no {section} {name} in {path}")
+
+
+def _tun_tx_dropped() -> int:
+    """Packets the kernel dropped on their way into the TUN (its queue towards ustack full)."""
+    try:
+        r = subprocess.run(["ip", "-s", "-j", "link", "show", "dev", DEV], capture_output=True,
+                           text=True, timeout=SETUP_TIMEOUT, check=False)
+        return int(json.loads(r.stdout)[0]["stats64"]["tx"]["dropped"])
+    except (subprocess.TimeoutExpired, ValueError, LookupError, TypeError) as e:
+        raise ClientFailure(f"no tx dropped count for {DEV}: {type(e).__name__}: {e}") from e
+
+
+def _close_counters(tun: bool) -> dict[str, int]:
+    """The namespace's kernel TCP retransmissions and timeouts (and TUN drops if ``tun``)."""
+    out = {
+        "retrans_segs": _snmp_counter("/proc/net/snmp", "Tcp", "RetransSegs"),
+        "tcp_timeouts": _snmp_counter("/proc/net/netstat", "TcpExt", "TCPTimeouts"),
+        # tail loss probes retransmit without a timeout: they explain the difference
+        "tcp_loss_probes": _snmp_counter("/proc/net/netstat", "TcpExt", "TCPLossProbes"),
+    }
+    if tun:
+        out["tun_tx_dropped"] = _tun_tx_dropped()
+    return out
+
+
+def _closing_sockets() -> int:
+    """IPv4 TCP sockets of this namespace with a close in progress (CLOSING_STATES)."""
+    with open("/proc/net/tcp", "rb") as f:
+        lines = f.read().decode("ascii").splitlines()[1:]
+    return sum(1 for line in lines if line.split(None, 4)[3] in CLOSING_STATES)
+
+
+def client_closestorm(host: str, port: int, count: int, tun: bool, limit: float) -> dict:
+    """Open ``count`` connections to echo, then close them all at once (a close storm); the
+    seconds until no socket of the namespace is still closing, and what it cost in kernel
+    TCP retransmissions and timeouts (and in TUN drops, if ``tun``) meanwhile.
+
+    ``limit`` bounds the opening and the echoes; the wait for the closes is STORM_WAIT."""
+    t_end = time.monotonic() + limit
+    _allow_files(count)
+    socks: list[socket.socket] = []
+    try:
+        _open_conns(host, port, count, t_end, socks)
+        _echo_one(socks[::STORM_SAMPLE], t_end, "a connection")
+        time.sleep(0.5)  # the echoes' ACKs are sent: the counters below are the closes' own
+        before = _close_counters(tun)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    # The storm: every FIN at once, no batching (contrast client_idle).
+    t0 = time.perf_counter()
+    for s in socks:
+        s.close()
+    loop_s = time.perf_counter() - t0
+    socks.clear()
+    deadline = time.monotonic() + STORM_WAIT
+    polls = 0
+    while True:
+        t_look = time.perf_counter()
+        closing = _closing_sockets()
+        polls += 1
+        done_s = time.perf_counter() - t0  # the look's end: an upper bound on the time
+        if closing == 0:
+            break
+        if time.monotonic() >= deadline:
+            after = _close_counters(tun)
+            spent = ", ".join(f"{k} +{after[k] - before[k]}" for k in before)
+            raise ClientFailure(f"{closing} sockets still closing {STORM_WAIT:g} s after the "
+                                f"first of {count} close() calls ({spent})")
+        time.sleep(STORM_POLL)
+    look_s = time.perf_counter() - t_look
+    after = _close_counters(tun)
+    result: dict = {"value": done_s, "connections": count,
+                    "echo_checked": len(range(0, count, STORM_SAMPLE)),
+                    "close_loop_s": loop_s, "polls": polls, "last_poll_s": look_s}
+    result.update({k: after[k] - before[k] for k in before})
+    return result
 
 
 def churn_windows(seconds: float) -> int:
@@ -531,6 +666,8 @@ def client_main(args: argparse.Namespace) -> int:
             result = client_idle(host, port, args.idle_conns, args.server_pid, limit)
         elif scen == "churn":
             result = client_churn(host, port, args.churn_seconds, args.server_pid)
+        elif scen == "closestorm":
+            result = client_closestorm(host, port, args.storm_conns, args.storm_tun, limit)
         else:
             raise ClientFailure(f"unknown scenario {scen}")
     except (ClientFailure, OSError) as e:
@@ -598,6 +735,19 @@ def exit_text(rc: int | None) -> str:
     return f"exited with status {rc}"
 
 
+STOPPED_PREFIX = "ustack: stopped; "  # ustack serve's last line: its counters, k=v, ...
+
+
+def parse_counters(line: str) -> dict[str, int]:
+    """``ustack: stopped; a=1, b=2`` -> {"a": 1, "b": 2} (a counter never counted is absent)."""
+    out = {}
+    for item in line.removeprefix(STOPPED_PREFIX).split(","):
+        name, sep, value = item.strip().partition("=")
+        if sep and value.strip().lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
+
+
 class Server:
     """A long-running child process whose stderr is drained by a thread."""
 
@@ -622,6 +772,7 @@ class Server:
         self.stop_seconds: float | None = None
         self.exited_early = False  # it had already exited when we came to stop it
         self.killed_after_timeout = False  # SIGTERM was not enough: SIGKILL
+        self.peak_rss_mb_at_stop: float | None = None  # VmHWM just before our SIGTERM
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
@@ -647,6 +798,13 @@ class Server:
             if line.strip():
                 return line.strip()[-200:]
         return "(no output)"
+
+    def last_line_with(self, prefix: str) -> str | None:
+        """The last stderr line that starts with ``prefix``, whole (last_line cuts it)."""
+        for line in reversed(self.lines):
+            if line.startswith(prefix):
+                return line
+        return None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -675,6 +833,7 @@ class Server:
             return
         self.exited_early = self.proc.poll() is not None
         if not self.exited_early:
+            self.peak_rss_mb_at_stop = self.peak_rss_mb()
             t0 = time.monotonic()
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
@@ -722,6 +881,20 @@ class Row:
         if u is None or k is None or k == 0:
             return None
         return u / k
+
+
+def _ustack_counter(r: dict, key: str) -> int | None:
+    """A counter from ustack's stopped line (closestorm); None where there is none to read
+    (the kernel side, a self-test)."""
+    if "ustack_counters_error" in r:
+        raise ClientFailure(r["ustack_counters_error"])
+    return r.get(key)
+
+
+def storm_spurious_pct(r: dict) -> float | None:
+    """closestorm: ustack's spurious retransmission timeouts, in % of the connections."""
+    n = _ustack_counter(r, "tcp_spurious_rto")
+    return None if n is None else 100 * n / r["connections"]
 
 
 class Bench:
@@ -842,7 +1015,8 @@ class Bench:
 
     def restart(self, side: str) -> None:
         """A fresh server process: the idle and churn scenarios measure RSS, which memory
-        the process freed earlier (and keeps) would hide or inflate."""
+        the process freed earlier (and keeps) would hide or inflate; closestorm reads the
+        ustack server's counters, which earlier scenarios would have added to."""
         srv = self.ustack if side == "ustack" else self.kernel
         if srv is not None:
             srv.stop()
@@ -895,9 +1069,13 @@ class Bench:
         """Seconds before a client process is killed: its own bound plus 30 s."""
         if scenario == "churn":  # each ab window is killed 10 s after its -t at the latest
             return churn_windows(self.args.churn_seconds) * (CHURN_WINDOW + 10) + 30
+        if scenario == "closestorm":  # opening within the limit, then the wait for closes
+            return self.args.time_limit + STORM_WAIT + 30
         return self.args.time_limit + 30
 
-    def run_client(self, scenario: str, host: str, port: int, server_pid: int) -> dict:
+    def run_client(self, scenario: str, host: str, port: int, server_pid: int,
+                   tun: bool = False) -> dict:
+        """Run one scenario's client in the namespace; ``tun``: it may count TUN drops."""
         a = self.args
         argv = [
             sys.executable,
@@ -930,6 +1108,9 @@ class Bench:
             str(a.idle_conns),
             "--churn-seconds",
             str(a.churn_seconds),
+            "--storm-conns",
+            str(a.storm_conns),
+            *(["--storm-tun"] if tun else []),
             "--server-pid",
             str(server_pid),
         ]
@@ -966,7 +1147,7 @@ class Bench:
         if not srv.alive():
             cell.error = f"{srv.label} {exit_text(srv.proc.returncode)}: {srv.last_line()}"
             return None
-        if scenario in ("idle", "churn"):
+        if scenario in ("idle", "churn", "closestorm"):
             self.restart(side)
             srv = self.ustack if side == "ustack" else self.kernel
             if side == "ustack" and self.ustack_start_error:
@@ -975,13 +1156,15 @@ class Bench:
             assert srv is not None
         port = ports[
             "discard" if scenario == "upload"
-            else "echo" if scenario in ("echo", "idle") else "http"
+            else "echo" if scenario in ("echo", "idle", "closestorm") else "http"
         ]
         count_tun = side == "ustack" and not self.args.self_test
         before = self.tun_counters() if count_tun else None
         cpu0 = srv.cpu_seconds()
-        res = self.run_client(scenario, host, port, srv.proc.pid)
+        res = self.run_client(scenario, host, port, srv.proc.pid, tun=count_tun)
         cpu1 = srv.cpu_seconds()
+        if scenario == "closestorm" and count_tun and "error" not in res:
+            res.update(self.final_counters(srv))  # stops ustack: closestorm comes last
         after = self.tun_counters() if before is not None else None
         if before is not None and after is not None:
             res["tun"] = {k: after[k] - before[k] for k in before}
@@ -1000,7 +1183,40 @@ class Bench:
             return None
         return res
 
-    def scenario(self, scenario: str, rows: list[tuple[Row, Callable[[dict], float]]],
+    def wait_tun_quiet(self) -> float:
+        """Seconds until the TUN has carried no packet for STORM_QUIET (at most
+        STORM_SETTLE_MAX): the client's sockets have all closed, but ustack may still be
+        retransmitting a FIN whose ACK the TUN dropped, and those timeouts belong to the
+        storm."""
+        t0 = time.monotonic()
+        last = self.tun_counters()
+        quiet_since = t0
+        while time.monotonic() - t0 < STORM_SETTLE_MAX:
+            time.sleep(0.25)
+            now = self.tun_counters()
+            if now is None or now != last:
+                last, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= STORM_QUIET:
+                break
+        return time.monotonic() - t0
+
+    def final_counters(self, srv: Server) -> dict:
+        """closestorm, ustack side: stop the (fresh) server once the storm is over and read
+        its counters line; tcp_rto and tcp_spurious_rto, or ustack_counters_error."""
+        settle = self.wait_tun_quiet()
+        srv.stop()
+        line = srv.last_line_with(STOPPED_PREFIX)
+        out: dict = {"settle_s": round(settle, 2), "ustack_stopped_line": line}
+        if line is None:
+            out["ustack_counters_error"] = (f"no '{STOPPED_PREFIX.strip()}' line: "
+                                            f"{exit_text(srv.exit_code)}, {srv.last_line()}")
+            return out
+        counters = parse_counters(line)
+        out["tcp_rto"] = counters.get("tcp_rto", 0)
+        out["tcp_spurious_rto"] = counters.get("tcp_spurious_rto", 0)
+        return out
+
+    def scenario(self, scenario: str, rows: list[tuple[Row, Callable[[dict], float | None]]],
                  repeat: int) -> None:
         for _ in range(repeat):
             for side in ("kernel", "ustack"):
@@ -1014,12 +1230,16 @@ class Bench:
                         c.error = cells[0].error
                     continue
                 for (_row, pick), c in zip(rows, cells, strict=True):
-                    c.samples.append(pick(res))
                     c.extra = {k: v for k, v in res.items() if k != "value"}
+                    try:
+                        c.samples.append(pick(res))  # None: not applicable to this side
+                    except ClientFailure as e:  # this figure only is missing
+                        c.error = str(e)
         for row, _ in rows:
             for c in (row.ustack, row.kernel):
-                if c.error is None and c.samples:
-                    c.value = statistics.median(c.samples)
+                values = [v for v in c.samples if v is not None]
+                if c.error is None and values:
+                    c.value = statistics.median(values)
 
     def progress(self, text: str) -> None:
         if not self.args.json:
@@ -1055,6 +1275,30 @@ class Bench:
             f"churn: req/s last {CHURN_WINDOW:g} s / first {CHURN_WINDOW:g} s",
             "ratio", "higher",
         )
+        storm = Row("closestorm", f"close storm ({a.storm_conns} conns): all closed after",
+                    "s", "lower")
+        storm_retrans = Row(
+            "closestorm_retrans", "close storm: client retransmissions", "segments", "lower",
+            note="close storm retransmissions and timeouts: kernel TCP in the namespace "
+            "(RetransSegs, TCPTimeouts) from the first close() to all closed; the ustack "
+            "column is the clients' sockets only, the kernel column includes the kernel "
+            "server's",
+        )
+        storm_timeouts = Row("closestorm_timeouts", "close storm: client retransmission "
+                             "timeouts", "RTOs", "lower")
+        storm_drops = Row(
+            "closestorm_tun_drops", "close storm: TUN queue drops", "packets", "lower",
+            note="close storm TUN drops: the TUN's tx dropped towards ustack; the kernel "
+            "server is reached over loopback (n/a)",
+        )
+        storm_rto = Row("closestorm_ustack_rto", "close storm: ustack RTOs (tcp_rto)", "RTOs",
+                        "lower")
+        storm_spurious = Row(
+            "closestorm_spurious", "close storm: ustack spurious RTOs (% of conns)", "%",
+            "lower",
+            note="close storm ustack RTOs: from the counters line of the ustack server, "
+            "stopped once the TUN is quiet; spurious: proved so by timestamps (RFC 3522)",
+        )
         rss = Row("rss", "peak RSS of the server process (VmHWM)", "MB", "lower")
         chosen = set(a.scenarios)
         plan = [
@@ -1069,17 +1313,29 @@ class Bench:
             ("churn", [churn_rss, churn_first, churn_ratio],
              [(churn_rss, lambda r: r["value"]), (churn_first, lambda r: r["rps_first"]),
               (churn_ratio, lambda r: r["rps_last_over_first"])]),
+            # last: it stops the ustack server for its final counters
+            ("closestorm", [storm, storm_retrans, storm_timeouts, storm_drops, storm_rto,
+                            storm_spurious],
+             [(storm, lambda r: r["value"]), (storm_retrans, lambda r: r["retrans_segs"]),
+              (storm_timeouts, lambda r: r["tcp_timeouts"]),
+              (storm_drops, lambda r: r.get("tun_tx_dropped")),
+              (storm_rto, lambda r: _ustack_counter(r, "tcp_rto")),
+              (storm_spurious, storm_spurious_pct)]),
         ]
         self.rows = [row for name, rows, _ in plan if name in chosen for row in rows] + [rss]
         for name, _, picks in plan:
             if name in chosen:
-                # churn is long and already made of windows: once per side
-                self.scenario(name, picks, 1 if name == "churn" else a.repeat)
+                # churn is long and already made of windows, closestorm ends with the ustack
+                # server stopped: once per side
+                once = name in ("churn", "closestorm")
+                self.scenario(name, picks, 1 if once else a.repeat)
 
         for side, srv in (("ustack", self.ustack), ("kernel", self.kernel)):
             cell = getattr(rss, side)
             if side == "ustack" and self.ustack_start_error:
                 cell.error = self.ustack_start_error
+            elif srv is not None and srv.peak_rss_mb_at_stop is not None:
+                cell.value = srv.peak_rss_mb_at_stop  # closestorm stopped it: its peak then
             elif srv is None or not srv.alive():
                 cell.error = "process not running"
             else:
@@ -1134,6 +1390,7 @@ class Bench:
                 "wrk_c": a.wrk_c,
                 "idle_conns": a.idle_conns,
                 "churn_seconds": a.churn_seconds,
+                "storm_conns": a.storm_conns,
                 "repeat": a.repeat,
                 "time_limit": a.time_limit,
                 "self_test": a.self_test,
@@ -1154,8 +1411,10 @@ class Bench:
 
 
 def fmt(v: float | None) -> str:
-    if v is None:
-        return "-"
+    if v is None:  # a figure that does not apply to this side (no TUN, no ustack counters)
+        return "n/a"
+    if isinstance(v, int):  # a count
+        return str(v)
     if abs(v) >= 100:
         return f"{v:.0f}"
     if abs(v) >= 10:
@@ -1218,6 +1477,31 @@ def print_churn(rep: dict) -> None:
             f"after each window {d['rss_mb_windows']}; {d['requests']} requests, "
             f"{d['failed']} failed"
         )
+
+
+def print_closestorm(rep: dict) -> None:
+    """The close storm's details per side, and ustack's whole counters line."""
+    row = next((r for r in rep["rows"] if r["scenario"] == "closestorm"), None)
+    if row is None:
+        return
+    for side in ("ustack", "kernel"):
+        d = row[f"{side}_detail"]
+        if row[f"{side}_error"] or not d:
+            continue
+        text = (f"closestorm {side}: {d['connections']} close() calls in "
+                f"{d['close_loop_s'] * 1000:.0f} ms, all closed after {row[side]:.2f} s "
+                f"({d['polls']} looks at /proc/net/tcp, the last {d['last_poll_s'] * 1000:.0f}"
+                f" ms); kernel TCP: {d['retrans_segs']} retransmissions, {d['tcp_timeouts']}"
+                f" timeouts, {d['tcp_loss_probes']} tail loss probes")
+        if "tun_tx_dropped" in d:
+            text += f"; TUN drops {d['tun_tx_dropped']}"
+        if "tcp_rto" in d:
+            text += (f"; ustack tcp_rto {d['tcp_rto']}, tcp_spurious_rto "
+                     f"{d['tcp_spurious_rto']} (stopped {d['settle_s']:g} s after the"
+                     " client, the TUN quiet)")
+        print(text)
+        if d.get("ustack_stopped_line"):
+            print(f"closestorm ustack server's last line: {d['ustack_stopped_line']}")
 
 
 # Where a profiled function's own time belongs, by its file (built-ins count for their
@@ -1339,12 +1623,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--churn-seconds", type=float,
                    help=f"length of the churn scenario per side, in whole "
                    f"{CHURN_WINDOW:g} s windows (default 120; --quick: 30)")
+    p.add_argument("--storm-conns", type=int,
+                   help="connections the closestorm scenario opens, then closes all at once "
+                   "(default 10000; --quick: 1000)")
     p.add_argument(
         "--scenarios",
         type=_scenarios,
         default=DEFAULT_SCENARIOS,
         help=f"comma-separated subset of {','.join(SCENARIOS)}, or 'all' (default: all "
-        "but churn, which takes 2 x --churn-seconds: name it to run it)",
+        "but churn, which takes 2 x --churn-seconds, and closestorm, which opens "
+        "--storm-conns connections, closes them all in one loop, waits up to "
+        f"{STORM_WAIT:g} s for the closes and stops the ustack server for its counters: "
+        "name them to run them)",
     )
     p.add_argument(
         "--offload",
@@ -1400,19 +1690,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
     p.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--storm-tun", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     defaults = (
         {"mb": 2.0, "conns": 100, "rounds": 200, "repeat": 1, "ab_n": 500,
-         "wrk_seconds": 2.0, "idle_conns": 1000, "churn_seconds": 2 * CHURN_WINDOW}
+         "wrk_seconds": 2.0, "idle_conns": 1000, "churn_seconds": 2 * CHURN_WINDOW,
+         "storm_conns": 1000}
         if args.quick
         else {"mb": 20.0, "conns": 500, "rounds": 10000, "repeat": 3, "ab_n": 4000,
-              "wrk_seconds": 5.0, "idle_conns": 10000, "churn_seconds": 120.0}
+              "wrk_seconds": 5.0, "idle_conns": 10000, "churn_seconds": 120.0,
+              "storm_conns": 10000}
     )
     for name, value in defaults.items():  # --quick only changes what was not given
         if getattr(args, name) is None:
             setattr(args, name, value)
     for name in ("mb", "conns", "concurrency", "rounds", "repeat", "time_limit", "ab_n", "ab_c",
-                 "wrk_seconds", "wrk_c", "idle_conns"):
+                 "wrk_seconds", "wrk_c", "idle_conns", "storm_conns"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if not 576 <= args.mtu <= 65535:
@@ -1476,7 +1769,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(rep))
     for r in rep["rows"]:
         t = r["ustack_detail"].get("tun")
-        if not t or r["scenario"] in ("echo_p99", "churn_rps", "churn_rps_ratio"):
+        if not t or r["scenario"] in ("echo_p99", "churn_rps", "churn_rps_ratio") or (
+            r["scenario"].startswith("closestorm_")
+        ):
             continue
         ti, to = t["to_ustack_packets"], t["from_ustack_packets"]
         cpu_u = r["ustack_detail"].get("server_cpu_s")
@@ -1493,6 +1788,7 @@ def main(argv: list[str] | None = None) -> int:
             f" (avg {t['from_ustack_bytes'] / max(to, 1):.0f} B){cpu}"
         )
     print_churn(rep)
+    print_closestorm(rep)
     if args.profile:
         print_profile(args.profile)
     ex = rep["ustack_exit"]
