@@ -32,6 +32,9 @@ EventSink = Callable[[list[Tcb], list[tuple[Listener, Tcb]]], None]
 clock = time.monotonic
 MAX_ROUNDS = 8  # deliver/poll rounds per step; anything left runs on the next callback
 DRAIN_BATCHES = 4  # batches a timer wake-up reads from the device before the timers run
+# Seconds timers may wait for the device to drain under a flood that never lets it:
+# longer than a close storm of 10,000 connections takes to read (~1.7 s here).
+TIMERS_HELD_MAX = 2.0
 
 
 class Device(Protocol):
@@ -52,6 +55,7 @@ class Driver:
         self._timer_at: float | None = None
         self._step_scheduled = False
         self._in_step = False
+        self._timers_ran = clock()  # when due timers last ran (they wait for a drained device)
 
     def start(self) -> None:
         self.loop.add_reader(self.device.fileno(), self._on_readable)
@@ -105,8 +109,8 @@ class Driver:
 
     def _on_readable(self) -> None:
         now = clock()
-        self._read(now)
-        self._step(now)
+        drained = self._read(now) < MAX_BATCH
+        self._step(now, timers=drained)
 
     def _read(self, now: float) -> int:
         """Hand the host every packet the device holds now (one batch); how many."""
@@ -145,16 +149,24 @@ class Driver:
         self._timer = self._timer_at = None
         # What waits in the device goes first: the loop runs due timers before it polls
         # for I/O, and an ACK sitting in the device makes a retransmission timeout moot
-        # (in a close storm, thousands of them would fire spuriously). Bounded, so that
-        # a flood cannot hold the timers back for ever.
+        # (in a close storm, thousands of them would fire spuriously).
+        drained = False
         for _ in range(DRAIN_BATCHES):
             if self._read(now) < MAX_BATCH:
+                drained = True
                 break
-        self._step(now)
+        self._step(now, timers=drained)
 
-    def _step(self, now: float) -> None:
+    def _step(self, now: float, timers: bool = True) -> None:
+        """Deliver events, run due timers, send what is ready. Timers wait while the device
+        still holds packets (a full batch was just read): any of them may make a timer
+        moot. Not for ever: a flood that never lets the device drain holds them back at
+        most TIMERS_HELD_MAX seconds."""
         host = self.host
         pipeline = self.pipeline
+        if timers or now - self._timers_ran >= TIMERS_HELD_MAX:
+            timers = True
+            self._timers_ran = now
         self._in_step = True
         try:
             if pipeline is not None:
@@ -173,11 +185,11 @@ class Driver:
                     self._on_events(touched, accepted)
                 write = self.device.write
                 if pipeline is None:
-                    for packet in host.poll(now):
+                    for packet in host.poll(now, timers):
                         write(packet)
                 else:
                     tx = pipeline.tx
-                    for packet in host.poll(now):
+                    for packet in host.poll(now, timers):
                         for passed in tx(packet, now):
                             write(passed)
                 if not host.has_events() and not host.has_pending():

@@ -372,9 +372,35 @@ class Host:
 
     # --------------------------------------------------------- packets out
 
-    def poll(self, now: float) -> list[bytes]:
-        """Run due timers, then collect every packet that is ready to go."""
+    def poll(self, now: float, timers: bool = True) -> list[bytes]:
+        """Run due timers (unless `timers` is false: the driver holds them back while the
+        device still holds packets, any of which may make them moot), then collect every
+        packet that is ready to go."""
         self._now = now
+        if timers:
+            self._run_timers(now)
+        heap = self._timers
+        for tcb in self._pending:
+            for seg in tcb.poll(now):
+                if seg.flags & RST:
+                    self.counters["rst_out"] += 1
+                self._emit_segment(tcb.remote_addr, seg)
+            if tcb.state is State.CLOSED:
+                self._forget(tcb)
+                continue
+            # One heap entry per TCB, at or before its earliest deadline: only an earlier
+            # deadline needs a new entry (a later one is refiled when the entry comes up).
+            deadline = tcb.timers.next_deadline
+            filed = tcb._heap_deadline
+            if deadline is not None and (filed is None or deadline < filed):
+                tcb._heap_deadline = deadline
+                heapq.heappush(heap, (deadline, next(self._tiebreak), tcb))
+        self._pending.clear()
+        out, self._out = self._out, []
+        return out
+
+    def _run_timers(self, now: float) -> None:
+        """Every deadline that has passed: fragments, TIME-WAIT records, connections."""
         self._fragments.expire(now, self.counters)
         for addr, remote_port, local_port in self._time_wait.expire(now):
             self._probe_time_wait_end(addr, remote_port, local_port, timer=True)
@@ -394,27 +420,8 @@ class Host:
                 heapq.heappush(heap, (actual, next(self._tiebreak), tcb))
                 continue
             before = tcb.state
-            self._now = now
             tcb.on_timer(now)
             self._after_event(tcb, before, now)
-        for tcb in self._pending:
-            for seg in tcb.poll(now):
-                if seg.flags & RST:
-                    self.counters["rst_out"] += 1
-                self._emit_segment(tcb.remote_addr, seg)
-            if tcb.state is State.CLOSED:
-                self._forget(tcb)
-                continue
-            # One heap entry per TCB, at or before its earliest deadline: only an earlier
-            # deadline needs a new entry (a later one is refiled when the entry comes up).
-            deadline = tcb.timers.next_deadline
-            filed = tcb._heap_deadline
-            if deadline is not None and (filed is None or deadline < filed):
-                tcb._heap_deadline = deadline
-                heapq.heappush(heap, (deadline, next(self._tiebreak), tcb))
-        self._pending.clear()
-        out, self._out = self._out, []
-        return out
 
     def _emit_segment(self, dst: bytes, seg: Segment) -> None:
         if self.probe is not None:

@@ -12,6 +12,7 @@ from ustack.aio import Driver, clock
 from ustack.stack import Host
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.syncookies import SynCookies
+from ustack.tun import MAX_BATCH
 
 US, PEER = "10.77.0.2", "10.77.0.1"
 
@@ -136,3 +137,48 @@ def test_a_timer_wake_up_reads_the_device_before_it_fires_timers() -> None:
 
     asyncio.run(asyncio.wait_for(main(), 5))
     assert "tcp_rto" not in host.stats()
+
+
+def test_timers_wait_while_a_full_batch_says_the_device_holds_more() -> None:
+    # A batch of MAX_BATCH packets means more may wait: due timers run only once the
+    # device is drained, since any packet still in it may make them moot (the ACK of a
+    # segment whose retransmission timer is due; in a close storm thousands of them).
+    host = Host(US, isn=IsnGenerator(b"k" * 16), rng=random.Random(1))
+    junk = [b"\x45" + bytes(19)] * MAX_BATCH  # malformed: dropped, counted
+    start = clock() - 5.0  # the data went out 5 s ago: its RTO is long due
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        device = BatchDevice()
+        driver = Driver(host, device, loop, lambda touched, accepted: None)
+        try:
+            tcb = host.connect(PEER, 7, start)
+            (syn,) = host.poll(start)
+            iss = dpkt.ip.IP(syn).data.seq
+            host.receive(wrap(dpkt.tcp.TCP(sport=7, dport=tcb.local_port, seq=500,
+                                           ack=iss + 1, win=65535,
+                                           flags=dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK)), start)
+            tcb.send(b"data")
+            host.wake(tcb)
+            host.poll(start)
+            ack = wrap(dpkt.tcp.TCP(sport=7, dport=tcb.local_port, seq=501, ack=iss + 5,
+                                    flags=dpkt.tcp.TH_ACK, win=65535))
+            device.pending = junk
+            driver._on_readable()  # a full batch: the device may hold more
+            assert "tcp_rto" not in host.stats()
+            device.pending = [ack]
+            driver._on_readable()  # drained: the ACK first, then the (moot) timer
+        finally:
+            driver.stop()
+            device.close()
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+    assert "tcp_rto" not in host.stats()
+    assert host.stats()["drops"] >= MAX_BATCH
+
+
+def wrap(tcp: dpkt.tcp.TCP) -> bytes:
+    ip = dpkt.ip.IP(src=socket.inet_aton(PEER), dst=socket.inet_aton(US), p=6, ttl=64,
+                    data=tcp)
+    ip.len = 20 + len(bytes(tcp))
+    return bytes(ip)

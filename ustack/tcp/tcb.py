@@ -837,9 +837,13 @@ class Tcb:
             self._syn_owed = True
             self._syn_timed_out = True
         else:
-            if self._consecutive_rtos == 0 and self.ts_ok:
+            if self._consecutive_rtos == 0 and self.ts_ok and self._unacked_text():
                 # RFC 3522: the first ACK after the retransmission tells whether it was
-                # needed; keep what the reduction below would undo (RFC 4015).
+                # needed; keep what the reduction below would undo (RFC 4015). Not for a
+                # lone FIN: a peer in TIME-WAIT answers its retransmission with the TSecr
+                # of the first copy (Linux tcp_timewait_state_process echoes tw_ts_recent
+                # to an out-of-window segment), so every lost ACK would look spurious; and
+                # there is nothing left to send for an undo to help.
                 self._eifel = Eifel(self.snd_una, self.cc.snapshot())
             # RFC 5681 §3.1: ssthresh is held when the same data times out again.
             self._consecutive_rtos += 1
@@ -973,6 +977,10 @@ class Tcb:
             out.append(self._segment(ACK, seq_no=self.snd_nxt))
         self._update_timers(now)
         return out
+
+    def _unacked_text(self) -> bool:
+        """Whether data (not only the FIN) is still unacknowledged."""
+        return seq.lt(self.snd_una, seq.add(self._snd_buf_seq, len(self._snd_buf)))
 
     def _unsent(self) -> int:
         """Data bytes never sent yet (0 once SND.NXT has passed the FIN)."""

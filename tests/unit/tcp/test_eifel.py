@@ -54,3 +54,20 @@ def test_an_ack_for_the_retransmission_keeps_the_reduction() -> None:
     assert tcb.cc.cwnd <= 2 * SEG
     # Go-back-N goes on with the next segment (RFC 5681 §3.1 after a real loss).
     assert recv(tcb, due + 0.01)[0].seq == ISS + 1 + SEG
+
+
+def test_a_lone_fin_is_not_judged() -> None:
+    # A peer in TIME-WAIT answers a retransmitted FIN with the TSecr of the first copy
+    # (Linux tcp_timewait_state_process): a lost ACK would look like a spurious timeout.
+    tcb, segs = with_flight()
+    send(tcb, peer(ACK, IRS + 1, ISS + 1 + 4 * SEG, wnd=1000, ts_val=1002,
+                   ts_ecr=segs[-1].opts.ts_val), 1.01)
+    tcb.shutdown()
+    (fin,) = recv(tcb, 1.02)
+    due = tcb.next_deadline
+    tcb.on_timer(due)
+    recv(tcb, due)
+    send(tcb, peer(ACK, IRS + 1, ISS + 2 + 4 * SEG, wnd=1000, ts_val=1003,
+                   ts_ecr=fin.opts.ts_val), due + 0.01)
+    assert tcb.state is State.FIN_WAIT_2
+    assert "tcp_spurious_rto" not in tcb.counters
