@@ -13,21 +13,36 @@ tcp_tso_autosize; the fq qdisc's job when there is one).
 - Whatever the rate, and with pacing off too, one wake-up hands the device at most
   WAKEUP_CAP_SEGMENTS device writes' worth (Linux TSQ, tcp_small_queue_check), so one bulk
   flow cannot keep the others (and the reading of the device) waiting.
+- Pacing gaps below the loop's timer resolution (1 ms under uvloop) cannot be kept: at a
+  rate where a wake-up's share goes out in less, a flow is not paced (a local link).
 """
 
 SS_RATIO = 2.0
 CA_RATIO = 1.2
 QUANTUM_SECONDS = 0.001  # tcp_tso_autosize: 1 ms of data per release
 MIN_QUANTUM_SEGMENTS = 2
-# Per wake-up: 64 KB at MTU 1500 (44 writes), four 64 KB super-segments with TSO.
+# Per wake-up: 64 KB at MTU 1500 (44 writes), sixteen 64 KB super-segments with TSO (1 MB,
+# Linux's tcp_limit_output_bytes).
 WAKEUP_CAP_BYTES = 64 * 1024
-WAKEUP_CAP_SEGMENTS = 4
+WAKEUP_CAP_SEGMENTS = 16
 
 
 def rate(cwnd: int, flight: int, ssthresh: int, srtt: float) -> float:
     """Bytes per second (Linux tcp_update_pacing_rate; the window is max(cwnd, flight))."""
     ratio = SS_RATIO if cwnd < ssthresh // 2 else CA_RATIO
     return ratio * max(cwnd, flight) / max(srtt, 1e-6)
+
+
+# The loop's timers tick in milliseconds (uvloop): a pacing gap shorter than that cannot be
+# kept, only paid for in wake-ups.
+TIMER_RESOLUTION = 0.001
+
+
+def worth_pacing(pace_rate: float, cap: int) -> bool:
+    """Whether pacing can do anything at `pace_rate`: a whole wake-up's share takes at least
+    a timer tick to go out at it. Faster (a local link), each wake-up's share leaves as
+    it is and the next comes at once; pacing would only add wake-ups."""
+    return cap >= pace_rate * TIMER_RESOLUTION
 
 
 def wakeup_cap(burst: int) -> int:

@@ -1000,8 +1000,11 @@ class Tcb:
         burst = max_payload
         if self.tso_max > max_payload:
             burst = self.tso_max // max_payload * max_payload
+        cap = pacing.wakeup_cap(burst)
         pace_rate = self._pace_rate()
-        allowance = self._allowance(pace_rate, now, max_payload, burst)
+        if pace_rate is not None and not pacing.worth_pacing(pace_rate, cap):
+            pace_rate = None
+        allowance = self._allowance(pace_rate, now, max_payload, cap)
         if not allowance:
             return  # too early for the next release: the pacing timer comes back
         spent = 0
@@ -1048,10 +1051,10 @@ class Tcb:
         return pacing.rate(cc.cwnd, seq.sub(self.snd_nxt, self.snd_una), cc.ssthresh, srtt)
 
     def _allowance(self, pace_rate: float | None, now: float, max_payload: int,
-                   burst: int) -> int:
-        """The bytes this wake-up may hand the device; 0 (and the pacing timer armed) if
-        the next paced release is not due. A forced retransmission is never held."""
-        cap = pacing.wakeup_cap(burst)
+                   cap: int) -> int:
+        """The bytes this wake-up may hand the device (at most `cap`); 0 (and the pacing
+        timer armed) if the next paced release is not due. A forced retransmission is
+        never held."""
         if pace_rate is None:
             return cap
         if now < self._pace_at and not self._force_one:
