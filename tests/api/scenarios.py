@@ -22,6 +22,7 @@ async def ustack_client_to_kernel_server(stack: ustack.Stack) -> dict[str, objec
     """open_connection from ustack to a kernel asyncio server; data both ways, both FINs."""
     up, down = os.urandom(SIZE), os.urandom(SIZE)
     got_by_kernel = hashlib.sha256()
+    kernel_done = asyncio.Event()
 
     async def kernel_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(down)
@@ -29,6 +30,7 @@ async def ustack_client_to_kernel_server(stack: ustack.Stack) -> dict[str, objec
         writer.write_eof()
         while chunk := await reader.read(65536):
             got_by_kernel.update(chunk)
+        kernel_done.set()
         writer.close()
 
     server = await asyncio.start_server(kernel_handler, KERNEL, 9100)
@@ -37,7 +39,16 @@ async def ustack_client_to_kernel_server(stack: ustack.Stack) -> dict[str, objec
     await writer.drain()
     writer.write_eof()
     received = await reader.read()  # until the kernel's FIN
-    info = writer.get_extra_info("tcp_info")
+    # The two directions run at once: the download may end while the upload is still in
+    # flight (then the kernel's FIN finds us in FIN-WAIT-1 and we pass through CLOSING).
+    # Judge the upload when the kernel has read to our FIN, and the state once that FIN
+    # is acknowledged.
+    await kernel_done.wait()
+    for _ in range(200):  # bounded: 2 s
+        info = writer.get_extra_info("tcp_info")
+        if info["state"] not in ("FIN_WAIT_1", "CLOSING"):
+            break
+        await asyncio.sleep(0.01)
     peer = writer.get_extra_info("peername")
     writer.close()
     await writer.wait_closed()

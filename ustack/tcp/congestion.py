@@ -2,9 +2,10 @@
 CUBIC (RFC 9438, the default). Windows are in bytes; `mss` is the sender's SMSS.
 
 The TCB calls:
-- `on_ack(acked, now, rtt, ack, snd_nxt, sample)` when new data is acknowledged outside
-  loss recovery (the ACK, SND.NXT and this ACK's own RTT sample drive HyStart++ in slow
-  start, `ustack.tcp.hystart`);
+- `on_ack(acked, now, rtt, ack, snd_nxt, sample, cwnd_limited)` when new data is
+  acknowledged outside loss recovery (the ACK, SND.NXT and this ACK's own RTT sample
+  drive HyStart++ in slow start, `ustack.tcp.hystart`); the window grows only when
+  `cwnd_limited` (the TCB's congestion window validation);
 - `on_loss(flight, now)` when it enters fast recovery (3 duplicate ACKs or SACK loss);
 - `on_recovery_exit(flight)` when the recovery point is acknowledged;
 - `on_rto(flight, now)` when the retransmission timer expires.
@@ -27,7 +28,8 @@ class Controller(Protocol):
 
     def set_mss(self, mss: int) -> None: ...
     def on_ack(self, acked: int, now: float, rtt: float | None, ack: int | None = None,
-               snd_nxt: int = 0, sample: float | None = None) -> None: ...
+               snd_nxt: int = 0, sample: float | None = None,
+               cwnd_limited: bool = True) -> None: ...
     def on_loss(self, flight: int, now: float) -> None: ...
     def on_recovery_exit(self, flight: int) -> None: ...
     def on_rto(self, flight: int, now: float, repeated: bool = False) -> None: ...
@@ -69,12 +71,17 @@ class NewReno(_Undoable):
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
 
     def on_ack(self, acked: int, now: float, rtt: float | None, ack: int | None = None,
-               snd_nxt: int = 0, sample: float | None = None) -> None:
+               snd_nxt: int = 0, sample: float | None = None,
+               cwnd_limited: bool = True) -> None:
         if self.cwnd < self.ssthresh:
             # RFC 5681 (2) slow start, with RFC 9406's L (what one ACK may add) and CSS.
-            self.cwnd += int(_slow_start_growth(self, acked, ack, snd_nxt, sample))
+            growth = _slow_start_growth(self, acked, ack, snd_nxt, sample)
+            if cwnd_limited:
+                self.cwnd += int(growth)
             if self.hystart.css_over():
                 self.ssthresh = self.cwnd  # RFC 9406 §4.2: CSS done, congestion avoidance
+        elif not cwnd_limited:
+            return  # an unused window is not grown (Linux tcp_cong_avoid)
         else:
             # RFC 5681 (3): congestion avoidance, about one SMSS per RTT.
             self.cwnd += max(1, self.mss * self.mss // self.cwnd)
@@ -128,15 +135,20 @@ class Cubic(_Undoable):
         return self.C * (t - self.k) ** 3 + self.w_max
 
     def on_ack(self, acked: int, now: float, rtt: float | None, ack: int | None = None,
-               snd_nxt: int = 0, sample: float | None = None) -> None:
+               snd_nxt: int = 0, sample: float | None = None,
+               cwnd_limited: bool = True) -> None:
         segs_acked = acked / self.mss
         if self.cwnd < self.ssthresh:
             # RFC 9438 §4.10: slow start as RFC 5681, here with HyStart++ (RFC 9406).
-            self._cwnd_seg += _slow_start_growth(self, acked, ack, snd_nxt, sample) / self.mss
-            self._set_cwnd()
+            growth = _slow_start_growth(self, acked, ack, snd_nxt, sample)
+            if cwnd_limited:
+                self._cwnd_seg += growth / self.mss
+                self._set_cwnd()
             if self.hystart.css_over():
                 self.ssthresh = self.cwnd
             return
+        if not cwnd_limited:
+            return  # RFC 9438 §5.8: an application- or receiver-limited flow does not grow
         if self.epoch_start is None:
             # A congestion-avoidance stage begins (RFC 9438 §4.2).
             self.epoch_start = now

@@ -12,7 +12,12 @@ tcp_tso_autosize; the fq qdisc's job when there is one).
   RFC 6928 allows the burst), and so does a forced retransmission (RTO, fast retransmit).
 - Whatever the rate, and with pacing off too, one wake-up hands the device at most
   WAKEUP_CAP_SEGMENTS device writes' worth (Linux TSQ, tcp_small_queue_check), so one bulk
-  flow cannot keep the others (and the reading of the device) waiting.
+  flow cannot keep the others (and the reading of the device) waiting; its next share
+  comes on the loop's next turn (`NEXT_TURN`), so every flow gets one share a turn, as a
+  round robin (fq) would give it.
+- A release the loop serves late, while data waited for it, may make up the lost time,
+  up to the wake-up's cap (`release`): when the process is the bottleneck, flows share it
+  evenly rather than in the ratio of their windows.
 - Pacing gaps below the loop's timer resolution (1 ms under uvloop) cannot be kept: at a
   rate where a wake-up's share goes out in less, a flow is not paced (a local link).
 """
@@ -45,6 +50,13 @@ def worth_pacing(pace_rate: float, cap: int) -> bool:
     return cap >= pace_rate * TIMER_RESOLUTION
 
 
+# A flow whose wake-up share is spent comes back on the loop's next turn, after the device
+# has been read and every other flow has had its share: a deadline just past `now`, which
+# stands still within one step of the driver (so it is not due again in the same step,
+# where an unpaced flow would otherwise take a share each round while a paced one waits).
+NEXT_TURN = 1e-6
+
+
 def wakeup_cap(burst: int) -> int:
     """What one wake-up may hand the device: bytes of `burst`-sized writes."""
     return max(WAKEUP_CAP_BYTES, WAKEUP_CAP_SEGMENTS * burst)
@@ -53,3 +65,24 @@ def wakeup_cap(burst: int) -> int:
 def quantum(pace_rate: float, max_payload: int, cap: int) -> int:
     """What one release may hand the device at `pace_rate` (tcp_tso_autosize)."""
     return min(cap, max(MIN_QUANTUM_SEGMENTS * max_payload, int(pace_rate * QUANTUM_SECONDS)))
+
+
+def release(pace_at: float, now: float, pace_rate: float, max_payload: int, cap: int,
+            backlogged: bool) -> tuple[int, float]:
+    """A release that is due: (the bytes it may hand the device, the time they count from;
+    the next release is due when they have had their time at the rate after it).
+
+    A flow that was held by the pacer (`backlogged`) and is served late gets the time the
+    loop lost back, up to the wake-up's cap (Linux tcp_update_skb_after_send takes such
+    lateness off the next gap, "to take into account OS jitter"). Without that credit, a
+    loop that cannot keep up with the flows' rates (the process, not the path, is the
+    bottleneck) serves each flow once a turn with a release of its own rate x 1 ms, and
+    the flows share the process in the ratio of their windows, which nothing then
+    evens out: no queue overflows and every flow sees the same delay. With it, each late
+    flow gets a whole cap a turn, as fq's round robin would give it. A flow that stopped
+    on its own (window, data) gets no credit for the time it had nothing to send."""
+    q = quantum(pace_rate, max_payload, cap)
+    if not backlogged or now <= pace_at:
+        return q, max(pace_at, now)
+    base = max(pace_at, now - (cap - q) / pace_rate)
+    return min(cap, q + round((now - base) * pace_rate)), base

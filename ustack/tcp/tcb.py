@@ -170,6 +170,13 @@ class Tcb:
         # Pacing (ustack.tcp.pacing): when the next release may go, and whether data waits.
         self._pace_at = 0.0
         self._pace_wait = False
+        self._pace_backlog = False  # the last release spent its allowance with data left
+        # Congestion window validation (Linux tcp_cwnd_validate; RFC 7661's aim): whether
+        # the window limited sending in the current window of data, and the most that was
+        # in flight in it; the window grows only when it was used.
+        self._cwnd_limited = False
+        self._max_flight = 0
+        self._cwnd_usage_seq = iss
         self.cc = congestion.make(config.congestion, self.snd_mss, paced=config.pacing)
         self.retransmits = 0
         # Observability hooks (the stack's probe): state changes and timers that fire.
@@ -723,7 +730,8 @@ class Tcb:
                 self._recover = ack
             if seq.gt(ack, self._high_rxt):
                 self._high_rxt = ack
-            self.cc.on_ack(acked, now, self.rtt.srtt, ack, self.snd_nxt, sample)
+            self.cc.on_ack(acked, now, self.rtt.srtt, ack, self.snd_nxt, sample,
+                           self._is_cwnd_limited())
             if 2 * self.cc.cwnd > self.snd_buf_size < self._snd_buf_cap:
                 self._grow_snd_buf(2 * self.cc.cwnd)  # Linux tcp_sndbuf_expand
         elif seq.ge(ack, self._recover):
@@ -1004,9 +1012,10 @@ class Tcb:
         pace_rate = self._pace_rate()
         if pace_rate is not None and not pacing.worth_pacing(pace_rate, cap):
             pace_rate = None
-        allowance = self._allowance(pace_rate, now, max_payload, cap)
+        allowance, base = self._allowance(pace_rate, now, max_payload, cap)
         if not allowance:
             return  # too early for the next release: the pacing timer comes back
+        self._pace_backlog = False
         spent = 0
         while self._rtx_nxt is not None:
             start = self._rtx_nxt
@@ -1019,7 +1028,7 @@ class Tcb:
                                           or not seq.lt(start, wnd_end)):
                 break
             elif not self._force_one and spent >= allowance:
-                self._pace_wait = True
+                self._pace_wait = self._pace_backlog = True
                 break
             else:
                 end = self._rtx_end if seq.lt(self._rtx_end, self.snd_nxt) else self.snd_nxt
@@ -1034,11 +1043,39 @@ class Tcb:
         if not self._pace_wait:
             spent = self._send_new(out, now, buf_end, wnd_end, max_payload, burst, allowance,
                                    spent)
+        limited = self.cc.cwnd - self._pipe() < max_payload
+        if spent or limited:
+            self._validate_cwnd(limited)
         if pace_rate is not None and spent:
             # The next release waits until these bytes have had their time at the rate.
-            self._pace_at = max(self._pace_at, now) + spent / pace_rate
+            self._pace_at = base + spent / pace_rate
         elif self._pace_wait:
-            self._pace_at = now  # not pacing, but the wake-up's share is spent: next turn
+            # Not pacing, but the wake-up's share is spent: back on the loop's next turn.
+            self._pace_at = now + pacing.NEXT_TURN
+
+    def _validate_cwnd(self, limited: bool) -> None:
+        """After a send: remember, for the current window of data, whether the congestion
+        window held sending back, else the most that was in flight (Linux
+        tcp_cwnd_validate, which tracks the strongest signal of the window being used)."""
+        flight = seq.sub(self.snd_nxt, self.snd_una)
+        if (limited or not seq.lt(self.snd_una, self._cwnd_usage_seq)
+                or (not self._cwnd_limited and flight > self._max_flight)):
+            self._cwnd_limited = limited
+            self._max_flight = flight
+            self._cwnd_usage_seq = self.snd_nxt
+
+    def _is_cwnd_limited(self) -> bool:
+        """Whether the congestion window may grow (Linux tcp_is_cwnd_limited; RFC 9438
+        §5.8, RFC 7661): it held sending back in the current window, or, in slow start,
+        it is less than twice what was in flight. A sender limited by the receiver's
+        window, the application or pacing does not learn from its ACKs that the path
+        could take more: without this its window grows without bound (to tens of
+        thousands of segments in a long rwnd-limited transfer), its pacing rate with it,
+        and pacing stops meaning anything."""
+        if self._cwnd_limited:
+            return True
+        cc = self.cc
+        return cc.cwnd < cc.ssthresh and cc.cwnd < 2 * self._max_flight
 
     def _pace_rate(self) -> float | None:
         """The pacing rate in bytes/s, or None when not pacing (switched off, no RTT yet,
@@ -1051,16 +1088,18 @@ class Tcb:
         return pacing.rate(cc.cwnd, seq.sub(self.snd_nxt, self.snd_una), cc.ssthresh, srtt)
 
     def _allowance(self, pace_rate: float | None, now: float, max_payload: int,
-                   cap: int) -> int:
-        """The bytes this wake-up may hand the device (at most `cap`); 0 (and the pacing
-        timer armed) if the next paced release is not due. A forced retransmission is
-        never held."""
-        if pace_rate is None:
-            return cap
+                   cap: int) -> tuple[int, float]:
+        """The bytes this wake-up may hand the device (at most `cap`) and the time they
+        count from (`pacing.release`); 0 (and the pacing timer armed) if the next paced
+        release is not due (or, unpaced, its share spent until the loop's next turn). A
+        forced retransmission is never held."""
         if now < self._pace_at and not self._force_one:
             self._pace_wait = True
-            return 0
-        return pacing.quantum(pace_rate, max_payload, cap)
+            return 0, now
+        if pace_rate is None:
+            return cap, now
+        return pacing.release(self._pace_at, now, pace_rate, max_payload, cap,
+                              self._pace_backlog)
 
     def _send_new(self, out: list[Segment], now: float, buf_end: int, wnd_end: int,
                   max_payload: int, burst: int, allowance: int, spent: int) -> int:
@@ -1076,7 +1115,7 @@ class Tcb:
                     self._transmit(out, FIN | ACK, cursor, b"", now)
                 return spent
             if spent >= allowance:
-                self._pace_wait = True
+                self._pace_wait = self._pace_backlog = True
                 return spent
             room = seq.sub(wnd_end, cursor) if seq.lt(cursor, wnd_end) else 0
             n = min(burst, pending, room, max(0, budget), max(allowance - spent, max_payload))

@@ -3,7 +3,10 @@ timeout) and RFC 9438 (CUBIC, C = 0.4, beta = 0.7)."""
 
 import pytest
 
+from tests.unit.tcp import helpers as h
+from ustack.tcp.config import TcpConfig
 from ustack.tcp.congestion import Cubic, NewReno, make
+from ustack.tcp.segment import ACK
 
 MSS = 1000
 
@@ -109,3 +112,42 @@ def test_newreno_holds_ssthresh_on_repeated_timeouts() -> None:
     cc.on_rto(flight=40 * MSS, now=0.0)
     cc.on_rto(flight=MSS, now=1.0, repeated=True)
     assert cc.ssthresh == 20 * MSS and cc.cwnd == MSS
+
+
+def _receiver_limited(controller: str, rounds: int) -> "h.Tcb":
+    """A bulk sender whose peer advertises 20 segments and acknowledges everything each
+    round: the receiver's window, not the congestion window, limits it."""
+    config = TcpConfig(nodelay=True, pacing=False, congestion=controller)
+    tcb = h.established(peer_wnd=20 * h.MSS, config=config)
+    tcb.send(b"x" * (rounds * 20 * h.MSS))
+    now = 0.0
+    for _ in range(rounds):
+        h.recv(tcb, now)
+        now += 0.01
+        h.send(tcb, h.peer(ACK, h.IRS + 1, tcb.snd_nxt, wnd=20 * h.MSS), now)
+    return tcb
+
+
+@pytest.mark.parametrize("controller", ["newreno", "cubic"])
+def test_a_window_the_sender_does_not_use_does_not_grow(controller: str) -> None:
+    # RFC 9438 §5.8, Linux tcp_is_cwnd_limited: 20 segments in flight a round; slow start
+    # may take the window to twice that, and no further however many ACKs come.
+    tcb = _receiver_limited(controller, rounds=80)
+    assert tcb.cc.cwnd <= 2 * 20 * h.MSS + 2 * h.MSS
+
+
+@pytest.mark.parametrize("controller", ["newreno", "cubic"])
+def test_a_window_the_sender_fills_still_grows_in_congestion_avoidance(
+        controller: str) -> None:
+    tcb = h.established(peer_wnd=1 << 16, config=TcpConfig(
+        nodelay=True, pacing=False, congestion=controller))
+    tcb.snd_wscale = 0
+    tcb.cc.ssthresh = tcb.cc.cwnd  # congestion avoidance from the start
+    start = tcb.cc.cwnd
+    tcb.send(b"x" * (200 * h.MSS))
+    now = 0.0
+    for _ in range(5):
+        assert h.recv(tcb, now)  # a window's worth: cwnd-limited
+        now += 0.05
+        h.send(tcb, h.peer(ACK, h.IRS + 1, tcb.snd_nxt, wnd=1 << 16), now)
+    assert tcb.cc.cwnd > start

@@ -66,9 +66,12 @@ def test_unpaced_a_wake_up_hands_out_at_most_its_share_and_comes_back_at_once() 
     tcb.send(b"d" * 200_000)
     first = recv(tcb, now)
     assert pacing.wakeup_cap(MSS) <= sum(len(s.payload) for s in first) < 70_000
-    assert tcb.next_deadline == now  # the rest on the next turn of the loop
-    tcb.on_timer(now)
-    assert recv(tcb, now)
+    # The rest on the loop's next turn: not again in this one (where `now` stands still).
+    assert tcb.next_deadline == now + pacing.NEXT_TURN
+    tcb._ack_now = True  # anything that makes it poll again within the turn
+    assert not any(s.payload for s in recv(tcb, now))
+    tcb.on_timer(now + pacing.NEXT_TURN)
+    assert recv(tcb, now + pacing.NEXT_TURN)
 
 
 def test_a_retransmission_timeout_is_not_held_by_pacing() -> None:
@@ -79,3 +82,28 @@ def test_a_retransmission_timeout_is_not_held_by_pacing() -> None:
     tcb.on_timer(rto_at)
     again = recv(tcb, rto_at)
     assert again and again[0].seq == ISS + 1 + 10 * MSS
+
+
+def test_a_release_served_late_makes_up_the_lost_time_up_to_the_cap() -> None:
+    rate, cap = 10_000_000.0, 65536  # 10 KB per ms
+    # On time, or late but not held by the pacer: one quantum, counted from its time.
+    assert pacing.release(1.0, 1.0, rate, MSS, cap, backlogged=True) == (10_000, 1.0)
+    assert pacing.release(1.0, 1.003, rate, MSS, cap, backlogged=False) == (10_000, 1.003)
+    # Held by the pacer and served 3 ms late: those 3 ms too, counted from the due time,
+    # so the next release is due a quantum's time after now.
+    allowance, base = pacing.release(1.0, 1.003, rate, MSS, cap, backlogged=True)
+    assert allowance == pytest.approx(40_000, abs=2)
+    assert base + allowance / rate == pytest.approx(1.004)
+    # Much later: a whole cap and no more (no burst beyond a wake-up's share).
+    allowance, base = pacing.release(1.0, 1.5, rate, MSS, cap, backlogged=True)
+    assert allowance == cap
+    assert base + allowance / rate == pytest.approx(1.5 + 10_000 / rate)
+
+
+def test_when_the_loop_is_late_every_backlogged_flow_gets_a_whole_share_a_turn() -> None:
+    # Two flows, one with three times the other's window: once the loop serves them
+    # late enough, their releases are equal (the process is shared evenly).
+    big = pacing.release(0.0, 0.010, 3e7, MSS, 65536, backlogged=True)[0]
+    small = pacing.release(0.0, 0.010, 1e7, MSS, 65536, backlogged=True)[0]
+    assert big == small == 65536
+
