@@ -10,8 +10,8 @@ tcp_tso_autosize; the fq qdisc's job when there is one).
   rate. A TSO super-segment counts as the wire segments it becomes: its bytes.
 - The initial window goes out unpaced (there is nothing to pace it by that would help:
   RFC 6928 allows the burst), and so does a forced retransmission (RTO, fast retransmit).
-- Whatever the rate, and with pacing off too, one wake-up hands the device at most 64 KB,
-  or with TSO 4 MB (Linux TSQ, tcp_small_queue_check), so one bulk
+- Whatever the rate, and with pacing off too, one wake-up hands the device at most 64
+  writes and 4 MB (Linux TSQ, tcp_small_queue_check), so one bulk
   flow cannot keep the others (and the reading of the device) waiting; its next share
   comes on the loop's next turn (`NEXT_TURN`), so every flow gets one share a turn, as a
   round robin (fq) would give it.
@@ -26,12 +26,13 @@ SS_RATIO = 2.0
 CA_RATIO = 1.2
 QUANTUM_SECONDS = 0.001  # tcp_tso_autosize: 1 ms of data per release
 MIN_QUANTUM_SEGMENTS = 2
-# Per wake-up: 64 KB without TSO (44 writes at MTU 1500: what the loop can afford before it
-# reads the device again); with TSO, Linux's tcp_limit_output_bytes (4 MB since Linux
-# 6.16, 64 super-segments). With 16 super-segments (1 MB) a bulk download on the local
-# TUN ran at 0.88-0.90 of the unpaced speed; with 64, at 0.99 (BENCHMARKS.md, issue 13).
-WAKEUP_CAP_BYTES = 64 * 1024
-WAKEUP_CAP_TSO_BYTES = 4 * 1024 * 1024
+# Per wake-up: at most 64 device writes (what the loop can afford before it reads the
+# device again: 92 KB at MTU 1500) and at most Linux's tcp_limit_output_bytes (4 MB since
+# Linux 6.16: 64 TSO super-segments or 64 KB segments). With 16 big writes (1 MB) a bulk
+# download on the local TUN ran at 0.88-0.90 of the unpaced speed, with 64 at 0.99
+# (BENCHMARKS.md, issue 13).
+WAKEUP_CAP_WRITES = 64
+WAKEUP_CAP_BYTES = 4 * 1024 * 1024
 
 
 def rate(cwnd: int, flight: int, ssthresh: int, srtt: float) -> float:
@@ -59,11 +60,9 @@ def worth_pacing(pace_rate: float, cap: int) -> bool:
 NEXT_TURN = 1e-6
 
 
-def wakeup_cap(burst: int, tso: bool) -> int:
+def wakeup_cap(burst: int) -> int:
     """What one wake-up may hand the device: bytes of whole `burst`-sized writes."""
-    if not tso:
-        return WAKEUP_CAP_BYTES
-    return max(1, WAKEUP_CAP_TSO_BYTES // burst) * burst
+    return max(1, min(WAKEUP_CAP_WRITES, WAKEUP_CAP_BYTES // burst)) * burst
 
 
 def quantum(pace_rate: float, max_payload: int, cap: int) -> int:

@@ -1008,7 +1008,7 @@ class Tcb:
         burst = max_payload
         if self.tso_max > max_payload:
             burst = self.tso_max // max_payload * max_payload
-        cap = pacing.wakeup_cap(burst, tso=burst > max_payload)
+        cap = pacing.wakeup_cap(burst)
         pace_rate = self._pace_rate()
         if pace_rate is not None and not pacing.worth_pacing(pace_rate, cap):
             pace_rate = None

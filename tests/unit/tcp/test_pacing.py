@@ -23,10 +23,12 @@ def test_a_release_is_a_millisecond_of_data_but_never_under_two_segments() -> No
     assert pacing.quantum(1e10, 1448, 65536) == 65536  # the wake-up's cap
 
 
-def test_a_wake_up_hands_out_64_kb_or_with_tso_4_mb_of_whole_writes() -> None:
-    assert pacing.wakeup_cap(1448, tso=False) == 65536
+def test_a_wake_up_hands_out_at_most_64_writes_and_4_mb() -> None:
+    assert pacing.wakeup_cap(1448) == 64 * 1448
     burst = 45 * 1448  # a TSO write of whole segments
-    assert pacing.wakeup_cap(burst, tso=True) == (4 << 20) // burst * burst
+    assert pacing.wakeup_cap(burst) == (4 << 20) // burst * burst
+    assert pacing.wakeup_cap(65483) == 64 * 65483  # MTU 65535, no TSO
+    assert pacing.wakeup_cap(8 << 20) == 8 << 20  # one write always goes
 
 
 def grown(config: TcpConfig, srtt: float = 0.010):
@@ -71,7 +73,7 @@ def test_unpaced_a_wake_up_hands_out_at_most_its_share_and_comes_back_at_once() 
     tcb.snd_wnd = 1 << 20
     tcb.send(b"d" * 200_000)
     first = recv(tcb, now)
-    assert pacing.wakeup_cap(MSS, tso=False) <= sum(len(s.payload) for s in first) < 70_000
+    assert pacing.wakeup_cap(MSS) <= sum(len(s.payload) for s in first) < 100_000
     # The rest on the loop's next turn: not again in this one (where `now` stands still).
     assert tcb.next_deadline == now + pacing.NEXT_TURN
     tcb._ack_now = True  # anything that makes it poll again within the turn
