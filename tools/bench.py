@@ -1462,15 +1462,18 @@ def render_table(rep: dict) -> str:
     return "\n".join(out)
 
 
+def side_details(rep: dict, scenario: str) -> list[tuple[str, dict, dict]]:
+    """(side, its detail, the row) for each side of `scenario`'s row that ran cleanly."""
+    row = next((r for r in rep["rows"] if r["scenario"] == scenario), None)
+    if row is None:
+        return []
+    return [(side, row[f"{side}_detail"], row) for side in ("ustack", "kernel")
+            if not row[f"{side}_error"] and row[f"{side}_detail"]]
+
+
 def print_churn(rep: dict) -> None:
     """The churn scenario's windows, side by side: the table has only first and last."""
-    row = next((r for r in rep["rows"] if r["scenario"] == "churn_rss"), None)
-    if row is None:
-        return
-    for side in ("ustack", "kernel"):
-        d = row[f"{side}_detail"]
-        if row[f"{side}_error"] or not d:
-            continue
+    for side, d, _row in side_details(rep, "churn_rss"):
         print(
             f"churn {side}: req/s per {d['window_seconds']:g} s window "
             f"{[round(x) for x in d['windows']]}; RSS MB at start {d['rss_mb_start']:.1f}, "
@@ -1481,13 +1484,7 @@ def print_churn(rep: dict) -> None:
 
 def print_closestorm(rep: dict) -> None:
     """The close storm's details per side, and ustack's whole counters line."""
-    row = next((r for r in rep["rows"] if r["scenario"] == "closestorm"), None)
-    if row is None:
-        return
-    for side in ("ustack", "kernel"):
-        d = row[f"{side}_detail"]
-        if row[f"{side}_error"] or not d:
-            continue
+    for side, d, row in side_details(rep, "closestorm"):
         text = (f"closestorm {side}: {d['connections']} close() calls in "
                 f"{d['close_loop_s'] * 1000:.0f} ms, all closed after {row[side]:.2f} s "
                 f"({d['polls']} looks at /proc/net/tcp, the last {d['last_poll_s'] * 1000:.0f}"
