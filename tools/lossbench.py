@@ -1,14 +1,30 @@
 #!/usr/bin/env python3
-"""Goodput under packet loss: ustack (NewReno, CUBIC) beside the kernel's own TCP.
+"""Goodput under loss, delay and reordering: ustack beside the kernel's own TCP, on one
+impaired path that acts on both alike.
 
-In one private network namespace, nftables drops the same fraction of packets for both
-servers (on the TUN towards ustack, on loopback towards a uvloop server on kernel
-sockets running the very same HTTP service), and the same `curl` downloads /bytes/N
-from each. The kernel runs the same algorithm (sysctl tcp_congestion_control in the
-namespace: reno or cubic, when the host allows it; the table says which ran). Prints
-MB/s and the ustack/kernel ratio per loss rate.
+    client ns  lc 10.0.1.2 ══ relay ══ lr 10.0.1.1  router ns (ip_forward=1)
+                                                  ustack0 10.77.0.1/24 ── ustack 10.77.0.2
 
-    sudo .venv/bin/python tools/lossbench.py [--mb 10] [--loss 1,5,10] [--json]
+The router holds ustack (`ustack serve http:80 discard:9`) and a kernel server with the
+same services on its own address (uvloop, kernel sockets). Between the namespaces a
+relay process (this tool, `--relay`) joins two TUN devices, one in each, and impairs
+every packet alike in each direction: half the RTT of delay, a share dropped, a share
+held back behind the packets that follow (reordered). This kernel has no `netem`; a TUN
+carries one segment per packet, so a drop is one segment for the kernel as for ustack.
+Both directions are measured:
+
+- ustack sends: a kernel client downloads /bytes/N from each server; the kernel server
+  runs ustack's algorithm (CUBIC, or Reno for NewReno).
+- ustack receives: a kernel client with the given algorithm (CUBIC, BBR) uploads N bytes
+  to each discard service and waits for its close.
+
+A namespace may only choose from the host's `tcp_allowed_congestion_control`; the tool
+sets the algorithm per socket (TCP_CONGESTION, which root may set to any available one)
+and reports what the kernel used. Retransmissions are the sender's: ustack's counters
+(SIGUSR1) or the sending namespace's TcpRetransSegs. Medians of --repeat transfers.
+
+    sudo .venv/bin/python tools/lossbench.py [--mb 2] [--loss 1,2,5] [--reorder 0,5]
+        [--rtt-ms 10] [--send newreno,cubic] [--receive cubic,bbr] [--repeat 3] [--json]
 """
 
 from __future__ import annotations
@@ -18,29 +34,141 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-US, KERNEL, KERNEL_PORT = "10.77.0.2", "10.77.0.1", 8080
-KERNEL_CC = {"newreno": "reno", "cubic": "cubic"}
-TIMEOUT = 180
+CLIENT, ROUTER, US = "10.0.1.2", "10.0.1.1", "10.77.0.2"
+HTTP, DISCARD, KERNEL_HTTP, KERNEL_DISCARD = 80, 9, 8080, 8009
+KERNEL_CC = {"newreno": "reno", "cubic": "cubic", "bbr": "bbr"}
+TIMEOUT = 120.0  # seconds one transfer may take
+TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
+TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+MTU = 1500
 
 
-def kernel_server(port: int) -> None:
-    """The comparison server: ustack's own HTTP service on kernel sockets (uvloop)."""
+# --- the relay ------------------------------------------------------------------------------
+
+
+class Impairment:
+    """What the relay does to each packet of one direction (reconfigured on SIGHUP from
+    a file: `loss reorder delay_ms`)."""
+
+    def __init__(self) -> None:
+        self.loss = 0.0  # fraction dropped
+        self.reorder = 0.0  # fraction held back by `hold` more than the rest
+        self.delay = 0.0  # seconds, every packet
+        self.hold = 0.0  # seconds: how far a reordered packet falls behind
+
+
+def relay(client_ns: str, router_ns: str, control: str) -> None:
+    """Join a TUN `lc` in `client_ns` to a TUN `lr` in `router_ns`, impairing both ways."""
+    import fcntl
+    import heapq
+    import random
+    import struct
+
+    sys.path.insert(0, str(ROOT))
+    from ustack import netns
+
+    fds = {}
+    for ns, dev in ((client_ns, "lc"), (router_ns, "lr")):
+        ns_fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+        netns.setns(ns_fd)  # TUNSETIFF creates the device in the caller's namespace
+        os.close(ns_fd)
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", dev.encode(), IFF_TUN | IFF_NO_PI))
+        fds[dev] = fd
+    rng = random.Random(1)
+    impair = Impairment()
+
+    def reconfigure() -> None:
+        with open(control) as f:
+            loss, reorder, delay_ms = (float(x) for x in f.read().split())
+        impair.loss, impair.reorder = loss / 100, reorder / 100
+        impair.delay = delay_ms / 1000
+        impair.hold = max(0.001, impair.delay / 2)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        queue: list[tuple[float, int, int, bytes]] = []  # (due, order, fd, packet)
+        order = 0
+        timer: list[asyncio.TimerHandle | None] = [None]
+
+        def release() -> None:
+            timer[0] = None
+            now = loop.time()
+            while queue and queue[0][0] <= now:
+                _, _, fd, packet = heapq.heappop(queue)
+                with contextlib.suppress(OSError):  # a full queue drops, as a wire would
+                    os.write(fd, packet)
+            if queue:
+                timer[0] = loop.call_at(queue[0][0], release)
+
+        def readable(src: int, dst: int) -> None:
+            nonlocal order
+            now = loop.time()
+            for _ in range(256):
+                try:
+                    packet = os.read(src, MTU + 64)
+                except BlockingIOError:
+                    break
+                if rng.random() < impair.loss:
+                    continue
+                due = now + impair.delay
+                if rng.random() < impair.reorder:
+                    due += impair.hold
+                order += 1
+                heapq.heappush(queue, (due, order, dst, packet))
+            if queue and (timer[0] is None or timer[0].when() > queue[0][0]):
+                if timer[0] is not None:
+                    timer[0].cancel()
+                timer[0] = loop.call_at(queue[0][0], release)
+
+        loop.add_reader(fds["lc"], readable, fds["lc"], fds["lr"])
+        loop.add_reader(fds["lr"], readable, fds["lr"], fds["lc"])
+        loop.add_signal_handler(signal.SIGHUP, reconfigure)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# --- the helpers that run inside the namespaces ---------------------------------------------
+
+
+def _set_cc(sock: socket.socket, cc: str) -> str:
+    """Ask for `cc` on `sock`; what the kernel uses."""
+    with contextlib.suppress(OSError):  # reported as what it is
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, cc.encode())
+    return sock.getsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, 16).rstrip(b"\0").decode()
+
+
+def kernel_server(cc: str) -> None:
+    """ustack's own HTTP and discard services on kernel sockets, with `cc`."""
     sys.path.insert(0, str(ROOT))
     from ustack.services import protocol_factory
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(protocol_factory("http"), KERNEL, port)
-        print("ready", flush=True)
-        await server.serve_forever()
+        used = set()
+        for port, name in ((KERNEL_HTTP, "http"), (KERNEL_DISCARD, "discard")):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            used.add(_set_cc(sock, cc))  # accepted connections inherit it
+            sock.bind((ROUTER, port))
+            await loop.create_server(protocol_factory(name), sock=sock)
+        print(f"ready {','.join(sorted(used))}", flush=True)
+        await asyncio.Event().wait()
 
     try:
         import uvloop
@@ -50,37 +178,75 @@ def kernel_server(port: int) -> None:
         asyncio.run(main())
 
 
-class Namespace:
-    def __init__(self) -> None:
-        self.name = f"ustack-lossbench-{os.getpid()}"
+def client(direction: str, host: str, port: int, nbytes: int, cc: str) -> None:
+    """One transfer from the client namespace; prints JSON: seconds, bytes, algorithm."""
+    sock = socket.socket()
+    used = _set_cc(sock, cc) if cc else ""
+    sock.settimeout(TIMEOUT)
+    start = time.monotonic()
+    sock.connect((host, port))
+    got = 0
+    if direction == "download":
+        sock.sendall(f"GET /bytes/{nbytes} HTTP/1.0\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            head += chunk
+        got = len(head.partition(b"\r\n\r\n")[2])
+        while chunk := sock.recv(1 << 20):
+            got += len(chunk)
+    else:
+        block = bytes(1 << 20)
+        left = nbytes
+        while left:
+            left -= sock.send(block[:min(left, len(block))])
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):  # the discard service closes after our FIN
+            pass
+        got = nbytes
+    seconds = time.monotonic() - start
+    sock.close()
+    print(json.dumps({"seconds": seconds, "bytes": got, "cc": used}))
+
+
+# --- the topology ---------------------------------------------------------------------------
+
+
+class Netns:
+    def __init__(self, tag: str) -> None:
+        self.name = f"ustack-lossbench-{tag}-{uuid.uuid4().hex[:6]}"
         self.procs: list[subprocess.Popen] = []
-        self.run(None, ["ip", "netns", "add", self.name])
+        subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=20)
         self.run(["ip", "link", "set", "lo", "up"])
 
     def argv(self, cmd: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *cmd]
 
-    def run(self, cmd: list[str] | None, argv: list[str] | None = None,
-            stdin: bytes | None = None, timeout: float = 20) -> str:
-        done = subprocess.run(argv or self.argv(cmd or []), input=stdin, capture_output=True,
-                              timeout=timeout, check=False)
+    def run(self, cmd: list[str], timeout: float = 20) -> str:
+        done = subprocess.run(self.argv(cmd), capture_output=True, timeout=timeout,
+                              check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if done.returncode:
-            raise RuntimeError(f"{' '.join(argv or cmd or [])}: {done.stderr.decode().strip()}")
+            raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.decode().strip()}")
         return done.stdout.decode()
 
-    def start(self, cmd: list[str], ready: str) -> subprocess.Popen:
+    def start(self, cmd: list[str], ready: str) -> tuple[subprocess.Popen, str]:
         proc = subprocess.Popen(self.argv(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.procs.append(proc)
-        deadline = time.monotonic() + 15
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline().decode()
-            if ready in line:
-                return proc
-            if not line and proc.poll() is not None:
-                break
-        raise RuntimeError(f"{' '.join(cmd)} did not start")
+        line = read_until(proc, ready, 20)
+        if line is None:
+            raise RuntimeError(f"{' '.join(cmd)} did not start")
+        return proc, line
+
+    def retrans(self) -> int:
+        """TcpRetransSegs of this namespace's kernel TCP."""
+        lines = self.run(["cat", "/proc/net/snmp"]).splitlines()
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
+            if names.startswith("Tcp:"):
+                return int(dict(zip(names.split(), values.split(), strict=True))["RetransSegs"])
+        return 0
 
     def close(self) -> None:
         for proc in self.procs:
@@ -94,108 +260,227 @@ class Namespace:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
 
 
-def kernel_congestion_control(ns: Namespace, wanted: str) -> str:
-    """Ask for `wanted` in the namespace; a namespace may only pick from the host's
-    tcp_allowed_congestion_control, so report what the kernel really uses."""
-    with contextlib.suppress(RuntimeError):
-        ns.run(["sysctl", "-qw", f"net.ipv4.tcp_congestion_control={wanted}"])
-    return ns.run(["sysctl", "-n", "net.ipv4.tcp_congestion_control"]).strip()
+def read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str | None:
+    """The first line of `proc`'s output that holds `marker` (None at EOF or timeout)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    os.set_blocking(proc.stdout.fileno(), False)
+    buffered = b""
+    while time.monotonic() < deadline:
+        chunk = proc.stdout.read(65536)
+        if chunk:
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                if marker in line.decode(errors="replace"):
+                    return line.decode(errors="replace")
+        elif proc.poll() is not None:
+            return None
+        else:
+            time.sleep(0.02)
+    return None
 
 
-def set_loss(ns: Namespace, per_mille: int) -> None:
-    """Drop `per_mille`/1000 of the packets of both connections, each packet once."""
-    ns.run(["nft", "flush", "ruleset"])
-    if not per_mille:
-        return
-    drop = f"numgen random mod 1000 < {per_mille} drop"
-    ruleset = (
-        "table inet lossbench {\n"
-        # Loopback packets pass the output hook once; TUN packets leave (towards ustack)
-        # by output and come back (from ustack) by input.
-        f'  chain out {{ type filter hook output priority 0; oifname {{ "lo", "ustack0" }} '
-        f"{drop}; }}\n"
-        f'  chain in {{ type filter hook input priority 0; iifname "ustack0" {drop}; }}\n'
-        "}\n"
-    )
-    ns.run(["nft", "-f", "-"], stdin=ruleset.encode())
+class ImpairedPath:
+    """The two namespaces, the relay between them, both servers."""
+
+    def __init__(self, ustack_cc: str, kernel_cc: str, control: str) -> None:
+        self.client = Netns("c")
+        self.router = Netns("r")
+        self.control = control
+        try:
+            c, r = self.client, self.router
+            py = sys.executable
+            self.relay = subprocess.Popen(
+                [py, str(Path(__file__).resolve()), "--relay", c.name, r.name, control],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if read_until(self.relay, "ready", 20) is None:
+                raise RuntimeError("the relay did not start")
+            for ns, dev, addr in ((c, "lc", CLIENT), (r, "lr", ROUTER)):
+                ns.run(["ip", "addr", "add", f"{addr}/24", "dev", dev])
+                ns.run(["ip", "link", "set", dev, "mtu", str(MTU), "up"])
+            c.run(["ip", "route", "add", "default", "via", ROUTER])
+            r.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            self.ustack, _ = r.start([py, "-m", "ustack", "serve", "--congestion", ustack_cc,
+                                      "--addr", US, f"http:{HTTP}", f"discard:{DISCARD}"],
+                                     "ustack: serving")
+            _, line = r.start([py, str(Path(__file__).resolve()), "--kernel-server",
+                               kernel_cc], "ready")
+            self.kernel_cc = line.split()[-1]
+        except BaseException:
+            self.close()
+            raise
+
+    def impair(self, rtt_ms: float, loss: float, reorder: float) -> None:
+        """The relay, each way: half the RTT, `loss` % dropped, `reorder` % held back by
+        a quarter of the RTT (behind the packets that follow)."""
+        with open(self.control, "w") as f:
+            f.write(f"{loss} {reorder} {rtt_ms / 2}\n")
+        self.relay.send_signal(1)  # SIGHUP
+        time.sleep(0.2)
+
+    def ustack_retrans(self) -> int:
+        """ustack's tcp_retransmitted_segments so far (its SIGUSR1 stats line)."""
+        self.ustack.send_signal(10)  # SIGUSR1
+        line = read_until(self.ustack, "ustack: stats;", 10) or ""
+        m = re.search(r"tcp_retransmitted_segments=(\d+)", line)
+        return int(m.group(1)) if m else 0
+
+    def transfer(self, direction: str, stack: str, nbytes: int, cc: str) -> dict:
+        """One transfer: MB/s, and the segments the sender retransmitted."""
+        if direction == "download":
+            host, port = (US, HTTP) if stack == "ustack" else (ROUTER, KERNEL_HTTP)
+            sender = "ustack" if stack == "ustack" else "router"
+        else:
+            host, port = (US, DISCARD) if stack == "ustack" else (ROUTER, KERNEL_DISCARD)
+            sender = "client"
+        before = self._sender_retrans(sender)
+        out = self.client.run([sys.executable, str(Path(__file__).resolve()), "--client",
+                               direction, host, str(port), str(nbytes), cc],
+                              timeout=TIMEOUT + 20)
+        result = json.loads(out.strip().splitlines()[-1])
+        if result["bytes"] != nbytes:
+            raise RuntimeError(f"{direction} from {stack}: {result['bytes']} of {nbytes} bytes")
+        return {"mb_s": nbytes / result["seconds"] / 1e6,
+                "retrans": self._sender_retrans(sender) - before, "client_cc": result["cc"]}
+
+    def _sender_retrans(self, sender: str) -> int:
+        if sender == "ustack":
+            return self.ustack_retrans()
+        return (self.router if sender == "router" else self.client).retrans()
+
+    def close(self) -> None:
+        if self.relay.poll() is None:
+            self.relay.terminate()
+            self.relay.wait(5)
+        self.router.close()
+        self.client.close()
 
 
-def download(ns: Namespace, host: str, port: int, nbytes: int) -> float:
-    """MB/s of one `curl` download of /bytes/N (size checked)."""
-    out = ns.run(["curl", "-sS", "--fail", "--max-time", str(TIMEOUT), "-o", "/dev/null", "-w",
-                  "%{size_download} %{time_total}", f"http://{host}:{port}/bytes/{nbytes}"],
-                 timeout=TIMEOUT + 10)
-    size, seconds = out.split()
-    if int(size) != nbytes:
-        raise RuntimeError(f"short download: {size} of {nbytes} bytes")
-    return nbytes / float(seconds) / 1e6
+# --- the measurement ------------------------------------------------------------------------
+
+
+def cells(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(direction, algorithm): ustack's own when it sends, the client's when it receives."""
+    return ([("download", cc) for cc in args.send] + [("upload", cc) for cc in args.receive])
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
     rows = []
     nbytes = int(args.mb * 1e6)
-    for cc in args.cc:
-        ns = Namespace()
+    for direction, cc in cells(args):
+        # The servers run the algorithm of the sender being compared: ustack's when it
+        # sends; when the client sends, theirs does not matter (CUBIC for both).
+        ustack_cc = cc if direction == "download" else "cubic"
+        path = ImpairedPath(ustack_cc, KERNEL_CC[cc] if direction == "download" else "cubic",
+                            args.control)
         try:
-            kernel_cc = kernel_congestion_control(ns, KERNEL_CC[cc])
-            py = sys.executable
-            ns.start([py, "-m", "ustack", "serve", "--congestion", cc, "http:80"],
-                     "ustack: serving")
-            ns.start([py, str(Path(__file__).resolve()), "--kernel-server"], "ready")
-            for loss in args.loss:
-                set_loss(ns, round(loss * 10))
-                ours = [download(ns, US, 80, nbytes) for _ in range(args.repeat)]
-                theirs = [download(ns, KERNEL, KERNEL_PORT, nbytes) for _ in range(args.repeat)]
-                row = {"loss_percent": loss, "congestion": cc, "kernel_congestion": kernel_cc,
-                       "ustack_mb_s": statistics.median(ours),
-                       "kernel_mb_s": statistics.median(theirs)}
-                row["ratio"] = row["ustack_mb_s"] / row["kernel_mb_s"]
-                rows.append(row)
-                print(f"  loss {loss}% {cc}: ustack {row['ustack_mb_s']:.1f} MB/s, kernel "
-                      f"{row['kernel_mb_s']:.1f} MB/s", file=sys.stderr, flush=True)
+            for reorder in args.reorder:
+                for loss in args.loss:
+                    path.impair(args.rtt_ms, loss, reorder)
+                    runs: dict[str, list[dict]] = {"ustack": [], "kernel": []}
+                    for _ in range(args.repeat):
+                        for stack in ("ustack", "kernel"):  # alternated
+                            client_cc = KERNEL_CC[cc] if direction == "upload" else ""
+                            runs[stack].append(path.transfer(direction, stack, nbytes,
+                                                             client_cc))
+                    row = {"direction": direction, "algorithm": cc, "loss": loss,
+                           "reorder": reorder, "rtt_ms": args.rtt_ms,
+                           "kernel_algorithm": (path.kernel_cc if direction == "download"
+                                                else runs["kernel"][0]["client_cc"])}
+                    for stack, got in runs.items():
+                        row[f"{stack}_mb_s"] = statistics.median(r["mb_s"] for r in got)
+                        row[f"{stack}_retrans"] = statistics.median(r["retrans"] for r in got)
+                    row["ratio"] = row["ustack_mb_s"] / row["kernel_mb_s"]
+                    rows.append(row)
+                    print(f"  {direction} {cc} loss {loss:g}% reorder {reorder:g}%: ustack "
+                          f"{row['ustack_mb_s']:.2f} MB/s ({row['ustack_retrans']:g} rexmit),"
+                          f" kernel {row['kernel_mb_s']:.2f} MB/s "
+                          f"({row['kernel_retrans']:g} rexmit)", file=sys.stderr, flush=True)
         finally:
-            ns.close()
+            path.close()
     return rows
+
+
+def percents(text: str) -> list[float]:
+    values = [float(x) for x in text.split(",")]
+    if any(not 0 <= v < 100 for v in values):
+        raise argparse.ArgumentTypeError("percentages in [0, 100)")
+    return values
+
+
+def algorithms(allowed: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        names = [x for x in text.split(",") if x]
+        if any(n not in allowed for n in names):
+            raise argparse.ArgumentTypeError(f"one of {', '.join(allowed)}")
+        return names
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mb", type=float, default=10.0, help="download size in MB (default 10)")
-    p.add_argument("--loss", type=lambda s: [float(x) for x in s.split(",")],
-                   default=[1.0, 5.0, 10.0], help="loss percentages (default 1,5,10)")
-    p.add_argument("--cc", type=lambda s: s.split(","), default=["newreno", "cubic"],
-                   help="congestion controls (default newreno,cubic)")
-    p.add_argument("--repeat", type=int, default=3, help="downloads per cell; median")
+    p.add_argument("--mb", type=float, default=2.0, help="transfer size in MB (default 2)")
+    p.add_argument("--loss", type=percents, default=[1.0, 2.0, 5.0],
+                   help="loss percentages, each direction (default 1,2,5)")
+    p.add_argument("--reorder", type=percents, default=[0.0, 5.0],
+                   help="reordering percentages (default 0,5)")
+    p.add_argument("--rtt-ms", type=float, default=10.0, help="round trip (default 10)")
+    p.add_argument("--send", type=algorithms(("newreno", "cubic")), default=["newreno", "cubic"],
+                   help="ustack's algorithms as the sender (default newreno,cubic)")
+    p.add_argument("--receive", type=algorithms(("cubic", "bbr")), default=["cubic", "bbr"],
+                   help="the kernel sender's algorithms when ustack receives (cubic,bbr)")
+    p.add_argument("--repeat", type=int, default=3, help="transfers per cell; median")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--kernel-server", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--kernel-server", metavar="CC", help=argparse.SUPPRESS)
+    p.add_argument("--client", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--relay", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if any(not 0 <= x < 100 for x in args.loss) or args.mb <= 0 or args.repeat < 1:
-        p.error("loss in [0, 100), --mb > 0 and --repeat >= 1 please")
-    if any(cc not in KERNEL_CC for cc in args.cc):
-        p.error(f"--cc takes {', '.join(KERNEL_CC)}")
+    if not 0 < args.mb <= 1000 or not 1 <= args.repeat <= 20 or not 0 < args.rtt_ms <= 1000:
+        p.error("--mb in (0, 1000], --repeat in 1..20 and --rtt-ms in (0, 1000] please")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.kernel_server:
-        kernel_server(KERNEL_PORT)
+        kernel_server(args.kernel_server)
         return 0
-    missing = [t for t in ("ip", "nft", "curl") if shutil.which(t) is None]
+    if args.client:
+        direction, host, port, nbytes, cc = args.client
+        client(direction, host, int(port), int(nbytes), cc)
+        return 0
+    if args.relay:
+        relay(*args.relay)
+        return 0
+    missing = [t for t in ("ip",) if shutil.which(t) is None]
     if os.geteuid() != 0 or missing or not os.path.exists("/dev/net/tun"):
         why = f"missing {', '.join(missing)}" if missing else "needs root and /dev/net/tun"
         print(f"lossbench: {why}", file=sys.stderr)
         return 2
-    rows = measure(args)
+    # A stop (SIGTERM, or the bound of whoever runs this) unwinds like Ctrl-C: the
+    # namespaces and every process started in them go.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.control = os.path.join(tmp, "impairment")
+        try:
+            rows = measure(args)
+        except KeyboardInterrupt:
+            print("lossbench: stopped", file=sys.stderr)
+            return 130
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"goodput of a {args.mb:g} MB download under loss (median of {args.repeat})")
-    print("| loss | ustack cc | ustack MB/s | kernel cc | kernel MB/s | ustack/kernel |")
-    print("|---|---|---|---|---|---|")
+    print(f"goodput of {args.mb:g} MB over {args.rtt_ms:g} ms RTT with loss and reordering "
+          f"each way (median of {args.repeat}); rexmit: segments the sender resent")
+    print("| direction | algorithm (kernel) | loss | reorder | ustack MB/s | kernel MB/s "
+          "| ustack/kernel | ustack rexmit | kernel rexmit |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['loss_percent']:g}% | {r['congestion']} | {r['ustack_mb_s']:.2f} | "
-              f"{r['kernel_congestion']} | {r['kernel_mb_s']:.2f} | {r['ratio']:.3f} |")
+        who = "ustack sends" if r["direction"] == "download" else "ustack receives"
+        print(f"| {who} | {r['algorithm']} ({r['kernel_algorithm']}) | {r['loss']:g}% | "
+              f"{r['reorder']:g}% | {r['ustack_mb_s']:.2f} | {r['kernel_mb_s']:.2f} | "
+              f"{r['ratio']:.2f} | {r['ustack_retrans']:g} | {r['kernel_retrans']:g} |")
     return 0
 
 
