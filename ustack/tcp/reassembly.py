@@ -60,6 +60,16 @@ class Reassembly:
         self._recent.insert(0, merged_start)
         return True
 
+    def duplicate(self, start: int, end: int) -> tuple[int, int] | None:
+        """The first part of [start, end) already held, if any (what RFC 2883 reports)."""
+        for r_start, data in self._ranges:
+            r_end = seq.add(r_start, len(data))
+            lo = start if seq.gt(start, r_start) else r_start
+            hi = end if seq.lt(end, r_end) else r_end
+            if seq.lt(lo, hi):
+                return lo, hi
+        return None
+
     def take(self, rcv_nxt: int) -> bytes:
         """Bytes that now continue the stream at `rcv_nxt` (possibly none)."""
         if not self._ranges:

@@ -10,6 +10,20 @@ from ustack.tcp import seq
 DUP_THRESH = 3  # RFC 6675 §2 DupThresh
 
 
+def is_dsack(blocks: tuple[tuple[int, int], ...], ack: int) -> bool:
+    """RFC 2883 §4 (and Linux tcp_check_dsack): the first block reports a duplicate when
+    it lies at or below the cumulative ACK, or inside the second block."""
+    if not blocks:
+        return False
+    left, right = blocks[0]
+    if seq.le(right, ack):
+        return True
+    if len(blocks) > 1:
+        left2, right2 = blocks[1]
+        return seq.le(left2, left) and seq.le(right, right2)
+    return False
+
+
 class Scoreboard:
     def __init__(self) -> None:
         self.ranges: list[tuple[int, int]] = []  # (left, right), sorted, disjoint

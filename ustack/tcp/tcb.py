@@ -20,6 +20,7 @@ from ustack.tcp import (
     challenge,
     congestion,
     pacing,
+    sack,
     seq,
     timers,
     timewait,
@@ -171,6 +172,8 @@ class Tcb:
         self._pace_at = 0.0
         self._pace_wait = False
         self._pace_backlog = False  # the last release spent its allowance with data left
+        # RFC 2883: a duplicate range received, reported once as the first SACK block.
+        self._dsack: tuple[int, int] | None = None
         # Congestion window validation (Linux tcp_cwnd_validate; RFC 7661's aim): whether
         # the window limited sending in the current window of data, and the most that was
         # in flight in it; the window grows only when it was used.
@@ -499,6 +502,9 @@ class Tcb:
         if not acceptance.in_window(seg.seq, seg.seg_len, self.rcv_nxt, self._rcv_adv):
             if not flags & RST:
                 self._ack_now = True  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
+                if seg.payload and seq.le(seq.add(seg.seq, len(seg.payload)), self.rcv_nxt):
+                    # Text we had already: say so (RFC 2883 §4, Linux tcp_dsack_set).
+                    self._note_duplicate(seg.seq, seq.add(seg.seq, len(seg.payload)))
             return DropReason.TCP_NOT_ACCEPTABLE
         self._last_rcv = now
         self._keepalive_probes = 0
@@ -549,6 +555,8 @@ class Tcb:
         if seq.lt(seg.ack, seq.sub(self.snd_una, self.max_snd_wnd)):
             self._ack_now = True  # RFC 5961 §5.2: too old to be acceptable
             return DropReason.TCP_BAD_ACK
+        if self.sack_ok and sack.is_dsack(seg.opts.sack, seg.ack):
+            self.counters["tcp_dsack_received"] += 1  # the peer got something twice
         new_sack = self.sack_ok and self.scoreboard.update(seg.opts.sack, self.snd_una,
                                                            self.snd_nxt)
         if seq.lt(self.snd_una, seg.ack):
@@ -620,6 +628,10 @@ class Tcb:
             # Beyond a gap: hold it and say at once what we miss (RFC 5681 §4.2, with
             # SACK blocks when negotiated).
             self._ack_now = True
+            if self.sack_ok:
+                held = self._ooo.duplicate(start, seq.add(start, len(payload)))
+                if held is not None:
+                    self._note_duplicate(*held)  # RFC 2883 §4.1.2 (Linux tcp_dsack_extend)
             if not self._ooo.add(start, payload):
                 return DropReason.TCP_OOO_QUEUE_FULL
             self.counters["tcp_ooo_queued"] += 1
@@ -665,6 +677,8 @@ class Tcb:
         if old and old < _HALF:  # starts before RCV.NXT: drop what we already have
             if old > len(payload):
                 return b"", False, self.rcv_nxt
+            if payload:
+                self._note_duplicate(start, seq.add(start, min(old, len(payload))))
             payload = payload[old:]
             start = self.rcv_nxt
         room = seq.sub(self._rcv_adv, start)
@@ -1135,8 +1149,10 @@ class Tcb:
                 flags |= PSH  # MUST-61: push when the buffer empties
                 if self._fin_queued:
                     flags |= FIN
+            dsack = False
             if wnd < 0:
                 wnd = self._window()
+                dsack = self._dsack is not None
                 opts = self._options(ACK)
                 self._acked_all()  # this burst carries every ACK we owed
             seg = Segment(self.local_port, self.remote_port, cursor, self.rcv_nxt, flags, wnd,
@@ -1144,6 +1160,8 @@ class Tcb:
             if n > max_payload:
                 seg.gso = max_payload
             self._sent(out, seg, now)
+            if dsack:
+                opts = self._options(ACK)  # a D-SACK block goes in one segment only
             spent += n
             # Recovery state makes the pipe more than a sum: count it again then.
             budget = (budget - n if self._rtx_nxt is None
@@ -1318,10 +1336,28 @@ class Tcb:
             return opts
         if self.ts_ok:
             opts.ts_val, opts.ts_ecr = self._ts_now(self._now), self.ts_recent
-        if self.sack_ok and self._ooo:
-            # RFC 2018 §3-4: up to 4 blocks, 3 beside a timestamp, the newest first.
-            opts.sack = tuple(self._ooo.sack_blocks(3 if self.ts_ok else 4))
+        if self.sack_ok and (self._ooo or self._dsack is not None):
+            opts.sack = self._sack_blocks()
+            if self._dsack is not None:
+                self._dsack = None  # RFC 2883 §4: in one segment only (Linux too)
+                self.counters["tcp_dsack_sent"] += 1
         return opts
+
+    def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
+        """RFC 2018 §3-4: up to 4 blocks, 3 beside a timestamp, the newest first; RFC 2883:
+        a duplicate range first of all."""
+        limit = 3 if self.ts_ok else 4
+        if self._dsack is None:
+            return tuple(self._ooo.sack_blocks(limit))
+        return (self._dsack, *self._ooo.sack_blocks(limit - 1))
+
+    def _note_duplicate(self, start: int, end: int) -> None:
+        """Text [start, end) arrived again: the next ACK reports it (RFC 2883), if SACK was
+        negotiated. The first duplicate waiting wins. (Whether that ACK goes at once is
+        the caller's rule: for a wholly old segment or out-of-order text it does; for a
+        segment that overlaps RCV.NXT it is the usual delayed ACK, as in Linux.)"""
+        if self.sack_ok and self._dsack is None:
+            self._dsack = (start, end)
 
     def _max_payload(self) -> int:
         """Data per segment: the MSS less the options we send (RFC 9293 §3.7.1)."""
@@ -1329,8 +1365,8 @@ class Tcb:
 
     def _option_space(self) -> int:
         space = TIMESTAMP_SPACE if self.ts_ok else 0
-        if self.sack_ok and self._ooo:
-            space += 4 + 8 * len(self._ooo.sack_blocks(3 if self.ts_ok else 4))
+        if self.sack_ok and (self._ooo or self._dsack is not None):
+            space += 4 + 8 * len(self._sack_blocks())
         return space
 
     # ------------------------------------------------------ receive window

@@ -239,3 +239,66 @@ def test_at_most_three_sack_blocks_beside_timestamps() -> None:
                        ts_ecr=0))
     (ack,) = recv(tcb)
     assert len(ack.opts.sack) == 3 and ack.opts.sack[0] == (IRS + 901, IRS + 1001)
+
+
+# ------------------------------------------------------------ D-SACK (RFC 2883)
+
+
+def test_a_wholly_old_segment_is_reported_in_a_dsack_block_once() -> None:
+    # RFC 2883 §4.1.1: a duplicate below RCV.NXT; the ACK goes at once, its first block
+    # is the duplicate range, and the next ACK no longer carries it.
+    tcb = established_with(mss=1460, sack_permitted=True)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"a" * 100))
+    recv(tcb, 1.0)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"a" * 100))  # again
+    (ack,) = recv(tcb)
+    assert ack.ack == IRS + 101 and ack.opts.sack == ((IRS + 1, IRS + 101),)
+    assert tcb.counters["tcp_dsack_sent"] == 1
+    send(tcb, peer(ACK, IRS + 301, ISS + 1, payload=b"c" * 100))
+    (ack,) = recv(tcb)
+    assert ack.opts.sack == ((IRS + 301, IRS + 401),)
+
+
+def test_a_duplicate_of_held_out_of_order_data_comes_first_then_the_blocks() -> None:
+    # RFC 2883 §4.1.2 (example 4.2.3 in spirit): the duplicate, then the SACK block that
+    # holds it.
+    tcb = established_with(mss=1460, sack_permitted=True)
+    send(tcb, peer(ACK, IRS + 101, ISS + 1, payload=b"b" * 100))
+    recv(tcb)
+    send(tcb, peer(ACK, IRS + 151, ISS + 1, payload=b"b" * 100))  # half held already
+    (ack,) = recv(tcb)
+    assert ack.ack == IRS + 1
+    assert ack.opts.sack == ((IRS + 151, IRS + 201), (IRS + 101, IRS + 251))
+
+
+def test_a_segment_overlapping_rcv_nxt_reports_its_old_part() -> None:
+    tcb = established_with(mss=1460, sack_permitted=True)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"a" * 100))
+    recv(tcb, 1.0)
+    send(tcb, peer(ACK, IRS + 51, ISS + 1, payload=b"a" * 50 + b"n" * 50))
+    acks = recv(tcb, 2.0)  # the delayed ACK (nothing forces it out at once)
+    assert acks == []
+    tcb.on_timer(3.0)
+    (ack,) = recv(tcb, 3.0)
+    assert ack.ack == IRS + 151 and ack.opts.sack == ((IRS + 51, IRS + 101),)
+
+
+def test_no_dsack_without_sack_permission() -> None:
+    tcb = established_with(mss=1460)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"a" * 100))
+    recv(tcb, 1.0)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"a" * 100))
+    (ack,) = recv(tcb)
+    assert ack.opts.sack == () and "tcp_dsack_sent" not in tcb.counters
+
+
+def test_a_dsack_rides_on_one_data_segment_only() -> None:
+    tcb = established_with(mss=1460, sack_permitted=True)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"a" * 100))
+    recv(tcb, 1.0)
+    tcb.send(b"x" * 4000)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"a" * 100))
+    out = recv(tcb)
+    assert len(out) >= 2
+    assert out[0].opts.sack == ((IRS + 1, IRS + 101),)
+    assert all(s.opts.sack == () for s in out[1:])

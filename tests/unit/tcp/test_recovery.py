@@ -2,6 +2,7 @@
 recovery (RFC 6675), D-SACK tolerance, and RTO as the last resort."""
 
 from tests.unit.tcp.helpers import IRS, ISS, MSS, new_tcb, peer, recv, send
+from ustack.tcp import sack
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.segment import ACK, PSH, SYN
 from ustack.tcp.states import State
@@ -163,3 +164,11 @@ def test_a_data_segment_with_new_sack_blocks_is_a_duplicate_ack() -> None:
         send(tcb, peer(ACK | PSH, IRS + 1 + i, seg_start(0), wnd=65535, payload=b"x",
                        sack=((seg_start(1), seg_start(2 + i)),)), 0.1)
     assert tcb.in_recovery  # RFC 6675 §2: the data does not hide the SACK news
+
+
+def test_a_dsack_is_recognised_below_the_ack_or_inside_the_second_block() -> None:
+    assert sack.is_dsack(((100, 200),), 200)  # RFC 2883 §4.2.1: at or below the ACK
+    assert sack.is_dsack(((300, 400), (250, 500)), 200)  # §4.2.3: inside the second block
+    assert not sack.is_dsack(((300, 400), (500, 600)), 200)
+    assert not sack.is_dsack(((300, 400),), 200)
+    assert not sack.is_dsack((), 200)
