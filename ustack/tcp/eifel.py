@@ -1,10 +1,11 @@
-"""Spurious retransmission timeouts: detected with timestamps (RFC 3522, the Eifel
-detection algorithm) and answered by undoing what the timeout did to the congestion
-window (RFC 4015, the Eifel response; Linux tcp_try_undo_loss).
+"""Spurious retransmissions: detected with timestamps (RFC 3522, the Eifel detection
+algorithm) and answered by undoing what they did to the congestion window (RFC 4015, the
+Eifel response, for a timeout; Linux tcp_try_undo_loss, and tcp_try_undo_recovery for a
+fast retransmit that reordering set off).
 
-A timeout is spurious when the segment it retransmitted had not been lost but delayed:
-the first ACK after the retransmission then echoes the timestamp of the original
-transmission, older than the one the retransmission carried.
+A retransmission is spurious when the segment it resent had not been lost but delayed
+or overtaken: the first ACK after the retransmission then echoes the timestamp of the
+original transmission, older than the one the retransmission carried.
 """
 
 from dataclasses import dataclass
@@ -15,12 +16,14 @@ from ustack.tcp import seq
 
 @dataclass(slots=True)
 class Eifel:
-    """What a timeout leaves to check: the segment it retransmits, the congestion state
-    before its reduction, and the TSval its first retransmission carried."""
+    """What a timeout or a fast retransmit leaves to check: the segment it retransmits,
+    the congestion state before its reduction, and the TSval its first retransmission
+    carried."""
 
     una: int
     cc_state: dict[str, Any]
     retransmit_ts: int | None = None
+    timeout: bool = True  # else a fast retransmit
 
     def on_retransmit(self, start: int, ts_val: int) -> None:
         """RFC 3522 §3.2 (2): remember the timestamp of the first retransmission."""

@@ -700,7 +700,7 @@ class Tcb:
     def _ack_advanced(self, ack: int, ts_ecr: int, now: float) -> None:
         """SND.UNA < SEG.ACK =< SND.NXT: drop acknowledged data, feed RTT and cwnd."""
         if self._eifel is not None:
-            self._check_spurious_timeout(ts_ecr)
+            self._check_spurious_retransmit(ack, ts_ecr)
         mask = seq.MASK
         una = self.snd_una
         acked = (ack - una) & mask
@@ -885,19 +885,29 @@ class Tcb:
         self.retransmits += 1
         self.counters["tcp_rto"] += 1
 
-    def _check_spurious_timeout(self, ts_ecr: int) -> None:
-        """The first ACK since a retransmission timeout (RFC 3522): if it acknowledges the
-        original transmission, undo the timeout (RFC 4015): the window and ssthresh of
-        before, the RTO without its backoff, and no go-back-N resending of what was
-        never lost (new data goes next)."""
+    def _check_spurious_retransmit(self, ack: int, ts_ecr: int) -> None:
+        """The first ACK since a retransmission timeout or a fast retransmit (RFC 3522):
+        if it acknowledges the original transmission, undo the reduction: the window and
+        ssthresh of before and no resending of what was never lost (new data goes next);
+        after a timeout also the RTO without its backoff (RFC 4015), after a fast
+        retransmit the end of the recovery, if this ACK covers everything resent in it
+        and nothing else waits to be resent (Linux tcp_try_undo_partial: other holes may
+        be real losses)."""
         eifel, self._eifel = self._eifel, None
         if eifel is None or not eifel.spurious(ts_ecr):
             return
-        self.counters["tcp_spurious_rto"] += 1
+        if not eifel.timeout and (seq.lt(ack, self._high_rxt) or (
+                self._rtx_nxt is not None and seq.lt(self._rtx_nxt, self._rtx_end))):
+            return
         self.cc.restore(eifel.cc_state)
-        self.rtt.undo_backoff()
         self._rtx_nxt = None
-        self._consecutive_rtos = 0
+        if eifel.timeout:
+            self.counters["tcp_spurious_rto"] += 1
+            self.rtt.undo_backoff()
+            self._consecutive_rtos = 0
+        else:
+            self.counters["tcp_spurious_fast_retransmit"] += 1
+            self.in_recovery = False
 
     def _on_keepalive_timeout(self) -> None:
         # RFC 9293 §3.8.4: a probe <SEQ=SND.NXT-1> makes a live peer answer with an ACK.
@@ -1249,6 +1259,10 @@ class Tcb:
         if seq.lt(self.snd_una, self._recover):
             return
         flight = seq.sub(self.snd_nxt, self.snd_una)
+        if self.ts_ok:
+            # RFC 3522: the first ACK that covers the retransmission tells whether the
+            # segment was lost or only overtaken (reordering); keep what to undo.
+            self._eifel = Eifel(self.snd_una, self.cc.snapshot(), timeout=False)
         self.in_recovery = True
         self._recover = self.snd_nxt
         self.cc.on_loss(flight, now)

@@ -1,4 +1,5 @@
-"""Spurious retransmission timeouts: RFC 3522 detection with timestamps, RFC 4015's undo."""
+"""Spurious retransmissions (timeouts and fast retransmits): RFC 3522 detection with
+timestamps, RFC 4015's undo."""
 
 from tests.unit.tcp.helpers import IRS, ISS, MSS, new_tcb, peer, recv, send
 from ustack.tcp.config import TcpConfig
@@ -71,3 +72,39 @@ def test_a_lone_fin_is_not_judged() -> None:
                    ts_ecr=fin.opts.ts_val), due + 0.01)
     assert tcb.state is State.FIN_WAIT_2
     assert "tcp_spurious_rto" not in tcb.counters
+
+
+def fast_retransmit(tcb, segs, now: float = 1.1):
+    """Three duplicate ACKs, SACKing segments 2-4: segment 1 is resent at once."""
+    for i in range(1, 4):
+        sacked = ((ISS + 1 + SEG, ISS + 1 + (i + 1) * SEG),)
+        send(tcb, peer(ACK, IRS + 1, ISS + 1, wnd=1000, ts_val=1002,
+                       ts_ecr=segs[i].opts.ts_val, sack=sacked), now)
+    (again,) = [s for s in recv(tcb, now) if s.payload]
+    assert again.seq == ISS + 1 and tcb.in_recovery
+    return again
+
+
+def test_a_fast_retransmit_that_reordering_set_off_is_undone() -> None:
+    # The first segment was only overtaken: the ACK that covers it echoes its own
+    # (older) timestamp, so the window cut is undone and recovery ends (RFC 3522; Linux
+    # tcp_try_undo_recovery).
+    tcb, segs = with_flight()
+    cwnd, ssthresh = tcb.cc.cwnd, tcb.cc.ssthresh
+    again = fast_retransmit(tcb, segs)
+    assert tcb.cc.cwnd < cwnd and again.opts.ts_val > segs[0].opts.ts_val
+    send(tcb, peer(ACK, IRS + 1, ISS + 1 + 4 * SEG, wnd=1000, ts_val=1003,
+                   ts_ecr=segs[0].opts.ts_val), 1.2)
+    assert tcb.counters["tcp_spurious_fast_retransmit"] == 1
+    assert not tcb.in_recovery
+    assert (tcb.cc.cwnd, tcb.cc.ssthresh) >= (cwnd, ssthresh)
+
+
+def test_a_fast_retransmit_of_a_lost_segment_keeps_the_cut() -> None:
+    tcb, segs = with_flight()
+    cwnd = tcb.cc.cwnd
+    again = fast_retransmit(tcb, segs)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1 + 4 * SEG, wnd=1000, ts_val=1003,
+                   ts_ecr=again.opts.ts_val), 1.2)
+    assert "tcp_spurious_fast_retransmit" not in tcb.counters
+    assert tcb.cc.cwnd < cwnd
