@@ -635,6 +635,10 @@ class Tcb:
             if not self._ooo.add(start, payload):
                 return DropReason.TCP_OOO_QUEUE_FULL
             self.counters["tcp_ooo_queued"] += 1
+            # One ACK for each out-of-order segment, with the SACK blocks as they stand
+            # after it (RFC 5681 §4.2 "immediately"; Linux sends one per segment): a
+            # batch of them must not reach the sender as one duplicate ACK.
+            self._outbox.append(self._segment(ACK, seq_no=self.snd_nxt))
             return None
         if type(payload) is memoryview and (len(payload) < _MIN_VIEW
                                             or 2 * len(payload) < len(payload.obj)):
