@@ -2,7 +2,9 @@
 
 Ranges of sequence space above SND.UNA that SACK blocks reported, merged and
 sorted. Blocks below SND.UNA (D-SACK, RFC 2883) or beyond SND.NXT are ignored, so
-duplicates never look like new information.
+duplicates never look like new information. The ranges outlive a retransmission
+timeout, as in Linux (RFC 6675 §5.1 and RFC 2018's erratum 1610 allow it where reneging
+is detected): they are forgotten only when an ACK shows the peer dropped them.
 """
 
 from ustack.tcp import seq
@@ -108,7 +110,13 @@ class Scoreboard:
                 return left
         return None
 
+    def reneged(self, ack: int) -> bool:
+        """The cumulative ACK stops at or inside a range the peer SACKed: it dropped what
+        it had reported (RFC 2018 §8; Linux tcp_check_sack_reneging)."""
+        ranges = self.ranges
+        return bool(ranges) and seq.le(ranges[0][0], ack) and seq.lt(ack, ranges[0][1])
+
     def clear(self) -> None:
-        """RFC 2018 §8: after a timeout, SACK information may have been reneged."""
+        """Forget every SACKed range (the peer reneged)."""
         self.ranges.clear()
         self.sacked = 0

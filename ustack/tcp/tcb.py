@@ -557,6 +557,10 @@ class Tcb:
             return DropReason.TCP_BAD_ACK
         if self.sack_ok and sack.is_dsack(seg.opts.sack, seg.ack):
             self.counters["tcp_dsack_received"] += 1  # the peer got something twice
+        if self.scoreboard and self.scoreboard.reneged(seg.ack):
+            # The peer dropped data it had SACKed: resend it like the rest (RFC 2018 §8).
+            self.counters["tcp_sack_reneging"] += 1
+            self.scoreboard.clear()
         new_sack = self.sack_ok and self.scoreboard.update(seg.opts.sack, self.snd_una,
                                                            self.snd_nxt)
         if seq.lt(self.snd_una, seg.ack):
@@ -875,12 +879,14 @@ class Tcb:
             self._consecutive_rtos += 1
             self.cc.on_rto(seq.sub(self.snd_nxt, self.snd_una), self._now,
                            repeated=self._consecutive_rtos > 1)
-            # RFC 6582: after a timeout, recover = the highest sequence sent; RFC 2018 §8:
-            # SACK information may have been reneged, so resend everything outstanding.
+            # RFC 6582: after a timeout, recover = the highest sequence sent; everything
+            # outstanding is resent but what the peer SACKed (Linux tcp_timeout_mark_lost
+            # keeps those marks: resending them was most of the retransmissions on a
+            # lossy, reordering path, all answered by D-SACKs). A peer that reneges is
+            # caught by the next ACK (`Scoreboard.reneged`).
             self.in_recovery = False
             self._recover = self.snd_nxt
             self._dupacks = 0
-            self.scoreboard.clear()
             self._high_rxt = self.snd_una
             self._resend_from(self.snd_una, self.snd_nxt)
             # The earliest segment goes out even if the window has shrunk since (as Linux's

@@ -106,8 +106,40 @@ def test_rto_ends_recovery_with_a_one_segment_window() -> None:
     tcb.on_timer(tcb.next_deadline)
     out = recv(tcb, tcb.next_deadline)
     assert not tcb.in_recovery and tcb.cc.cwnd == MSS  # RFC 5681 §3.1 loss window
-    assert not tcb.scoreboard  # RFC 2018 §8: SACK information may have been reneged
     assert [s.seq for s in out] == [seg_start(0)]
+
+
+def test_after_a_timeout_what_the_peer_sacked_is_not_sent_again() -> None:
+    # Linux tcp_timeout_mark_lost: the SACK marks outlive the timeout (RFC 6675 §5.1).
+    tcb = sender(SACK, 6, sack=True)
+    for i in range(3):
+        dupack(tcb, sack=((seg_start(2), seg_start(3 + i)),))
+    due = tcb.next_deadline
+    tcb.on_timer(due)
+    recv(tcb, due)  # segment 0 again
+    assert tcb.scoreboard
+    # Segment 0 arrives; the window opens: 1, then 5 (2-4 are held by the peer).
+    send(tcb, peer(ACK, IRS + 1, seg_start(1), wnd=65535, sack=((seg_start(2),
+                                                                 seg_start(5)),)), due + 0.1)
+    sent = []
+    for k in range(4):
+        now = due + 0.1 + k * 0.01
+        sent += [s.seq for s in recv(tcb, now) if s.payload]
+        if sent:
+            send(tcb, peer(ACK, IRS + 1, seg_start(1), wnd=65535,
+                           sack=((seg_start(2), seg_start(5)),)), now)
+    assert seg_start(1) in sent and seg_start(5) in sent
+    assert not {seg_start(2), seg_start(3), seg_start(4)} & set(sent)
+
+
+def test_a_peer_that_reneges_on_its_sacks_gets_everything_again() -> None:
+    # RFC 2018 §8: the cumulative ACK stops where a SACKed range begins: the peer dropped
+    # it; the marks go and the data counts as outstanding like the rest.
+    tcb = sender(SACK, 6, sack=True)
+    dupack(tcb, sack=((seg_start(2), seg_start(4)),))
+    send(tcb, peer(ACK, IRS + 1, seg_start(2), wnd=65535), 0.2)
+    assert tcb.counters["tcp_sack_reneging"] == 1
+    assert not tcb.scoreboard
 
 
 def test_recovery_runs_once_per_window() -> None:
