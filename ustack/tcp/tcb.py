@@ -483,7 +483,8 @@ class Tcb:
         # RFC 7323 §5.3 (R1), PAWS: an older timestamp marks an old duplicate.
         ts_val = seg.opts.ts_val
         if (self.ts_ok and ts_val is not None and not flags & RST
-                and acceptance.paws_rejects(ts_val, self.ts_recent)):
+                and acceptance.paws_rejects(ts_val, self.ts_recent)
+                and not self._disordered_ack(seg, ts_val)):
             self._ack_now = True
             return DropReason.TCP_PAWS
 
@@ -695,6 +696,17 @@ class Tcb:
             fin = False  # the FIN lies beyond the window
             self._ack_now = True
         return payload, fin, start
+
+    def _disordered_ack(self, seg: Segment, ts_val: int) -> bool:
+        """A duplicate ACK the path reordered, exempt from PAWS (a deviation from RFC 7323
+        §5.3, as Linux tcp_disordered_ack): a pure ACK at RCV.NXT for SND.UNA that would
+        not update the window, its TSval less than an RTO behind TS.Recent. Dropping it
+        would lose the SACK blocks it carries, which recovery needs."""
+        nwin = seg.wnd << self.snd_wscale
+        return (seg.flags & (ACK | SYN | FIN) == ACK and not seg.payload
+                and seg.seq == self.rcv_nxt and seg.ack == self.snd_una
+                and seg.seq == self.snd_wl1 and 0 < nwin <= self.snd_wnd
+                and seq.sub(self.ts_recent, ts_val) <= self.rtt.rto * 1000)
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 §3.2, §4.2: a challenge ACK, throttled per §7."""

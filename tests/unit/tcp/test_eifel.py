@@ -108,3 +108,27 @@ def test_a_fast_retransmit_of_a_lost_segment_keeps_the_cut() -> None:
                    ts_ecr=again.opts.ts_val), 1.2)
     assert "tcp_spurious_fast_retransmit" not in tcb.counters
     assert tcb.cc.cwnd < cwnd
+
+
+def test_a_reordered_duplicate_ack_passes_paws_and_its_sack_counts() -> None:
+    # Linux tcp_disordered_ack: a pure duplicate ACK a little older than TS.Recent is the
+    # path reordering ACKs, not an old duplicate; its SACK blocks are news.
+    tcb, segs = with_flight()
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, wnd=1000, ts_val=1005, ts_ecr=segs[1].opts.ts_val,
+                   sack=((ISS + 1 + SEG, ISS + 1 + 2 * SEG),)), 1.1)
+    reason = tcb.on_segment(peer(ACK, IRS + 1, ISS + 1, wnd=1000, ts_val=1004,
+                                 ts_ecr=segs[2].opts.ts_val,
+                                 sack=((ISS + 1 + SEG, ISS + 1 + 3 * SEG),)), 1.1)
+    assert reason is None and tcb.scoreboard.sacked == 2 * SEG
+
+
+def test_an_older_ack_that_moves_anything_still_fails_paws() -> None:
+    tcb, segs = with_flight()
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, wnd=1000, ts_val=1005, ts_ecr=segs[0].opts.ts_val),
+         1.1)
+    una = tcb.snd_una
+    for ack, wnd in ((ISS + 1 + SEG, 1000), (ISS + 1, 2000)):  # new data acked; window
+        reason = tcb.on_segment(peer(ACK, IRS + 1, ack, wnd=wnd, ts_val=1004,
+                                     ts_ecr=segs[0].opts.ts_val), 1.1)
+        assert reason is not None and reason.name == "TCP_PAWS"
+    assert tcb.snd_una == una
