@@ -724,9 +724,6 @@ class Tcb:
         mask = seq.MASK
         una = self.snd_una
         acked = (ack - una) & mask
-        # Was any of the newly acknowledged data sent more than once? Then its echoed
-        # timestamp may date an earlier copy or a stale TS.Recent: no RTT sample from it.
-        resent = self._high_rxt != una and (una - self._high_rxt) & mask >= _HALF
         self.snd_una = ack
         buf = self._snd_buf
         into_buf = (ack - self._snd_buf_seq) & mask
@@ -740,15 +737,18 @@ class Tcb:
             self._rtx_nxt = ack
         # The RTT: from the send time of the newest segment this ACK covers, unless any
         # of them went out twice (Karn, MUST-18); only then from the echoed timestamp
-        # (RFC 7323 §4.1), which has millisecond ticks, if nothing covered was resent
-        # and it lies neither in our future nor further back than any RTT can be (Linux
-        # tcp_rtt_tsopt_us): a peer echoing garbage must not pin RTO at 60 s.
+        # (RFC 7323 §4.1), which has millisecond ticks: it dates the copy that reached
+        # the peer, so it times a retransmission too (Linux tcp_ack_update_rtt does the
+        # same; without it RTO stayed backed off through a long recovery, up to 60 s
+        # between two retransmissions). Not if it lies in our future or further back
+        # than any RTT can be (Linux tcp_rtt_tsopt_us): a peer echoing garbage must not
+        # pin RTO at 60 s.
         sent_at, retransmitted = self._flight.acked(ack)
         sample = None
         if sent_at is not None and not retransmitted:
             sample = now - sent_at
             self.rtt.sample(sample)
-        elif not resent and self.ts_ok and ts_ecr:
+        elif self.ts_ok and ts_ecr:
             delta = (self._ts_now(now) - ts_ecr) & mask
             if delta <= _MAX_TS_RTT_MS:
                 self.rtt.sample(delta / 1000)

@@ -132,3 +132,16 @@ def test_an_older_ack_that_moves_anything_still_fails_paws() -> None:
                                      ts_ecr=segs[0].opts.ts_val), 1.1)
         assert reason is not None and reason.name == "TCP_PAWS"
     assert tcb.snd_una == una
+
+
+def test_the_ack_of_a_retransmission_times_it_by_its_timestamp() -> None:
+    # Karn leaves a retransmitted segment untimed, but its echoed TSval dates the copy that
+    # arrived (RFC 7323 §4.1; Linux tcp_ack_update_rtt): the backed-off RTO comes back
+    # down. Without it a long recovery kept doubling RTO up to 60 s.
+    tcb, _ = with_flight()
+    rto = tcb.rtt.rto
+    again, due = timeout(tcb)
+    assert tcb.rtt.rto == 2 * rto
+    send(tcb, peer(ACK, IRS + 1, ISS + 1 + SEG, wnd=1000, ts_val=1002,
+                   ts_ecr=again.opts.ts_val), due + 0.01)
+    assert tcb.rtt.rto < 2 * rto
