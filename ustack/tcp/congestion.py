@@ -80,9 +80,7 @@ class NewReno(_Undoable):
                 self.cwnd += int(growth)
             if self.hystart.css_over():
                 self.ssthresh = self.cwnd  # RFC 9406 §4.2: CSS done, congestion avoidance
-        elif not cwnd_limited:
-            return  # an unused window is not grown (Linux tcp_cong_avoid)
-        else:
+        elif cwnd_limited:  # an unused window is not grown (Linux tcp_cong_avoid)
             # RFC 5681 (3): congestion avoidance, about one SMSS per RTT.
             self.cwnd += max(1, self.mss * self.mss // self.cwnd)
 

@@ -503,9 +503,10 @@ class Tcb:
         if not acceptance.in_window(seg.seq, seg.seg_len, self.rcv_nxt, self._rcv_adv):
             if not flags & RST:
                 self._ack_now = True  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
-                if seg.payload and seq.le(seq.add(seg.seq, len(seg.payload)), self.rcv_nxt):
+                end = seq.add(seg.seq, len(seg.payload))
+                if seg.payload and seq.le(end, self.rcv_nxt):
                     # Text we had already: say so (RFC 2883 §4, Linux tcp_dsack_set).
-                    self._note_duplicate(seg.seq, seq.add(seg.seq, len(seg.payload)))
+                    self._note_duplicate(seg.seq, end)
             return DropReason.TCP_NOT_ACCEPTABLE
         self._last_rcv = now
         self._keepalive_probes = 0
@@ -632,12 +633,12 @@ class Tcb:
         if start != self.rcv_nxt:
             # Beyond a gap: hold it and say at once what we miss (RFC 5681 §4.2, with
             # SACK blocks when negotiated).
-            self._ack_now = True
             if self.sack_ok:
                 held = self._ooo.duplicate(start, seq.add(start, len(payload)))
                 if held is not None:
                     self._note_duplicate(*held)  # RFC 2883 §4.1.2 (Linux tcp_dsack_extend)
             if not self._ooo.add(start, payload):
+                self._ack_now = True
                 return DropReason.TCP_OOO_QUEUE_FULL
             self.counters["tcp_ooo_queued"] += 1
             # One ACK for each out-of-order segment, with the SACK blocks as they stand
