@@ -28,6 +28,9 @@ class TcpConfig:
     timestamps: bool = True  # RFC 7323 §3
     sack: bool = True  # RFC 2018
     congestion: str = "cubic"  # RFC 9438; or "newreno" (RFC 5681, RFC 6582)
+    # RACK-TLP loss detection (RFC 8985) where SACK and timestamps are on; off, or
+    # without them, RFC 6675's duplicate count (NewReno without SACK).
+    rack: bool = True
     pacing: bool = True  # spread each window over the RTT (ustack.tcp.pacing)
     max_retries: int = DATA_RETRIES
     syn_retries: int = SYN_RETRIES

@@ -9,6 +9,9 @@ A `Tcb` is driven by three kinds of event and nothing else:
 `poll(now)` returns the segments to transmit. The TCB never reads a clock, never
 does I/O and knows nothing of other connections; timers are absolute deadlines.
 Extensions: window scaling and timestamps (RFC 7323), SACK (RFC 2018), RFC 5961.
+Loss recovery: RACK-TLP (RFC 8985) with PRR (RFC 6937) where SACK and timestamps are on,
+else SACK-based recovery (RFC 6675) or NewReno (RFC 6582); RTO (RFC 6298) as the last
+resort.
 """
 
 from collections.abc import Callable
@@ -24,11 +27,14 @@ from ustack.tcp import (
     seq,
     timers,
     timewait,
+    tlp,
 )
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
 from ustack.tcp.eifel import Eifel
-from ustack.tcp.flight import Flight
+from ustack.tcp.flight import END, RETRANS, SENT_AT, Flight
 from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options, ts_clock
+from ustack.tcp.prr import Prr
+from ustack.tcp.rack import Rack
 from ustack.tcp.reassembly import Reassembly
 from ustack.tcp.rtt import MAX_RTO, RttEstimator
 from ustack.tcp.sack import DUP_THRESH, Scoreboard
@@ -42,6 +48,9 @@ RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
 _HALF = 0x8000_0000
 _AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
 _SYNCHRONIZED_SENDING = (State.ESTABLISHED, State.CLOSE_WAIT)
+# Where a tail loss probe may go: synchronized, with our data or FIN possibly in flight.
+_PROBING = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING,
+                      State.LAST_ACK})
 # The longest RTT a TSecr may claim: the longest RTO (RFC 6298 (2.5)); an ACK can take no
 # longer without a retransmission, which Karn excludes anyway. Linux's bound is ~35 min
 # (tcp_rtt_tsopt_us); ours is tighter. We could also demand that the echo be no older than
@@ -49,6 +58,10 @@ _SYNCHRONIZED_SENDING = (State.ESTABLISHED, State.CLOSE_WAIT)
 # needs per-segment send times, which the sender does not keep yet.
 _MAX_TS_RTT_MS = int(MAX_RTO * 1000)
 _MIN_VIEW = 512  # received text shorter than this is copied, not kept as a view
+# The timers that stand for the RTO while data is in flight (RFC 8985 §6.3, §7.2: the
+# reordering and probe timers take its place, and hand it back when they fire).
+_RTO_LIKE = (timers.RETRANSMIT, timers.LOSS_PROBE, timers.REORDER)
+REORDER_SLACK = 0.001
 
 
 def wscale_for(buffer: int) -> int:
@@ -131,10 +144,6 @@ class Tcb:
         self._growth_refused = False  # the budget said no (counted once until a yes)
         self._ooo = Reassembly()
         self._fin_seq: int | None = None  # where the peer's FIN is, once seen
-        # Retransmission: [_rtx_nxt, _rtx_end) is presumed lost and is sent again (skipping
-        # what SACK says arrived) before new data; None when nothing is to be resent.
-        self._rtx_nxt: int | None = None
-        self._rtx_end = iss
         self._syn_owed = True  # our SYN (or SYN-ACK) is to be sent
         # Loss recovery (RFC 5681 §3.2, RFC 6582, RFC 6675).
         self._dupacks = 0
@@ -143,6 +152,11 @@ class Tcb:
         self._recover = iss  # RFC 6582 "recover"; RFC 6675 RecoveryPoint
         self._high_rxt = iss  # RFC 6675 HighRxt: the end of what this recovery resent
         self.scoreboard = Scoreboard()
+        self._rack = Rack()  # RFC 8985 §6: loss by time
+        self._prr = Prr()  # RFC 6937: the window through a fast recovery
+        self._tlp: tlp.Episode | None = None  # RFC 8985 §7: the probe not yet judged
+        self._tlp_owed = False  # the probe timer fired: poll sends the probe
+        self._tlp_due = False  # new data went out or SND.UNA moved: (re)arm the probe
         self._fin_queued = False  # the user closed its sending side
         self.fin_received = False
         self.orphaned = False  # the user closed: nobody will read
@@ -166,7 +180,9 @@ class Tcb:
         self._challenge_second = -1.0
         self._challenge_count = 0
         self.rtt = RttEstimator()
-        self._flight = Flight()  # what is in flight, sent when (RTT samples, later RACK)
+        # What is in flight, when it was sent, what is SACKed and what presumed lost and
+        # to be sent again before any new data (RTT samples, RACK).
+        self._flight = Flight()
         self._eifel: Eifel | None = None  # a timeout to check for being spurious
         # Pacing (ustack.tcp.pacing): when the next release may go, and whether data waits.
         self._pace_at = 0.0
@@ -402,8 +418,8 @@ class Tcb:
         ts_val = opts.ts_val
         if self.ts_ok and (ts_val is None or acceptance.paws_rejects(ts_val, self.ts_recent)):
             return False  # no timestamp, or PAWS would have a word (R1)
-        if (opts.sack or self.in_recovery or self._rtx_nxt is not None or self.scoreboard
-                or self._ooo or self._fin_seq is not None
+        if (opts.sack or self.in_recovery or self._flight.lost_bytes or self.scoreboard
+                or self._tlp is not None or self._ooo or self._fin_seq is not None
                 or (seg.wnd << self.snd_wscale) != self.snd_wnd):
             return False
         ack = seg.ack
@@ -557,18 +573,37 @@ class Tcb:
         if seq.lt(seg.ack, seq.sub(self.snd_una, self.max_snd_wnd)):
             self._ack_now = True  # RFC 5961 §5.2: too old to be acceptable
             return DropReason.TCP_BAD_ACK
-        if self.sack_ok and sack.is_dsack(seg.opts.sack, seg.ack):
+        dsack = self.sack_ok and sack.is_dsack(seg.opts.sack, seg.ack)
+        if dsack:
             self.counters["tcp_dsack_received"] += 1  # the peer got something twice
+            if self._uses_rack() and self._rack.on_dsack(self.snd_una, self.snd_nxt):
+                self.counters["tcp_rack_reo_wnd_changes"] += 1
         if self.scoreboard and self.scoreboard.reneged(seg.ack):
             # The peer dropped data it had SACKed: resend it like the rest (RFC 2018 §8).
             self.counters["tcp_sack_reneging"] += 1
             self.scoreboard.clear()
+            self._flight.unsack_all()
+        una, sacked = self.snd_una, self.scoreboard.sacked
         new_sack = self.sack_ok and self.scoreboard.update(seg.opts.sack, self.snd_una,
                                                            self.snd_nxt)
-        if seq.lt(self.snd_una, seg.ack):
+        if new_sack:
+            self._sacked(seg, now)
+        advanced = seq.lt(self.snd_una, seg.ack)
+        if self._tlp is not None:
+            self._judge_loss_probe(seg, dsack, advanced or new_sack)
+        if advanced:
             self._ack_advanced(seg.ack, seg.opts.ts_ecr, now)
         elif self._is_duplicate_ack(seg, new_sack):
             self._on_duplicate_ack(now)
+        if self.sack_ok and (self.in_recovery or self.scoreboard):
+            if self._uses_rack():
+                self._detect_loss(now)
+            if self.in_recovery:
+                # RFC 6937: what this ACK delivered, the advance of SND.UNA and the change
+                # in SACKed bytes, sets what the recovery may send.
+                delivered = seq.sub(self.snd_una, una) + self.scoreboard.sacked - sacked
+                self.cc.cwnd = self._prr.on_ack(delivered, self._pipe(), self.cc.ssthresh,
+                                                self.snd_mss)
         if seq.le(self.snd_una, seg.ack) and (
             seq.lt(self.snd_wl1, seg.seq)
             or (self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, seg.ack))
@@ -734,8 +769,6 @@ class Tcb:
             self._snd_buf_seq = (self._snd_buf_seq + drop) & mask
         if self.scoreboard:
             self.scoreboard.advance(ack)
-        if self._rtx_nxt is not None and seq.lt(self._rtx_nxt, ack):
-            self._rtx_nxt = ack
         # The RTT: from the send time of the newest segment this ACK covers, unless any
         # of them went out twice (Karn, MUST-18); only then from the echoed timestamp
         # (RFC 7323 §4.1), which has millisecond ticks: it dates the copy that reached
@@ -744,7 +777,13 @@ class Tcb:
         # between two retransmissions). Not if it lies in our future or further back
         # than any RTT can be (Linux tcp_rtt_tsopt_us): a peer echoing garbage must not
         # pin RTO at 60 s.
-        sent_at, retransmitted = self._flight.acked(ack)
+        sent_at, retransmitted, hole_end = self._flight.acked(ack)
+        if sent_at is not None and self._uses_rack():
+            rack = self._rack
+            if hole_end is not None:
+                rack.reached(hole_end, False)
+            rack.reached(ack, True)
+            rack.delivered(sent_at, ack, retransmitted, now, self._echo_older(ts_ecr, sent_at))
         sample = None
         if sent_at is not None and not retransmitted:
             sample = now - sent_at
@@ -773,21 +812,27 @@ class Tcb:
             # Full acknowledgment: recovery is over (RFC 6582 §3.2 step 3, RFC 6675 §5).
             self.in_recovery = False
             self.cc.on_recovery_exit(flight)
+            if self._rack.on_recovery_exit():
+                self.counters["tcp_rack_reo_wnd_changes"] += 1
+        elif self._uses_rack():
+            pass  # RACK looks at the flight after every ACK (`_detect_loss`)
         elif self.sack_ok:
             self._mark_lost()  # RFC 6675: the scoreboard says what else is missing
         else:
             # RFC 6582 §3.2 step 5, partial acknowledgment: resend the next hole at once
             # and deflate the window by what was acknowledged (adding one SMSS back).
-            self._resend_from(self.snd_una, seq.add(self.snd_una, self._max_payload()))
+            self._flight.lose_range(self.snd_una, seq.add(self.snd_una, self._max_payload()))
             self._force_one = True
             self.cc.cwnd = max(self.snd_mss, self.cc.cwnd - acked
                                + (self.snd_mss if acked >= self.snd_mss else 0))
-        # RFC 6298 (5.2)/(5.3): stop the timer when all is acknowledged, else restart it.
-        if self.timers.kind == timers.RETRANSMIT:
+        # RFC 6298 (5.2)/(5.3): stop the timer when all is acknowledged, else restart it
+        # (or the probe timer in its place, RFC 8985 §7.2: `_update_timers`).
+        if self.timers.kind in (timers.RETRANSMIT, timers.LOSS_PROBE):
             if self.snd_una == self.snd_nxt:
                 self.timers.disarm()
             else:
                 self.timers.arm(timers.RETRANSMIT, now + self.rtt.rto)
+        self._tlp_due = True
 
     def _update_window(self, seg: Segment) -> None:
         # RFC 7323 §2.3: the window field of a SYN is never scaled.
@@ -795,13 +840,16 @@ class Tcb:
         self.snd_wnd = seg.wnd if seg.flags & SYN else seg.wnd << self.snd_wscale
         if reopened and self.snd_wnd and self.snd_una != self.snd_nxt:
             # What we sent into the zero window (probes) was not accepted: resend it now.
-            self._resend_from(self.snd_una, self.snd_nxt)
+            self._flight.lose_range(self.snd_una, self.snd_nxt)
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
 
     def _fin_acked(self) -> bool:
         return self._fin_queued and self.snd_una == self._fin_seq_end()
+
+    def _fin_sent(self) -> bool:
+        return self._fin_queued and self.snd_nxt == self._fin_seq_end()
 
     def _fin_seq_end(self) -> int:
         """The sequence number just after our FIN."""
@@ -858,6 +906,12 @@ class Tcb:
                 self.counters["tcp_window_probes"] += 1
             elif kind == timers.RETRANSMIT:
                 self._on_retransmission_timeout()
+            elif kind == timers.LOSS_PROBE:
+                self._tlp_owed = True  # poll sends it; the RTO is armed behind it
+            elif kind == timers.REORDER:
+                self.counters["tcp_rack_reo_timeouts"] += 1
+                if self._uses_rack() and self.snd_una != self.snd_nxt:
+                    self._detect_loss(now)
         self._update_timers(now)
 
     def _fired(self, kind: str) -> None:
@@ -901,7 +955,8 @@ class Tcb:
             self._recover = self.snd_nxt
             self._dupacks = 0
             self._high_rxt = self.snd_una
-            self._resend_from(self.snd_una, self.snd_nxt)
+            self._tlp = None
+            self._flight.lose_range(self.snd_una, self.snd_nxt)
             # The earliest segment goes out even if the window has shrunk since (as Linux's
             # tcp_retransmit_timer): to a zero window it is the probe of MUST-36.
             self._force_one = True
@@ -919,11 +974,10 @@ class Tcb:
         eifel, self._eifel = self._eifel, None
         if eifel is None or not eifel.spurious(ts_ecr):
             return
-        if not eifel.timeout and (seq.lt(ack, self._high_rxt) or (
-                self._rtx_nxt is not None and seq.lt(self._rtx_nxt, self._rtx_end))):
+        if not eifel.timeout and (seq.lt(ack, self._high_rxt) or self._flight.lost_bytes):
             return
         self.cc.restore(eifel.cc_state)
-        self._rtx_nxt = None
+        self._flight.clear_lost()
         if eifel.timeout:
             self.counters["tcp_spurious_rto"] += 1
             self.rtt.undo_backoff()
@@ -976,7 +1030,14 @@ class Tcb:
         if self.state is State.CLOSED:
             return
         if self.snd_una != self.snd_nxt:
-            if t.kind != timers.RETRANSMIT:
+            if self._tlp_due:
+                # RFC 8985 §7.2: after new data goes out or SND.UNA moves, the probe timer
+                # in place of the RTO (which it never outlasts), where a probe may go.
+                self._tlp_due = False
+                pto = self._probe_timeout()
+                if pto is not None and t.kind != timers.REORDER:
+                    t.arm(timers.LOSS_PROBE, now + pto)
+            if t.kind not in _RTO_LIKE:
                 t.arm(timers.RETRANSMIT, now + self.rtt.rto)  # RFC 6298 (5.1)
         elif self._unsent() and self.snd_wnd == 0:
             if t.kind != timers.PERSIST:
@@ -1047,7 +1108,10 @@ class Tcb:
         paced, and no more per wake-up than `pacing.wakeup_cap` (see `_allowance`)."""
         self._pace_wait = False
         buf_end = seq.add(self._snd_buf_seq, len(self._snd_buf))
-        if self._rtx_nxt is None and self.snd_nxt == seq.add(buf_end, self._fin_queued):
+        if self._tlp_owed:
+            self._send_loss_probe(out, now, buf_end)
+        lost = self._flight.lost_bytes
+        if not lost and self.snd_nxt == seq.add(buf_end, self._fin_queued):
             return  # all sent (the FIN too, if queued), nothing to resend: the common case
         wnd_end = seq.add(self.snd_una, self.snd_wnd)
         max_payload = self._max_payload()
@@ -1064,28 +1128,19 @@ class Tcb:
             return  # too early for the next release: the pacing timer comes back
         self._pace_backlog = False
         spent = 0
-        while self._rtx_nxt is not None:
-            start = self._rtx_nxt
-            sacked_to = self.scoreboard.covering(start)
-            if sacked_to is not None:
-                self._rtx_nxt = sacked_to  # the peer has it: skip (RFC 6675 NextSeg)
-            elif not seq.lt(start, self._rtx_end) or not seq.lt(start, self.snd_nxt):
-                self._rtx_nxt = None
-            elif not self._force_one and (self.cc.cwnd - self._pipe() < max_payload
-                                          or not seq.lt(start, wnd_end)):
+        while lost:
+            # What is presumed lost goes first, lowest first, never what the peer SACKed
+            # (RFC 6675 NextSeg rule 1; Linux tcp_xmit_retransmit_queue).
+            start, end = self._flight.next_lost(max_payload)
+            if not self._force_one and (self.cc.cwnd - self._pipe() < max_payload
+                                        or not seq.lt(start, wnd_end)):
                 break
-            elif not self._force_one and spent >= allowance:
+            if not self._force_one and spent >= allowance:
                 self._pace_wait = self._pace_backlog = True
                 break
-            else:
-                end = self._rtx_end if seq.lt(self._rtx_end, self.snd_nxt) else self.snd_nxt
-                nxt = self.scoreboard.next_sacked(start)
-                if nxt is not None and seq.lt(nxt, end):
-                    end = nxt
-                self._force_one = False
-                n = min(seq.sub(end, start), max_payload)
-                self._retransmit(out, start, n, buf_end, now)
-                spent += n
+            self._force_one = False
+            spent += self._retransmit(out, start, seq.sub(end, start), buf_end, now)
+            lost = self._flight.lost_bytes
         self._force_one = False  # it only ever forces a retransmission
         if not self._pace_wait:
             spent = self._send_new(out, now, buf_end, wnd_end, max_payload, burst, allowance,
@@ -1197,12 +1252,13 @@ class Tcb:
                 opts = self._options(ACK)  # a D-SACK block goes in one segment only
             spent += n
             # Recovery state makes the pipe more than a sum: count it again then.
-            budget = (budget - n if self._rtx_nxt is None
+            budget = (budget - n if not self._flight.lost_bytes
                       else self.cc.cwnd - self._pipe())
 
     def _retransmit(self, out: list[Segment], start: int, n: int, buf_end: int,
-                    now: float) -> None:
-        """Send [start, start + n) again; the FIN rides along if it is next."""
+                    now: float) -> int:
+        """Send [start, start + n) again; the FIN rides along if it is next. Returns the
+        bytes sent."""
         data = min(n, seq.sub(buf_end, start)) if seq.lt(start, buf_end) else 0
         flags = ACK
         end = seq.add(start, data)
@@ -1211,14 +1267,15 @@ class Tcb:
         if data and end == buf_end:
             flags |= PSH
         if not data and not flags & FIN:
-            self._rtx_nxt = None
-            return
+            self._flight.resent(start, seq.add(start, n), now)  # nothing there to send
+            return 0
         self._transmit(out, flags, start, self._payload(start, data), now)
         if self._eifel is not None and self.ts_ok:
             self._eifel.on_retransmit(start, self._ts_now(now))
-        self._rtx_nxt = seq.add(end, 1 if flags & FIN else 0)
-        if seq.gt(self._rtx_nxt, self._high_rxt):
-            self._high_rxt = self._rtx_nxt
+        end = seq.add(end, 1 if flags & FIN else 0)
+        if seq.gt(end, self._high_rxt):
+            self._high_rxt = end
+        return data
 
     def _payload(self, start: int, n: int) -> bytes:
         offset = seq.sub(start, self._snd_buf_seq)
@@ -1226,31 +1283,12 @@ class Tcb:
 
     def _pipe(self) -> int:
         """RFC 6675 §4 SetPipe, in effect: bytes sent and still believed in the network,
-        i.e. outstanding minus SACKed minus what is presumed lost and not yet resent."""
+        i.e. outstanding minus SACKed minus what is presumed lost and not yet resent
+        (Linux tcp_packets_in_flight, in bytes)."""
         flight = seq.sub(self.snd_nxt, self.snd_una)
-        lost = 0
-        if self._rtx_nxt is not None and seq.lt(self._rtx_nxt, self._rtx_end):
-            end = self._rtx_end if seq.lt(self._rtx_end, self.snd_nxt) else self.snd_nxt
-            if seq.lt(self._rtx_nxt, end):
-                lost = seq.sub(end, self._rtx_nxt) - self.scoreboard.sacked_between(
-                    self._rtx_nxt, end)
-        return max(0, flight - self.scoreboard.sacked - lost)
+        return max(0, flight - self.scoreboard.sacked - self._flight.lost_bytes)
 
     # ---------------------------------------------------------- loss recovery
-
-    def _lose(self, start: int, end: int) -> None:
-        """Presume [start, end) lost: it is resent before any new data."""
-        if self._rtx_nxt is None:
-            self._rtx_nxt, self._rtx_end = start, end
-            return
-        if seq.lt(start, self._rtx_nxt):
-            self._rtx_nxt = start
-        if seq.gt(end, self._rtx_end):
-            self._rtx_end = end
-
-    def _resend_from(self, start: int, end: int) -> None:
-        """Start resending at `start` whatever was resent before (RTO, partial ACK)."""
-        self._rtx_nxt, self._rtx_end = start, end
 
     def _is_duplicate_ack(self, seg: Segment, new_sack: bool) -> bool:
         """RFC 5681 §2 DUPLICATE ACKNOWLEDGMENT (RFC 6675 §2: or one with new SACK data)."""
@@ -1268,6 +1306,8 @@ class Tcb:
 
     def _on_duplicate_ack(self, now: float) -> None:
         self._dupacks += 1
+        if self._uses_rack():
+            return  # RACK, not a count of duplicates, says what is lost (`_detect_loss`)
         if self.in_recovery:
             if self.sack_ok:
                 self._mark_lost()
@@ -1281,6 +1321,19 @@ class Tcb:
         # before the last one (or the last timeout) is acknowledged.
         if seq.lt(self.snd_una, self._recover):
             return
+        self._enter_recovery(now)
+        # RFC 6675 §5 (4.3) / RFC 5681 §3.2 step 2: resend the first unacknowledged segment,
+        # whatever cwnd says.
+        self._flight.lose_range(self.snd_una, seq.add(self.snd_una, self._max_payload()))
+        if self.sack_ok:
+            self._mark_lost()
+        else:
+            self.cc.cwnd = self.cc.ssthresh + DUP_THRESH * self.snd_mss  # RFC 6582 step 2
+
+    def _enter_recovery(self, now: float) -> None:
+        """Fast recovery begins (RFC 6582 §3.2 step 2, RFC 6675 §5, RFC 8985 §6.3): the
+        window is reduced (RFC 6937 spreads the reduction), and the first retransmission
+        goes whatever the window says."""
         flight = seq.sub(self.snd_nxt, self.snd_una)
         if self.ts_ok:
             # RFC 3522: the first ACK that covers the retransmission tells whether the
@@ -1288,18 +1341,118 @@ class Tcb:
             self._eifel = Eifel(self.snd_una, self.cc.snapshot(), timeout=False)
         self.in_recovery = True
         self._recover = self.snd_nxt
+        self._high_rxt = self.snd_una
         self.cc.on_loss(flight, now)
+        self._prr.start(flight)
+        self._tlp = None  # recovery takes over from a probe (Linux tcp_enter_recovery)
         self.counters["tcp_fast_retransmits"] += 1
         self.retransmits += 1
-        # RFC 6675 §5 (4.3) / RFC 5681 §3.2 step 2: resend the first unacknowledged segment,
-        # whatever cwnd says.
-        self._high_rxt = self.snd_una
-        self._resend_from(self.snd_una, seq.add(self.snd_una, self._max_payload()))
         self._force_one = True
-        if self.sack_ok:
-            self._mark_lost()
+
+    # ------------------------------------------------------------ RACK-TLP
+
+    def _uses_rack(self) -> bool:
+        """RACK-TLP needs SACK; with timestamps it can also tell which copy of a
+        retransmitted segment an ACK is for. Without them RFC 6675 stays in charge."""
+        return self.sack_ok and self.ts_ok and self.config.rack
+
+    def _echo_older(self, ts_ecr: int | None, sent_at: float) -> bool:
+        """RFC 8985 §6.2 step 1: the ACK echoes a TSval older than a transmission at
+        `sent_at` (it is for an earlier copy)."""
+        return bool(self.ts_ok and ts_ecr and seq.lt(ts_ecr, self._ts_now(sent_at)))
+
+    def _sacked(self, seg: Segment, now: float) -> None:
+        """New SACK blocks: mark what they cover in the flight; each segment newly SACKed
+        is delivered, for RACK."""
+        rack = self._rack if self._uses_rack() else None
+        una, nxt = self.snd_una, self.snd_nxt
+        for left, right in seg.opts.sack:
+            if not seq.lt(left, right) or seq.gt(right, nxt) or seq.le(right, una):
+                continue  # as `Scoreboard.update` skips it
+            for entry in self._flight.sack(left if seq.gt(left, una) else una, right):
+                if rack is not None:
+                    rack.reached(entry[END], entry[RETRANS])
+                    rack.delivered(entry[SENT_AT], entry[END], entry[RETRANS], now,
+                                   self._echo_older(seg.opts.ts_ecr, entry[SENT_AT]))
+
+    def _detect_loss(self, now: float) -> None:
+        """RFC 8985 §6.2 RACK_detect_loss_and_arm_timer, after every ACK with SACK news or
+        in recovery, and when the reordering timer fires: mark what is lost by now, start
+        a fast recovery for it, and come back when more may be."""
+        rack = self._rack
+        recovering = self.in_recovery or seq.lt(self.snd_una, self._recover)
+        reo_wnd = rack.reo_wnd(recovering,
+                               self.scoreboard.sacked > (DUP_THRESH - 1) * self.snd_mss,
+                               self.rtt.srtt)
+        marked, timeout = rack.detect(self._flight, now, reo_wnd)
+        if marked:
+            self.counters["tcp_rack_lost"] += marked
+            if not recovering:
+                self._enter_recovery(now)
+        if timeout > 0:
+            # Linux adds TCP_TIMEOUT_MIN (2 jiffies) to this timer: a little late is
+            # better than early and again.
+            self.timers.arm(timers.REORDER, now + timeout + REORDER_SLACK)
+        elif self.timers.kind == timers.REORDER:
+            self.timers.arm(timers.RETRANSMIT, now + self.rtt.rto)
+
+    def _probe_timeout(self) -> float | None:
+        """RFC 8985 §7.2: the time to the tail loss probe, or None if none may go: only
+        with RACK, in the open state (not in a recovery, nor a timeout's), with data in
+        flight, nothing presumed lost, and no probe of an earlier episode unjudged."""
+        if (not self._uses_rack() or self.in_recovery or self._tlp is not None
+                or self.state not in _PROBING or self.snd_una == self.snd_nxt
+                or seq.lt(self.snd_una, self._recover) or self._flight.lost_bytes):
+            return None
+        return tlp.probe_timeout(self.rtt.srtt, seq.sub(self.snd_nxt, self.snd_una),
+                                 self.snd_mss, self.rtt.rto)
+
+    def _send_loss_probe(self, out: list[Segment], now: float, buf_end: int) -> None:
+        """RFC 8985 §7.3 TLP_send_probe: one new segment if the window allows it, else the
+        last segment again; the congestion window is not consulted or changed."""
+        self._tlp_owed = False
+        if self.snd_una == self.snd_nxt:
+            return
+        max_payload = self._max_payload()
+        wnd_end = seq.add(self.snd_una, self.snd_wnd)
+        pending = seq.sub(buf_end, self.snd_nxt) if seq.lt(self.snd_nxt, buf_end) else 0
+        room = seq.sub(wnd_end, self.snd_nxt) if seq.lt(self.snd_nxt, wnd_end) else 0
+        if pending and room:
+            n = min(max_payload, pending, room)
+            flags = ACK
+            if n == pending:
+                flags |= PSH | (FIN if self._fin_queued else 0)
+            self._transmit(out, flags, self.snd_nxt, self._payload(self.snd_nxt, n), now)
+            is_retrans = False
         else:
-            self.cc.cwnd = self.cc.ssthresh + DUP_THRESH * self.snd_mss  # RFC 6582 step 2
+            end = self.snd_nxt
+            start = seq.sub(end, max_payload + (1 if self._fin_sent() else 0))
+            if seq.lt(start, self.snd_una):
+                start = self.snd_una
+            self._retransmit(out, start, seq.sub(end, start), buf_end, now)
+            is_retrans = True
+        self._tlp = tlp.Episode(self.snd_nxt, is_retrans)
+        self._tlp_due = False  # the probe itself does not rearm the probe timer
+        self.counters["tcp_tlp_probes"] += 1
+
+    def _judge_loss_probe(self, seg: Segment, dsack: bool, news: bool) -> None:
+        """RFC 8985 §7.4.2 (as Linux tcp_process_tlp_ack): once an ACK covers the probe,
+        say whether it repaired a loss. A probe of new data needs no judging; a D-SACK of
+        the probe, or a pure duplicate, says the original arrived too; an ACK beyond it
+        without either says the probe repaired a loss, which the window pays for."""
+        episode = self._tlp
+        if episode is None or seq.lt(seg.ack, episode.end_seq):
+            return
+        if not episode.is_retrans or dsack:
+            self._tlp = None
+        elif seq.gt(seg.ack, episode.end_seq):
+            self._tlp = None
+            self.counters["tcp_tlp_recovered"] += 1
+            flight = seq.sub(self.snd_nxt, self.snd_una)
+            self.cc.on_loss(flight, self._now)  # Linux: CWR, straight to ssthresh
+            self.cc.on_recovery_exit(flight)
+        elif not news and not seg.payload:
+            self._tlp = None
 
     def _mark_lost(self) -> None:
         """RFC 6675 IsLost: unsacked data below the lost edge and above what was already
@@ -1307,7 +1460,7 @@ class Tcb:
         edge = self.scoreboard.lost_edge(self.snd_mss)
         start = self._high_rxt if seq.gt(self._high_rxt, self.snd_una) else self.snd_una
         if edge is not None and seq.lt(start, edge):
-            self._lose(start, edge)
+            self._flight.lose_range(start, edge)
 
     def _hold_small(self, n: int, pending: int) -> bool:
         """Whether a new segment of `n` < MSS bytes should wait for an ACK."""
@@ -1334,9 +1487,12 @@ class Tcb:
                 start = nxt
             self._flight.sent(start, end, now)
             self.snd_nxt = end
+            self._tlp_due = True
         else:
             self._flight.resent(start, end, now)
             self.counters["tcp_retransmitted_segments"] += 1
+        if self.in_recovery:
+            self._prr.sent(seg.seg_len)
         out.append(seg)
 
     def _segment(self, flags: int, *, seq_no: int, payload: bytes = b"") -> Segment:

@@ -1,12 +1,16 @@
 """A TCB's timers as absolute deadlines (RFC 9293 §3.8, §3.10.8). No clock, no tasks.
 
 One slot is shared by the timers that exclude each other (smoltcp's `Timer`):
-retransmission, zero-window persist, FIN-WAIT-2 and TIME-WAIT. The delayed ACK and
+retransmission, with RACK's reordering timer and the tail loss probe standing in for it
+(RFC 8985; Linux's icsk_retransmit_timer does the same), zero-window persist, FIN-WAIT-2
+and TIME-WAIT. The delayed ACK and
 keepalive have slots of their own, and so has pacing: the time the next release of data
 may go (`ustack.tcp.pacing`). `next_deadline` is the earliest of them.
 """
 
 RETRANSMIT = "retransmit"
+LOSS_PROBE = "loss_probe"
+REORDER = "reorder"
 PERSIST = "persist"
 TIME_WAIT = "time_wait"
 FIN_WAIT_2 = "fin_wait_2"

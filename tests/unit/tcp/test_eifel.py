@@ -11,8 +11,9 @@ SEG = MSS - 12  # data per segment beside the timestamp option
 
 
 def with_flight():
-    """Timestamps on; four segments in flight; returns the TCB, the segments, the time."""
-    tcb = new_tcb(config=TcpConfig(nodelay=True))
+    """Timestamps on; four segments in flight; returns the TCB, the segments, the time.
+    No tail loss probe: these are about what the timeout does."""
+    tcb = new_tcb(config=TcpConfig(nodelay=True, rack=False))
     tcb.open_passive(peer(SYN, IRS, **LINUX_SYN), 0.0)
     (synack,) = recv(tcb, 0.0)
     send(tcb, peer(ACK, IRS + 1, ISS + 1, wnd=1000, ts_val=1001,
