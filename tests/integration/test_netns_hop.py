@@ -32,8 +32,10 @@ def test_a_download_through_the_bottleneck_retransmits_no_more_than_the_kernel(
         shaped_hop, tmp_path):
     # Without pacing ustack wrote its whole window back to back whenever an ACK opened
     # it and the queue overflowed: 133-389 segments resent for 20 MB where the kernel
-    # resent none. The kernel first, the same download, the same hop, the same run.
+    # resent none. The kernel first, the same download, the same hop, the same run, and
+    # the same algorithm (CUBIC, set in the router's namespace only).
     hop, size = shaped_hop, 20_000_000
+    hop.router.run(["sysctl", "-qw", "net.ipv4.tcp_congestion_control=cubic"], timeout=10)
     sent_again = {}
     for stack in ("kernel", "ustack"):
         server, addr, port = start_http(hop, stack)

@@ -49,11 +49,11 @@ class _Undoable:
 
 
 def _slow_start_growth(cc: "NewReno | Cubic", acked: int, ack: int | None, snd_nxt: int,
-                       sample: float | None) -> float:
+                       sample: float | None, cwnd_limited: bool) -> float:
     """Bytes this ACK adds in slow start; HyStart++ watches the initial one (RFC 9406)."""
     hystart = cc.hystart
     if cc.ssthresh == NO_SSTHRESH and ack is not None:
-        hystart.on_ack(ack, snd_nxt, sample)
+        hystart.on_ack(ack, snd_nxt, sample, cwnd_limited)
     return hystart.growth(acked, cc.mss)
 
 
@@ -75,7 +75,7 @@ class NewReno(_Undoable):
                cwnd_limited: bool = True) -> None:
         if self.cwnd < self.ssthresh:
             # RFC 5681 (2) slow start, with RFC 9406's L (what one ACK may add) and CSS.
-            growth = _slow_start_growth(self, acked, ack, snd_nxt, sample)
+            growth = _slow_start_growth(self, acked, ack, snd_nxt, sample, cwnd_limited)
             if cwnd_limited:
                 self.cwnd += int(growth)
             if self.hystart.css_over():
@@ -138,7 +138,7 @@ class Cubic(_Undoable):
         segs_acked = acked / self.mss
         if self.cwnd < self.ssthresh:
             # RFC 9438 §4.10: slow start as RFC 5681, here with HyStart++ (RFC 9406).
-            growth = _slow_start_growth(self, acked, ack, snd_nxt, sample)
+            growth = _slow_start_growth(self, acked, ack, snd_nxt, sample, cwnd_limited)
             if cwnd_limited:
                 self._cwnd_seg += growth / self.mss
                 self._set_cwnd()

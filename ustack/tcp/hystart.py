@@ -3,10 +3,16 @@ window overshoots the path and fills its queue to overflowing.
 
 Slow start runs in rounds (a round ends when the data sent at its start is
 acknowledged). Once a round has N_RTT_SAMPLE RTT samples and its minimum has risen by
-RttThresh over the last round's, the sender enters Conservative Slow Start (CSS): growth
-divided by CSS_GROWTH_DIVISOR for at most CSS_ROUNDS rounds; then congestion avoidance.
+RttThresh over the last round's (or over the connection's least RTT, as in Linux), the
+sender enters Conservative Slow Start (CSS): growth divided by CSS_GROWTH_DIVISOR for at
+most CSS_ROUNDS rounds, or until the RTT rises by RttThresh again over where CSS began;
+then congestion avoidance.
 If the RTT falls back below where CSS began, the exit was a false alarm and slow start
-resumes. It applies to the initial slow start (ssthresh still unset), as Linux's HyStart.
+resumes, unless the round was not limited by the window (the application or the
+receiver kept the sender short): its queue drained because less was sent, which says
+nothing of the path. Through a 30 ms tail-drop queue an application-limited round in CSS
+sent a sender back to slow start with a 1 MB window, and 200-500 segments were lost. It
+applies to the initial slow start (ssthresh still unset), as Linux's HyStart.
 
 The controller asks `growth(acked)` how much one ACK may add to cwnd in slow start
 (L = infinity when paced, 8 segments otherwise: RFC 9406 §4.2), and `css_over()` whether
@@ -24,9 +30,14 @@ CSS_ROUNDS = 5
 UNPACED_L = 8  # segments per ACK at most; a paced sender takes no limit
 
 
+def _rtt_thresh(base: float) -> float:
+    """RFC 9406 §4.2 RttThresh: max(MIN_RTT_THRESH, min(base / 8, MAX_RTT_THRESH))."""
+    return max(MIN_RTT_THRESH, min(base / MIN_RTT_DIVISOR, MAX_RTT_THRESH))
+
+
 class HyStart:
     __slots__ = ("css_baseline", "css_rounds", "current_min", "in_css", "last_min", "limit",
-                 "samples", "window_end")
+                 "min_rtt", "round_limited", "samples", "window_end")
 
     def __init__(self, paced: bool) -> None:
         self.limit = math.inf if paced else float(UNPACED_L)
@@ -37,36 +48,55 @@ class HyStart:
         self.in_css = False
         self.css_baseline = math.inf  # cssBaselineMinRtt
         self.css_rounds = 0
+        self.round_limited = True  # the window limited the sender all this round
+        self.min_rtt = math.inf  # the least RTT of the connection so far (Linux delay_min)
 
-    def on_ack(self, ack: int, snd_nxt: int, sample: float | None) -> None:
+    def on_ack(self, ack: int, snd_nxt: int, sample: float | None,
+               cwnd_limited: bool = True) -> None:
         """An ACK in slow start: close the round it ends, take its RTT sample, and decide
-        on entering (or leaving) CSS (RFC 9406 §4.2)."""
+        on entering (or leaving) CSS (RFC 9406 §4.2). `cwnd_limited`: whether the window
+        limits the sender now (the TCB's congestion window validation)."""
         end = self.window_end
         if end is None or (ack - end) & 0xFFFF_FFFF < 0x8000_0000:  # SND.UNA >= windowEnd
             self.last_min = self.current_min
             self.current_min = math.inf
             self.samples = 0
+            self.round_limited = True
             self.window_end = snd_nxt
             if self.in_css:
                 self.css_rounds += 1
+        if not cwnd_limited:
+            self.round_limited = False
         if sample is None:
             return
         self.current_min = min(self.current_min, sample)
+        self.min_rtt = min(self.min_rtt, sample)
         self.samples += 1
         if self.samples < N_RTT_SAMPLE or math.isinf(self.current_min):
             return
         if not self.in_css:
             if math.isinf(self.last_min):
                 return
-            thresh = max(MIN_RTT_THRESH, min(self.last_min / MIN_RTT_DIVISOR, MAX_RTT_THRESH))
-            if self.current_min >= self.last_min + thresh:
+            # RFC 9406 compares with the last round only; Linux's HyStart (hystart_update)
+            # with the connection's minimum (delay_min). Both, here: a queue that grows
+            # by less than RttThresh a round (3.5, 4.9, 6.8, 8.2 ms ...) never trips the
+            # first, and through a 30 ms tail-drop queue slow start overflowed it.
+            if (self.current_min >= self.last_min + _rtt_thresh(self.last_min)
+                    or self.current_min >= self.min_rtt + _rtt_thresh(self.min_rtt)):
                 self.in_css = True
                 self.css_baseline = self.current_min
                 self.css_rounds = 1  # the round CSS begins in counts towards the limit
-        elif self.current_min < self.css_baseline:
+        elif self.current_min < self.css_baseline and self.round_limited:
             self.in_css = False  # a false alarm: back to slow start
             self.css_baseline = math.inf
             self.css_rounds = 0
+        elif self.current_min >= self.css_baseline + _rtt_thresh(self.css_baseline):
+            # A deviation (RFC 9406 §4.3 leaves the CSS constants to tuning): the RTT
+            # rose by the threshold again within CSS, so the queue is still building and
+            # the exit was no false alarm; congestion avoidance now, as Linux's HyStart
+            # goes at the first rise. CSS's 5 rounds of x1.25 (3x in all) overflowed a
+            # 30 ms tail-drop queue that the kernel's CUBIC never filled.
+            self.css_rounds = CSS_ROUNDS + 1
 
     def growth(self, acked: int, mss: int) -> float:
         """Bytes one ACK of `acked` bytes adds to cwnd: min(N, L * SMSS), a quarter in CSS."""

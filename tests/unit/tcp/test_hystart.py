@@ -73,3 +73,35 @@ def test_the_controllers_leave_slow_start_when_css_is_over(cls) -> None:
             rtt = 0.070  # the queue starts to fill
     assert cc.ssthresh == pytest.approx(cc.cwnd, abs=MSS)  # exited into avoidance
     assert cc.cwnd < 10 * MSS + 12 * 8 * MSS  # well short of plain slow start's growth
+
+
+def test_a_low_rtt_in_a_round_the_window_did_not_limit_is_no_false_alarm() -> None:
+    # The application sent less, the queue drained: that says nothing of the path.
+    hs = HyStart(paced=True)
+    start = round_of(hs, 0, 0.050)
+    start = round_of(hs, start, 0.060)
+    assert hs.in_css
+    for i in range(1, 9):
+        hs.on_ack(start + i * MSS, start + 100 * MSS, 0.050, cwnd_limited=False)
+    assert hs.in_css
+
+
+def test_an_rtt_rising_again_in_css_ends_it_at_once() -> None:
+    hs = HyStart(paced=True)
+    start = round_of(hs, 0, 0.050)
+    start = round_of(hs, start, 0.060)
+    assert hs.in_css and not hs.css_over()
+    round_of(hs, start, 0.060 + 0.0076)  # + max(4 ms, min(60/8 ms, 16 ms))
+    assert hs.css_over()
+
+
+def test_a_queue_creeping_up_by_less_than_the_threshold_a_round_still_ends_it() -> None:
+    # Each round 3 ms more than the last (under RttThresh's 4 ms), but 4 ms over the
+    # connection's least RTT by the third: Linux's delay_min rule.
+    hs = HyStart(paced=True)
+    start = 0
+    for rtt in (0.004, 0.007, 0.0075):
+        start = round_of(hs, start, rtt)
+        assert not hs.in_css
+    round_of(hs, start, 0.008)
+    assert hs.in_css
