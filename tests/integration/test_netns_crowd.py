@@ -64,12 +64,15 @@ def test_a_thousand_clients_at_once_complete_without_a_reset_on_both_stacks(hop)
     # of a SYN cookie with a RST there: ~10 % of these clients failed. Now its
     # application accepts between two packets (Host.take_accepted), so its accept queue
     # does not even fill; the SYN queue does, and cookies carry most handshakes.
+    # The kernel is the reference, not the subject: on some kernels (6.18 here) a tenth
+    # of its clients time out at 60 s (their ACKs of SYN cookies meet a full accept queue
+    # and their retransmissions back off past the deadline); none is reset.
     kernel, kernel_stats, kernel_rtx = crowd(hop, "kernel")
-    assert kernel["resets"] == 0 and kernel["ok"] == 1000, kernel
+    assert kernel["resets"] == 0, kernel
     assert kernel_stats["listen_overflows"] > 0, kernel_stats  # the crowd is a real one
     result, stats, rtx = crowd(hop, "ustack")
     assert result["resets"] == 0, result
-    assert result["ok"] == 1000, result
+    assert result["ok"] == 1000 >= kernel["ok"], (result, kernel["ok"])
     assert stats["stats"]["tcp_syncookies_accepted"] > 0, stats
     assert stats["rst_out"] == 0, stats
     # Calm as Linux: the clients resend no more to ustack than to the kernel (+ slack).
