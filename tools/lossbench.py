@@ -333,6 +333,8 @@ class ImpairedPath:
         """ustack's tcp_retransmitted_segments so far (its SIGUSR1 stats line)."""
         self.ustack.send_signal(10)  # SIGUSR1
         line = read_until(self.ustack, "ustack: stats;", 10) or ""
+        if os.environ.get("LBSTATS"):
+            print(line, file=sys.stderr)
         m = re.search(r"tcp_retransmitted_segments=(\d+)", line)
         return int(m.group(1)) if m else 0
 

@@ -13,6 +13,7 @@ from typing import BinaryIO, TextIO
 from xml.sax.saxutils import escape
 
 from ustack.tcp.options import OptionError, Options, parse
+from ustack.tcp.sack import is_dsack
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,20 @@ class TimerEvent:
     kind: str
 
 
-Event = SegmentEvent | StateEvent | TimerEvent
+@dataclass(frozen=True, slots=True)
+class RecoveryEvent:
+    """A step of ustack's loss recovery (RECOVERY_NAMES), with what it concerns: a fast
+    recovery begun, segments RACK found lost, a tail loss probe and its verdict, a
+    reduction undone, the reordering window changed."""
+
+    time: float
+    local: Endpoint
+    remote: Endpoint
+    kind: str
+    detail: str = ""
+
+
+Event = SegmentEvent | StateEvent | TimerEvent | RecoveryEvent
 
 
 # ------------------------------------------------------------------------------ tracking
@@ -75,7 +89,26 @@ TIMER_NAMES = {
     "keepalive": "keepalive probe",
     "time_wait": "TIME_WAIT expired",
     "fin_wait_2": "FIN_WAIT_2 timeout",
+    "loss_probe": "tail loss probe",
+    "reorder": "RACK reordering timer",
 }
+
+RECOVERY_NAMES = {
+    "fast_recovery": "fast recovery",
+    "rack_lost": "RACK: lost",
+    "loss_probe": "probe sent",
+    "probe_repaired": "the probe repaired a loss",
+    "undo": "spurious: undone",
+    "reo_wnd": "reordering window",
+}
+
+
+def event_text(ev: "TimerEvent | RecoveryEvent") -> str:
+    """`timer: retransmission timeout`, `recovery: fast recovery (RACK: 3 lost)`, ..."""
+    if isinstance(ev, TimerEvent):
+        return f"timer: {TIMER_NAMES.get(ev.kind, ev.kind)}"
+    name = RECOVERY_NAMES.get(ev.kind, ev.kind)
+    return f"recovery: {name} ({ev.detail})" if ev.detail else f"recovery: {name}"
 
 
 def flag_names(flags: int) -> str:
@@ -202,7 +235,9 @@ class Tracker:
             base = theirs.base or 0
             blocks = " ".join(f"{(a - base) % 2**32}-{(b - base) % 2**32}"
                               for a, b in ev.opts.sack)
-            details.append(f"sack {blocks}")
+            # RFC 2883: the first block reports data received twice.
+            dsack = ev.flags & _ACK and is_dsack(ev.opts.sack, ev.ack)
+            details.append(f"{'dsack' if dsack else 'sack'} {blocks}")
         return Row(conn, ev.time - conn.t0, ev, rseq, rack, tuple(details)), new
 
 
@@ -268,8 +303,7 @@ class Ladder:
             if isinstance(ev, StateEvent):
                 text, kind = f"{ev.old} → {ev.new} ▶ ustack", "state"
             else:
-                name = TIMER_NAMES.get(ev.kind, ev.kind)
-                text, kind = f"timer: {name} ▶ ustack", "timer"
+                text, kind = f"{event_text(ev)} ▶ ustack", "timer"
             pad = len("peer ") + _ARROW + len(" ustack") - len(text)
             out.append(lead + " " * max(0, pad) + self._paint(text, kind))
         return out
@@ -557,7 +591,7 @@ def svg(events: list[Event], conn: int | None = None) -> str:
                 if isinstance(ev, StateEvent):
                     text, cls = f"{ev.old} → {ev.new}", "state"
                 else:
-                    text, cls = TIMER_NAMES.get(ev.kind, ev.kind), "timer"
+                    text, cls = event_text(ev).split(": ", 1)[1], "timer"
                 body.append(f'<text x="{_US_X + 8}" y="{y + 4}" class="{cls}">'
                             f'{escape(text)}</text>')
                 y += _STEP

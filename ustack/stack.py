@@ -18,7 +18,14 @@ import socket
 from collections.abc import Callable
 
 from ustack import ip, vnet
-from ustack.ladder import Endpoint, Event, SegmentEvent, StateEvent, TimerEvent
+from ustack.ladder import (
+    Endpoint,
+    Event,
+    RecoveryEvent,
+    SegmentEvent,
+    StateEvent,
+    TimerEvent,
+)
 from ustack.stats import Counters, DropReason
 from ustack.tcp import autotune, segment, seq, timewait
 from ustack.tcp.config import TcpConfig
@@ -452,6 +459,7 @@ class Host:
         if self.probe is not None:
             tcb.on_state_change = self._probe_state
             tcb.on_timer_fired = self._probe_timer
+            tcb.on_recovery = self._probe_recovery
         return tcb
 
     # -------------------------------------------------------------- probe
@@ -487,6 +495,10 @@ class Host:
     def _probe_timer(self, tcb: Tcb, kind: str) -> None:
         if self.probe is not None:
             self.probe(TimerEvent(self._now, *self._endpoints(tcb), kind))
+
+    def _probe_recovery(self, tcb: Tcb, kind: str, detail: str) -> None:
+        if self.probe is not None:
+            self.probe(RecoveryEvent(self._now, *self._endpoints(tcb), kind, detail))
 
     def _accept_queue_full(self, tcb: Tcb) -> bool:
         """Whether the listener that `tcb` (in SYN-RECEIVED) came from has no room."""

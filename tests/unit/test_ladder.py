@@ -14,6 +14,7 @@ import pytest
 from ustack.ladder import (
     Endpoint,
     Ladder,
+    RecoveryEvent,
     SegmentEvent,
     StateEvent,
     TimerEvent,
@@ -183,6 +184,26 @@ def test_a_new_syn_after_the_end_starts_a_new_ladder():
     text = render(events)
     assert "#2 ── peer 10.77.0.1:40000" in text
     assert "#2  0.000000  peer ──SYN" in text and "seq 5000 (0)" in text
+
+
+def test_loss_recovery_steps_and_dsacks_show_on_the_ladder():
+    events = [
+        seg(0, False, SYN, 100),
+        seg(1, True, SYN | ACK, 300, 101),
+        seg(2, False, ACK, 101, 301),
+        TimerEvent(T0 + 0.1, US, PEER, "loss_probe"),
+        RecoveryEvent(T0 + 0.1, US, PEER, "loss_probe", "the last segment again"),
+        RecoveryEvent(T0 + 0.2, US, PEER, "fast_recovery", "RACK: 3 lost"),
+        seg(300, False, ACK, 101, 1301, opts=Options(sack=((1301, 2301),))),
+        seg(301, False, ACK, 101, 2301, opts=Options(sack=((1301, 2301),))),
+    ]
+    text = render(events)
+    assert "timer: tail loss probe" in text
+    assert "recovery: probe sent (the last segment again)" in text
+    assert "recovery: fast recovery (RACK: 3 lost)" in text
+    assert "sack 1001-2001" in text  # SACK blocks relative to our ISN
+    assert "dsack 1001-2001" in text  # below the cumulative ACK: a duplicate (RFC 2883)
+    assert "fast recovery (RACK: 3 lost)" in svg(events)
 
 
 def test_rst_and_flags():

@@ -34,3 +34,24 @@ class Eifel:
         """RFC 3522 §3.2 (4): the first acceptable ACK echoes an older timestamp."""
         return (self.retransmit_ts is not None and ts_ecr is not None and ts_ecr != 0
                 and seq.lt(ts_ecr, self.retransmit_ts))
+
+
+@dataclass(slots=True)
+class DsackUndo:
+    """A fast recovery's retransmissions, to be proven needless one by one by D-SACKs
+    (RFC 3708 §3; Linux's undo_marker and undo_retrans): when every segment it resent has
+    come back reported as received twice, nothing was lost, the original segments were
+    only reordered, and the window reduction is undone. Timestamps are not needed, and
+    unlike the Eifel check it still works when the first ACK after the retransmission
+    covers only part of what was resent."""
+
+    una: int  # SND.UNA when the recovery began: D-SACKs below it are older news
+    cc_state: dict[str, Any]
+    retransmitted: int = 0  # segments resent in the recovery, not yet D-SACKed
+
+    def dsacked(self, left: int, right: int, mss: int) -> bool:
+        """A D-SACK for [left, right): True once every retransmission is accounted for."""
+        if not self.retransmitted or seq.lt(left, self.una):
+            return False
+        self.retransmitted = max(0, self.retransmitted - max(1, -(-seq.sub(right, left) // mss)))
+        return self.retransmitted == 0

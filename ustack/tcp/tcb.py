@@ -30,7 +30,7 @@ from ustack.tcp import (
     tlp,
 )
 from ustack.tcp.config import FIN_WAIT_2_TIMEOUT, TcpConfig
-from ustack.tcp.eifel import Eifel
+from ustack.tcp.eifel import DsackUndo, Eifel
 from ustack.tcp.flight import END, RETRANS, SENT_AT, Flight
 from ustack.tcp.options import DEFAULT_MSS, MAX_WSCALE, TIMESTAMP_SPACE, Options, ts_clock
 from ustack.tcp.prr import Prr
@@ -45,6 +45,7 @@ from ustack.tcp.states import ON_CLOSE, ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING
 MAX_UNSCALED_WINDOW = 0xFFFF
 MIN_SND_MSS = 48 + 40  # Linux tcp_min_snd_mss (48 bytes of data) plus 40 of options
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
+OOW_ACK_INTERVAL = 0.5  # Linux tcp_invalid_ratelimit: 500 ms
 _HALF = 0x8000_0000
 _AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
 _SYNCHRONIZED_SENDING = (State.ESTABLISHED, State.CLOSE_WAIT)
@@ -178,12 +179,14 @@ class Tcb:
         self._last_rcv = 0.0
         self._keepalive_probes = 0
         self._challenge_second = -1.0
+        self._oow_ack_at = -OOW_ACK_INTERVAL  # the last ACK sent to a PAWS-rejected ACK
         self._challenge_count = 0
         self.rtt = RttEstimator()
         # What is in flight, when it was sent, what is SACKed and what presumed lost and
         # to be sent again before any new data (RTT samples, RACK).
         self._flight = Flight()
         self._eifel: Eifel | None = None  # a timeout to check for being spurious
+        self._dsack_undo: DsackUndo | None = None  # a fast recovery D-SACKs may undo
         # Pacing (ustack.tcp.pacing): when the next release may go, and whether data waits.
         self._pace_at = 0.0
         self._pace_wait = False
@@ -201,6 +204,8 @@ class Tcb:
         # Observability hooks (the stack's probe): state changes and timers that fire.
         self.on_state_change: Callable[[Tcb, State, State], None] | None = None
         self.on_timer_fired: Callable[[Tcb, str], None] | None = None
+        # ... and the steps of loss recovery: (kind, detail), as `ustack.ladder` names them.
+        self.on_recovery: Callable[[Tcb, str, str], None] | None = None
         self.time_wait: timewait.TimeWait | None = None  # in TIME-WAIT: all that is left
         self._heap_deadline: float | None = None  # owned by the stack's timer heap
 
@@ -501,7 +506,13 @@ class Tcb:
         if (self.ts_ok and ts_val is not None and not flags & RST
                 and acceptance.paws_rejects(ts_val, self.ts_recent)
                 and not self._disordered_ack(seg, ts_val)):
-            self._ack_now = True
+            # R1: "send an acknowledgment in reply", but to a pure ACK at most one per
+            # OOW_ACK_INTERVAL (Linux tcp_oow_rate_limited, tcp_invalid_ratelimit): an
+            # ACK the path reordered behind a newer one needs no answer, and a burst of
+            # them drew one ACK each (100 in a 5 MB download at 5 % reordering).
+            if seg.payload or flags & (SYN | FIN) or now - self._oow_ack_at >= OOW_ACK_INTERVAL:
+                self._oow_ack_at = now
+                self._ack_now = True
             return DropReason.TCP_PAWS
 
         # RFC 5961 §3.2 takes a RST only at exactly RCV.NXT. After the peer's FIN, a RST
@@ -576,8 +587,12 @@ class Tcb:
         dsack = self.sack_ok and sack.is_dsack(seg.opts.sack, seg.ack)
         if dsack:
             self.counters["tcp_dsack_received"] += 1  # the peer got something twice
+            if self._dsack_undo is not None and self._dsack_undo.dsacked(
+                    *seg.opts.sack[0], self._max_payload()):
+                self._undo_by_dsack()
             if self._uses_rack() and self._rack.on_dsack(self.snd_una, self.snd_nxt):
                 self.counters["tcp_rack_reo_wnd_changes"] += 1
+                self._note("reo_wnd", f"{self._rack.reo_wnd_mult} x min RTT / 4, D-SACK")
         if self.scoreboard and self.scoreboard.reneged(seg.ack):
             # The peer dropped data it had SACKed: resend it like the rest (RFC 2018 §8).
             self.counters["tcp_sack_reneging"] += 1
@@ -814,6 +829,7 @@ class Tcb:
             self.cc.on_recovery_exit(flight)
             if self._rack.on_recovery_exit():
                 self.counters["tcp_rack_reo_wnd_changes"] += 1
+                self._note("reo_wnd", "min RTT / 4 again")
         elif self._uses_rack():
             pass  # RACK looks at the flight after every ACK (`_detect_loss`)
         elif self.sack_ok:
@@ -918,6 +934,11 @@ class Tcb:
         if self.on_timer_fired is not None:
             self.on_timer_fired(self, kind)
 
+    def _note(self, kind: str, detail: str = "") -> None:
+        """A step of loss recovery, for the ladder (its counter is counted by the caller)."""
+        if self.on_recovery is not None:
+            self.on_recovery(self, kind, detail)
+
     def _on_retransmission_timeout(self) -> None:
         syn = self.state in (State.SYN_SENT, State.SYN_RCVD)
         # A peer that keeps answering with a zero window is alive (MUST-37): only
@@ -956,6 +977,7 @@ class Tcb:
             self._dupacks = 0
             self._high_rxt = self.snd_una
             self._tlp = None
+            self._dsack_undo = None
             self._flight.lose_range(self.snd_una, self.snd_nxt)
             # The earliest segment goes out even if the window has shrunk since (as Linux's
             # tcp_retransmit_timer): to a zero window it is the probe of MUST-36.
@@ -978,6 +1000,7 @@ class Tcb:
             return
         self.cc.restore(eifel.cc_state)
         self._flight.clear_lost()
+        self._note("undo", "timeout" if eifel.timeout else "fast retransmit")
         if eifel.timeout:
             self.counters["tcp_spurious_rto"] += 1
             self.rtt.undo_backoff()
@@ -985,6 +1008,22 @@ class Tcb:
         else:
             self.counters["tcp_spurious_fast_retransmit"] += 1
             self.in_recovery = False
+
+    def _undo_by_dsack(self) -> None:
+        """Every segment the last fast recovery resent came back D-SACKed (RFC 3708): it
+        was reordering, not loss. Put the window back, unless it has grown past that since
+        (Linux tcp_try_undo_dsack, tcp_undo_cwnd_reduction), and end the recovery if it
+        still runs."""
+        undo, self._dsack_undo = self._dsack_undo, None
+        assert undo is not None
+        self.counters["tcp_dsack_undo"] += 1
+        self._note("undo", "D-SACKs: every retransmission was received twice")
+        if self.cc.cwnd < undo.cc_state["cwnd"]:
+            self.cc.restore(undo.cc_state)
+        if self.in_recovery:
+            self.in_recovery = False
+            self._flight.clear_lost()
+        self._eifel = None
 
     def _on_keepalive_timeout(self) -> None:
         # RFC 9293 §3.8.4: a probe <SEQ=SND.NXT-1> makes a live peer answer with an ACK.
@@ -1272,6 +1311,8 @@ class Tcb:
         self._transmit(out, flags, start, self._payload(start, data), now)
         if self._eifel is not None and self.ts_ok:
             self._eifel.on_retransmit(start, self._ts_now(now))
+        if self._dsack_undo is not None and self.in_recovery:
+            self._dsack_undo.retransmitted += 1
         end = seq.add(end, 1 if flags & FIN else 0)
         if seq.gt(end, self._high_rxt):
             self._high_rxt = end
@@ -1321,7 +1362,7 @@ class Tcb:
         # before the last one (or the last timeout) is acknowledged.
         if seq.lt(self.snd_una, self._recover):
             return
-        self._enter_recovery(now)
+        self._enter_recovery(now, f"{self._dupacks} duplicate ACKs")
         # RFC 6675 §5 (4.3) / RFC 5681 §3.2 step 2: resend the first unacknowledged segment,
         # whatever cwnd says.
         self._flight.lose_range(self.snd_una, seq.add(self.snd_una, self._max_payload()))
@@ -1330,7 +1371,7 @@ class Tcb:
         else:
             self.cc.cwnd = self.cc.ssthresh + DUP_THRESH * self.snd_mss  # RFC 6582 step 2
 
-    def _enter_recovery(self, now: float) -> None:
+    def _enter_recovery(self, now: float, cause: str) -> None:
         """Fast recovery begins (RFC 6582 §3.2 step 2, RFC 6675 §5, RFC 8985 §6.3): the
         window is reduced (RFC 6937 spreads the reduction), and the first retransmission
         goes whatever the window says."""
@@ -1339,6 +1380,8 @@ class Tcb:
             # RFC 3522: the first ACK that covers the retransmission tells whether the
             # segment was lost or only overtaken (reordering); keep what to undo.
             self._eifel = Eifel(self.snd_una, self.cc.snapshot(), timeout=False)
+        if self.sack_ok:
+            self._dsack_undo = DsackUndo(self.snd_una, self.cc.snapshot())
         self.in_recovery = True
         self._recover = self.snd_nxt
         self._high_rxt = self.snd_una
@@ -1348,6 +1391,7 @@ class Tcb:
         self.counters["tcp_fast_retransmits"] += 1
         self.retransmits += 1
         self._force_one = True
+        self._note("fast_recovery", cause)
 
     # ------------------------------------------------------------ RACK-TLP
 
@@ -1388,7 +1432,9 @@ class Tcb:
         if marked:
             self.counters["tcp_rack_lost"] += marked
             if not recovering:
-                self._enter_recovery(now)
+                self._enter_recovery(now, f"RACK: {marked} lost")
+            else:
+                self._note("rack_lost", str(marked))
         if timeout > 0:
             # Linux adds TCP_TIMEOUT_MIN (2 jiffies) to this timer: a little late is
             # better than early and again.
@@ -1431,6 +1477,7 @@ class Tcb:
                 start = self.snd_una
             self._retransmit(out, start, seq.sub(end, start), buf_end, now)
             is_retrans = True
+        self._note("loss_probe", "the last segment again" if is_retrans else "new data")
         self._tlp = tlp.Episode(self.snd_nxt, is_retrans)
         self._tlp_due = False  # the probe itself does not rearm the probe timer
         self.counters["tcp_tlp_probes"] += 1
@@ -1448,6 +1495,7 @@ class Tcb:
         elif seq.gt(seg.ack, episode.end_seq):
             self._tlp = None
             self.counters["tcp_tlp_recovered"] += 1
+            self._note("probe_repaired")
             flight = seq.sub(self.snd_nxt, self.snd_una)
             self.cc.on_loss(flight, self._now)  # Linux: CWR, straight to ssthresh
             self.cc.on_recovery_exit(flight)

@@ -24,11 +24,14 @@ def test_newreno_slow_start_then_congestion_avoidance() -> None:
     paced.on_ack(20 * MSS, 0.0, None)
     assert paced.cwnd == 30 * MSS  # paced: L = infinity
     cc.ssthresh = cc.cwnd = 11 * MSS
-    for _ in range(11):
-        before = cc.cwnd
+    for _ in range(10):
         cc.on_ack(MSS, 0.0, None)
-        assert cc.cwnd == before + max(1, MSS * MSS // before)  # RFC 5681 (3)
-    assert 11 * MSS < cc.cwnd <= 12 * MSS  # about one SMSS per window of ACKs
+    assert cc.cwnd == 11 * MSS
+    cc.on_ack(MSS, 0.0, None)  # a window's worth acknowledged (RFC 5681 §3.1 counting)
+    assert cc.cwnd == 12 * MSS
+    for _ in range(6):  # delayed ACKs, two segments each: the same one SMSS per window
+        cc.on_ack(2 * MSS, 0.0, None)
+    assert cc.cwnd == 13 * MSS
 
 
 def test_newreno_timeout() -> None:

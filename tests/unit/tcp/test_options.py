@@ -162,6 +162,19 @@ def test_paws_drops_an_old_timestamp_and_acks() -> None:
     assert brief([ack]) == [(ACK, ISS + 1, IRS + 1, b"")]
 
 
+def test_paws_answers_old_pure_acks_at_most_twice_a_second() -> None:
+    # Linux tcp_oow_rate_limited: a burst of ACKs the path reordered behind newer ones
+    # draws one ACK per 500 ms; a segment with data still draws one each.
+    tcb = established_with(**LINUX_SYN)
+    answers = []
+    for i, now in enumerate((1.0, 1.1, 1.2, 1.6)):
+        send(tcb, peer(ACK, IRS + 1, ISS + 1, wnd=1000 + i, ts_val=999, ts_ecr=0), now)
+        answers.append(len(recv(tcb, now)))
+    assert answers == [1, 0, 0, 1]
+    send(tcb, peer(ACK | PSH, IRS + 1, ISS + 1, payload=b"old", ts_val=999, ts_ecr=0), 1.7)
+    assert len(recv(tcb, 1.7)) == 1
+
+
 def test_paws_does_not_apply_to_rst() -> None:
     tcb = established_with(**LINUX_SYN)
     send(tcb, peer(RST, IRS + 1, ts_val=5, ts_ecr=0))

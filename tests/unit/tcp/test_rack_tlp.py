@@ -59,6 +59,8 @@ def fire(tcb, kind: str) -> float:
 def test_a_lost_tail_is_repaired_by_a_probe_within_two_rtts_not_by_a_timeout() -> None:
     p = Peer()
     tcb = p.tcb
+    steps = []
+    tcb.on_recovery = lambda _tcb, kind, detail: steps.append((kind, detail))
     p.send(10, 1.0)
     p.ack(seg(8), 1.0 + RTT)  # segments 8 and 9 are lost: no ACK will say so
     assert tcb.timer_kind == timers.LOSS_PROBE
@@ -76,6 +78,8 @@ def test_a_lost_tail_is_repaired_by_a_probe_within_two_rtts_not_by_a_timeout() -
     p.ack(seg(10), due + 2 * RTT)
     assert tcb.snd_una == tcb.snd_nxt and not tcb.in_recovery
     assert tcb.counters["tcp_rto"] == 0 and tcb.counters["tcp_tlp_probes"] == 1
+    assert steps == [("loss_probe", "the last segment again"),
+                     ("fast_recovery", "RACK: 1 lost")]  # what the ladder shows
 
 
 def test_a_probe_sends_new_data_when_the_window_allows() -> None:
@@ -249,3 +253,22 @@ def test_a_recovery_spreads_its_retransmission_and_new_data_over_the_acks() -> N
     assert tcb.in_recovery
     assert 9 <= sum(sent) <= 11 and max(sent) <= 2  # ~ssthresh, spread, no burst
     assert sent.count(0) >= 7
+
+
+def test_a_recovery_whose_retransmissions_all_come_back_dsacked_is_undone() -> None:
+    # RFC 3708: segment 0 was only late. Its retransmission reaches the peer as a second
+    # copy, which the peer reports in a D-SACK: the window cut is undone.
+    p = Peer()
+    tcb = p.tcb
+    p.send(8, 1.0)
+    cwnd = tcb.cc.cwnd
+    t = 1.0 + RTT
+    out = p.ack(seg(0), t, sack=((seg(1), seg(8)),))  # RACK: segment 0 lost
+    assert [s.seq for s in out if s.payload] == [seg(0)] and tcb.in_recovery
+    assert tcb.cc.cwnd < cwnd
+    # The original arrives; the ACK echoes the retransmission's TSval all the same (the
+    # Eifel check cannot tell), then the D-SACK of the second copy comes.
+    p.ack(seg(8), t + 0.01, ts_ecr=tcb._ts_now(t))
+    assert not tcb.in_recovery and tcb.cc.cwnd < cwnd
+    p.ack(seg(8), t + RTT, sack=((seg(0), seg(1)),))
+    assert tcb.cc.cwnd == cwnd and tcb.counters["tcp_dsack_undo"] == 1
