@@ -285,10 +285,12 @@ def read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str | Non
 class ImpairedPath:
     """The two namespaces, the relay between them, both servers."""
 
-    def __init__(self, ustack_cc: str, kernel_cc: str, control: str) -> None:
+    def __init__(self, ustack_cc: str, kernel_cc: str, control: str,
+                 stats: bool = False) -> None:
         self.client = Netns("c")
         self.router = Netns("r")
         self.control = control
+        self.stats = stats  # print ustack's counters after each of its transfers
         try:
             c, r = self.client, self.router
             py = sys.executable
@@ -333,8 +335,8 @@ class ImpairedPath:
         """ustack's tcp_retransmitted_segments so far (its SIGUSR1 stats line)."""
         self.ustack.send_signal(10)  # SIGUSR1
         line = read_until(self.ustack, "ustack: stats;", 10) or ""
-        if os.environ.get("LBSTATS"):
-            print(line, file=sys.stderr)
+        if self.stats:
+            print(line.strip(), file=sys.stderr)
         m = re.search(r"tcp_retransmitted_segments=(\d+)", line)
         return int(m.group(1)) if m else 0
 
@@ -351,6 +353,8 @@ class ImpairedPath:
                                direction, host, str(port), str(nbytes), cc],
                               timeout=TIMEOUT + 20)
         result = json.loads(out.strip().splitlines()[-1])
+        if self.stats and stack == "ustack" and sender != "ustack":
+            self.ustack_retrans()  # (as a sender its line is read for the count below)
         if result["bytes"] != nbytes:
             raise RuntimeError(f"{direction} from {stack}: {result['bytes']} of {nbytes} bytes")
         return {"mb_s": nbytes / result["seconds"] / 1e6,
@@ -385,7 +389,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         # sends; when the client sends, theirs does not matter (CUBIC for both).
         ustack_cc = cc if direction == "download" else "cubic"
         path = ImpairedPath(ustack_cc, KERNEL_CC[cc] if direction == "download" else "cubic",
-                            args.control)
+                            args.control, args.stats)
         try:
             for reorder in args.reorder:
                 for loss in args.loss:
@@ -445,6 +449,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the kernel sender's algorithms when ustack receives (cubic,bbr)")
     p.add_argument("--repeat", type=int, default=3, help="transfers per cell; median")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--stats", action="store_true",
+                   help="print ustack's counters (its SIGUSR1 line) after each of its transfers")
     p.add_argument("--kernel-server", metavar="CC", help=argparse.SUPPRESS)
     p.add_argument("--client", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--relay", nargs=3, help=argparse.SUPPRESS)
