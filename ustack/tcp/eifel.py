@@ -26,8 +26,10 @@ class Eifel:
     timeout: bool = True  # else a fast retransmit
 
     def on_retransmit(self, start: int, ts_val: int) -> None:
-        """RFC 3522 §3.2 (2): remember the timestamp of the first retransmission."""
-        if start == self.una and self.retransmit_ts is None:
+        """RFC 3522 §3.2 (2): remember the timestamp of the first retransmission (after a
+        fast retransmit RACK may resend a later hole first: every original in flight was
+        sent before it all the same)."""
+        if self.retransmit_ts is None and (start == self.una or not self.timeout):
             self.retransmit_ts = ts_val
 
     def spurious(self, ts_ecr: int | None) -> bool:
@@ -48,6 +50,11 @@ class DsackUndo:
     una: int  # SND.UNA when the recovery began: D-SACKs below it are older news
     cc_state: dict[str, Any]
     retransmitted: int = 0  # segments resent in the recovery, not yet D-SACKed
+    resent_any: bool = False  # whether the recovery resent anything at all
+
+    def on_retransmit(self) -> None:
+        self.retransmitted += 1
+        self.resent_any = True
 
     def dsacked(self, left: int, right: int, mss: int) -> bool:
         """A D-SACK for [left, right): True once every retransmission is accounted for."""

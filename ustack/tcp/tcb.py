@@ -595,7 +595,7 @@ class Tcb:
             self.counters["tcp_dsack_received"] += 1  # the peer got something twice
             if self._dsack_undo is not None and self._dsack_undo.dsacked(
                     *seg.opts.sack[0], self._max_payload()):
-                self._undo_by_dsack()
+                self._undo_recovery("D-SACKs: every retransmission was received twice")
             if self._uses_rack() and self._rack.on_dsack(self.snd_una, self.snd_nxt):
                 self.counters["tcp_rack_reo_wnd_changes"] += 1
                 self._note("reo_wnd", f"{self._rack.reo_wnd_mult} x min RTT / 4, D-SACK")
@@ -617,12 +617,16 @@ class Tcb:
         elif self._is_duplicate_ack(seg, new_sack):
             self._on_duplicate_ack(now)
         if self.sack_ok and (self.in_recovery or self.scoreboard):
-            if self._uses_rack():
+            if self._uses_rack() and (advanced or new_sack):
+                # Only news of delivery moves RACK's verdicts (time alone is the
+                # reordering timer's): a walk of the flight per duplicate ACK was
+                # a good part of the cost of a reordering path.
                 self._detect_loss(now)
+            self._undo_if_nothing_resent()
             if self.in_recovery:
                 # RFC 6937: what this ACK delivered, the advance of SND.UNA and the change
                 # in SACKed bytes, sets what the recovery may send.
-                delivered = seq.sub(self.snd_una, una) + self.scoreboard.sacked - sacked
+                delivered = max(0, seq.sub(self.snd_una, una) + self.scoreboard.sacked - sacked)
                 self.cc.cwnd = self._prr.on_ack(delivered, self._pipe(), self.cc.ssthresh,
                                                 self.snd_mss)
         if seq.le(self.snd_una, seg.ack) and (
@@ -817,6 +821,7 @@ class Tcb:
         # than any RTT can be (Linux tcp_rtt_tsopt_us): a peer echoing garbage must not
         # pin RTO at 60 s.
         sent_at, retransmitted, hole_end = self._flight.acked(ack)
+        self._undo_if_nothing_resent()
         if sent_at is not None and self._uses_rack():
             rack = self._rack
             if hole_end is not None:
@@ -1014,14 +1019,22 @@ class Tcb:
         if it acknowledges the original transmission, undo the reduction: the window and
         ssthresh of before and no resending of what was never lost (new data goes next);
         after a timeout also the RTO without its backoff (RFC 4015), after a fast
-        retransmit the end of the recovery, if this ACK covers everything resent in it
-        and nothing else waits to be resent (Linux tcp_try_undo_partial: other holes may
-        be real losses)."""
-        eifel, self._eifel = self._eifel, None
-        if eifel is None or not eifel.spurious(ts_ecr):
+        retransmit the end of the recovery. A fast recovery that resent several segments
+        is judged by every ACK up to the last of them (Linux tcp_try_undo_recovery, at its
+        end): each must echo an original; one that echoes a retransmission, or a hole
+        still to resend, says a loss was real. Judged by the first ACK alone, reordering
+        that RACK took for loss (two or three segments late) was never undone: a 10 MB
+        download through 5 % reordering ran at 0.24 of the kernel's speed."""
+        eifel = self._eifel
+        if eifel is None:
+            return
+        if not eifel.spurious(ts_ecr):
+            self._eifel = None
             return
         if not eifel.timeout and (seq.lt(ack, self._high_rxt) or self._flight.lost_bytes):
-            return
+            return  # so far so good: the next ACKs tell the rest
+        self._eifel = None
+        self._dsack_undo = None
         self.cc.restore(eifel.cc_state)
         self._flight.clear_lost()
         self._note("undo", "timeout" if eifel.timeout else "fast retransmit")
@@ -1033,15 +1046,24 @@ class Tcb:
             self.counters["tcp_spurious_fast_retransmit"] += 1
             self.in_recovery = False
 
-    def _undo_by_dsack(self) -> None:
-        """Every segment the last fast recovery resent came back D-SACKed (RFC 3708): it
-        was reordering, not loss. Put the window back, unless it has grown past that since
-        (Linux tcp_try_undo_dsack, tcp_undo_cwnd_reduction), and end the recovery if it
-        still runs."""
+    def _undo_if_nothing_resent(self) -> None:
+        """What RACK took for lost arrived before it could be resent (one ACK of a batch
+        marks, the next ones SACK or ACK it): reordering, and nothing left to wait for
+        (Linux may undo when undo_retrans is 0). The window cut used to stay."""
+        undo = self._dsack_undo
+        if (self.in_recovery and undo is not None and not undo.resent_any
+                and not self._flight.lost_bytes):
+            self._undo_recovery("nothing resent: the segments came late")
+
+    def _undo_recovery(self, why: str) -> None:
+        """Every segment the last fast recovery resent came back D-SACKed (RFC 3708), or
+        it resent none: it was reordering, not loss. Put the window back, unless it has
+        grown past that since (Linux tcp_try_undo_dsack, tcp_undo_cwnd_reduction), and end
+        the recovery if it still runs."""
         undo, self._dsack_undo = self._dsack_undo, None
         assert undo is not None
-        self.counters["tcp_dsack_undo"] += 1
-        self._note("undo", "D-SACKs: every retransmission was received twice")
+        self.counters["tcp_dsack_undo" if undo.resent_any else "tcp_reorder_undo"] += 1
+        self._note("undo", why)
         if self.cc.cwnd < undo.cc_state["cwnd"]:
             self.cc.restore(undo.cc_state)
         if self.in_recovery:
@@ -1099,7 +1121,10 @@ class Tcb:
                 self._tlp_due = False
                 pto = self._probe_timeout()
                 if pto is not None and t.kind != timers.REORDER:
-                    t.arm(timers.LOSS_PROBE, now + pto)
+                    at = now + pto
+                    if t.kind == timers.RETRANSMIT and t.slot_at is not None:
+                        at = min(at, t.slot_at)  # never later than the RTO would fire
+                    t.arm(timers.LOSS_PROBE, at)
             if t.kind not in _RTO_LIKE:
                 t.arm(timers.RETRANSMIT, now + self.rtt.rto)  # RFC 6298 (5.1)
         elif self._unsent() and self.snd_wnd == 0:
@@ -1336,7 +1361,7 @@ class Tcb:
         if self._eifel is not None and self.ts_ok:
             self._eifel.on_retransmit(start, self._ts_now(now))
         if self._dsack_undo is not None and self.in_recovery:
-            self._dsack_undo.retransmitted += 1
+            self._dsack_undo.on_retransmit()
         end = seq.add(end, 1 if flags & FIN else 0)
         if seq.gt(end, self._high_rxt):
             self._high_rxt = end

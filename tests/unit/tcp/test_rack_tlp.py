@@ -272,3 +272,55 @@ def test_a_recovery_whose_retransmissions_all_come_back_dsacked_is_undone() -> N
     assert not tcb.in_recovery and tcb.cc.cwnd < cwnd
     p.ack(seg(8), t + RTT, sack=((seg(0), seg(1)),))
     assert tcb.cc.cwnd == cwnd and tcb.counters["tcp_dsack_undo"] == 1
+
+
+def test_reordering_taken_for_two_losses_is_undone_by_the_echoes_of_both() -> None:
+    # RFC 3522 over a whole recovery: segments 0 and 1 were late, not lost. The ACKs that
+    # cover them echo their original TSvals, older than the first retransmission.
+    p = Peer()
+    tcb = p.tcb
+    p.send(8, 1.0)
+    original = tcb._ts_now(1.0)
+    cwnd = tcb.cc.cwnd
+    t = 1.0 + RTT + 0.005
+    out = p.ack(seg(0), t, sack=((seg(2), seg(8)),))  # RACK: 0 and 1 lost
+    assert [s.seq for s in out if s.payload] == [seg(0), seg(1)] and tcb.in_recovery
+    p.ack(seg(1), t + 0.001, sack=((seg(2), seg(8)),), ts_ecr=original)  # partial
+    assert tcb.in_recovery and tcb.cc.cwnd < cwnd
+    p.ack(seg(8), t + 0.002, ts_ecr=original)
+    assert not tcb.in_recovery and tcb.cc.cwnd >= cwnd  # restored, and this ACK grows it
+    assert tcb.counters["tcp_spurious_fast_retransmit"] == 1
+
+
+def test_a_recovery_whose_losses_arrive_before_they_are_resent_is_undone() -> None:
+    # In one batch of ACKs the first makes RACK mark segment 0 lost, a later one SACKs
+    # it: nothing was resent, nothing was lost, the window goes back.
+    p = Peer()
+    tcb = p.tcb
+    p.send(8, 1.0)
+    cwnd = tcb.cc.cwnd
+    t = 1.0 + RTT
+    ts = tcb._ts_now(1.0)
+    send(tcb, peer(ACK, IRS + 1, seg(0), wnd=4000, ts_val=2000, ts_ecr=ts,
+                   sack=((seg(1), seg(8)),)), t)
+    assert tcb.in_recovery and tcb.cc.cwnd < cwnd
+    send(tcb, peer(ACK, IRS + 1, seg(0), wnd=4000, ts_val=2001, ts_ecr=ts,
+                   sack=((seg(0), seg(8)),)), t)
+    assert not tcb.in_recovery and tcb.cc.cwnd == cwnd
+    assert tcb.counters["tcp_reorder_undo"] == 1
+    assert [s for s in recv(tcb, t) if s.payload] == []  # nothing resent
+
+
+def test_the_same_when_the_cumulative_ack_covers_them() -> None:
+    p = Peer()
+    tcb = p.tcb
+    p.send(8, 1.0)
+    cwnd = tcb.cc.cwnd
+    t = 1.0 + RTT
+    ts = tcb._ts_now(1.0)
+    send(tcb, peer(ACK, IRS + 1, seg(0), wnd=4000, ts_val=2000, ts_ecr=ts,
+                   sack=((seg(1), seg(8)),)), t)
+    assert tcb.in_recovery
+    send(tcb, peer(ACK, IRS + 1, seg(8), wnd=4000, ts_val=2001, ts_ecr=ts), t)
+    assert not tcb.in_recovery and tcb.cc.cwnd >= cwnd
+    assert tcb.counters["tcp_reorder_undo"] == 1
