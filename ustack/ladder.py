@@ -103,12 +103,12 @@ RECOVERY_NAMES = {
 }
 
 
-def event_text(ev: "TimerEvent | RecoveryEvent") -> str:
-    """`timer: retransmission timeout`, `recovery: fast recovery (RACK: 3 lost)`, ..."""
+def event_label(ev: "TimerEvent | RecoveryEvent") -> tuple[str, str]:
+    """(`timer`, `retransmission timeout`), (`recovery`, `fast recovery (RACK: 3 lost)`)."""
     if isinstance(ev, TimerEvent):
-        return f"timer: {TIMER_NAMES.get(ev.kind, ev.kind)}"
+        return "timer", TIMER_NAMES.get(ev.kind, ev.kind)
     name = RECOVERY_NAMES.get(ev.kind, ev.kind)
-    return f"recovery: {name} ({ev.detail})" if ev.detail else f"recovery: {name}"
+    return "recovery", f"{name} ({ev.detail})" if ev.detail else name
 
 
 def flag_names(flags: int) -> str:
@@ -303,7 +303,7 @@ class Ladder:
             if isinstance(ev, StateEvent):
                 text, kind = f"{ev.old} → {ev.new} ▶ ustack", "state"
             else:
-                text, kind = f"{event_text(ev)} ▶ ustack", "timer"
+                text, kind = "{}: {} ▶ ustack".format(*event_label(ev)), "timer"
             pad = len("peer ") + _ARROW + len(" ustack") - len(text)
             out.append(lead + " " * max(0, pad) + self._paint(text, kind))
         return out
@@ -591,7 +591,7 @@ def svg(events: list[Event], conn: int | None = None) -> str:
                 if isinstance(ev, StateEvent):
                     text, cls = f"{ev.old} → {ev.new}", "state"
                 else:
-                    text, cls = event_text(ev).split(": ", 1)[1], "timer"
+                    text, cls = event_label(ev)[1], "timer"
                 body.append(f'<text x="{_US_X + 8}" y="{y + 4}" class="{cls}">'
                             f'{escape(text)}</text>')
                 y += _STEP

@@ -26,7 +26,6 @@ class Reassembly:
     def __init__(self, max_ranges: int = MAX_RANGES) -> None:
         self.max_ranges = max_ranges
         self._ranges: list[tuple[int, bytearray]] = []  # (start seq, data), sorted, disjoint
-        self._data: dict[int, bytearray] = {}  # the same, by start
         self._recent: list[int] = []  # start seqs of ranges, most recently extended first
         self.held = 0  # bytes held
 
@@ -96,10 +95,8 @@ class Reassembly:
         gone = self._ranges[first:last]
         for r_start, r_data in gone:
             self.held -= len(r_data)
-            del self._data[r_start]
             self._recent.remove(r_start)
         self._ranges[first:last] = [(start, data)]
-        self._data[start] = data
         self.held += len(data)
         self._recent.insert(0, start)
 
@@ -113,7 +110,6 @@ class Reassembly:
     def _pop_first(self) -> tuple[int, bytearray]:
         start, data = self._ranges.pop(0)
         self.held -= len(data)
-        del self._data[start]
         self._recent.remove(start)
         return start, data
 
@@ -151,12 +147,12 @@ class Reassembly:
 
     def sack_blocks(self, limit: int) -> list[tuple[int, int]]:
         """(left, right) edges, the most recently changed block first (RFC 2018 §4)."""
-        data = self._data
-        return [(s, seq.add(s, len(data[s]))) for s in self._recent[:limit]]
+        ranges = self._ranges
+        # ranges[_after(s) - 1] is the range that starts at s.
+        return [(s, _end(ranges[self._after(s) - 1])) for s in self._recent[:limit]]
 
     def clear(self) -> None:
         self._ranges.clear()
-        self._data.clear()
         self._recent.clear()
         self.held = 0
 

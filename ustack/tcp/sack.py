@@ -34,15 +34,18 @@ class Scoreboard:
     def __bool__(self) -> bool:
         return bool(self.ranges)
 
-    def update(self, blocks: tuple[tuple[int, int], ...], snd_una: int, snd_nxt: int) -> bool:
-        """Merge SACK blocks in; True when they told us something new."""
-        new = False
+    def update(self, blocks: tuple[tuple[int, int], ...], snd_una: int,
+               snd_nxt: int) -> list[tuple[int, int]]:
+        """Merge SACK blocks in; the blocks (clipped to SND.UNA) that told us something
+        new, for the flight to mark (empty: nothing new)."""
+        new = []
         for left, right in blocks:
             if not seq.lt(left, right) or seq.gt(right, snd_nxt) or seq.le(right, snd_una):
                 continue  # malformed, beyond what we sent, or a D-SACK of old data
             if seq.lt(left, snd_una):
                 left = snd_una
-            new |= self._add(left, right)
+            if self._add(left, right):
+                new.append((left, right))
         return new
 
     def _add(self, left: int, right: int) -> bool:
@@ -74,31 +77,6 @@ class Scoreboard:
             left, right = ranges[0]
             self.sacked -= seq.sub(snd_una, left)
             ranges[0] = (snd_una, right)
-
-    def covering(self, s: int) -> int | None:
-        """The right edge of the SACKed range that holds `s`, if one does."""
-        for left, right in self.ranges:
-            if seq.lt(s, left):
-                return None
-            if seq.lt(s, right):
-                return right
-        return None
-
-    def next_sacked(self, s: int) -> int | None:
-        """The left edge of the first SACKed range at or after `s`."""
-        for left, right in self.ranges:
-            if seq.lt(s, right):
-                return left if seq.gt(left, s) else s
-        return None
-
-    def sacked_between(self, a: int, b: int) -> int:
-        total = 0
-        for left, right in self.ranges:
-            lo = left if seq.gt(left, a) else a
-            hi = right if seq.lt(right, b) else b
-            if seq.lt(lo, hi):
-                total += seq.sub(hi, lo)
-        return total
 
     def lost_edge(self, mss: int) -> int | None:
         """Unsacked data below this edge is lost (RFC 6675 §4, IsLost): DupThresh SACKed

@@ -605,10 +605,11 @@ class Tcb:
             self.scoreboard.clear()
             self._flight.unsack_all()
         una, sacked = self.snd_una, self.scoreboard.sacked
-        new_sack = self.sack_ok and self.scoreboard.update(seg.opts.sack, self.snd_una,
-                                                           self.snd_nxt)
-        if new_sack:
-            self._sacked(seg, now)
+        new_blocks = (self.scoreboard.update(seg.opts.sack, self.snd_una, self.snd_nxt)
+                      if self.sack_ok else None)
+        new_sack = bool(new_blocks)
+        if new_blocks:
+            self._sacked(new_blocks, seg.opts.ts_ecr, now)
         advanced = seq.lt(self.snd_una, seg.ack)
         if self._tlp is not None:
             self._judge_loss_probe(seg, dsack, advanced or new_sack)
@@ -1454,19 +1455,16 @@ class Tcb:
         `sent_at` (it is for an earlier copy)."""
         return bool(self.ts_ok and ts_ecr and seq.lt(ts_ecr, self._ts_now(sent_at)))
 
-    def _sacked(self, seg: Segment, now: float) -> None:
-        """New SACK blocks: mark what they cover in the flight; each segment newly SACKed
-        is delivered, for RACK."""
+    def _sacked(self, blocks: list[tuple[int, int]], ts_ecr: int | None, now: float) -> None:
+        """SACK blocks with news (as `Scoreboard.update` found them): mark what they cover
+        in the flight; each segment newly SACKed is delivered, for RACK."""
         rack = self._rack if self._uses_rack() else None
-        una, nxt = self.snd_una, self.snd_nxt
-        for left, right in seg.opts.sack:
-            if not seq.lt(left, right) or seq.gt(right, nxt) or seq.le(right, una):
-                continue  # as `Scoreboard.update` skips it
-            for entry in self._flight.sack(left if seq.gt(left, una) else una, right):
+        for left, right in blocks:
+            for entry in self._flight.sack(left, right):
                 if rack is not None:
                     rack.reached(entry[END], entry[RETRANS])
                     rack.delivered(entry[SENT_AT], entry[END], entry[RETRANS], now,
-                                   self._echo_older(seg.opts.ts_ecr, entry[SENT_AT]))
+                                   self._echo_older(ts_ecr, entry[SENT_AT]))
 
     def _detect_loss(self, now: float) -> None:
         """RFC 8985 §6.2 RACK_detect_loss_and_arm_timer, after every ACK with SACK news or
