@@ -97,7 +97,16 @@ class Transport(asyncio.Transport):
                     self.close()
         self._maybe_resume_protocol()
         if tcb.state is State.CLOSED or (self._closing and tcb.state in _DONE_AFTER_CLOSE):
+            if not self._closing and self._undelivered():
+                # Reading is paused with bytes (or the EOF) still held: a kernel socket
+                # stays readable after its connection ends (tcp_recvmsg copies the queue
+                # before it reports sk_err), so connection_lost waits for resume_reading.
+                return
             self._connection_lost(tcb.error)
+
+    def _undelivered(self) -> bool:
+        tcb = self._tcb
+        return bool(tcb.readable) or (tcb.fin_received and not self._eof_delivered)
 
     def _deliver(self, data: bytes) -> None:
         protocol = self._protocol

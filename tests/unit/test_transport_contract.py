@@ -275,3 +275,53 @@ def test_per_connection_options(run):
             transport.close()
 
     run(main())
+
+
+def test_paused_reader_gets_every_byte_after_the_connection_closes(run):
+    """Reading paused, the peer sends and closes, we close our side (LAST-ACK -> CLOSED):
+    the buffered bytes and the EOF still reach the protocol, before `connection_lost`,
+    once reading resumes. (As a kernel socket stays readable after its TCB is done; the
+    cause of `ustack connect` ending its output early when stdout was slow.)"""
+    async def main() -> None:
+        server_stack, client_stack = stacks()
+        async with server_stack, client_stack:
+            payload = bytes(range(256)) * 80
+
+            class Sender(Recorder):
+                def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                    super().connection_made(transport)
+                    transport.write(payload)  # type: ignore[attr-defined]
+                    transport.write_eof()  # type: ignore[attr-defined]
+
+            servers: list[Recorder] = []
+
+            def factory() -> Recorder:
+                servers.append(Sender())
+                return servers[-1]
+
+            await server_stack.create_server(factory, SERVER_ADDR, PORT)
+            transport, client = await client_stack.create_connection(
+                lambda: Recorder(keep_open=True), SERVER_ADDR, PORT)
+            transport.pause_reading()
+            tcb = transport._tcb  # type: ignore[attr-defined]
+            for _ in range(500):
+                if tcb.fin_received:
+                    break
+                await asyncio.sleep(0.01)
+            assert tcb.fin_received and tcb.readable == len(payload)
+            transport.write_eof()  # CLOSE-WAIT -> LAST-ACK -> CLOSED once acknowledged
+            await asyncio.wait_for(servers[0].done, 10)
+            for _ in range(500):
+                if tcb.state.name == "CLOSED":
+                    break
+                await asyncio.sleep(0.01)
+            assert tcb.state.name == "CLOSED"
+            await asyncio.sleep(0.05)
+            assert client.events == ["made"]  # nothing delivered, nothing lost while paused
+            transport.resume_reading()
+            await asyncio.wait_for(client.done, 10)
+            assert client.events == ["made", "data", "eof", "lost"]
+            assert bytes(client.data) == payload
+            assert client.lost_exc == [None]
+
+    run(main())
