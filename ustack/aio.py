@@ -92,11 +92,7 @@ class Driver:
 
     def _receive_held(self, packets: list[bytes]) -> None:
         now = clock()
-        host = self.host
-        for packet in packets:
-            host.receive(packet, now)
-            if host.accept_queue_full:
-                self._accept_now()
+        self._receive(packets, now)
         self._step(now)
 
     def drain_tx(self) -> None:
@@ -114,23 +110,24 @@ class Driver:
 
     def _read(self, now: float) -> int:
         """Hand the host every packet the device holds now (one batch); how many."""
-        host = self.host
-        receive = host.receive
         pipeline = self.pipeline
         batch = self.device.read_batch()
         if pipeline is None:
-            for packet in batch:
-                receive(packet, now)
-                if host.accept_queue_full:
-                    self._accept_now()
+            self._receive(batch, now)
         else:
             rx = pipeline.rx
-            for packet in batch:
-                for passed in rx(packet, now):
-                    receive(passed, now)
-                    if host.accept_queue_full:
-                        self._accept_now()
+            self._receive([passed for packet in batch for passed in rx(packet, now)], now)
         return len(batch)
+
+    def _receive(self, packets: list[bytes], now: float) -> None:
+        """Hand the host a batch; when a listener's accept queue fills in mid-batch, the
+        application accepts before the rest (see `_accept_now`)."""
+        host = self.host
+        taken, n = 0, len(packets)
+        while taken < n:
+            taken = host.receive_batch(packets, now, taken)
+            if host.accept_queue_full:
+                self._accept_now()
 
     def _accept_now(self) -> None:
         """A listener's accept queue is full in mid-batch: the application accepts now,
@@ -173,10 +170,7 @@ class Driver:
                 due = pipeline.next_deadline()
                 if due is not None and due <= now:
                     rx_due, tx_due = pipeline.poll(now)
-                    for packet in rx_due:
-                        host.receive(packet, now)
-                        if host.accept_queue_full:
-                            self._accept_now()
+                    self._receive(rx_due, now)
                     for packet in tx_due:
                         self.device.write(packet)
             for _ in range(MAX_ROUNDS):

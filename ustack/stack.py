@@ -15,7 +15,7 @@ import ipaddress
 import itertools
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ustack import ip, vnet
 from ustack.ladder import (
@@ -27,7 +27,7 @@ from ustack.ladder import (
     TimerEvent,
 )
 from ustack.stats import Counters, DropReason
-from ustack.tcp import autotune, segment, seq, timewait
+from ustack.tcp import autotune, gro, segment, seq, timewait
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.isn import IsnGenerator, TsOffsets
 from ustack.tcp.listener import Listener
@@ -178,44 +178,90 @@ class Host:
     # ---------------------------------------------------------- packets in
 
     def receive(self, packet: bytes | memoryview, now: float) -> None:
+        """Take one IP packet from the link."""
+        self.receive_batch((packet,), now)
+
+    def receive_batch(self, packets: Sequence[bytes | memoryview], now: float,
+                      start: int = 0) -> int:
+        """Take packets[start:] from the link, one connection's consecutive data segments
+        coalesced into one (`ustack.tcp.gro`). Returns the index after the last packet
+        taken: len(packets), or less when a listener's accept queue filled (the driver
+        lets the application accept, then calls again from there; `take_accepted`).
+        Nothing is held back between calls."""
+        runs: dict[ConnKey, gro.Run] = {}
+        i, n = start, len(packets)
+        while i < n:
+            packet = packets[i]
+            i += 1
+            found = self._ip_input(packet, now)
+            if found is None:
+                continue
+            dgram, verify = found
+            try:
+                seg = segment.decode(dgram.src, dgram.dst, dgram.payload, verify)
+            except SegmentError as e:
+                self.counters.drop(DropReason[e.reason])
+                continue
+            self.counters["tcp_segments_in"] += 1
+            if self.probe is not None:  # the ladder shows the wire's segments, not runs
+                self._now = now
+                self._probe_segment(dgram.src, self.addr, seg, outbound=False)
+            key = (dgram.src, seg.src_port, seg.dst_port)
+            run = runs.get(key)
+            if run is not None:
+                if run.extend(seg):
+                    self.counters["tcp_gro_merged"] += 1
+                    continue
+                del runs[key]
+                self._tcp_input(key, run.segment(), now)
+            if gro.starts_run(seg):
+                tcb = self._conns.get(key)
+                if (tcb is not None and tcb.state is State.ESTABLISHED
+                        and (tcb.sack_ok or seg.seq == tcb.rcv_nxt)):
+                    runs[key] = gro.Run(seg)
+                    continue
+            self._tcp_input(key, seg, now)
+            if self.accept_queue_full:
+                break
+        for key, run in runs.items():
+            self._tcp_input(key, run.segment(), now)
+        return i
+
+    def _ip_input(self, packet: bytes | memoryview,
+                  now: float) -> tuple[ip.Datagram, bool] | None:
+        """IP's part of one packet: a TCP datagram for this host and whether its checksum
+        is still to be verified; None when IP dropped it or another protocol took it."""
         self.counters["packets_in"] += 1
         verify = True
         if self.offload:
             if len(packet) < vnet.HDR_LEN:
                 self.counters.drop(DropReason.VNET_TRUNCATED)
-                return
+                return None
             # The kernel made this packet: a partial (NEEDS_CSUM) or already verified
             # (DATA_VALID) checksum is not ours to check.
             verify = not packet[0] & vnet.TRUSTED
             packet = memoryview(packet)[vnet.HDR_LEN:]
         dgram = ip.parse(packet, self.addr, self.counters)
         if dgram is None:
-            return
+            return None
         if dgram.more or dgram.offset:
             dgram = self._fragments.add(dgram, now, self.counters)
             if dgram is None:
-                return
+                return None
             verify = True
         if dgram.proto == ip.PROTO_TCP:
-            self._tcp_input(dgram, now, verify)
-        elif dgram.proto == ip.PROTO_ICMP:
+            return dgram, verify
+        if dgram.proto == ip.PROTO_ICMP:
             reply = ip.echo_reply(dgram, self.counters, verify)
             if reply is not None:
                 self._emit(dgram.src, ip.PROTO_ICMP, reply)
         else:
             self.counters.drop(DropReason.IP_PROTO_UNSUPPORTED)
+        return None
 
-    def _tcp_input(self, dgram: ip.Datagram, now: float, verify: bool = True) -> None:
-        try:
-            seg = segment.decode(dgram.src, dgram.dst, dgram.payload, verify)
-        except SegmentError as e:
-            self.counters.drop(DropReason[e.reason])
-            return
-        self.counters["tcp_segments_in"] += 1
-        if self.probe is not None:
-            self._now = now
-            self._probe_segment(dgram.src, self.addr, seg, outbound=False)
-        key = (dgram.src, seg.src_port, seg.dst_port)
+    def _tcp_input(self, key: ConnKey, seg: Segment, now: float) -> None:
+        """One segment (or run) for its connection, a TIME-WAIT record or a listener."""
+        src = key[0]
         tcb = self._conns.get(key)
         if tcb is not None:
             before = tcb.state
@@ -227,14 +273,14 @@ class Host:
             return
         iss = None
         if self._time_wait:
-            taken, iss = self._time_wait_input(dgram.src, seg, now)
+            taken, iss = self._time_wait_input(src, seg, now)
             if taken:
                 return
         listener = self._listeners.get(seg.dst_port)
         if listener is not None and not listener.closed:
-            self._listen_input(listener, dgram.src, seg, now, iss)
+            self._listen_input(listener, src, seg, now, iss)
         else:
-            self._reset_closed(dgram.src, seg)
+            self._reset_closed(src, seg)
 
     def _listen_input(self, listener: Listener, src: bytes, seg: Segment, now: float,
                       iss: int | None = None) -> None:

@@ -60,9 +60,16 @@ class Pair:
         if not times:
             return False
         self.now = max(self.now, min(times))
+        # What arrives together is read together, as a driver reads a device's batch
+        # (so receive coalescing, ustack.tcp.gro, runs under every fault mix too).
+        batches: dict[Host, list[bytes]] = {}
         while self._wire and self._wire[0][0] <= self.now:
             _, _, dst, packet = heapq.heappop(self._wire)
-            dst.receive(packet, self.now)
+            batches.setdefault(dst, []).append(packet)
+        for dst, batch in batches.items():
+            taken = 0
+            while taken < len(batch):  # it pauses where an accept queue filled
+                taken = dst.receive_batch(batch, self.now, taken)
         return True
 
 

@@ -19,9 +19,19 @@ def in_window(seg_seq: int, seg_len: int, rcv_nxt: int, rcv_adv: int) -> bool:
             or seq.in_range(seq.add(seg_seq, seg_len - 1), rcv_nxt, rcv_adv))
 
 
-def paws_rejects(ts_val: int, ts_recent: int) -> bool:
-    """RFC 7323 §5.3 (R1): a TSval older than TS.Recent marks an old duplicate."""
-    return seq.lt(ts_val, ts_recent)
+# Linux TCP_PAWS_WINDOW (tcp_paws_discard): a connection's segment may carry a TSval one
+# tick older than TS.Recent. A deviation from R1's "<" that Linux makes too: peers tick
+# in milliseconds, and on a path that reorders, a segment sent in the tick before a
+# retransmission can arrive after it (which moved TS.Recent). Strict R1 dropped that
+# new text: 43 segments of a 10 MB upload at 5 % reordering, each one resent.
+PAWS_WINDOW = 1
+
+
+def paws_rejects(ts_val: int, ts_recent: int, window: int = PAWS_WINDOW) -> bool:
+    """RFC 7323 §5.3 (R1): a TSval older than TS.Recent (by more than `window` ticks)
+    marks an old duplicate. TIME-WAIT is strict (window 0, as Linux tcp_paws_reject)."""
+    older = (ts_recent - ts_val) & seq.MASK
+    return window < older < 0x8000_0000
 
 
 def keeps_ts(ts_val: int, ts_recent: int, seg_seq: int, last_ack_sent: int) -> bool:

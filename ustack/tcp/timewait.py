@@ -123,7 +123,7 @@ def on_segment(tw: TimeWait, seg: Segment, now: float, counters: Counters,
     ts_val = seg.opts.ts_val
     # RFC 7323 §5.3 (R1), PAWS: an older timestamp marks an old duplicate.
     if (tw.ts_ok and ts_val is not None and not flags & RST
-            and acceptance.paws_rejects(ts_val, tw.ts_recent)):
+            and acceptance.paws_rejects(ts_val, tw.ts_recent, 0)):
         return Outcome.KEEP, ack(tw, now), DropReason.TCP_PAWS
     # First, check the sequence number. The peer's retransmitted FIN lies just below
     # RCV.NXT: ACK it again and wait 2 MSL from now.

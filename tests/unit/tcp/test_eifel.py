@@ -129,7 +129,7 @@ def test_an_older_ack_that_moves_anything_still_fails_paws() -> None:
          1.1)
     una = tcb.snd_una
     for ack, wnd in ((ISS + 1 + SEG, 1000), (ISS + 1, 2000)):  # new data acked; window
-        reason = tcb.on_segment(peer(ACK, IRS + 1, ack, wnd=wnd, ts_val=1004,
+        reason = tcb.on_segment(peer(ACK, IRS + 1, ack, wnd=wnd, ts_val=1003,
                                      ts_ecr=segs[0].opts.ts_val), 1.1)
         assert reason is not None and reason.name == "TCP_PAWS"
     assert tcb.snd_una == una

@@ -162,6 +162,19 @@ def test_paws_drops_an_old_timestamp_and_acks() -> None:
     assert brief([ack]) == [(ACK, ISS + 1, IRS + 1, b"")]
 
 
+def test_paws_takes_text_one_tick_older_than_ts_recent() -> None:
+    # Linux TCP_PAWS_WINDOW: a segment sent in the millisecond before a retransmission
+    # that arrived first (and moved TS.Recent) is new text, not an old duplicate.
+    tcb = established_with(**LINUX_SYN)
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"a", ts_val=1005, ts_ecr=0))
+    assert tcb.ts_recent == 1005
+    send(tcb, peer(ACK, IRS + 2, ISS + 1, payload=b"b", ts_val=1004, ts_ecr=0))
+    assert tcb.read() == b"ab" and tcb.ts_recent == 1005  # taken; TS.Recent not moved back
+    reason = tcb.on_segment(peer(ACK, IRS + 3, ISS + 1, payload=b"c", ts_val=1003, ts_ecr=0),
+                            0.0)
+    assert reason is not None and reason.name == "TCP_PAWS"  # two ticks: R1 holds
+
+
 def test_paws_answers_old_pure_acks_at_most_twice_a_second() -> None:
     # Linux tcp_oow_rate_limited: a burst of ACKs the path reordered behind newer ones
     # draws one ACK per 500 ms; a segment with data still draws one each.
