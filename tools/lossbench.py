@@ -212,6 +212,18 @@ def client(direction: str, host: str, port: int, nbytes: int, cc: str) -> None:
     print(json.dumps({"seconds": seconds, "bytes": got, "cc": used}))
 
 
+# The kernel sender's counters --stats prints after each transfer (nstat's names).
+SENDER_COUNTERS = frozenset({
+    "RetransSegs", "TCPLossProbes", "TCPLossProbeRecovery", "TCPTimeouts", "TCPSackRecovery",
+    "TCPFastRetrans", "TCPLostRetransmit", "TCPSpuriousRTOs", "TCPDSACKRecv",
+    "TCPDSACKOfoRecv", "TCPDSACKUndo", "TCPSackFailures", "TCPLossUndo", "TCPFullUndo",
+    "TCPPartialUndo", "TCPSACKReorder", "TCPTSReorder", "TCPRenoReorder", "TCPSackMerged",
+    "TCPSACKDiscard", "TCPDSACKIgnoredOld", "TCPDSACKIgnoredNoUndo", "TCPSpuriousRtxHostQueues",
+    "TCPAckCompressed", "TCPRcvCoalesce", "TCPWinProbe", "TCPZeroWindowDrop", "InSegs",
+    "OutSegs", "TCPSackShifted", "TCPSackShiftFallback", "TCPChallengeACK", "PAWSEstab",
+})
+
+
 # --- the topology ---------------------------------------------------------------------------
 
 
@@ -243,11 +255,19 @@ class Netns:
 
     def retrans(self) -> int:
         """TcpRetransSegs of this namespace's kernel TCP."""
-        lines = self.run(["cat", "/proc/net/snmp"]).splitlines()
-        for names, values in zip(lines[::2], lines[1::2], strict=False):
-            if names.startswith("Tcp:"):
-                return int(dict(zip(names.split(), values.split(), strict=True))["RetransSegs"])
-        return 0
+        return self.tcp_counters().get("RetransSegs", 0)
+
+    def tcp_counters(self) -> dict[str, int]:
+        """This namespace's kernel TCP counters (Tcp: and TcpExt:, as nstat names them
+        without the prefix)."""
+        counters: dict[str, int] = {}
+        for path in ("/proc/net/snmp", "/proc/net/netstat"):
+            lines = self.run(["cat", path]).splitlines()
+            for names, values in zip(lines[::2], lines[1::2], strict=False):
+                if names.startswith(("Tcp:", "TcpExt:")):
+                    pairs = zip(names.split()[1:], values.split()[1:], strict=True)
+                    counters.update((k, int(v)) for k, v in pairs)
+        return counters
 
     def close(self) -> None:
         for proc in self.procs:
@@ -349,12 +369,22 @@ class ImpairedPath:
             host, port = (US, DISCARD) if stack == "ustack" else (ROUTER, KERNEL_DISCARD)
             sender = "client"
         before = self._sender_retrans(sender)
+        kernel_sender = {"client": self.client, "router": self.router}.get(sender)
+        counters = kernel_sender.tcp_counters() if self.stats and kernel_sender else {}
         out = self.client.run([sys.executable, str(Path(__file__).resolve()), "--client",
                                direction, host, str(port), str(nbytes), cc],
                               timeout=TIMEOUT + 20)
         result = json.loads(out.strip().splitlines()[-1])
         if self.stats and stack == "ustack" and sender != "ustack":
             self.ustack_retrans()  # (as a sender its line is read for the count below)
+        if counters:
+            # What the kernel sender's recovery did (e.g. TCPLossProbes, TCPTimeouts,
+            # TCPDSACKUndo), to compare the same sender facing each receiver.
+            after = kernel_sender.tcp_counters()  # type: ignore[union-attr]
+            moved = {k: after[k] - v for k, v in counters.items()
+                     if after.get(k, v) != v and k in SENDER_COUNTERS}
+            print(f"  kernel sender to {stack}: " + " ".join(
+                f"{k}={v}" for k, v in sorted(moved.items())), file=sys.stderr, flush=True)
         if result["bytes"] != nbytes:
             raise RuntimeError(f"{direction} from {stack}: {result['bytes']} of {nbytes} bytes")
         return {"mb_s": nbytes / result["seconds"] / 1e6,
