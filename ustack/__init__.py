@@ -1,7 +1,10 @@
 """ustack: a user-space TCP/IP stack over a Linux TUN device."""
 
-from ustack.api import Server, Stack, Transport
+from ustack.api import Server, Stack, Transport, keep_freed_heap
+from ustack.conninfo import ConnectionInfo
+from ustack.tcp.config import TcpConfig
 from ustack.tun import TunError
 
-__all__ = ["Server", "Stack", "Transport", "TunError"]
+__all__ = ["ConnectionInfo", "Server", "Stack", "TcpConfig", "Transport", "TunError",
+           "keep_freed_heap"]
 __version__ = "0.1.0"

@@ -23,14 +23,15 @@ from typing import Any, TextIO
 
 from ustack import tls, vnet
 from ustack.aio import Driver, clock
-from ustack.ladder import Ladder
-from ustack.link import FAULT_COUNTERS, FaultInjector, PcapWriter, pipeline_of
+from ustack.conninfo import ConnectionInfo
+from ustack.ladder import Ladder, fault_event, flag_names
+from ustack.link import FAULT_COUNTERS, TX, FaultInjector, PcapWriter, pipeline_of
 from ustack.stack import Host
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.listener import Listener
 from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
-from ustack.tun import TunDevice
+from ustack.tun import TunDevice, TunError, route_problem
 
 HIGH_WATER = 64 * 1024  # asyncio's _FlowControlMixin defaults
 LOW_WATER = 16 * 1024
@@ -121,7 +122,7 @@ class Transport(asyncio.Transport):
         else:
             protocol.data_received(data)  # type: ignore[attr-defined]
 
-    def _connection_lost(self, exc: BaseException | None) -> None:
+    def _connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
             return
         self._lost = True
@@ -261,7 +262,7 @@ class Transport(asyncio.Transport):
         self._stack._driver.kick(self._tcb)
         self._connection_lost(None)
 
-    def _force_close(self, exc: BaseException | None) -> None:
+    def _force_close(self, exc: Exception | None) -> None:
         """End the connection at once, reporting `exc` to `connection_lost` (asyncio's
         transports have this private method; its SSLProtocol calls it on a fatal TLS
         error or a shutdown timeout). Like asyncio, buffered data is discarded: RST."""
@@ -300,6 +301,23 @@ class Transport(asyncio.Transport):
             self._protocol.resume_writing()
 
 
+class ListeningSocket:
+    """What `Server.sockets` holds: the address a listener is bound to, as a socket
+    would say it (`getsockname()`, `family`, `type`)."""
+
+    family = socket.AF_INET
+    type = socket.SOCK_STREAM
+
+    def __init__(self, name: tuple[str, int]) -> None:
+        self._name = name
+
+    def getsockname(self) -> tuple[str, int]:
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<ustack listening socket {self._name[0]}:{self._name[1]}>"
+
+
 class Server:
     """The asyncio.Server interface over one ustack listener."""
 
@@ -315,8 +333,12 @@ class Server:
         return self._listener.port
 
     @property
-    def sockets(self) -> tuple[()]:
-        return ()  # no kernel sockets exist; see `port` and `Stack.addr`
+    def sockets(self) -> tuple["ListeningSocket", ...]:
+        """As `asyncio.Server.sockets`: what it listens on, each with `getsockname()`
+        (no kernel socket exists; these only describe the listener)."""
+        if self._listener.closed:
+            return ()
+        return (ListeningSocket((self._stack.addr, self._listener.port)),)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._stack.loop
@@ -354,8 +376,10 @@ _M_MMAP_THRESHOLD = -3
 _HEAP_KEPT = 64 * 1024 * 1024
 
 
-def _keep_freed_heap() -> None:
-    """Ask glibc to keep freed memory instead of returning it to the OS at once.
+def keep_freed_heap() -> None:
+    """Ask glibc to keep freed memory instead of returning it to the OS at once: a
+    process-wide setting, so the library never makes it on its own; the `ustack`
+    command does, and a program that moves bulk data through a Stack may call this.
 
     By default it trims the heap whenever 128 KB lie free at its top. The fast path
     allocates and frees 64 KB buffers (segments, the user's chunks) thousands of times a
@@ -371,12 +395,37 @@ def _keep_freed_heap() -> None:
 
 
 class Stack:
-    """A ustack host on a TUN device: `async with Stack(...) as stack:`.
+    """A ustack host on a TUN device: `async with Stack(...) as stack:`; its methods
+    mirror asyncio's (`start_server`, `open_connection`, `create_server`,
+    `create_connection`, `start_tls`). One `async with` per Stack.
 
-    `pcap` names a file to capture every packet that crosses the TUN into (classic
-    pcap, raw IP; complete once the stack is closed). `stack.faults(...)` puts a seeded
-    fault injector on the link. The link middleware sits device - pcap - faults - host,
-    so the capture is what the kernel's side sent and received (see `ustack.link`).
+    Arguments (all optional):
+
+    - `dev`: the TUN device's name; opened if it exists (e.g. made by `ustack
+      setup-tun`), else created (needs CAP_NET_ADMIN) and removed again on exit.
+    - `addr`: this stack's IPv4 address; the kernel must route it to `dev` (checked at
+      the start: a TunError says what to change).
+    - `kernel_addr`: address/prefix of the kernel's side of a device the stack creates;
+      an existing device keeps its own addresses.
+    - `mtu`: the device's MTU (default: an existing device's, 1500 for a new one).
+    - `msl`: Maximum Segment Lifetime in seconds (TIME-WAIT lasts 2 MSL); shorthand for
+      `tcp=TcpConfig(msl=...)`.
+    - `linger`: on exit, how long closed connections may still deliver what they hold
+      before the rest are reset (seconds).
+    - `tcp`: the TCP settings of every connection (`TcpConfig`: buffers, congestion
+      control, SACK, timestamps, keep-alive...); per listener or connection through the
+      `tcp=` argument of the asyncio-style calls.
+    - `pcap`: a file to capture every packet that crosses the TUN into (classic pcap, raw
+      IP). Opened only once the device is ready (a stack that cannot start leaves the
+      file alone), locked while written, flushed at least every 0.1 s.
+    - `trace`: a text stream (e.g. sys.stderr) that gets the ladder of every connection.
+    - `offload`: checksum and TSO offloads on the device (IFF_VNET_HDR): 64 KB
+      super-packets both ways.
+
+    `stack.faults(...)` puts a seeded fault injector on the link. The link middleware
+    sits device - pcap - faults - host, so the capture is what the kernel's side sent
+    and received (see `ustack.link`). Errors at the start: `TunError` (the device, its
+    permissions, an address the kernel cannot reach), `ustack.link.CaptureError`.
     """
 
     def __init__(self, dev: str = "ustack0", addr: str = "10.77.0.2", *,
@@ -386,7 +435,7 @@ class Stack:
                  pcap: str | os.PathLike[str] | None = None,
                  trace: TextIO | None = None, offload: bool = False) -> None:
         self.dev = dev
-        self.addr = str(ipaddress.IPv4Address(addr))
+        self.addr = check_own_addr(addr)
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
         self._mtu = mtu
         # TCP settings for every connection (socket options, in effect).
@@ -409,20 +458,32 @@ class Stack:
         self._faults: FaultInjector | None = None
         self._link_header = 0  # device framing before each IP packet (set on start)
         self._fault_totals: Counter[str] = Counter()  # of injectors since replaced
+        self._phase = "new"  # then "running" (inside `async with`), then "closed"
+        self._ladder: Ladder | None = None
+        self._fault_log: TextIO | None = None  # <pcap>.faults, once a fault happened
 
     async def __aenter__(self) -> "Stack":
+        if self._phase != "new":
+            raise RuntimeError("this Stack has already run: make a new Stack for each "
+                               "`async with`")
         self.loop = asyncio.get_running_loop()
-        _keep_freed_heap()
+        device = self._open_device()
+        if isinstance(device, TunDevice):
+            # A stack the kernel cannot reach would say nothing and answer nothing.
+            problem = route_problem(device.name, self.addr)
+            if problem is not None:
+                device.close()
+                raise TunError(problem)
         if self.pcap is not None:
+            # Only once the device is ours: a run that cannot start leaves the file alone.
             # The writer reads no clock: its stamps are the core's clock plus this offset.
-            self._pcap = PcapWriter(self.pcap, wall_offset=time.time() - clock())
-        try:
-            self._device = self._open_device()
-            self._device_counters = self._device.counters
-        except BaseException:
-            if self._pcap is not None:
-                self._pcap.close()
-            raise
+            try:
+                self._pcap = PcapWriter(self.pcap, wall_offset=time.time() - clock())
+            except BaseException:
+                device.close()
+                raise
+        self._device = device
+        self._device_counters = device.counters
         self.mtu = self._device.mtu
         offload = getattr(self._device, "offload", False)
         self._host = Host(self.addr, mtu=self.mtu, config=self.tcp, offload=offload)
@@ -430,13 +491,24 @@ class Stack:
         for stage in (self._pcap, self._faults):
             if stage is not None:
                 stage.link_header = self._link_header
+        self._ladder = None
         if self.trace is not None:
             isatty = getattr(self.trace, "isatty", lambda: False)
-            self._host.probe = Ladder(self.trace, color=isatty()).feed
+            self._ladder = Ladder(self.trace, color=isatty())
+            self._host.probe = self._ladder.feed
         self._driver = Driver(self._host, self._device, self.loop, self._on_events,
                               pipeline_of([self._pcap, self._faults]))
         self._driver.start()
+        self._phase = "running"
         return self
+
+    def _check_running(self) -> None:
+        """The asyncio calls need a running stack: a clear error, not a hang."""
+        if self._phase == "new":
+            raise RuntimeError("this Stack is not started: use it inside "
+                               "`async with Stack(...) as stack:`")
+        if self._phase == "closed":
+            raise RuntimeError("this Stack is closed (its `async with` has ended)")
 
     def _open_device(self) -> TunDevice:
         """Open the link (a TUN device). Tests override this to run the stack over an
@@ -456,6 +528,7 @@ class Stack:
         injector = FaultInjector(loss=loss, dup=dup, reorder=reorder, corrupt=corrupt,
                                  delay_ms=delay_ms, jitter_ms=jitter_ms, seed=seed)
         injector.link_header = self._link_header
+        injector.probe = self._on_fault
         new = injector if injector.active else None
         old, self._faults = self._faults, new
         if self._device is not None:  # running: the driver exists
@@ -463,6 +536,34 @@ class Stack:
         if old is not None:
             self._fault_totals.update(old.counters)
         return new.seed if new is not None else None
+
+    def _on_fault(self, kind: str, direction: int, packet: bytes, now: float) -> None:
+        """The fault injector dropped, duplicated or corrupted `packet`: into the ladder
+        (`--trace`), and beside the capture in `<pcap>.faults` (a classic pcap has no
+        room for a comment), one line each."""
+        if self._ladder is None and self._pcap is None:
+            return
+        ev = fault_event(kind, bytes(memoryview(packet)[self._link_header:]),
+                         direction == TX, now)
+        if ev is None:
+            return
+        if self._ladder is not None:
+            self._ladder.feed(ev)
+        if self._pcap is not None and self.pcap is not None:
+            if self._fault_log is None:
+                self._fault_log = open(f"{os.fspath(self.pcap)}.faults", "w",  # noqa: SIM115
+                                       encoding="utf-8")
+            wall = now + self._pcap.wall_offset
+            way = "ustack->peer" if ev.outbound else "peer->ustack"
+            self._fault_log.write(
+                f"{wall:.6f} {kind} {way} {ev.src.addr}:{ev.src.port} > {ev.dst.addr}:"
+                f"{ev.dst.port} {flag_names(ev.flags)} seq {ev.seq} len {ev.length}\n")
+
+    @property
+    def device_created(self) -> bool:
+        """Did this stack create its TUN device (and configure the kernel's side with
+        `kernel_addr`)? False for a device that already existed, or before the start."""
+        return bool(getattr(self._device, "created", False))
 
     @property
     def fault_injector(self) -> FaultInjector | None:
@@ -477,6 +578,7 @@ class Stack:
         `linger` seconds), reset the rest, release the device."""
         if self._device is None:
             return
+        self._phase = "closed"
         for server in list(self._servers.values()):
             server.close()
         deadline = self.loop.time() + self.linger
@@ -493,9 +595,21 @@ class Stack:
         self._driver.stop()
         if self._driver.pipeline is not None:
             self._driver.pipeline.close()  # the capture is complete from here on
+        if self._fault_log is not None:
+            self._fault_log.close()
+            self._fault_log = None
         self._device.close()
         self._device = None
         await asyncio.sleep(0)  # let connection_lost callbacks run
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Every connection of this stack, as `ss -tan` lists a host's: the 4-tuple, the
+        state (SYN_RCVD to TIME_WAIT), the queues, SRTT, RTO, cwnd, bytes each way and
+        retransmissions (`ustack.conninfo.ConnectionInfo`). A snapshot; empty when the
+        stack is not running."""
+        if self._phase != "running":
+            return []
+        return self._host.connection_info(clock())
 
     def stats(self) -> dict[str, int]:
         """Every counter of the host, device, fault injector and capture; still whole
@@ -523,11 +637,16 @@ class Stack:
         """Mirrors `loop.create_server`; with `ssl` every connection is TLS (the
         handshake runs before the protocol's `connection_made`). `tcp` gives this
         listener's connections their own settings (default: the stack's `tcp`). A port
-        already listening raises `OSError(errno.EADDRINUSE)`, as `bind()` does."""
+        already listening raises `OSError(errno.EADDRINUSE)`, as `bind()` does; port 0
+        listens on a free ephemeral port (`server.sockets[0].getsockname()`)."""
         self._check_local(host)
         if port is None:
-            raise ValueError("a port is required")
+            raise ValueError("a port is required (0 for any free port)")
+        port = check_port(port, server=True)
         sslcontext = tls.check_server_args(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        self._check_running()  # after the argument checks, as asyncio makes them first
+        if port == 0:
+            port = self._host.free_port()
         if sslcontext is not None:
             protocol_factory = tls.server_protocol_factory(
                 protocol_factory, sslcontext, self.loop,
@@ -559,8 +678,11 @@ class Stack:
         Errors: `ConnectionRefusedError` when the peer answers our SYN with a RST,
         `TimeoutError` when `tcp.syn_retries` retransmitted SYNs go unanswered
         (1+2+4+... s), `ConnectionResetError` on a reset during the handshake."""
+        host = check_host(host)
+        port = check_port(port)
         tls_args = tls.check_client_args(ssl, host, server_hostname, ssl_handshake_timeout,
                                          ssl_shutdown_timeout)
+        self._check_running()
         tcb = self._host.connect(host, port, clock(), config=tcp)
         established = self.loop.create_future()
         self._connecting[tcb] = established
@@ -616,6 +738,7 @@ class Stack:
         if not isinstance(transport, Transport):
             raise TypeError(f"transport {transport!r} is not supported by start_tls() "
                             f"(only a plain ustack Transport is)")
+        self._check_running()
         loop = self.loop
         waiter: asyncio.Future[None] = loop.create_future()
         ssl_protocol = tls.make_ssl_protocol(
@@ -644,6 +767,7 @@ class Stack:
                            ssl_shutdown_timeout: float | None = None,
                            tcp: TcpConfig | None = None) -> Server:
         """Mirrors `asyncio.start_server` (`tcp` as for `create_server`)."""
+        self._check_running()
         loop = self.loop
 
         def factory() -> asyncio.StreamReaderProtocol:
@@ -661,6 +785,7 @@ class Stack:
         tcp: TcpConfig | None = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Mirrors `asyncio.open_connection` (`tcp` as for `create_connection`)."""
+        self._check_running()
         reader = asyncio.StreamReader(limit=limit, loop=self.loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=self.loop)
         transport, _ = await self.create_connection(
@@ -704,5 +829,53 @@ class Stack:
                 waiter.set_result(None)
 
     def _check_local(self, host: str | None) -> None:
+        if host is not None and not isinstance(host, str):
+            raise TypeError(f"host must be a str or None, not {type(host).__name__}")
         if host not in (None, "", "0.0.0.0", self.addr):
             raise OSError(99, f"cannot listen on {host}: this stack's address is {self.addr}")
+
+
+def check_own_addr(addr: object) -> str:
+    """The stack's own address: a unicast IPv4 address a host may hold (not 0.0.0.0, a
+    broadcast, multicast or loopback address). ValueError with the reason."""
+    if not isinstance(addr, str):
+        raise TypeError(f"addr must be a str (an IPv4 address), not {type(addr).__name__}")
+    try:
+        ours = ipaddress.IPv4Address(addr.strip())
+    except ValueError:
+        raise ValueError(f"{addr!r} is not an IPv4 address") from None
+    for bad, what in ((ours.is_unspecified, "the unspecified address"),
+                      (ours == ipaddress.IPv4Address("255.255.255.255"), "the broadcast address"),
+                      (ours.is_multicast, "a multicast address"),
+                      (ours.is_loopback, "a loopback address (the kernel keeps 127/8 for lo)")):
+        if bad:
+            raise ValueError(f"{ours} is {what}: a stack needs a unicast address of its own, "
+                             "e.g. 10.77.0.2")
+    return str(ours)
+
+
+def check_port(port: object, server: bool = False) -> int:
+    """A port as asyncio takes it (an int, or a str of digits as getaddrinfo takes a
+    service number), checked at the call: TypeError or ValueError with a plain message.
+    0 only for a server (any free port)."""
+    if isinstance(port, str) and port.strip().isdecimal():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int (or a str of digits), not "
+                        f"{type(port).__name__} {port!r}")
+    low = 0 if server else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port {port} is out of range ({low}..65535)")
+    return port
+
+
+def check_host(host: object) -> str:
+    """The peer's address: an IPv4 literal. ustack does no name resolution (it has no
+    resolver of its own, and the host's would answer for the kernel's network)."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str (an IPv4 address), not {type(host).__name__}")
+    try:
+        return str(ipaddress.IPv4Address(host.strip()))
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv4 address: ustack does not resolve host "
+                         "names; give the peer's address, e.g. 10.77.0.1") from None

@@ -1,7 +1,8 @@
 """The `ustack` command: `serve` services, or `connect` like netcat.
 
 Exit status: 0 success; 1 connection error (refused, reset, timed out);
-2 usage or environment error (bad arguments, no permission, no TUN, device busy).
+2 usage or environment error (bad arguments, no permission, no TUN, device busy, an
+address the kernel cannot reach); 130 `connect` interrupted (Ctrl-C), as shells expect.
 """
 
 import argparse
@@ -10,19 +11,30 @@ import ipaddress
 import os
 import signal
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from ustack import link, services, tls
-from ustack.api import Stack
+import ustack
+from ustack import conninfo, link, services, tls, tun
+from ustack.api import Stack, check_own_addr, keep_freed_heap
 from ustack.tcp import congestion
 from ustack.tcp.config import TcpConfig
 from ustack.tun import TunError
 
-EXIT_OK, EXIT_CONNECTION, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CONNECTION, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_KERNEL_ADDR = "10.77.0.1/24"
+CONNECTING_NOTICE = 1.0  # seconds before `connect` says it is still trying
+EPILOG = """\
+ustack needs CAP_NET_ADMIN (root) to create its TUN device, or a device made for your
+user beforehand (scripts/setup_tun.sh). Exit status: 0 success; 1 connection error
+(refused, reset, timed out); 2 bad arguments or an environment that cannot work (no
+permission, no TUN, device busy, an address the kernel does not route to the device);
+130 connect interrupted."""
 STDIN_CHUNK = 64 * 1024
 
 # Services over TLS: name -> (the plain service it wraps, default port). TLS stays out
@@ -39,6 +51,38 @@ def _ipv4(text: str) -> str:
         return str(ipaddress.IPv4Address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
+def _own_addr(text: str) -> str:
+    try:
+        return check_own_addr(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _dev(text: str) -> str:
+    # Linux dev_valid_name: 1..15 bytes, no '/', ':' or whitespace, not '.' or '..'.
+    if (not text or len(text.encode()) > 15 or text in (".", "..")
+            or any(c in "/:" or c.isspace() for c in text)):
+        raise argparse.ArgumentTypeError(f"{text!r} is an invalid interface name (1 to 15 "
+                                         "characters, no '/', ':' or spaces)")
+    return text
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a timeout (seconds > 0)")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def _cidr(text: str) -> str:
@@ -109,27 +153,38 @@ def _backlog(text: str) -> int:
 
 
 def _pcap_file(text: str) -> str:
-    # Fail at once, with the usage line, if the capture cannot be written (the stack
-    # opens it again when it starts).
-    try:
-        with open(text, "wb"):
-            pass
-    except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {e.strerror or e}") from None
+    # Fail at once, with the usage line, if the capture cannot be written; but touch
+    # nothing: the stack opens (and empties) the file only once everything else is ready.
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: it is a directory")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"cannot write {text!r}: permission denied")
+    elif not os.path.isdir(os.path.dirname(path)):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: no such directory")
+    elif not os.access(os.path.dirname(path), os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: permission denied")
     return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ustack", description="A user-space TCP/IP stack over a Linux TUN device.")
+        prog="ustack", description="A user-space TCP/IP stack over a Linux TUN device.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ustack {ustack.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def device_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dev", default="ustack0", help="TUN device name (default ustack0)")
-        p.add_argument("--addr", type=_ipv4, default="10.77.0.2",
-                       help="ustack's IPv4 address (default 10.77.0.2)")
-        p.add_argument("--kernel-addr", type=_cidr, default="10.77.0.1/24",
-                       help="kernel side of a TUN that ustack creates (default 10.77.0.1/24)")
+        p.add_argument("--dev", type=_dev, default="ustack0",
+                       help="TUN device name (default ustack0); created if missing")
+        p.add_argument("--addr", type=_own_addr, default="10.77.0.2",
+                       help="ustack's IPv4 address (default 10.77.0.2): the kernel must "
+                       "route it to the device")
+        p.add_argument("--kernel-addr", type=_cidr, default=None,
+                       help="address/prefix of the kernel's side of a device ustack "
+                       f"creates (default {DEFAULT_KERNEL_ADDR}); an existing device keeps "
+                       "its own")
         p.add_argument("--mtu", type=_mtu, default=None,
                        help="device MTU (default: the device's, 1500 for a new one)")
         p.add_argument("--offload", action="store_true",
@@ -160,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         link_opts.add_argument("--seed", type=_seed, default=None, metavar="N",
                                help="seed of the fault injector (default: random, logged)")
 
-    serve = sub.add_parser("serve", help="serve echo, discard, chargen, http, https")
+    serve = sub.add_parser("serve", help="serve echo, discard, chargen, http, https",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     device_options(serve)
     serve.add_argument("--backlog", type=_backlog, default=services.BACKLOG,
                        help="listen backlog: SYN queue and accept queue of each service "
@@ -180,17 +236,49 @@ def build_parser() -> argparse.ArgumentParser:
                        help="echo (7), discard (9), chargen (19), http (80), https (443); "
                        "default echo:7")
 
-    connect = sub.add_parser("connect", help="open a connection: stdin to it, it to stdout")
+    ladder = sub.add_parser("ladder", help="draw the ladder of every TCP connection in a "
+                            "capture (pcap or pcapng; ustack's --pcap or a tcpdump)")
+    ladder.add_argument("file", metavar="FILE", help="pcap or pcapng capture")
+    ladder.add_argument("--us", metavar="ADDR", type=_ipv4,
+                        help="ustack's address (default 10.77.0.2 if present, else the side "
+                        "that answered the first SYN)")
+    ladder.add_argument("--conn", type=_positive, metavar="N",
+                        help="only the N-th connection (numbered as in the full ladder)")
+    ladder.add_argument("--svg", metavar="OUT", help="also draw the sequence diagram as SVG")
+    ladder.add_argument("--width", type=_positive, default=80,
+                        help="terminal columns (default 80)")
+    ladder.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+
+    setup = sub.add_parser("setup-tun", add_help=False,
+                           help="(root) create a persistent TUN device owned by you, so "
+                           "ustack runs without root; --help for its options")
+    setup.add_argument("setup_args", nargs=argparse.REMAINDER)
+
+    connect = sub.add_parser("connect", help="open a connection: stdin to it, it to stdout",
+                             epilog=EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     device_options(connect)
-    connect.add_argument("host", type=_ipv4, metavar="HOST")
-    connect.add_argument("port", type=_port, metavar="PORT")
+    connect.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
+                         help="give up connecting after SECONDS (default: the SYN "
+                         "retransmissions run out, about two minutes)")
+    connect.add_argument("host", type=_ipv4, metavar="HOST",
+                         help="the peer's IPv4 address (no names are resolved), e.g. "
+                         "10.77.0.1 for the kernel's side of the device")
+    connect.add_argument("port", type=_port, metavar="PORT", help="the peer's port (1..65535)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.addr == args.kernel_addr.split("/")[0]:
-        log(f"--addr {args.addr} is the kernel side's address; pick another")
+    if args.command == "ladder":
+        return ladder_command(args)
+    if args.command == "setup-tun":
+        return setup_tun(args.setup_args)
+    args.kernel_addr_given = args.kernel_addr is not None
+    args.kernel_addr = args.kernel_addr or DEFAULT_KERNEL_ADDR
+    problem = _addr_problem(args.addr, args.kernel_addr)
+    if problem is not None:
+        log(problem)
         return EXIT_USAGE
     if args.command == "serve":
         try:
@@ -199,13 +287,73 @@ def main(argv: list[str] | None = None) -> int:
             log(str(e))
             return EXIT_USAGE
     command = serve if args.command == "serve" else connect
+    keep_freed_heap()  # process-wide: the command may, the library does not
     try:
         return _run(command(args), args.loop)
-    except TunError as e:
+    except (TunError, link.CaptureError) as e:
         log(str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_CONNECTION
+        return EXIT_INTERRUPTED
+
+
+def ladder_command(args: argparse.Namespace) -> int:
+    """`ustack ladder FILE`: the renderer of `--trace`, over a capture."""
+    from ustack.ladder import CaptureError, Ladder, Tracker, capture_events, svg
+
+    try:
+        with open(args.file, "rb") as f:
+            events, skipped = capture_events(f, args.us)
+    except (OSError, CaptureError) as e:
+        log(f"ladder: {getattr(e, 'strerror', None) or e}: {args.file}"
+            if isinstance(e, OSError) else f"ladder: {e}")
+        return EXIT_USAGE
+    counter = Tracker()
+    for ev in events:
+        counter.feed(ev)
+    conns = len(counter.conns)
+    if args.conn is not None and args.conn > conns:
+        # Before anything is printed: a ladder of everything was not what was asked.
+        log(f"ladder: no connection #{args.conn} in {args.file} (it has {conns})")
+        return EXIT_USAGE
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    ladder = Ladder(sys.stdout, color=color, width=args.width)
+    for ev in events:
+        row, new = ladder.tracker.feed(ev)
+        if args.conn is None or row.conn.number == args.conn:
+            for line in ladder.lines(row, new):
+                sys.stdout.write(line + "\n")
+    ladder.close()
+    if args.svg:
+        with open(args.svg, "w", encoding="utf-8") as out:
+            out.write(svg(events, args.conn))
+    if skipped:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+        log(f"ladder: skipped {sum(skipped.values())} packets ({why})")
+    return EXIT_OK
+
+
+def setup_tun(argv: list[str]) -> int:
+    """`ustack setup-tun [NAME] [HOST_CIDR]` / `--down [NAME]`: the script that ships in
+    the package (scripts/setup_tun.sh in a checkout runs the same one)."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("ustack") / "data" / "setup_tun.sh") as script:
+        env = dict(os.environ, USTACK_PROG="ustack setup-tun")
+        return subprocess.run(["bash", str(script), *argv], env=env, check=False).returncode
+
+
+def _addr_problem(addr: str, kernel_addr: str) -> str | None:
+    """What makes --addr unusable beside --kernel-addr, or None."""
+    iface = ipaddress.IPv4Interface(kernel_addr)
+    ours = ipaddress.IPv4Address(addr)
+    if ours == iface.ip:
+        return f"--addr {addr} is the kernel side's address; pick another"
+    net = iface.network
+    if net.prefixlen < 31 and ours in (net.network_address, net.broadcast_address):
+        which = "network" if ours == net.network_address else "broadcast"
+        return f"--addr {addr} is the {which} address of {net}; pick a host address in it"
+    return None
 
 
 def _run(coro: Coroutine[Any, Any, int], loop_name: str) -> int:
@@ -219,7 +367,7 @@ def _run(coro: Coroutine[Any, Any, int], loop_name: str) -> int:
     return asyncio.run(coro)
 
 
-def _on_signals(handler: Callable[[], None]) -> None:
+def _on_signals(handler: Callable[[], object]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, handler)
@@ -253,12 +401,15 @@ def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 async def serve(args: argparse.Namespace) -> int:
     specs: list[tuple[str, int]] = args.services or [("echo", 7)]
     ports = [port for _, port in specs]
-    if len(set(ports)) != len(ports):
-        log("two services on one port: give each its own port")
+    twice = sorted({p for p in ports if ports.count(p) > 1})
+    if twice:
+        names = " and ".join(f"{n}:{p}" for n, p in specs if p == twice[0])
+        log(f"two services on port {twice[0]} ({names}): give each its own port")
         return EXIT_USAGE
     stop = asyncio.Event()
     async with _stack(args) as stack:
         _log_faults(stack)
+        _warn_kernel_addr(args, stack)
         for name, port in specs:
             if name in TLS_SERVICES:
                 plain, _ = TLS_SERVICES[name]
@@ -268,8 +419,9 @@ async def serve(args: argparse.Namespace) -> int:
                 await stack.create_server(services.protocol_factory(name), None, port,
                                           backlog=args.backlog)
         _on_signals(stop.set)
+        started = time.monotonic()
         asyncio.get_running_loop().add_signal_handler(
-            signal.SIGUSR1, lambda: log("stats; " + _format_stats(stack.stats())))
+            signal.SIGUSR1, lambda: _report(stack, time.monotonic() - started))
         listing = " ".join(f"{name}:{port}" for name, port in specs)
         offload = ", offload" if stack.offload else ""
         log(f"serving {listing} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu}{offload})")
@@ -279,8 +431,28 @@ async def serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(stack: Stack, uptime: float) -> None:
+    """SIGUSR1: the counters, then every connection as `ss -tin` shows them."""
+    log(f"stats; uptime={uptime:.1f}s, " + _format_stats(stack.stats()))
+    rows = stack.connections()
+    log(f"connections: {len(rows)}")
+    for line in conninfo.format_table(rows):
+        log("  " + line)
+
+
 def _format_stats(stats: dict[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
+
+
+def _warn_kernel_addr(args: argparse.Namespace, stack: Stack) -> None:
+    """--kernel-addr configures only a device ustack creates: say so when it was given
+    for a device that already existed with other addresses."""
+    if not args.kernel_addr_given or stack.device_created:
+        return
+    have = tun.device_addresses(stack.dev)
+    if args.kernel_addr not in have:
+        log(f"--kernel-addr {args.kernel_addr} ignored: {stack.dev} already exists with "
+            f"{', '.join(have) or 'no IPv4 address'} (delete it to have it made anew)")
 
 
 def _stack(args: argparse.Namespace) -> Stack:
@@ -303,21 +475,26 @@ def _log_faults(stack: Stack) -> None:
 async def connect(args: argparse.Namespace) -> int:
     async with _stack(args) as stack:
         _log_faults(stack)
-        task = asyncio.ensure_future(_netcat(stack, args.host, args.port))
+        _warn_kernel_addr(args, stack)
+        task = asyncio.ensure_future(_netcat(stack, args.host, args.port, args.timeout))
         _on_signals(task.cancel)
         try:
             return await task
         except asyncio.CancelledError:
             log("interrupted")
-            return EXIT_CONNECTION
+            return EXIT_INTERRUPTED
         except (ConnectionError, TimeoutError, OSError) as e:
             log(f"{args.host}:{args.port}: {_describe(e)}")
             return EXIT_CONNECTION
 
 
-async def _netcat(stack: Stack, host: str, port: int) -> int:
-    reader, writer = await stack.open_connection(host, port)
+async def _netcat(stack: Stack, host: str, port: int, timeout: float | None = None) -> int:
     loop = asyncio.get_running_loop()
+    notice = loop.call_later(CONNECTING_NOTICE, log, f"connecting to {host}:{port}…")
+    try:
+        reader, writer = await asyncio.wait_for(stack.open_connection(host, port), timeout)
+    finally:
+        notice.cancel()
 
     async def upstream() -> None:
         async for chunk in _stdin_chunks():
@@ -344,7 +521,7 @@ def _write_all(out: Any, chunk: bytes) -> None:
     out.flush()
 
 
-async def _stdin_chunks():  # type: ignore[no-untyped-def]
+async def _stdin_chunks() -> AsyncIterator[bytes]:
     """Chunks of stdin read by a daemon thread (regular files, pipes and ttys alike)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)

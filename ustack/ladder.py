@@ -7,7 +7,7 @@ Events (what the stack's probe and the pcap reader produce):
 import socket
 import struct
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 from xml.sax.saxutils import escape
@@ -73,7 +73,22 @@ class RecoveryEvent:
     detail: str = ""
 
 
-Event = SegmentEvent | StateEvent | TimerEvent | RecoveryEvent
+@dataclass(frozen=True, slots=True)
+class FaultEvent:
+    """The fault injector (`ustack.link.FaultInjector`) dropped, duplicated or corrupted
+    a segment between the TUN and the stack (`outbound` True: one ustack sent)."""
+
+    time: float
+    src: Endpoint
+    dst: Endpoint
+    outbound: bool
+    kind: str  # "dropped", "duplicated", "corrupted"
+    flags: int
+    seq: int
+    length: int
+
+
+Event = SegmentEvent | StateEvent | TimerEvent | RecoveryEvent | FaultEvent
 
 
 # ------------------------------------------------------------------------------ tracking
@@ -135,12 +150,14 @@ def _key(a: Endpoint, b: Endpoint) -> tuple:
 
 
 class _Side:
-    __slots__ = ("base", "fin", "syn")
+    __slots__ = ("base", "fin", "high", "syn", "wscale")
 
     def __init__(self) -> None:
         self.base: int | None = None  # ISN (seq of its SYN), else the first seq seen
         self.syn = False
         self.fin = False
+        self.wscale: int | None = None  # the window scale its SYN offered
+        self.high: int | None = None  # the end of the highest sequence it has sent
 
     def rel(self, n: int) -> int:
         if self.base is None:
@@ -194,6 +211,12 @@ class Tracker:
         """The row for `event`, and whether it began a new connection."""
         if isinstance(event, SegmentEvent):
             return self._segment(event)
+        if isinstance(event, FaultEvent):
+            us, peer = (event.src, event.dst) if event.outbound else (event.dst, event.src)
+            conn, new = self._conn(us, peer, event.time, False)
+            rseq = conn.sides[event.outbound].rel(event.seq)
+            details = (f"seq {event.seq} ({rseq})", f"len {event.length}")
+            return Row(conn, event.time - conn.t0, event, rseq, None, details), new
         fresh = isinstance(event, StateEvent) and event.new in ("SYN_SENT", "SYN_RCVD") \
             and event.old in ("CLOSED", "LISTEN")
         conn, new = self._conn(event.local, event.remote, event.time, fresh)
@@ -219,6 +242,16 @@ class Tracker:
         if ev.flags & _SYN and not mine.syn:
             mine.syn = True
             mine.base = ev.seq
+            mine.wscale = ev.opts.wscale
+        # Sent before (Wireshark's "TCP Retransmission"): text, SYN or FIN below the
+        # highest sequence this side has sent. In a capture a reordered segment looks
+        # the same; the ladder cannot tell them apart either.
+        end = (ev.seq + ev.length + (1 if ev.flags & _SYN else 0)
+               + (1 if ev.flags & _FIN else 0)) % 2**32
+        again = (end != ev.seq and mine.high is not None
+                 and 0 < (mine.high - ev.seq) % 2**32 < 2**31)
+        if mine.high is None or 0 < (end - mine.high) % 2**32 < 2**31:
+            mine.high = end
         rseq = mine.rel(ev.seq)
         rack = theirs.rel(ev.ack) if ev.flags & _ACK else None
         if ev.flags & _FIN:
@@ -228,7 +261,14 @@ class Tracker:
         details = [f"seq {ev.seq} ({rseq})"]  # items a line never splits
         if rack is not None:
             details[0] += f" ack {ev.ack} ({rack})"
-        details.append(f"win {ev.wnd} len {ev.length}")
+        # RFC 7323 §2.2: the window field of a segment other than a SYN is scaled when
+        # both SYNs offered the option.
+        shift = mine.wscale if theirs.wscale is not None and not ev.flags & _SYN else None
+        window = (f"win {ev.wnd << shift} ({ev.wnd}<<{shift})" if shift
+                  else f"win {ev.wnd}")
+        details.append(f"{window} len {ev.length}")
+        if again:
+            details.append("retransmission")
         if ev.flags & _SYN:
             details += option_text(ev.opts)
         if ev.opts.sack:
@@ -299,6 +339,15 @@ class Ladder:
                                      self.width - len(indent))
             out.append(lead + self._paint(mid.rstrip(), kind) + "  " + first)
             out += [indent + line for line in rest]
+        elif isinstance(ev, FaultEvent):
+            # The arrow stops short: the packet never reached the other side as sent.
+            flags = flag_names(ev.flags)
+            mid = (f"peer {arrow(flags, True)[:-4]}✕    ustack" if ev.outbound
+                   else f"peer ──{flags}{'─' * max(2, _ARROW - 5 - len(flags))}✕    ustack")
+            if ev.kind != "dropped":
+                mid = f"peer {arrow(flags, ev.outbound)} ustack"
+            out.append(lead + self._paint(f"{mid}  fault: {ev.kind}", "rst") + "  "
+                       + " ".join(row.details))
         else:
             if isinstance(ev, StateEvent):
                 text, kind = f"{ev.old} → {ev.new} ▶ ustack", "state"
@@ -494,6 +543,14 @@ def _tcp_of_ip(time: float, ip: bytes) -> _Packet | str:
 DEFAULT_US = "10.77.0.2"
 
 
+def fault_event(kind: str, ip: bytes, outbound: bool, time: float) -> FaultEvent | None:
+    """The ladder's event for a packet the fault injector acted on (None: not TCP)."""
+    pkt = _tcp_of_ip(time, ip) if len(ip) >= 20 else "truncated"
+    if isinstance(pkt, str):
+        return None
+    return FaultEvent(time, pkt.src, pkt.dst, outbound, kind, pkt.flags, pkt.seq, pkt.length)
+
+
 def capture_events(f: BinaryIO, us: str | None = None) -> tuple[list[SegmentEvent], Counter]:
     """The segments of a capture as events, and the count of packets skipped, by reason.
 
@@ -543,9 +600,10 @@ def capture_events(f: BinaryIO, us: str | None = None) -> tuple[list[SegmentEven
 _SVG_W, _PEER_X, _US_X, _STEP, _SLOPE = 760, 200, 520, 30, 22
 
 
-def svg(events: list[Event], conn: int | None = None) -> str:
+def svg(events: Sequence[Event], conn: int | None = None) -> str:
     """A sequence diagram (plain SVG text): per connection, two lifelines (peer left,
-    ustack right), a sloped arrow per segment labelled with flags and relative seq/ack,
+    ustack right), a sloped arrow per segment labelled with flags, relative seq/ack,
+    length, the (scaled) window, SACK blocks and a retransmission mark,
     state changes and timers beside ustack's lifeline. All connections stacked, or only
     the `conn`-th (1-based)."""
     tracker = Tracker()
@@ -580,6 +638,10 @@ def svg(events: list[Event], conn: int | None = None) -> str:
                     label += f" ack={row.rack}"
                 if ev.length:
                     label += f" len={ev.length}"
+                # The window (scaled) and SACK blocks, as the text ladder has them.
+                extra = [d for d in row.details
+                         if d.startswith(("win ", "sack ", "dsack ", "retransmission"))]
+                label += "".join(f" {d.split(' len ')[0]}" for d in extra)
                 cls = "rst" if ev.flags & _RST else "out" if ev.outbound else "in"
                 body.append(f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y + _SLOPE}" '
                             f'class="{cls}" marker-end="url(#head)"/>')
@@ -590,6 +652,11 @@ def svg(events: list[Event], conn: int | None = None) -> str:
             else:
                 if isinstance(ev, StateEvent):
                     text, cls = f"{ev.old} → {ev.new}", "state"
+                elif isinstance(ev, FaultEvent):
+                    side = "ustack" if ev.outbound else "peer"
+                    text = (f"fault: {ev.kind} {flag_names(ev.flags)} from {side} "
+                            f"seq={row.rseq} len={ev.length}")
+                    cls = "rst"
                 else:
                     text, cls = event_label(ev)[1], "timer"
                 body.append(f'<text x="{_US_X + 8}" y="{y + 4}" class="{cls}">'

@@ -25,6 +25,8 @@ appear as ustack sent them on receive, and corrupted as the kernel got them on t
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import heapq
 import math
 import os
@@ -185,6 +187,32 @@ _GLOBAL_HEADER = struct.Struct("<IHHiIII")
 _RECORD_HEADER = struct.Struct("<IIII")
 
 
+FLUSH_INTERVAL = 0.1  # seconds a captured packet may wait in the buffer for the file
+
+
+class CaptureError(OSError):
+    """The capture file cannot be written, or another ustack is writing it."""
+
+
+def open_capture(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open `path` for a new capture: locked (flock) so that a second ustack refuses it,
+    and emptied only once the lock is held, so the capture of a running ustack is never
+    truncated. Raises CaptureError with one line for the user."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise CaptureError(e.errno, f"cannot write the capture {os.fspath(path)!r}: "
+                                    f"{e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CaptureError(errno.EBUSY, f"the capture {os.fspath(path)!r} is being written "
+                                        "by another process (it holds the file's lock)") from None
+    os.ftruncate(fd, 0)
+    return os.fdopen(fd, "wb")
+
+
 class PcapWriter(Stage):
     """Classic pcap of every packet in both directions, as it passes this stage.
 
@@ -192,23 +220,28 @@ class PcapWriter(Stage):
     once to `time.time() - aio.clock()` (the writer reads no clock; tests fix it), in
     microseconds. They never go backwards: the driver's timer may run a hair ahead of
     the loop's clock (it serves a deadline as "now"), so a stamp is at least the last.
+
+    A file named by path is locked while written (`open_capture`). Records reach it
+    within FLUSH_INTERVAL (`poll`): `tcpdump -r` can read the capture while ustack runs.
     """
 
     def __init__(self, dest: str | os.PathLike[str] | BinaryIO, *, wall_offset: float = 0.0,
                  snaplen: int = PCAP_SNAPLEN) -> None:
         if isinstance(dest, str | os.PathLike):
-            self._file: BinaryIO = open(dest, "wb")  # noqa: SIM115 (closed by close())
+            self._file: BinaryIO = open_capture(dest)
             self._owned = True
         else:
             self._file = dest
             self._owned = False
         self.wall_offset = wall_offset
         self.snaplen = snaplen
-        self.counters = Counter(pcap_packets=0)
+        self.counters: Counter[str] = Counter(pcap_packets=0)
         self._closed = False
         self._last = 0
+        self._flush_at: float | None = None  # when the oldest unflushed record is due
         self._file.write(_GLOBAL_HEADER.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, snaplen,
                                              LINKTYPE_RAW))
+        self._file.flush()  # a capture with no packet yet is still a valid file
 
     def _record(self, packet: bytes, now: float) -> None:
         if self._closed:
@@ -218,16 +251,27 @@ class PcapWriter(Stage):
             usec = self._last
         self._last = usec
         sec, usec = divmod(usec, 1_000_000)
+        ip: bytes | memoryview = packet
         if self.link_header:
             # The IP packet only. With offloads it may be a super-packet, and its TCP
             # checksum partial: tcpdump shows the same on a TSO interface.
-            packet = memoryview(packet)[self.link_header:]
-        size = len(packet)
+            ip = memoryview(packet)[self.link_header:]
+        size = len(ip)
         kept = min(size, self.snaplen)
         write = self._file.write
         write(_RECORD_HEADER.pack(sec, usec, kept, size))
-        write(packet if kept == size else packet[:kept])
+        write(ip if kept == size else ip[:kept])
         self.counters["pcap_packets"] += 1
+        if self._flush_at is None:
+            self._flush_at = now + FLUSH_INTERVAL
+
+    def poll(self, now: float) -> tuple[Packets, Packets]:
+        if self._flush_at is not None and now >= self._flush_at:
+            self.flush()
+        return [], []
+
+    def next_deadline(self) -> float | None:
+        return self._flush_at
 
     def rx(self, packet: bytes, now: float) -> Packets:
         self._record(packet, now)
@@ -238,6 +282,7 @@ class PcapWriter(Stage):
         return [packet]
 
     def flush(self) -> None:
+        self._flush_at = None
         if not self._closed:
             self._file.flush()
 
@@ -297,10 +342,13 @@ class FaultInjector(Stage):
         self._delay = self.delay_ms / 1000.0
         self._jitter = self.jitter_ms / 1000.0
         self._reorder_s = self.reorder_ms / 1000.0
-        self.counters = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
+        self.counters: Counter[str] = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
         self._order = 0
         # Delayed packets: (release at, arrival order, direction, packet).
         self._queue: list[tuple[float, int, int, bytes]] = []
+        # Told of every packet dropped, duplicated or corrupted: (kind, direction RX/TX,
+        # the packet as it was, now). The stack shows them in its ladder and capture.
+        self.probe: Callable[[str, int, bytes, float], None] | None = None
         # Per direction, packets held back to be overtaken: [due, give-up at, order, packet].
         self._held: tuple[list[tuple[float, float, int, bytes]], ...] = ([], [])
 
@@ -338,18 +386,25 @@ class FaultInjector(Stage):
     def _inject(self, d: int, packet: bytes, now: float) -> Packets:
         rng = self._rng
         counters = self.counters
+        probe = self.probe
         if self.loss and rng.random() < self.loss:
             counters["fault_dropped"] += 1
+            if probe is not None:
+                probe("dropped", d, packet, now)
             return []
         copies = 1
         if self.dup and rng.random() < self.dup:
             counters["fault_duplicated"] += 1
             copies = 2
+            if probe is not None:
+                probe("duplicated", d, packet, now)
         out: Packets = []
         for _ in range(copies):
             copy = packet
             if self.corrupt and copy and rng.random() < self.corrupt:
                 counters["fault_corrupted"] += 1
+                if probe is not None:
+                    probe("corrupted", d, copy, now)
                 copy = flip_bit(copy, rng, self.link_header)
             at = now
             if self._delay or self._jitter:

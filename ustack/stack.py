@@ -17,7 +17,8 @@ import random
 import socket
 from collections.abc import Callable, Sequence
 
-from ustack import ip, vnet
+from ustack import conninfo, ip, vnet
+from ustack.conninfo import ConnectionInfo
 from ustack.ladder import (
     Endpoint,
     Event,
@@ -108,6 +109,19 @@ class Host:
         self._listeners[port] = listener
         return listener
 
+    def free_port(self) -> int:
+        """An ephemeral port no listener and no connection uses (what `bind` to port 0
+        picks, RFC 6056 §3.3.1's range)."""
+        used = {key[2] for key in self._conns}
+        for _ in range(64):
+            port = self._rng.choice(EPHEMERAL_PORTS)
+            if port not in self._listeners and port not in used:
+                return port
+        for port in EPHEMERAL_PORTS:
+            if port not in self._listeners and port not in used:
+                return port
+        raise OSError(98, "no free ephemeral port")
+
     def unlisten(self, listener: Listener) -> None:
         listener.closed = True
         if self._listeners.get(listener.port) is listener:
@@ -167,6 +181,16 @@ class Host:
     def connections(self) -> list[Tcb]:
         """Every connection with a TCB (TIME-WAIT ones are records: `time_wait_count`)."""
         return list(self._conns.values())
+
+    def connection_info(self, now: float) -> list[ConnectionInfo]:
+        """Every connection as `ss -tan` lists it: TCBs (SYN-RECEIVED to LAST-ACK) and
+        TIME-WAIT records, sorted by local port then peer."""
+        local = socket.inet_ntoa(self.addr)
+        rows = [conninfo.from_tcb(tcb, local) for tcb in self._conns.values()]
+        rows += [conninfo.from_time_wait(local, addr, port, local_port, deadline - now)
+                 for addr, port, local_port, deadline in self._time_wait.entries()]
+        rows.sort(key=lambda r: (r.local[1], socket.inet_aton(r.remote[0]), r.remote[1]))
+        return rows
 
     def time_wait_count(self) -> int:
         """Connections in TIME-WAIT (compact records, see `ustack.tcp.timewait`)."""

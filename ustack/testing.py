@@ -1,7 +1,8 @@
 """A pytest plugin: every test that asks for `ustack_host` gets a private network with ustack.
 
-Registered through the `pytest11` entry point (or load it with `-p ustack.testing`); it
-does nothing for tests that do not use the fixture.
+Registered through the `pytest11` entry point named `ustack.testing` when ustack is
+installed (from a checkout, load it with `-p ustack.testing`; `-p no:ustack.testing`
+switches it off); it does nothing for tests that do not use the fixture.
 
     def test_echo(ustack_host):
         with socket.create_connection((ustack_host.addr, 7), timeout=5) as s:
@@ -14,9 +15,9 @@ does nothing for tests that do not use the fixture.
 The test's thread enters a new network namespace (`unshare(CLONE_NEWNET)`) for the test,
 so every kernel socket it opens lives there, and leaves it afterwards. The stack runs on
 its own thread (started inside that namespace) with its own event loop, behind a TUN
-device whose kernel side is `kernel_addr`/24. Where no namespace may be created but the
-process is root (a container under Docker's default seccomp profile) the process's own
-namespace, private to the container, is used instead.
+device whose kernel side is `kernel_addr` (/24 unless the marker gives a prefix). Where
+no namespace may be created but the process is root (a container under Docker's default
+seccomp profile) the process's own namespace, private to the container, is used instead.
 
 Every packet is captured to a pcap and every connection drawn as a ladder; when the test
 fails both are kept and their paths added to the report, otherwise they are deleted.
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,7 +53,8 @@ RUN_TIMEOUT = 30.0  # default for `run(coro)`
 _MARKER_DOC = (
     "ustack(services=['echo:7', 'http:80'], loss=0, dup=0, reorder=0, corrupt=0, "
     "delay_ms=0, jitter_ms=0, seed=1, mtu=1500, trace=False, addr='10.77.0.2', "
-    "kernel_addr='10.77.0.1'): configure the ustack_host fixture (every keyword optional)"
+    "kernel_addr='10.77.0.1/24'): configure the ustack_host fixture (every keyword "
+    "optional; kernel_addr with or without a prefix, /24 by default)"
 )
 
 T = TypeVar("T")
@@ -71,7 +73,7 @@ class Options:
     mtu: int = 1500
     trace: bool = False
     addr: str = "10.77.0.2"
-    kernel_addr: str = "10.77.0.1"
+    kernel_addr: str = "10.77.0.1/24"  # the kernel's side of the device, address/prefix
 
     def fault_kwargs(self) -> dict[str, Any]:
         return {"loss": self.loss, "dup": self.dup, "reorder": self.reorder,
@@ -96,7 +98,21 @@ def _options(marker: pytest.Mark | None) -> Options:
         if isinstance(services, str):
             services = [services]
         kwargs["services"] = tuple(services)
+    if "kernel_addr" in kwargs:
+        kwargs["kernel_addr"] = _interface(kwargs["kernel_addr"])
     return Options(**kwargs)
+
+
+def _interface(text: object) -> str:
+    """`10.77.0.1` or `10.77.0.1/24` (the default prefix /24) as address/prefix."""
+    import ipaddress
+
+    try:
+        iface = ipaddress.IPv4Interface(text if "/" in str(text) else f"{text}/24")
+    except ValueError:
+        raise pytest.UsageError(f"@pytest.mark.ustack: kernel_addr={text!r} is not an IPv4 "
+                                "address (with an optional /prefix)") from None
+    return str(iface)
 
 
 def _strict() -> bool:
@@ -159,9 +175,13 @@ class UstackHost:
                corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
                seed: int | None = None) -> int | None:
         """Replace the link's faults (fractions; no arguments = none). Returns the seed."""
-        return self.call(lambda: self.stack.faults(
-            loss=loss, dup=dup, reorder=reorder, corrupt=corrupt, delay_ms=delay_ms,
-            jitter_ms=jitter_ms, seed=seed))
+        def change() -> int | None:
+            seed_in_use: int | None = self.stack.faults(
+                loss=loss, dup=dup, reorder=reorder, corrupt=corrupt, delay_ms=delay_ms,
+                jitter_ms=jitter_ms, seed=seed)
+            return seed_in_use
+
+        return self.call(change)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -220,7 +240,7 @@ class _Runner:
 
         opts, host = self.opts, self.host
         specs = [parse_service_spec(s) for s in opts.services]
-        stack = Stack(dev=self.dev, addr=opts.addr, kernel_addr=f"{opts.kernel_addr}/24",
+        stack = Stack(dev=self.dev, addr=opts.addr, kernel_addr=opts.kernel_addr,
                       mtu=opts.mtu, pcap=host.pcap_path, trace=self.trace_file)
         stack.faults(**opts.fault_kwargs())
         await stack.__aenter__()
@@ -304,7 +324,7 @@ def ustack_host(request: pytest.FixtureRequest) -> Iterator[UstackHost]:
         keep = False
         try:
             dev = "ustack0" if ns_fd is not None else f"ustk{os.getpid()}"[:15]
-            host = UstackHost(addr=opts.addr, kernel_addr=opts.kernel_addr,
+            host = UstackHost(addr=opts.addr, kernel_addr=opts.kernel_addr.split("/")[0],
                               pcap_path=os.path.join(workdir, "capture.pcap"),
                               ladder_path=os.path.join(workdir, "ladder.txt"),
                               private_netns=ns_fd is not None)
@@ -338,8 +358,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Iterator[None]:
-    report = yield
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
     host = item.stash.get(_HOST, None)
     if host is not None and report.failed and not item.stash.get(_FAILED, False):
         item.stash[_FAILED] = True

@@ -83,6 +83,17 @@ def server_context(certfile: str | os.PathLike[str],
     """A server SSLContext with asyncio's defaults (`ssl.create_default_context`
     for client auth) and the given certificate chain; TlsSetupError if it cannot load."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    for path, what in ((certfile, "certificate"), (keyfile, "key")):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+        except OSError:
+            break  # load_cert_chain names the problem below
+        if b"-----BEGIN " not in head:
+            raise TlsSetupError(f"{os.fspath(path)} is not a PEM {what} (no '-----BEGIN' "
+                                "line; DER files convert with: openssl x509 -inform der)")
     try:
         context.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as e:
@@ -143,10 +154,12 @@ def make_ssl_protocol(
 ) -> sslproto.SSLProtocol:
     """asyncio's SSLProtocol around `app_protocol`: give it to a ustack Transport and
     the handshake starts at its `connection_made`; the app sees `._app_transport`."""
+    # typeshed is narrower than SSLProtocol itself: None for a client's default context
+    # and for no waiter, timeouts in float seconds, all as asyncio passes them.
     return sslproto.SSLProtocol(
-        loop, app_protocol, sslcontext, waiter, server_side, server_hostname,
-        call_connection_made=call_connection_made,
-        ssl_handshake_timeout=ssl_handshake_timeout,
+        loop, app_protocol, sslcontext, waiter,  # type: ignore[arg-type]
+        server_side, server_hostname, call_connection_made=call_connection_made,
+        ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
         ssl_shutdown_timeout=ssl_shutdown_timeout)
 
 

@@ -11,6 +11,7 @@ with fcntl.ioctl; every packet read or written then starts with a virtio-net hea
 import errno
 import fcntl
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -98,7 +99,7 @@ class TunDevice:
         except BlockingIOError:
             pass
         except OSError as e:
-            self.counters[f"rx_error_{errno.errorcode.get(e.errno, e.errno)}"] += 1
+            self.counters[f"rx_error_{_errno_name(e.errno)}"] += 1
         return packets
 
     def write(self, packet: bytes) -> bool:
@@ -106,12 +107,16 @@ class TunDevice:
         try:
             os.write(self._fd, packet)
         except OSError as e:
-            self.counters[f"tx_error_{errno.errorcode.get(e.errno, e.errno)}"] += 1
+            self.counters[f"tx_error_{_errno_name(e.errno)}"] += 1
             return False
         return True
 
     def close(self) -> None:
         self._dev.close()
+
+
+def _errno_name(code: int | None) -> str:
+    return errno.errorcode.get(code, str(code)) if code is not None else "unknown"
 
 
 def _set_offload(fd: int, offload: bool) -> None:
@@ -137,11 +142,18 @@ def _exists(name: str) -> bool:
 
 def _open_error(name: str, e: OSError, existed: bool) -> str:
     if e.errno in (errno.EPERM, errno.EACCES):
-        how = ("ask root to create it for you with scripts/setup_tun.sh" if not existed
-               else "it belongs to another user; recreate it with scripts/setup_tun.sh")
+        if not os.access(TUN_PATH, os.R_OK | os.W_OK):
+            mode = oct(os.stat(TUN_PATH).st_mode & 0o777)[2:]
+            return (f"no permission to open {TUN_PATH} (mode {mode}): run as root, or have "
+                    f"root make it usable as distributions ship it: chmod 0666 {TUN_PATH}")
+        how = ("ask root to create it for you: sudo ustack setup-tun" if not existed
+               else "it belongs to another user; root can recreate it for you: "
+                    "sudo ustack setup-tun --down, then sudo ustack setup-tun")
         return f"no permission to open TUN device {name}: run as root or {how}"
     if e.errno == errno.EBUSY:
-        return f"TUN device {name} is in use by another process"
+        return (f"TUN device {name} is in use by another process; give this one a device "
+                "and addresses of its own, e.g. --dev ustack1 --addr 10.78.0.2 "
+                "--kernel-addr 10.78.0.1/24")
     if e.errno == errno.ENOENT:
         return f"{TUN_PATH} is missing: load the tun module (modprobe tun)"
     if e.errno == errno.EINVAL:
@@ -167,3 +179,45 @@ def _configure(name: str, kernel_addr: str, mtu: int) -> None:
             detail = done.stderr.strip().splitlines()[-1:] or ["failed"]
             raise TunError(f"cannot configure TUN device {name}: {' '.join(cmd[1:])}: "
                            f"{detail[0]}")
+
+
+def device_addresses(name: str) -> list[str]:
+    """The IPv4 addresses (with prefix) of the kernel's side of device `name`."""
+    ip = shutil.which("ip")
+    if ip is None:
+        return []
+    done = subprocess.run([ip, "-j", "-4", "addr", "show", "dev", name], capture_output=True,
+                          text=True, timeout=10, check=False)
+    try:
+        links = json.loads(done.stdout) if done.returncode == 0 else []
+    except ValueError:
+        return []
+    return [f"{a['local']}/{a['prefixlen']}" for link in links
+            for a in link.get("addr_info", ()) if "local" in a and "prefixlen" in a]
+
+
+def route_problem(name: str, addr: str) -> str | None:
+    """Why the kernel would not send packets for `addr` into device `name`, as a sentence
+    with the fix; None when it would (or when iproute2 cannot tell)."""
+    ip = shutil.which("ip")
+    if ip is None:
+        return None
+    done = subprocess.run([ip, "-j", "route", "get", addr], capture_output=True, text=True,
+                          timeout=10, check=False)
+    dev = None
+    if done.returncode == 0:
+        try:
+            routes = json.loads(done.stdout)
+        except ValueError:
+            return None
+        dev = routes[0].get("dev") if routes else None
+        if dev == name:
+            return None
+    where = f"its packets would go to {dev}" if dev else "it has no route"
+    if dev == "lo":
+        where = "it is one of the kernel's own addresses"
+    have = ", ".join(device_addresses(name)) or "no IPv4 address"
+    return (f"the kernel cannot reach {addr} through {name} ({where}; {name}'s kernel side "
+            f"has {have}): give ustack an address inside that subnet with --addr, or route "
+            f"it: ip route add {addr} dev {name}")
+

@@ -88,12 +88,13 @@ def random_file(path: Path, size: int) -> str:
     return sha256(data)
 
 
-def readline(proc: subprocess.Popen, timeout: float) -> bytes:
-    """The next line of ``proc.stdout``, waiting at most ``timeout`` seconds."""
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+def readline(proc: subprocess.Popen, timeout: float, stream: str = "stdout") -> bytes:
+    """The next line of ``proc.stdout`` (or ``stderr``), waiting at most ``timeout`` s."""
+    pipe = getattr(proc, stream)
+    ready, _, _ = select.select([pipe], [], [], timeout)
     if not ready:
         raise AssertionError(f"no output from {proc.args} within {timeout} s")
-    return proc.stdout.readline()
+    return pipe.readline()
 
 
 class Netns:

@@ -29,10 +29,10 @@ TIMEOUT = 180
 
 
 def _plugin_args() -> list[str]:
-    """`-p ustack.testing` unless the installed entry point already loads it (pytest
-    refuses to register one module twice)."""
-    eps = importlib.metadata.entry_points(group="pytest11", name="ustack")
-    return [] if any(ep.value == "ustack.testing" for ep in eps) else ["-p", "ustack.testing"]
+    """`-p ustack.testing`, as examples/test_ustack_plugin.py tells users: it must work
+    with ustack installed (the entry point is named as the module, so pytest finds it
+    registered already) as well as from a checkout."""
+    return ["-p", "ustack.testing"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -225,3 +225,49 @@ def test_unprivileged_user_skips_or_fails() -> None:
         assert "forbids skipping" in proc.stdout, _out(proc)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_entry_point_is_named_as_the_module() -> None:
+    """Installed, the plugin registers under `ustack.testing`: `-p ustack.testing` then
+    finds it loaded (another name made pytest fail with "Plugin already registered")."""
+    eps = importlib.metadata.entry_points(group="pytest11")
+    ours = [ep for ep in eps if ep.value == "ustack.testing"]
+    if not ours:
+        pytest.skip("ustack is not installed (run from a checkout)")
+    assert [ep.name for ep in ours] == ["ustack.testing"]
+
+
+def test_plugin_can_be_switched_off(tmp_path: Path) -> None:
+    """`-p no:ustack.testing` blocks the installed entry point (an explicit `-p
+    ustack.testing` before it would still load it, as pytest does for any plugin)."""
+    (tmp_path / "test_off.py").write_text("def test_uses_it(ustack_host):\n    pass\n")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:ustack.testing", "-p", "no:cacheprovider",
+           "-q", "--rootdir", str(tmp_path), "test_off.py"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 1, _out(proc)
+    assert "fixture 'ustack_host' not found" in proc.stdout, _out(proc)
+
+
+
+MARKER_PREFIX = '''
+import socket
+import pytest
+
+@pytest.mark.ustack(kernel_addr="10.66.0.1/24", addr="10.66.0.2", services=["echo:7"])
+def test_with_prefix(ustack_host):
+    assert ustack_host.kernel_addr == "10.66.0.1"
+    with socket.create_connection((ustack_host.addr, 7), timeout=5) as s:
+        s.sendall(b"prefix")
+        assert s.recv(6) == b"prefix"
+
+@pytest.mark.ustack(kernel_addr="10.67.0.1", addr="10.67.0.2", services=["echo:7"])
+def test_without_prefix(ustack_host):
+    assert ustack_host.kernel_addr == "10.67.0.1"
+'''
+
+
+def test_marker_takes_kernel_addr_with_or_without_prefix(tmp_path: Path) -> None:
+    (tmp_path / "test_marker.py").write_text(MARKER_PREFIX)
+    proc = _pytest(["test_marker.py"], tmp_path)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, _out(proc)

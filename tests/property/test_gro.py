@@ -136,3 +136,17 @@ def test_a_run_takes_consecutive_segments_alike_and_nothing_else() -> None:
     assert (merged.seq, len(merged.payload), merged.flags) == (0, 2 * MSS + 100, ACK | PSH)
     big = Run(seg(0, 60_000))
     assert not big.extend(seg(60_000, 6000)) and big.size <= MAX_RUN
+
+
+def test_an_out_of_order_run_is_acknowledged_as_the_segments_it_carries() -> None:
+    """RFC 5681 §4.2's immediate duplicate ACK per out-of-order segment, up to DupThresh,
+    survives coalescing: one ACK for a run of five left a sender on a lossy return path
+    waiting for its retransmission timer."""
+    for sack in (True, False):
+        h, iss = established(sack, timestamps=True)
+        batch = [packet(dpkt.tcp.TH_ACK, IRS + MSS * (i + 1), iss, bytes(MSS), ts(10))
+                 for i in range(5)]  # the first segment is missing
+        h.receive_batch(batch, 1.0)
+        acks = [dpkt.ip.IP(p).data for p in h.poll(1.0)]
+        assert len(acks) >= 3 and all(a.ack == IRS for a in acks), (sack, len(acks))
+        assert h.stats().get("tcp_gro_merged", 0) == (4 if sack else 0)

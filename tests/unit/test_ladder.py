@@ -82,32 +82,32 @@ GOLDEN = """\
 #1  0.000000  peer ◀──SYN,ACK──────── ustack  seq 300 (0) ack 101 (1)
                    win 65535 len 0 mss 1460 ws 7 sackOK TS 7/1
 #1  0.001000  peer ──ACK────────────▶ ustack  seq 101 (1) ack 301 (1)
-                   win 64240 len 0
+                   win 8222720 (64240<<7) len 0
 #1  0.001000  SYN_RCVD → ESTABLISHED ▶ ustack
 #1  0.002000  peer ──PSH,ACK────────▶ ustack  seq 101 (1) ack 301 (1)
-                   win 64240 len 1000
+                   win 8222720 (64240<<7) len 1000
 #1  0.003000  peer ◀──ACK──────────── ustack  seq 301 (1) ack 1101 (1001)
-                   win 65535 len 0
+                   win 8388480 (65535<<7) len 0
 #1  0.004000  peer ◀──ACK──────────── ustack  seq 301 (1) ack 1101 (1001)
-                   win 65535 len 1000
+                   win 8388480 (65535<<7) len 1000
 #1  0.004000  peer ◀──PSH,ACK──────── ustack  seq 1301 (1001) ack 1101 (1001)
-                   win 65535 len 1000
+                   win 8388480 (65535<<7) len 1000
 #1  0.005000  peer ──ACK────────────▶ ustack  seq 1101 (1001) ack 2301 (2001)
-                   win 64240 len 0
+                   win 8222720 (64240<<7) len 0
 #1  0.010000  peer ──FIN,ACK────────▶ ustack  seq 1101 (1001) ack 2301 (2001)
-                   win 64240 len 0
+                   win 8222720 (64240<<7) len 0
 #1  0.010000  ESTABLISHED → CLOSE_WAIT ▶ ustack
 #1  0.010000  peer ◀──ACK──────────── ustack  seq 2301 (2001) ack 1102 (1002)
-                   win 65535 len 0
+                   win 8388480 (65535<<7) len 0
 #1  0.011000  peer ◀──PSH,ACK──────── ustack  seq 2301 (2001) ack 1102 (1002)
-                   win 65535 len 50
+                   win 8388480 (65535<<7) len 50
 #1  0.012000  peer ──ACK────────────▶ ustack  seq 1102 (1002) ack 2351 (2051)
-                   win 64240 len 0
+                   win 8222720 (64240<<7) len 0
 #1  0.013000  CLOSE_WAIT → LAST_ACK ▶ ustack
 #1  0.013000  peer ◀──FIN,ACK──────── ustack  seq 2351 (2051) ack 1102 (1002)
-                   win 65535 len 0
+                   win 8388480 (65535<<7) len 0
 #1  0.014000  peer ──ACK────────────▶ ustack  seq 1102 (1002) ack 2352 (2052)
-                   win 64240 len 0
+                   win 8222720 (64240<<7) len 0
 #1  0.014000      LAST_ACK → CLOSED ▶ ustack
 """
 
@@ -367,8 +367,9 @@ def test_svg_parses_and_names_every_segment(tmp_path):
         texts = [t.text for t in root.iter(ns + "text")]
         labels = [t for t in texts if t and ("seq=" in t)]
         assert len(labels) == len(segments_only(golden_events()))
-        assert "FIN,ACK seq=2051 ack=1002" in labels
-        assert "ACK seq=1002 ack=2052" in labels
+        # With the window as the text ladder shows it (scaled: both SYNs offered ws 7).
+        assert "FIN,ACK seq=2051 ack=1002 win 8388480 (65535<<7)" in labels
+        assert "ACK seq=1002 ack=2052 win 8222720 (64240<<7)" in labels
         assert len(list(root.iter(ns + "line"))) >= len(labels) + 2
     states = [t.text for t in ET.fromstring(svg(golden_events())).iter(
         "{http://www.w3.org/2000/svg}text")]
@@ -380,3 +381,55 @@ def test_svg_selects_one_connection():
     root = ET.fromstring(svg(events, conn=2))
     texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
     assert "#2" in texts and "#1" not in texts
+
+
+# ------------------------------------------------------------- issue 15: what it shows
+
+
+def test_window_shown_scaled_once_both_syns_offered_it():
+    text = render(golden_events())
+    # The SYNs' own windows are never scaled (RFC 7323 §2.2); later ones are, by 7.
+    assert "seq 100 (0) win 64240 len 0" in text
+    assert f"win {65535 << 7} (65535<<7)" in text and f"win {64240 << 7} (64240<<7)" in text
+    unscaled = render([seg(0, False, SYN, 100), seg(0, True, SYN | ACK, 300, 101,
+                                                     opts=SYNACK_OPTS),
+                       seg(1, False, ACK, 101, 301, wnd=500)])
+    assert "win 500 len 0" in unscaled and "<<" not in unscaled  # only one side offered it
+
+
+def test_segments_sent_again_are_marked():
+    assert "retransmission" not in render(golden_events())
+    events = [*golden_events()[:8], seg(6, True, ACK, 301, 1101, 1000)]  # 301 again
+    text = render(events)
+    assert text.count("retransmission") == 1
+    assert text.index("seq 301 (1)", text.index("0.006000")) < text.index("retransmission")
+
+
+def test_fault_events_in_the_ladder_and_svg():
+    from ustack.ladder import FaultEvent, fault_event
+
+    pkt = bytes(dpkt.ip.IP(src=bytes([10, 77, 0, 1]), dst=bytes([10, 77, 0, 2]), p=6,
+                           data=dpkt.tcp.TCP(sport=40000, dport=80, seq=101, ack=301,
+                                             flags=dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH,
+                                             data=b"x" * 100)))
+    dropped = fault_event("dropped", pkt, False, T0 + 0.0015)
+    assert isinstance(dropped, FaultEvent)
+    assert (dropped.src, dropped.dst, dropped.seq, dropped.length) == (PEER, US, 101, 100)
+    assert fault_event("dropped", b"\x45" + b"\0" * 10, False, T0) is None  # not TCP
+    events = [*golden_events()[:5], dropped]
+    text = render(events)
+    line = next(line for line in text.splitlines() if "fault" in line)
+    assert "✕" in line and "fault: dropped" in line and "seq 101 (1)" in line, line
+    texts = [t.text for t in ET.fromstring(svg(events)).iter(
+        "{http://www.w3.org/2000/svg}text")]
+    assert any(t and t.startswith("fault: dropped PSH,ACK from peer seq=1") for t in texts)
+
+
+def test_tool_conn_filters_and_refuses_a_missing_one_before_printing(tmp_path):
+    path = tmp_path / "g.pcap"
+    write_pcap(path, "raw")
+    res = run_tool(path, "--conn", "1")
+    assert res.returncode == 0 and res.stdout == expected_segments_text(), res.stderr
+    res = run_tool(path, "--conn", "2")
+    assert res.returncode == 2 and res.stdout == ""
+    assert "no connection #2" in res.stderr and "has 1" in res.stderr

@@ -412,7 +412,9 @@ def test_pipeline_releases_held_packets_through_the_later_stages():
     assert pipe.rx(b"\x45in", 0.02) == []
     assert pcap.counters["pcap_packets"] == 2  # captured on arrival
     assert pipe.poll(0.03) == ([b"\x45in"], [])
-    assert pipe.next_deadline() is None
+    # What is left is the capture's flush, 0.1 s after its first unflushed record.
+    assert pipe.next_deadline() == pytest.approx(0.110)
+    assert pipe.poll(0.110) == ([], []) and pipe.next_deadline() is None
 
 
 def test_pipeline_of_two_delays_adds_up():

@@ -49,8 +49,12 @@ def test_server_context_bad_files(tmp_path, cert_and_key):
         tls.server_context(tmp_path / "missing.pem")
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
-    with pytest.raises(tls.TlsSetupError, match="cannot load certificate"):
+    with pytest.raises(tls.TlsSetupError, match="is not a PEM certificate"):
         tls.server_context(junk)
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(tls.TlsSetupError, match="cannot load certificate"):
+        tls.server_context(broken)
     cert, _ = cert_and_key
     with pytest.raises(tls.TlsSetupError):
         tls.server_context(cert)  # no key in it, none given

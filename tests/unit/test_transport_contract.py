@@ -325,3 +325,130 @@ def test_paused_reader_gets_every_byte_after_the_connection_closes(run):
             assert client.lost_exc == [None]
 
     run(main())
+
+
+def test_ladder_times_have_microseconds_under_either_loop(run):
+    """The core's clock is the monotonic clock, not the loop's (uvloop caches its time in
+    whole milliseconds): a handshake's rows, < 1 ms apart here, show distinct times."""
+    import io
+    import re
+
+    async def main() -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        trace = io.StringIO()
+        server_stack = PairStack(PairDevice(a), SERVER_ADDR, trace=trace)
+        client_stack = PairStack(PairDevice(b), CLIENT_ADDR)
+        async with server_stack, client_stack:
+            await server_stack.create_server(Recorder, SERVER_ADDR, PORT)
+            transport, _ = await client_stack.create_connection(Recorder, SERVER_ADDR, PORT)
+            transport.close()
+            await asyncio.sleep(0.05)
+        times = [float(t) for t in re.findall(r"^#\d+\s+(\d+\.\d{6})", trace.getvalue(), re.M)]
+        assert len(times) >= 3, trace.getvalue()
+        assert any(t % 0.001 > 1e-7 for t in times[1:]), times  # not all whole milliseconds
+
+    run(main())
+
+
+def test_closed_or_unstarted_stack_says_so(run):
+    async def main() -> None:
+        server_stack, client_stack = stacks()
+        with pytest.raises(RuntimeError, match="not started"):
+            await client_stack.open_connection(SERVER_ADDR, PORT)
+        async with server_stack, client_stack:
+            pass
+        for call in (lambda: server_stack.start_server(lambda r, w: None, port=PORT),
+                     lambda: client_stack.open_connection(SERVER_ADDR, PORT),
+                     lambda: client_stack.create_connection(Recorder, SERVER_ADDR, PORT)):
+            with pytest.raises(RuntimeError, match="closed"):
+                await asyncio.wait_for(call(), 2)
+        with pytest.raises(RuntimeError, match="already run"):
+            async with server_stack:
+                pass
+
+    run(main())
+
+
+@pytest.mark.parametrize(("port", "error", "words"), [
+    (7.5, TypeError, "port must be an int"), (None, ValueError, "a port is required"),
+    ([7], TypeError, "port must be an int"), (70000, ValueError, "out of range"),
+    (-1, ValueError, "out of range"), (True, TypeError, "port must be an int"),
+])
+def test_bad_server_ports_fail_at_the_call(run, port, error, words):
+    async def main() -> None:
+        server_stack, _ = stacks()
+        async with server_stack:
+            with pytest.raises(error, match=words):
+                await server_stack.create_server(Recorder, None, port)
+
+    run(main())
+
+
+@pytest.mark.parametrize(("host", "port", "error", "words"), [
+    ("localhost", PORT, ValueError, "does not resolve host names"),
+    ("10.0.0.300", PORT, ValueError, "not an IPv4 address"),
+    (None, PORT, TypeError, "host must be a str"), (SERVER_ADDR, 0, ValueError, "out of range"),
+    (SERVER_ADDR, 7.5, TypeError, "port must be an int"),
+])
+def test_bad_peers_fail_at_the_call(run, host, port, error, words):
+    async def main() -> None:
+        _, client_stack = stacks()
+        async with client_stack:
+            with pytest.raises(error, match=words):
+                await client_stack.open_connection(host, port)
+
+    run(main())
+
+
+def test_string_port_and_port_zero_as_asyncio_takes_them(run):
+    async def main() -> None:
+        server_stack, client_stack = stacks()
+        async with server_stack, client_stack:
+            server = await server_stack.create_server(Recorder, None, 0)
+            ((addr, port),) = [s.getsockname() for s in server.sockets]
+            assert addr == SERVER_ADDR and 49152 <= port <= 65535
+            transport, _ = await client_stack.create_connection(Recorder, SERVER_ADDR, str(port))
+            assert transport.get_extra_info("peername") == (SERVER_ADDR, port)
+            transport.close()
+            server.close()
+            assert server.sockets == ()
+
+    run(main())
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1"])
+def test_a_stack_needs_a_unicast_address_of_its_own(addr):
+    with pytest.raises(ValueError, match="unicast address of its own"):
+        Stack(addr=addr)
+
+
+def test_faults_appear_in_the_ladder_and_beside_the_capture(run, tmp_path):
+    import io
+
+    async def main() -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        trace = io.StringIO()
+        pcap = tmp_path / "c.pcap"
+        server_stack = PairStack(PairDevice(a), SERVER_ADDR, trace=trace, pcap=pcap)
+        client_stack = PairStack(PairDevice(b), CLIENT_ADDR)
+        server_stack.faults(loss=0.1, seed=5)
+        async with server_stack, client_stack:
+            servers: list[Recorder] = []
+
+            def factory() -> Recorder:
+                servers.append(Recorder())
+                return servers[-1]
+
+            await server_stack.create_server(factory, SERVER_ADDR, PORT)
+            transport, _ = await client_stack.create_connection(Recorder, SERVER_ADDR, PORT)
+            transport.write(bytes(30_000))
+            transport.write_eof()
+            await asyncio.wait_for(servers[0].done, 15)
+            dropped = server_stack.stats()["fault_dropped"]
+        assert dropped > 0
+        assert trace.getvalue().count("fault: dropped") == dropped
+        lines = (tmp_path / "c.pcap.faults").read_text().splitlines()
+        assert len(lines) == dropped
+        assert all(" dropped " in line and f"{SERVER_ADDR}:{PORT}" in line for line in lines)
+
+    run(main())

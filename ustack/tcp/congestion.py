@@ -12,6 +12,7 @@ The TCB calls:
 Loss recovery itself (what to resend, window inflation) lives in the TCB.
 """
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ustack.tcp.hystart import HyStart
@@ -212,7 +213,8 @@ class Cubic(_Undoable):
         self.cwnd = max(self.mss, int(self._cwnd_seg * self.mss))
 
 
-CONTROLLERS = {"newreno": NewReno, "cubic": Cubic}
+CONTROLLERS: dict[str, Callable[[int, bool], Controller]] = {"newreno": NewReno,
+                                                              "cubic": Cubic}
 
 
 def make(name: str, mss: int, paced: bool = False) -> Controller:

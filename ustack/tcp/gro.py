@@ -70,5 +70,7 @@ class Run:
         first = self.first
         if len(self.parts) == 1:
             return first
+        # gso: the size of the segments it was made of (Linux's gso_size of a GRO packet),
+        # so that the TCB can count them.
         return Segment(first.src_port, first.dst_port, first.seq, first.ack, self.flags,
-                       first.wnd, b"".join(self.parts), first.opts)
+                       first.wnd, b"".join(self.parts), first.opts, gso=len(first.payload))

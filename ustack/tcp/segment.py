@@ -38,7 +38,9 @@ class Segment:
     wnd: int
     payload: bytes | memoryview = b""
     opts: Options = field(default_factory=Options)
-    # Outgoing only: data per segment when the device is to cut this one (TSO); 0 = none.
+    # Data per segment of a super-segment: outgoing, where the device is to cut it (TSO);
+    # incoming, the size of the segments receive coalescing joined (ustack.tcp.gro).
+    # 0: an ordinary segment.
     gso: int = 0
 
     @property
@@ -76,7 +78,7 @@ def _pseudo_words(src: bytes, dst: bytes, length: int) -> int:
     return int.from_bytes(src + dst, "big") + PROTO_TCP + length
 
 
-def decode(src: bytes, dst: bytes, data: memoryview, verify: bool = True) -> Segment:
+def decode(src: bytes, dst: bytes, data: bytes | memoryview, verify: bool = True) -> Segment:
     """Decode and verify one TCP segment carried from `src` to `dst`. Raises SegmentError.
 
     `verify=False` only for a segment the device vouches for (`ustack.vnet.TRUSTED`):

@@ -66,7 +66,7 @@ class SendBuffer:
             if start == 0 and n == len(chunk):
                 return chunk
             return memoryview(chunk)[start:start + n]
-        pieces = [memoryview(chunk)[start:]]
+        pieces: list[bytes | memoryview] = [memoryview(chunk)[start:]]
         need = n - len(pieces[0])
         while need > 0:
             i += 1

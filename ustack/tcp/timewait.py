@@ -256,3 +256,8 @@ class TimeWaitTable:
 
     def __contains__(self, k: int) -> bool:
         return k in self._records
+
+    def entries(self) -> list[tuple[bytes, int, int, float]]:
+        """(remote address, remote port, local port, deadline) of every record."""
+        return [(*_split(k), _RECORD.unpack_from(packed)[4])
+                for k, packed in self._records.items()]

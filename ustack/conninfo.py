@@ -1,0 +1,76 @@
+"""What `ss -tan` / `ss -tin` show of each connection, as data: `Stack.connections()`
+returns these, and `ustack serve` prints them as a table on SIGUSR1.
+
+A snapshot, taken from the TCBs (every state from SYN-RECEIVED to LAST-ACK) and the
+TIME-WAIT records; a connection a SYN cookie stands for has no state, so, as in `ss`,
+it is not listed until its handshake completes.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from ustack.tcp.tcb import Tcb
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """One connection. Times in seconds; `srtt`, `rto` and `cwnd` are None where the
+    state has none (before the first RTT sample; TIME-WAIT)."""
+
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    state: str  # "ESTABLISHED", "SYN_RCVD", "TIME_WAIT", ... (ustack.tcp.states.State)
+    recv_q: int  # bytes received, not yet read by the application (ss Recv-Q)
+    send_q: int  # bytes written, not yet acknowledged by the peer (ss Send-Q)
+    srtt: float | None
+    rto: float | None
+    cwnd: int | None  # bytes
+    mss: int | None  # SND.MSS
+    bytes_acked: int
+    bytes_received: int
+    retransmits: int  # segments sent again
+    expires: float | None = None  # TIME-WAIT: seconds left
+
+
+def from_tcb(tcb: Tcb, local_addr: str) -> ConnectionInfo:
+    return ConnectionInfo(
+        local=(local_addr, tcb.local_port),
+        remote=(socket.inet_ntoa(tcb.remote_addr), tcb.remote_port),
+        state=tcb.state.value, recv_q=tcb.readable, send_q=tcb.send_buffered,
+        srtt=tcb.rtt.srtt, rto=tcb.rtt.rto, cwnd=tcb.cc.cwnd, mss=tcb.snd_mss,
+        bytes_acked=tcb.bytes_acked, bytes_received=tcb.bytes_received,
+        retransmits=tcb.retransmits)
+
+
+def from_time_wait(local_addr: str, remote_addr: bytes, remote_port: int, local_port: int,
+                   left: float) -> ConnectionInfo:
+    return ConnectionInfo(
+        local=(local_addr, local_port), remote=(socket.inet_ntoa(remote_addr), remote_port),
+        state="TIME_WAIT", recv_q=0, send_q=0, srtt=None, rto=None, cwnd=None, mss=None,
+        bytes_acked=0, bytes_received=0, retransmits=0, expires=max(left, 0.0))
+
+
+def format_table(rows: list[ConnectionInfo]) -> list[str]:
+    """The rows as `ss -tin` lays them out, one line each, with a header line."""
+    lines = [f"{'State':<12} {'Recv-Q':>7} {'Send-Q':>7} {'Local':<21} {'Peer':<21} "
+             "details"]
+    for r in rows:
+        details = []
+        if r.srtt is not None:
+            details.append(f"rtt:{r.srtt * 1000:.3f}ms")
+        if r.rto is not None and r.state != "TIME_WAIT":
+            details.append(f"rto:{r.rto * 1000:.0f}ms")
+        if r.cwnd is not None and r.mss:
+            details.append(f"cwnd:{r.cwnd // r.mss}")
+        if r.state != "TIME_WAIT":
+            details.append(f"bytes_acked:{r.bytes_acked} bytes_received:{r.bytes_received}")
+        if r.retransmits:
+            details.append(f"retrans:{r.retransmits}")
+        if r.expires is not None:
+            details.append(f"timer:({r.expires:.1f}s)")
+        local, remote = f"{r.local[0]}:{r.local[1]}", f"{r.remote[0]}:{r.remote[1]}"
+        lines.append(f"{r.state:<12} {r.recv_q:>7} {r.send_q:>7} {local:<21} {remote:<21} "
+                     + " ".join(details))
+    return lines

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Create a persistent TUN device for ustack, owned by the calling user.
+#
+#   sudo ustack setup-tun [NAME] [HOST_CIDR]     # defaults: ustack0 10.77.0.1/24
+#   sudo ustack setup-tun --down [NAME]          # remove it again
+#   (from a checkout: sudo scripts/setup_tun.sh with the same arguments)
+#
+# The kernel side of the link gets HOST_CIDR; ustack then attaches to the device without
+# root (`ustack serve --dev NAME`) and answers as 10.77.0.2. Re-running is harmless: an
+# existing device and address are kept. When experimenting, do this inside a private
+# network namespace (`sudo unshare -n bash`), so nothing touches your real network.
+set -euo pipefail
+
+prog=${USTACK_PROG:-setup_tun.sh}
+die() { printf '%s: %s\n' "$prog" "$*" >&2; exit 2; }
+usage() {
+    sed -n '2,11s/^# \{0,1\}//p' "$0"
+}
+
+down=0
+case ${1-} in
+    -h | --help) usage; exit 0 ;;
+    --down) down=1; shift ;;
+    -*) die "unknown option '$1' (see --help)" ;;
+esac
+name=${1:-ustack0}
+cidr=${2:-10.77.0.1/24}
+if ((down)) && (($# > 1)); then die "--down takes only a device name"; fi
+if (($# > 2)); then die "too many arguments (see --help)"; fi
+
+[[ $name =~ ^[A-Za-z0-9_.-]{1,15}$ ]] || die "'$name' is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)"
+ip4='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
+[[ $cidr =~ ^$ip4\.$ip4\.$ip4\.$ip4/([0-9]|[12][0-9]|3[0-2])$ ]] \
+    || die "'$cidr' is not an IPv4 address with prefix length, e.g. 10.77.0.1/24"
+
+((EUID == 0)) || die "creating a TUN device needs root: sudo $prog $*"
+command -v ip >/dev/null 2>&1 || die "the 'ip' command is missing (apt-get install iproute2)"
+[[ -c /dev/net/tun ]] || die "/dev/net/tun is missing (modprobe tun)"
+
+exists() { ip link show dev "$name" >/dev/null 2>&1; }
+is_tun() { ip -d link show dev "$name" 2>/dev/null | grep -q ' tun type tun '; }
+
+if ((down)); then
+    if ! exists; then
+        echo "$prog: no device $name; nothing to remove"
+        exit 0
+    fi
+    is_tun || die "$name exists but is not a TUN device; not touching it"
+    ip tuntap del dev "$name" mode tun
+    echo "$prog: removed $name"
+    exit 0
+fi
+
+owner=${SUDO_USER:-$(id -un)}
+id -u "$owner" >/dev/null 2>&1 || die "unknown user '$owner'"
+
+if exists; then
+    is_tun || die "$name exists but is not a TUN device; choose another name"
+    echo "$prog: $name exists; keeping it"
+    have=$(ip -d link show dev "$name" | sed -n 's/.* tun type tun .* user \([^ ]*\) .*/\1/p')
+    if [[ -n $have && $have != "$owner" && $have != "$(id -u "$owner")" ]]; then
+        echo "$prog: note: $name is owned by '$have', not '$owner' (--down and re-run to change)"
+    fi
+else
+    ip tuntap add dev "$name" mode tun user "$owner"
+    echo "$prog: created TUN $name owned by $owner"
+fi
+
+if ip -4 -o addr show dev "$name" | grep -qF " inet $cidr "; then
+    echo "$prog: $name already has $cidr"
+else
+    ip addr add "$cidr" dev "$name"
+    echo "$prog: $name has address $cidr"
+fi
+# A deeper queue toward ustack than TUN's default 500: a burst of more packets than that
+# (1000 clients closing at once) would otherwise be dropped before ustack can read it.
+ip link set dev "$name" txqueuelen 10000 up
+
+if [[ $owner != root ]] && ! runuser -u "$owner" -- test -r /dev/net/tun -a -w /dev/net/tun 2>/dev/null; then
+    echo "$prog: warning: $owner cannot open /dev/net/tun (mode $(stat -c %a /dev/net/tun));" \
+        "Debian's default is 0666: chmod 0666 /dev/net/tun" >&2
+fi
+
+echo "$prog: ready. Now run (as $owner): ustack serve --dev $name echo:7 http:80"
