@@ -433,7 +433,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 def _report(stack: Stack, uptime: float) -> None:
     """SIGUSR1: the counters, then every connection as `ss -tin` shows them."""
-    log(f"stats; uptime={uptime:.1f}s, " + _format_stats(stack.stats()))
+    log(f"stats; uptime_s={int(uptime)}, " + _format_stats(stack.stats()))
     rows = stack.connections()
     log(f"connections: {len(rows)}")
     for line in conninfo.format_table(rows):

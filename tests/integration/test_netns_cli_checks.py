@@ -130,7 +130,7 @@ def test_sigusr1_lists_live_connections(ustack_server):
     while time.monotonic() < deadline and "ESTABLISHED" not in ustack_server.stderr():
         time.sleep(0.05)
     err = ustack_server.stderr()
-    assert "stats; uptime=" in err and "connections: 1" in err, err
+    assert "stats; uptime_s=" in err and "connections: 1" in err, err
     row = next(line for line in err.splitlines() if "ESTABLISHED" in line)
     assert f"{USTACK_ADDR}:7" in row and f"{KERNEL_ADDR}:" in row and "rtt:" in row, row
     holder.kill()
