@@ -42,7 +42,7 @@ from ustack.tcp.tcb import Tcb
 EPHEMERAL_PORTS = range(49152, 65536)
 IP_TCP_HEADERS = 40
 # Data in one TSO super-segment: an IPv4 datagram of at most 64 KB with the largest headers.
-TSO_MAX = 0xFFFF - ip.HEADER_LEN - 60
+TSO_MAX = segment.SUPER_PAYLOAD_MAX
 
 ConnKey = tuple[bytes, int, int]  # (remote address, remote port, local port)
 
@@ -113,14 +113,22 @@ class Host:
         """An ephemeral port no listener and no connection uses (what `bind` to port 0
         picks, RFC 6056 §3.3.1's range)."""
         used = {key[2] for key in self._conns}
+        return self._ephemeral_port(
+            lambda port: port not in self._listeners and port not in used, 98, scan=True)
+
+    def _ephemeral_port(self, free: Callable[[int], bool], code: int,
+                        scan: bool = False) -> int:
+        """A random port of the ephemeral range that `free` accepts (RFC 6056 §3.3.1,
+        Algorithm 1: 64 tries); with `scan`, then the first free one in order."""
         for _ in range(64):
             port = self._rng.choice(EPHEMERAL_PORTS)
-            if port not in self._listeners and port not in used:
+            if free(port):
                 return port
-        for port in EPHEMERAL_PORTS:
-            if port not in self._listeners and port not in used:
-                return port
-        raise OSError(98, "no free ephemeral port")
+        if scan:
+            for port in EPHEMERAL_PORTS:
+                if free(port):
+                    return port
+        raise OSError(code, "no free ephemeral port")
 
     def unlisten(self, listener: Listener) -> None:
         listener.closed = True
@@ -136,14 +144,11 @@ class Host:
         """Active OPEN from a random ephemeral port (RFC 6056 §3.3.1, Algorithm 1)."""
         remote_addr = ipaddress.IPv4Address(remote).packed
         self._now = now
-        for _ in range(64):
-            port = self._rng.choice(EPHEMERAL_PORTS)
-            if ((remote_addr, remote_port, port) not in self._conns
-                    and port not in self._listeners
-                    and timewait.key(remote_addr, remote_port, port) not in self._time_wait):
-                break
-        else:
-            raise OSError(99, "no free ephemeral port")
+        port = self._ephemeral_port(
+            lambda port: ((remote_addr, remote_port, port) not in self._conns
+                          and port not in self._listeners
+                          and timewait.key(remote_addr, remote_port, port)
+                          not in self._time_wait), 99)
         iss = self._isn(self.addr, port, remote_addr, remote_port, now)
         tcb = self._new_tcb(port, remote_addr, remote_port, iss, config or self.config)
         tcb.open_active(now)

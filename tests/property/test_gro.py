@@ -5,13 +5,13 @@ delivered, the same RCV.NXT and the same out-of-order ranges after every batch; 
 rules merge exactly what tcp_gro_receive would."""
 
 import random
-import socket
 import struct
 
 import dpkt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_host import tcp_packet
 from ustack.stack import Host
 from ustack.tcp.gro import MAX_RUN, Run, starts_run
 from ustack.tcp.isn import IsnGenerator
@@ -24,15 +24,8 @@ IRS = 5000
 MSS = 1448
 
 
-def packet(flags: int, seq: int, ack: int, payload: bytes = b"", opts: bytes = b"",
-           wnd: int = 4000) -> bytes:
-    tcp = dpkt.tcp.TCP(sport=40000, dport=7, seq=seq, ack=ack, flags=flags, win=wnd,
-                       opts=opts, data=payload)
-    tcp.off = (20 + len(opts)) // 4
-    ip = dpkt.ip.IP(src=socket.inet_aton(PEER), dst=socket.inet_aton(US), p=6, ttl=64,
-                    data=tcp)
-    ip.len = 20 + len(bytes(tcp))
-    return bytes(ip)
+def packet(flags: int, seq: int, ack: int, payload: bytes = b"", opts: bytes = b"") -> bytes:
+    return tcp_packet(flags, seq=seq, ack=ack, payload=payload, opts=opts, src=PEER, dst=US)
 
 
 def ts(val: int) -> bytes:

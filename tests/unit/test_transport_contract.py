@@ -122,15 +122,22 @@ class Recorder(asyncio.Protocol):
             self.done.set_result(None)
 
 
+def recording_factory() -> tuple[list[Recorder], Callable[[], Recorder]]:
+    """A protocol factory for a server, and the Recorders it made (one per connection)."""
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    return made, factory
+
+
 def test_call_order_clean_close(run):
     async def main() -> None:
         server_stack, client_stack = stacks()
         async with server_stack, client_stack:
-            servers: list[Recorder] = []
-
-            def factory() -> Recorder:
-                servers.append(Recorder())
-                return servers[-1]
+            servers, factory = recording_factory()
 
             await server_stack.create_server(factory, SERVER_ADDR, PORT)
             transport, client = await client_stack.create_connection(
@@ -155,11 +162,7 @@ def test_write_after_close_is_ignored(run):
     async def main() -> None:
         server_stack, client_stack = stacks()
         async with server_stack, client_stack:
-            servers: list[Recorder] = []
-
-            def factory() -> Recorder:
-                servers.append(Recorder())
-                return servers[-1]
+            servers, factory = recording_factory()
 
             await server_stack.create_server(factory, SERVER_ADDR, PORT)
             transport, client = await client_stack.create_connection(
@@ -183,11 +186,7 @@ def test_abort_loses_once_and_resets_peer(run):
     async def main() -> None:
         server_stack, client_stack = stacks()
         async with server_stack, client_stack:
-            servers: list[Recorder] = []
-
-            def factory() -> Recorder:
-                servers.append(Recorder())
-                return servers[-1]
+            servers, factory = recording_factory()
 
             await server_stack.create_server(factory, SERVER_ADDR, PORT)
             transport, client = await client_stack.create_connection(
@@ -214,11 +213,7 @@ def test_linger_zero_close_sends_rst(run):
     async def main() -> None:
         server_stack, client_stack = stacks()
         async with server_stack, client_stack:
-            servers: list[Recorder] = []
-
-            def factory() -> Recorder:
-                servers.append(Recorder())
-                return servers[-1]
+            servers, factory = recording_factory()
 
             await server_stack.create_server(factory, SERVER_ADDR, PORT)
             transport, client = await client_stack.create_connection(
@@ -433,11 +428,7 @@ def test_faults_appear_in_the_ladder_and_beside_the_capture(run, tmp_path):
         client_stack = PairStack(PairDevice(b), CLIENT_ADDR)
         server_stack.faults(loss=0.1, seed=5)
         async with server_stack, client_stack:
-            servers: list[Recorder] = []
-
-            def factory() -> Recorder:
-                servers.append(Recorder())
-                return servers[-1]
+            servers, factory = recording_factory()
 
             await server_stack.create_server(factory, SERVER_ADDR, PORT)
             transport, _ = await client_stack.create_connection(Recorder, SERVER_ADDR, PORT)

@@ -22,9 +22,9 @@ negotiated SACK, or at RCV.NXT. Such a sender counts duplicate ACKs, one per seg
 that arrives out of order (RFC 5681 §4.2), and a run would leave it short of its three.
 """
 
-from ustack.tcp.segment import ACK, PSH, Segment
+from ustack.tcp.segment import ACK, PSH, SUPER_PAYLOAD_MAX, Segment
 
-MAX_RUN = 0xFFFF - 20 - 60  # text in one IPv4 datagram with the largest headers
+MAX_RUN = SUPER_PAYLOAD_MAX  # a run stays one IPv4 datagram, as a TSO super-segment
 
 
 def starts_run(seg: Segment) -> bool:

@@ -24,6 +24,9 @@ URG = 0x20
 
 PROTO_TCP = 6
 HEADER_LEN = 20
+# Text in one super-segment (TSO out, coalesced in): an IPv4 datagram's 64 KB less the
+# largest IP (20, no options sent) and TCP (60) headers.
+SUPER_PAYLOAD_MAX = 0xFFFF - 20 - 60
 
 _FLAG_NAMES = ((SYN, "SYN"), (FIN, "FIN"), (RST, "RST"), (PSH, "PSH"), (ACK, "ACK"), (URG, "URG"))
 
