@@ -143,3 +143,18 @@ def test_an_out_of_order_run_is_acknowledged_as_the_segments_it_carries() -> Non
         acks = [dpkt.ip.IP(p).data for p in h.poll(1.0)]
         assert len(acks) >= 3 and all(a.ack == IRS for a in acks), (sack, len(acks))
         assert h.stats().get("tcp_gro_merged", 0) == (4 if sack else 0)
+
+
+def test_an_in_order_run_is_acknowledged_every_second_segment() -> None:
+    """A run of seven in-order segments read at once draws the ACKs they would have drawn
+    one by one (RFC 5681 §4.2: at least every second full-sized segment), each for RCV.NXT
+    as it stood then: a kernel CUBIC sender clocked by one ACK per read lost a quarter of
+    its goodput at 1 % loss. The window's right edge never moves left across them."""
+    h, iss = established(sack=True, timestamps=True)
+    batch = [packet(dpkt.tcp.TH_ACK, IRS + MSS * i, iss, bytes(MSS), ts(10)) for i in range(7)]
+    h.receive_batch(batch, 1.0)
+    acks = [dpkt.ip.IP(p).data for p in h.poll(1.0)]
+    assert [a.ack - IRS for a in acks] == [2 * MSS, 4 * MSS, 6 * MSS, 7 * MSS]
+    edges = [a.ack + a.win for a in acks]  # the SYN offered no window scaling
+    assert edges == sorted(edges)
+    assert h.stats()["tcp_gro_merged"] == 6

@@ -744,6 +744,8 @@ class Tcb:
             # Small or trimmed text is copied: a view would pin its whole packet, and the
             # window counts only the text (1-byte segments would hold 400 B each).
             payload = bytes(payload)
+        if seg.gso and not self._ooo:
+            self._ack_carried(start, len(payload), seg.gso)
         self._rcv_buf.append(payload)
         self._rcv_len += len(payload)
         self.bytes_received += len(payload)
@@ -769,9 +771,31 @@ class Tcb:
             self._rcv_mss_seen = min(len(payload), full)
             self._full_segments_unacked += len(payload) // self._rcv_mss_seen
             if self._full_segments_unacked >= 2:
-                self._ack_now = True
+                if seg.gso or len(payload) <= full:
+                    # Wire-sized segments are ACKed as they come, not once per read: a
+                    # batch of them draws the ACKs it would have drawn one by one.
+                    self._outbox.append(self._segment(ACK, seq_no=self.snd_nxt))
+                    return None
+                self._ack_now = True  # a device's super-packets: one ACK per batch
         self._ack_delayed = True
         return None
+
+    def _ack_carried(self, start: int, length: int, gso: int) -> None:
+        """The ACKs a run of in-order segments coalesced from one read (`ustack.tcp.gro`)
+        would have drawn one by one: one for every second segment (RFC 5681 §4.2), each
+        for RCV.NXT as it stood then; the last one is left to the usual rule. A sender's
+        clock is its ACKs: one ACK per read of ten segments left a kernel CUBIC sender at
+        1 % loss with 0.73 of its goodput to a kernel receiver. Only for runs, which are
+        ustack's way to save CPU: a device's super-packet is one packet on the way in, and
+        gets one ACK as Linux gives a GRO packet."""
+        step = 2 * gso
+        if length <= step:
+            return
+        rcv_nxt = self.rcv_nxt
+        for offset in range(step, length, step):
+            self.rcv_nxt = seq.add(start, offset)
+            self._outbox.append(self._segment(ACK, seq_no=self.snd_nxt))
+        self.rcv_nxt = rcv_nxt
 
     def _trim(self, seg: Segment) -> tuple[bytes | memoryview, bool, int]:
         """The part of the text inside the window, whether the FIN survives, and its start."""
@@ -1195,7 +1219,9 @@ class Tcb:
         if self._probe_owed:
             self._probe_owed = False
             out.append(self._segment(ACK, seq_no=seq.sub(self.snd_una, 1)))
-        elif self._ack_now and (self._sack_compressed or not any(s.flags & ACK for s in out)):
+        elif self._ack_now:
+            # Every segment built carries every ACK owed (`_acked_all`): one still owed was
+            # owed after them (a window opened by a read, more SACK news, a FIN).
             out.append(self._segment(ACK, seq_no=self.snd_nxt))
         self._update_timers(now)
         return out
