@@ -222,6 +222,12 @@ SENDER_COUNTERS = frozenset({
     "TCPAckCompressed", "TCPRcvCoalesce", "TCPWinProbe", "TCPZeroWindowDrop", "InSegs",
     "OutSegs", "TCPSackShifted", "TCPSackShiftFallback", "TCPChallengeACK", "PAWSEstab",
 })
+# The kernel receiver's side, beside ustack's own counters (drop_tcp_paws, tcp_ooo_queued,
+# tcp_dsack_sent, tcp_segments_out): PAWS drops of new text, out-of-order queueing, D-SACKs.
+RECEIVER_COUNTERS = frozenset({
+    "PAWSEstab", "TCPOFOQueue", "TCPOFODrop", "TCPOFOMerge", "TCPDSACKOldSent",
+    "TCPDSACKOfoSent", "DelayedACKs", "TCPAckCompressed", "OutSegs", "InSegs",
+})
 
 
 # --- the topology ---------------------------------------------------------------------------
@@ -371,6 +377,9 @@ class ImpairedPath:
         before = self._sender_retrans(sender)
         kernel_sender = {"client": self.client, "router": self.router}.get(sender)
         counters = kernel_sender.tcp_counters() if self.stats and kernel_sender else {}
+        # ustack's receiver shows its counters in its stats line; the kernel's, here.
+        kernel_receiver = self.router if stack == "kernel" and sender == "client" else None
+        received = kernel_receiver.tcp_counters() if self.stats and kernel_receiver else {}
         out = self.client.run([sys.executable, str(Path(__file__).resolve()), "--client",
                                direction, host, str(port), str(nbytes), cc],
                               timeout=TIMEOUT + 20)
@@ -385,6 +394,11 @@ class ImpairedPath:
                      if after.get(k, v) != v and k in SENDER_COUNTERS}
             print(f"  kernel sender to {stack}: " + " ".join(
                 f"{k}={v}" for k, v in sorted(moved.items())), file=sys.stderr, flush=True)
+        if received:
+            after = kernel_receiver.tcp_counters()  # type: ignore[union-attr]
+            print("  kernel receiver: " + " ".join(
+                f"{k}={after[k] - v}" for k, v in sorted(received.items())
+                if after.get(k, v) != v and k in RECEIVER_COUNTERS), file=sys.stderr, flush=True)
         if result["bytes"] != nbytes:
             raise RuntimeError(f"{direction} from {stack}: {result['bytes']} of {nbytes} bytes")
         return {"mb_s": nbytes / result["seconds"] / 1e6,

@@ -17,6 +17,13 @@ def sub(a: int, b: int) -> int:
     return (a - b) & MASK
 
 
+def ahead(a: int, b: int) -> int:
+    """How far a is past b: sub(a, b) when a is not before b, else 0 (a window whose
+    right edge RCV.NXT has passed, an ACK behind a buffer's start)."""
+    d = (a - b) & MASK
+    return d if d < _HALF else 0
+
+
 def lt(a: int, b: int) -> bool:
     return a != b and ((a - b) & MASK) >= _HALF
 

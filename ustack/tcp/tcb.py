@@ -18,11 +18,10 @@ from collections.abc import Callable
 
 from ustack.stats import Counters, DropReason
 from ustack.tcp import (
-    acceptance,
     autotune,
-    challenge,
     congestion,
     pacing,
+    receive,
     sack,
     seq,
     timers,
@@ -40,15 +39,11 @@ from ustack.tcp.rtt import MAX_RTO, RttEstimator
 from ustack.tcp.sack import DUP_THRESH, Scoreboard
 from ustack.tcp.segment import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, Segment
 from ustack.tcp.sendbuf import SendBuffer
-from ustack.tcp.states import ON_CLOSE, ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING, SENDING, State
+from ustack.tcp.states import ON_CLOSE, RECEIVING, SENDING, State
 
 MAX_UNSCALED_WINDOW = 0xFFFF
 MIN_SND_MSS = 48 + 40  # Linux tcp_min_snd_mss (48 bytes of data) plus 40 of options
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
-OOW_ACK_INTERVAL = 0.5  # Linux tcp_invalid_ratelimit: 500 ms
-COMP_SACK_NR = 44  # Linux tcp_comp_sack_nr: out-of-order segments one ACK may answer
-_HALF = 0x8000_0000
-_AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
 _SYNCHRONIZED_SENDING = (State.ESTABLISHED, State.CLOSE_WAIT)
 # Where a tail loss probe may go: synchronized, with our data or FIN possibly in flight.
 _PROBING = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING,
@@ -59,7 +54,6 @@ _PROBING = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, Sta
 # the TSval of the oldest unacknowledged segment (RFC 7323 §4.1 does not ask for it): that
 # needs per-segment send times, which the sender does not keep yet.
 _MAX_TS_RTT_MS = int(MAX_RTO * 1000)
-_MIN_VIEW = 512  # received text shorter than this is copied, not kept as a view
 # The timers that stand for the RTO while data is in flight (RFC 8985 §6.3, §7.2: the
 # reordering and probe timers take its place, and hand it back when they fire).
 _RTO_LIKE = (timers.RETRANSMIT, timers.LOSS_PROBE, timers.REORDER)
@@ -185,7 +179,7 @@ class Tcb:
         self._last_rcv = 0.0
         self._keepalive_probes = 0
         self._challenge_second = -1.0
-        self._oow_ack_at = -OOW_ACK_INTERVAL  # the last ACK sent to a PAWS-rejected ACK
+        self._oow_ack_at = -receive.OOW_ACK_INTERVAL  # the last ACK sent to a PAWS-rejected ACK
         self._challenge_count = 0
         self.rtt = RttEstimator()
         # What is in flight, when it was sent, what is SACKed and what presumed lost and
@@ -406,194 +400,26 @@ class Tcb:
         later): Linux's tcp_check_req with tcp_abort_on_overflow = 0, not a RST.
         """
         self._now = now
-        if self.state is State.ESTABLISHED and self._fast_path(seg, now):
+        if self.state is State.ESTABLISHED and receive.fast_path(self, seg, now):
             reason = None
         elif self.state is State.SYN_SENT:
-            reason = self._on_syn_sent(seg, now)
+            reason = receive.syn_sent(self, seg, now)
         elif self.state is State.TIME_WAIT:
-            reason = self._on_time_wait(seg, now)
+            reason = receive.time_wait(self, seg, now)
         elif self.state is State.CLOSED:
             reason = DropReason.TCP_UNEXPECTED
         else:
-            reason = self._on_synchronizing_or_synchronized(seg, now, accept_queue_full)
+            reason = receive.synchronized(self, seg, now, accept_queue_full)
         if not self.snd_wnd:
             self._grow_snd_buf_if_stuck()
         self._update_timers(now)
         return reason
 
-    def _fast_path(self, seg: Segment, now: float) -> bool:
-        """Van Jacobson's header prediction (BSD; Linux tcp_rcv_established): in ESTABLISHED,
-        the next expected segment, only ACK (and PSH) set, the same window, no SACK news,
-        no recovery under way, either acknowledging new data or carrying in-window text.
-        Every check of §3.10.7.4 would pass, so only the steps that act are taken, in
-        their order; anything else (False) takes the full path."""
-        if (seg.flags | PSH) != ACK | PSH or seg.seq != self.rcv_nxt:
-            return False
-        opts = seg.opts
-        ts_val = opts.ts_val
-        if self.ts_ok and (ts_val is None or acceptance.paws_rejects(ts_val, self.ts_recent)):
-            return False  # no timestamp, or PAWS would have a word (R1)
-        if (opts.sack or self.in_recovery or self._flight.lost_bytes or self.scoreboard
-                or self._tlp is not None or self._ooo or self._fin_seq is not None
-                or (seg.wnd << self.snd_wscale) != self.snd_wnd):
-            return False
-        ack = seg.ack
-        advance = (ack - self.snd_una) & seq.MASK
-        if advance > (self.snd_nxt - self.snd_una) & seq.MASK:
-            return False  # beyond SND.NXT, or an old ACK
-        size = len(seg.payload)
-        if size:
-            window = (self._rcv_adv - self.rcv_nxt) & seq.MASK
-            if window >= _HALF or size > window or self.orphaned:
-                return False
-        elif not advance:
-            return False  # a duplicate ACK or a window probe's answer
-        # First: acceptable (SEG.SEQ = RCV.NXT, within the window).
-        self._last_rcv = now
-        self._keepalive_probes = 0
-        if ts_val is not None and acceptance.keeps_ts(ts_val, self.ts_recent, seg.seq,
-                                                      self.last_ack_sent):
-            self.ts_recent = ts_val  # RFC 7323 §4.3 (R3)
-        # Fifth: the ACK, then the window update rule (the window itself is the same, so
-        # only SND.WL1 and SND.WL2 can move).
-        if advance:
-            self._ack_advanced(ack, opts.ts_ecr, now)
-        wl1 = self.snd_wl1
-        if seq.lt(wl1, seg.seq) or (wl1 == seg.seq and seq.le(self.snd_wl2, ack)):
-            self.snd_wl1 = seg.seq
-            self.snd_wl2 = ack
-        # Seventh: the text.
-        if size:
-            self._process_text(seg)
-        return True
+    # ------------------------------------------------------------ ACK effects
 
-    def _on_syn_sent(self, seg: Segment, now: float) -> DropReason | None:
-        # RFC 9293 §3.10.7.3, first: check the ACK bit.
-        if seg.flags & ACK and (
-            seq.le(seg.ack, self.iss) or seq.gt(seg.ack, self.snd_nxt)
-        ):
-            if not seg.flags & RST:
-                self._outbox.append(self._segment(RST, seq_no=seg.ack))
-            return DropReason.TCP_BAD_ACK
-        # Second: the RST bit; acceptable only with an ACK of our SYN (RFC 5961 §3.2).
-        if seg.flags & RST:
-            if seg.flags & ACK:
-                self._close(ConnectionRefusedError("connection refused"))
-                return None
-            return DropReason.TCP_NOT_ACCEPTABLE
-        # Fourth: the SYN bit.
-        if not seg.flags & SYN:
-            return DropReason.TCP_UNEXPECTED
-        self._last_rcv = now
-        self._set_irs(seg.seq)
-        self._negotiate(seg)
-        if seg.flags & ACK:
-            self._ack_advanced(seg.ack, seg.opts.ts_ecr, now)
-        if seq.gt(self.snd_una, self.iss):
-            self._update_window(seg)
-            self._set_state(State.ESTABLISHED)
-            self._ack_now = True
-            # Text in a SYN-ACK is rare and may be dropped: the peer retransmits it.
-        else:
-            # Simultaneous open (§3.3.5): <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK>.
-            self._syn_owed = True
-            self._set_state(State.SYN_RCVD)
-        return None
-
-    def _on_synchronizing_or_synchronized(self, seg: Segment, now: float,
-                                          accept_queue_full: bool = False,
-                                          ) -> DropReason | None:
-        state = self.state
-        flags = seg.flags
-        if state is State.SYN_RCVD and flags & SYN and not flags & ACK and seg.seq == self.irs:
-            # The peer retransmitted its SYN: our SYN-ACK was lost. Send it again
-            # (Linux tcp_check_req), rather than the bare ACK of the sequence check.
-            self._syn_owed = True
-            return None
-
-        # RFC 7323 §5.3 (R1), PAWS: an older timestamp marks an old duplicate.
-        ts_val = seg.opts.ts_val
-        if (self.ts_ok and ts_val is not None and not flags & RST
-                and acceptance.paws_rejects(ts_val, self.ts_recent)
-                and not self._disordered_ack(seg, ts_val)):
-            # R1: "send an acknowledgment in reply", but to a pure ACK at most one per
-            # OOW_ACK_INTERVAL (Linux tcp_oow_rate_limited, tcp_invalid_ratelimit): an
-            # ACK the path reordered behind a newer one needs no answer, and a burst of
-            # them drew one ACK each (100 in a 5 MB download at 5 % reordering).
-            if seg.payload or flags & (SYN | FIN) or now - self._oow_ack_at >= OOW_ACK_INTERVAL:
-                self._oow_ack_at = now
-                self._ack_now = True
-            return DropReason.TCP_PAWS
-
-        # RFC 5961 §3.2 takes a RST only at exactly RCV.NXT. After the peer's FIN, a RST
-        # from its closed socket carries the FIN's own number, RCV.NXT - 1: Linux
-        # (tcp_reset_check) takes that as exact too, and so do we, rather than drop it
-        # as out of window and wait for a second one.
-        if (flags & RST and self.fin_received and state in _AFTER_PEER_FIN
-                and seg.seq == seq.sub(self.rcv_nxt, 1)):
-            self._close(None if state is not State.CLOSE_WAIT
-                        else ConnectionResetError("connection reset by peer"))
-            self.counters["tcp_rst_in"] += 1
-            return None
-
-        # First, check sequence number (§3.10.7.4, Table 6).
-        if not acceptance.in_window(seg.seq, seg.seg_len, self.rcv_nxt, self._rcv_adv):
-            if not flags & RST:
-                self._ack_now = True  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
-                end = seq.add(seg.seq, len(seg.payload))
-                if seg.payload and seq.le(end, self.rcv_nxt):
-                    # Text we had already: say so (RFC 2883 §4, Linux tcp_dsack_set).
-                    self._note_duplicate(seg.seq, end)
-            return DropReason.TCP_NOT_ACCEPTABLE
-        self._last_rcv = now
-        self._keepalive_probes = 0
-        # RFC 7323 §4.3 (R3): remember the timestamp of the segment at the left edge.
-        if ts_val is not None and acceptance.keeps_ts(ts_val, self.ts_recent, seg.seq,
-                                                      self.last_ack_sent):
-            self.ts_recent = ts_val
-
-        # Second, check the RST bit (with RFC 5961 §3.2).
-        if flags & RST:
-            if seg.seq != self.rcv_nxt:
-                self._challenge_ack(now)
-                return DropReason.TCP_NOT_ACCEPTABLE
-            if state is State.SYN_RCVD:
-                # Passive: back to LISTEN, i.e. this embryonic TCB just goes away.
-                self._close(None if self.passive else ConnectionRefusedError("connection refused"))
-            elif state in (State.CLOSING, State.LAST_ACK):
-                self._close(None)
-            else:
-                self._close(ConnectionResetError("connection reset by peer"))
-            self.counters["tcp_rst_in"] += 1
-            return None
-
-        # Fourth, check the SYN bit (third, security, does not apply).
-        if flags & SYN:
-            if state is State.SYN_RCVD and self.passive:
-                self._close(None)  # "return this connection to the LISTEN state"
-                return None
-            self._challenge_ack(now)  # RFC 5961 §4.2
-            return DropReason.TCP_NOT_ACCEPTABLE
-
-        # Fifth, check the ACK field.
-        if not flags & ACK:
-            return DropReason.TCP_NO_ACK
-        if state is State.SYN_RCVD:
-            if not (seq.lt(self.snd_una, seg.ack) and seq.le(seg.ack, self.snd_nxt)):
-                self._outbox.append(self._segment(RST, seq_no=seg.ack))  # <SEQ=SEG.ACK><CTL=RST>
-                return DropReason.TCP_BAD_ACK
-            if accept_queue_full:
-                return DropReason.TCP_LISTEN_OVERFLOW  # valid, but no room: stay (Linux)
-            self._update_window(seg)
-            self._set_state(State.ESTABLISHED)
-            if self._fin_queued:
-                self._set_state(State.FIN_WAIT_1)
-        if seq.gt(seg.ack, self.snd_nxt):
-            self._ack_now = True  # it acknowledges something not yet sent
-            return DropReason.TCP_BAD_ACK
-        if seq.lt(seg.ack, seq.sub(self.snd_una, self.max_snd_wnd)):
-            self._ack_now = True  # RFC 5961 §5.2: too old to be acceptable
-            return DropReason.TCP_BAD_ACK
+    def _ack_arrived(self, seg: Segment, now: float) -> None:
+        """An acceptable ACK (§3.10.7.4 fifth): D-SACK, SACK news, a loss probe's verdict,
+        new data acknowledged or a duplicate ACK, RACK's loss marking, PRR's window."""
         dsack = self.sack_ok and sack.is_dsack(seg.opts.sack, seg.ack)
         if dsack:
             self.counters["tcp_dsack_received"] += 1  # the peer got something twice
@@ -634,208 +460,6 @@ class Tcb:
                 delivered = max(0, seq.sub(self.snd_una, una) + self.scoreboard.sacked - sacked)
                 self.cc.cwnd = self._prr.on_ack(delivered, self._pipe(), self.cc.ssthresh,
                                                 self.snd_mss)
-        if seq.le(self.snd_una, seg.ack) and (
-            seq.lt(self.snd_wl1, seg.seq)
-            or (self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, seg.ack))
-        ):
-            self._update_window(seg)
-        if self._fin_acked() and self.state in ON_FIN_ACKED:
-            self._set_state(ON_FIN_ACKED[self.state])
-            if self.state is State.CLOSED:
-                return None  # LAST-ACK: "delete the TCB, and return"
-            if self.state is State.TIME_WAIT:
-                self._enter_time_wait(now)
-
-        # Sixth, the URG bit: urgent data is not supported; the pointer is ignored.
-
-        # Seventh, process the segment text.
-        reason = self._process_text(seg)
-        if self.state is State.CLOSED:
-            return reason
-
-        # Eighth, check the FIN bit (it may have waited beyond a gap until now).
-        if self._fin_seq is not None and self._fin_seq == self.rcv_nxt and not self.fin_received:
-            self.rcv_nxt = seq.add(self.rcv_nxt, 1)
-            if seq.lt(self._rcv_adv, self.rcv_nxt):
-                self._rcv_adv = self.rcv_nxt  # a FIN at the right edge: the window is 0
-            self._ack_now = True
-            self.fin_received = True
-            if self.state in ON_FIN_RECEIVED:
-                self._set_state(ON_FIN_RECEIVED[self.state])
-                if self.state is State.TIME_WAIT:
-                    self._enter_time_wait(now)
-        return reason
-
-    def _on_time_wait(self, seg: Segment, now: float) -> DropReason | None:
-        """RFC 9293 §3.10.7.4 in TIME-WAIT, by the compact record's rules (`timewait`). A
-        lone TCB has no listener to hand a new incarnation's SYN to (the host does)."""
-        tw = self.time_wait
-        if tw is None:
-            return DropReason.TCP_UNEXPECTED  # handed over to the host's table
-        outcome, reply, reason = timewait.on_segment(tw, seg, now, self.counters, None)
-        if reply is not None:
-            self._outbox.append(reply)
-        if outcome is timewait.Outcome.CLOSE:
-            self._close(None)
-        return reason
-
-    def _process_text(self, seg: Segment) -> DropReason | None:
-        """§3.10.7.4 seventh: deliver in-order text, hold out-of-order text (SHLD-31)."""
-        payload, fin, start = self._trim(seg)
-        if not payload and not fin:
-            return None
-        if self.state not in RECEIVING:
-            return None  # after the peer's FIN there is no more text
-        if fin and self._fin_seq is None:
-            self._fin_seq = seq.add(start, len(payload))
-        if not payload:
-            return None
-        if self.orphaned:
-            # Data after the user's close has no reader: reset, as Linux does.
-            self._outbox.append(self._segment(RST | ACK, seq_no=self.snd_nxt))
-            self._close(None)
-            return None
-        if start != self.rcv_nxt:
-            # Beyond a gap: hold it and say at once what we miss (RFC 5681 §4.2, with
-            # SACK blocks when negotiated).
-            if self.sack_ok:
-                held = self._ooo.duplicate(start, seq.add(start, len(payload)))
-                if held is not None:
-                    self._note_duplicate(*held)  # RFC 2883 §4.1.2 (Linux tcp_dsack_extend)
-            ranges = len(self._ooo)
-            if not self._ooo.add(start, payload):
-                self._ack_now = True
-                return DropReason.TCP_OOO_QUEUE_FULL
-            self.counters["tcp_ooo_queued"] += 1
-            if self._dupacks_rcv_nxt != self.rcv_nxt:
-                self._dupacks_rcv_nxt = self.rcv_nxt
-                self._dupacks_sent = 0
-            if (self._dupacks_sent < DUP_THRESH or self._sack_compressed >= COMP_SACK_NR
-                    or len(self._ooo) > ranges):
-                # An ACK of its own, with the SACK blocks as they stand after it (RFC 5681
-                # §4.2 "immediately"): a batch of them must not reach a sender that counts
-                # duplicates as one. So does a segment that opens a new hole: only three
-                # blocks fit in an ACK, and a range never reported is resent as lost
-                # (at 5 % loss, 2.5 times what the kernel's receiver had resent).
-                # A coalesced run (ustack.tcp.gro) counts as the segments it carries, up
-                # to DupThresh: one ACK for three segments left a sender on a lossy
-                # return path waiting for its retransmission timer (200 KB at 20 % loss
-                # took 74 s instead of 7).
-                acks = 1
-                if seg.gso and self._dupacks_sent < DUP_THRESH:
-                    carried = -(-len(payload) // seg.gso)
-                    acks = max(1, min(carried, DUP_THRESH - self._dupacks_sent))
-                self._dupacks_sent += acks
-                for _ in range(acks):
-                    self._outbox.append(self._segment(ACK, seq_no=self.snd_nxt))
-            else:
-                # Past DupThresh at this RCV.NXT, segments that extend a range already
-                # reported share one ACK for the rest of the batch (Linux's SACK
-                # compression, tcp_comp_sack_nr; its 1 ms timer is here the end of the
-                # batch): behind a loss nearly every segment of a fast sender is out of
-                # order, and an ACK each cost ustack a third of its speed.
-                self._sack_compressed += 1
-                self.counters["tcp_sack_compressed"] += 1
-                self._ack_now = True
-            return None
-        if type(payload) is memoryview and (
-                len(payload) < _MIN_VIEW
-                or 2 * len(payload) < len(payload.obj)):  # type: ignore[arg-type]  # bytes
-            # Small or trimmed text is copied: a view would pin its whole packet, and the
-            # window counts only the text (1-byte segments would hold 400 B each).
-            payload = bytes(payload)
-        if seg.gso and not self._ooo:
-            self._ack_carried(start, len(payload), seg.gso)
-        self._rcv_buf.append(payload)
-        self._rcv_len += len(payload)
-        self.bytes_received += len(payload)
-        self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
-        space = self._rcv_space
-        if space.rtt_seq is None or (self.rcv_nxt - space.rtt_seq) & seq.MASK < _HALF:
-            space.window_reached(self._rcv_adv, self._now)
-        if self._ooo:
-            # It fills (part of) a gap: take what now follows, and ACK at once (RFC 5681 §4.2).
-            self._ooo.drop_before(self.rcv_nxt)
-            more = self._ooo.take(self.rcv_nxt)
-            self._rcv_buf.append(more)
-            self._rcv_len += len(more)
-            self.bytes_received += len(more)
-            self.rcv_nxt = seq.add(self.rcv_nxt, len(more))
-            self._ack_now = True
-        elif len(payload) >= self._rcv_mss_seen:
-            # MUST-40 / RFC 5681 §4.2: an ACK for at least every second full-sized segment
-            # (a super-packet from a TSO sender counts as the segments it carries).
-            # A full segment carries the MSS less the options every segment has (the
-            # timestamp): a super-packet must not raise the bar above it.
-            full = self.rcv_mss - (TIMESTAMP_SPACE if self.ts_ok else 0)
-            self._rcv_mss_seen = min(len(payload), full)
-            self._full_segments_unacked += len(payload) // self._rcv_mss_seen
-            if self._full_segments_unacked >= 2:
-                if seg.gso or len(payload) <= full:
-                    # Wire-sized segments are ACKed as they come, not once per read: a
-                    # batch of them draws the ACKs it would have drawn one by one.
-                    self._outbox.append(self._segment(ACK, seq_no=self.snd_nxt))
-                    return None
-                self._ack_now = True  # a device's super-packets: one ACK per batch
-        self._ack_delayed = True
-        return None
-
-    def _ack_carried(self, start: int, length: int, gso: int) -> None:
-        """The ACKs a run of in-order segments coalesced from one read (`ustack.tcp.gro`)
-        would have drawn one by one: one for every second segment (RFC 5681 §4.2), each
-        for RCV.NXT as it stood then; the last one is left to the usual rule. A sender's
-        clock is its ACKs: one ACK per read of ten segments left a kernel CUBIC sender at
-        1 % loss with 0.73 of its goodput to a kernel receiver. Only for runs, which are
-        ustack's way to save CPU: a device's super-packet is one packet on the way in, and
-        gets one ACK as Linux gives a GRO packet."""
-        step = 2 * gso
-        if length <= step:
-            return
-        rcv_nxt = self.rcv_nxt
-        for offset in range(step, length, step):
-            self.rcv_nxt = seq.add(start, offset)
-            self._outbox.append(self._segment(ACK, seq_no=self.snd_nxt))
-        self.rcv_nxt = rcv_nxt
-
-    def _trim(self, seg: Segment) -> tuple[bytes | memoryview, bool, int]:
-        """The part of the text inside the window, whether the FIN survives, and its start."""
-        payload = seg.payload
-        fin = bool(seg.flags & FIN)
-        start = seg.seq
-        old = seq.sub(self.rcv_nxt, start)
-        if old and old < _HALF:  # starts before RCV.NXT: drop what we already have
-            if old > len(payload):
-                return b"", False, self.rcv_nxt
-            if payload:
-                self._note_duplicate(start, seq.add(start, min(old, len(payload))))
-            payload = payload[old:]
-            start = self.rcv_nxt
-        room = seq.sub(self._rcv_adv, start)
-        if len(payload) > room:
-            payload = payload[:room]
-            fin = False  # the FIN lies beyond the window
-            self._ack_now = True
-        return payload, fin, start
-
-    def _disordered_ack(self, seg: Segment, ts_val: int) -> bool:
-        """A duplicate ACK the path reordered, exempt from PAWS (a deviation from RFC 7323
-        §5.3, as Linux tcp_disordered_ack): a pure ACK at RCV.NXT for SND.UNA that would
-        not update the window, its TSval less than an RTO behind TS.Recent. Dropping it
-        would lose the SACK blocks it carries, which recovery needs."""
-        nwin = seg.wnd << self.snd_wscale
-        return (seg.flags & (ACK | SYN | FIN) == ACK and not seg.payload
-                and seg.seq == self.rcv_nxt and seg.ack == self.snd_una
-                and seg.seq == self.snd_wl1 and 0 < nwin <= self.snd_wnd
-                and seq.sub(self.ts_recent, ts_val) <= self.rtt.rto * 1000)
-
-    def _challenge_ack(self, now: float) -> None:
-        """RFC 5961 §3.2, §4.2: a challenge ACK, throttled per §7."""
-        self._challenge_second, self._challenge_count, allowed = challenge.throttle(
-            self._challenge_second, self._challenge_count, now, self.counters)
-        if allowed:
-            self._ack_now = True
-
-    # ------------------------------------------------------------ ACK effects
 
     def _ack_advanced(self, ack: int, ts_ecr: int, now: float) -> None:
         """SND.UNA < SEG.ACK =< SND.NXT: drop acknowledged data, feed RTT and cwnd."""
@@ -847,8 +471,8 @@ class Tcb:
         self.snd_una = ack
         self.bytes_acked += acked
         buf = self._snd_buf
-        into_buf = (ack - self._snd_buf_seq) & mask
-        if into_buf < _HALF and buf:
+        into_buf = seq.ahead(ack, self._snd_buf_seq)
+        if into_buf and buf:
             drop = min(into_buf, len(buf))
             buf.drop(drop)
             self._snd_buf_seq = (self._snd_buf_seq + drop) & mask
@@ -1683,14 +1307,6 @@ class Tcb:
             return tuple(self._ooo.sack_blocks(limit))
         return (self._dsack, *self._ooo.sack_blocks(limit - 1))
 
-    def _note_duplicate(self, start: int, end: int) -> None:
-        """Text [start, end) arrived again: the next ACK reports it (RFC 2883), if SACK was
-        negotiated. The first duplicate waiting wins. (Whether that ACK goes at once is
-        the caller's rule: for a wholly old segment or out-of-order text it does; for a
-        segment that overlaps RCV.NXT it is the usual delayed ACK, as in Linux.)"""
-        if self.sack_ok and self._dsack is None:
-            self._dsack = (start, end)
-
     def _max_payload(self) -> int:
         """Data per segment: the MSS less the options we send (RFC 9293 §3.7.1)."""
         return self.snd_mss - self._option_space()
@@ -1726,8 +1342,7 @@ class Tcb:
 
     def _offered(self) -> int:
         """RCV.WND as last advertised (0 if RCV.NXT has passed the edge)."""
-        current = seq.sub(self._rcv_adv, self.rcv_nxt)
-        return 0 if current >= _HALF else current
+        return seq.ahead(self._rcv_adv, self.rcv_nxt)
 
     def _grown_window(self, limit: int) -> int | None:
         """The larger window to offer, if free space has grown by at least

@@ -8,7 +8,7 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ustack.tcp import seq
+from ustack.tcp import receive, seq
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.segment import ACK, FIN, PSH, SYN, Segment
 from ustack.tcp.tcb import Tcb
@@ -87,7 +87,7 @@ def test_fast_path_agrees_with_the_full_path(script, sack, ts) -> None:
         fast, slow = copy.deepcopy(tcb), copy.deepcopy(tcb)
         fast.on_segment(seg, now)
         slow._now = now
-        slow._on_synchronizing_or_synchronized(seg, now)
+        receive.synchronized(slow, seg, now)
         slow._update_timers(now)
         assert _state(fast) == _state(slow), (kind, acked, size)
         out_fast, out_slow = fast.poll(now), slow.poll(now)

@@ -1,0 +1,456 @@
+"""SEGMENT ARRIVES (RFC 9293 §3.10.7) for one TCB: the steps of §3.10.7.4 as named
+functions, called in the RFC's order by `synchronized`, and by `fast_path` (header
+prediction) where only some of them can act. Each step returns `NEXT` to go on, or what
+ends the segment's processing: None, or the `DropReason` it was dropped for."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from ustack.stats import DropReason
+from ustack.tcp import acceptance, challenge, seq, timewait
+from ustack.tcp.options import TIMESTAMP_SPACE
+from ustack.tcp.sack import DUP_THRESH
+from ustack.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
+from ustack.tcp.states import ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING, State
+
+if TYPE_CHECKING:
+    from ustack.tcp.tcb import Tcb
+
+
+class _Next(enum.Enum):
+    NEXT = "next"
+
+
+NEXT = _Next.NEXT  # a step's verdict: go on to the next step
+Verdict = DropReason | None | _Next
+
+OOW_ACK_INTERVAL = 0.5  # Linux tcp_invalid_ratelimit: 500 ms
+COMP_SACK_NR = 44  # Linux tcp_comp_sack_nr: out-of-order segments one ACK may answer
+MIN_VIEW = 512  # received text shorter than this is copied, not kept as a view
+_AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
+
+
+def fast_path(tcb: Tcb, seg: Segment, now: float) -> bool:
+    """Van Jacobson's header prediction (BSD; Linux tcp_rcv_established): in ESTABLISHED,
+    the next expected segment, only ACK (and PSH) set, the same window, no SACK news,
+    no recovery under way, either acknowledging new data or carrying in-window text.
+    Every check of §3.10.7.4 would pass, so only the steps that act are taken, in
+    their order; anything else (False) takes the full path."""
+    if (seg.flags | PSH) != ACK | PSH or seg.seq != tcb.rcv_nxt:
+        return False
+    opts = seg.opts
+    ts_val = opts.ts_val
+    if tcb.ts_ok and (ts_val is None or acceptance.paws_rejects(ts_val, tcb.ts_recent)):
+        return False  # no timestamp, or PAWS would have a word (R1)
+    if (opts.sack or tcb.in_recovery or tcb._flight.lost_bytes or tcb.scoreboard
+            or tcb._tlp is not None or tcb._ooo or tcb._fin_seq is not None
+            or (seg.wnd << tcb.snd_wscale) != tcb.snd_wnd):
+        return False
+    ack = seg.ack
+    advance = (ack - tcb.snd_una) & seq.MASK
+    if advance > (tcb.snd_nxt - tcb.snd_una) & seq.MASK:
+        return False  # beyond SND.NXT, or an old ACK
+    size = len(seg.payload)
+    if size:
+        if size > seq.ahead(tcb._rcv_adv, tcb.rcv_nxt) or tcb.orphaned:
+            return False
+    elif not advance:
+        return False  # a duplicate ACK or a window probe's answer
+    accepted(tcb, seg, now)  # first: acceptable (SEG.SEQ = RCV.NXT, within the window)
+    if advance:  # fifth: the ACK of new data, then the window update rule
+        tcb._ack_advanced(ack, opts.ts_ecr, now)
+    window_update_rule(tcb, seg)
+    if size:
+        seventh_segment_text(tcb, seg)
+    return True
+
+
+def syn_sent(tcb: Tcb, seg: Segment, now: float) -> DropReason | None:
+    # RFC 9293 §3.10.7.3, first: check the ACK bit.
+    if seg.flags & ACK and (
+        seq.le(seg.ack, tcb.iss) or seq.gt(seg.ack, tcb.snd_nxt)
+    ):
+        if not seg.flags & RST:
+            tcb._outbox.append(tcb._segment(RST, seq_no=seg.ack))
+        return DropReason.TCP_BAD_ACK
+    # Second: the RST bit; acceptable only with an ACK of our SYN (RFC 5961 §3.2).
+    if seg.flags & RST:
+        if seg.flags & ACK:
+            tcb._close(ConnectionRefusedError("connection refused"))
+            return None
+        return DropReason.TCP_NOT_ACCEPTABLE
+    # Fourth: the SYN bit.
+    if not seg.flags & SYN:
+        return DropReason.TCP_UNEXPECTED
+    tcb._last_rcv = now
+    tcb._set_irs(seg.seq)
+    tcb._negotiate(seg)
+    if seg.flags & ACK:
+        tcb._ack_advanced(seg.ack, seg.opts.ts_ecr, now)
+    if seq.gt(tcb.snd_una, tcb.iss):
+        tcb._update_window(seg)
+        tcb._set_state(State.ESTABLISHED)
+        tcb._ack_now = True
+        # Text in a SYN-ACK is rare and may be dropped: the peer retransmits it.
+    else:
+        # Simultaneous open (§3.3.5): <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK>.
+        tcb._syn_owed = True
+        tcb._set_state(State.SYN_RCVD)
+    return None
+
+
+def synchronized(tcb: Tcb, seg: Segment, now: float,
+                 accept_queue_full: bool = False) -> DropReason | None:
+    """§3.10.7.4 "Otherwise" (SYN-RECEIVED to LAST-ACK): the steps in the RFC's order;
+    the third (security) does not apply and the sixth (URG) is ignored: urgent data is
+    not supported."""
+    for step in (before_the_steps, first_check_sequence, second_check_rst,
+                 fourth_check_syn):
+        verdict = step(tcb, seg, now)
+        if verdict is not NEXT:
+            return verdict
+    verdict = fifth_check_ack(tcb, seg, now, accept_queue_full)
+    if verdict is not NEXT:
+        return verdict
+    reason = seventh_segment_text(tcb, seg)
+    if tcb.state is not State.CLOSED:
+        eighth_check_fin(tcb, now)
+    return reason
+
+
+def before_the_steps(tcb: Tcb, seg: Segment, now: float) -> Verdict:
+    """What Linux checks before the RFC's steps: a retransmitted SYN, PAWS (RFC 7323
+    §5.3 R1, which the RFC places before the first step) and a RST just after the FIN."""
+    state = tcb.state
+    flags = seg.flags
+    if state is State.SYN_RCVD and flags & SYN and not flags & ACK and seg.seq == tcb.irs:
+        # The peer retransmitted its SYN: our SYN-ACK was lost. Send it again
+        # (Linux tcp_check_req), rather than the bare ACK of the sequence check.
+        tcb._syn_owed = True
+        return None
+
+    # RFC 7323 §5.3 (R1), PAWS: an older timestamp marks an old duplicate.
+    ts_val = seg.opts.ts_val
+    if (tcb.ts_ok and ts_val is not None and not flags & RST
+            and acceptance.paws_rejects(ts_val, tcb.ts_recent)
+            and not disordered_ack(tcb, seg, ts_val)):
+        # R1: "send an acknowledgment in reply", but to a pure ACK at most one per
+        # OOW_ACK_INTERVAL (Linux tcp_oow_rate_limited, tcp_invalid_ratelimit): an
+        # ACK the path reordered behind a newer one needs no answer, and a burst of
+        # them drew one ACK each (100 in a 5 MB download at 5 % reordering).
+        if seg.payload or flags & (SYN | FIN) or now - tcb._oow_ack_at >= OOW_ACK_INTERVAL:
+            tcb._oow_ack_at = now
+            tcb._ack_now = True
+        return DropReason.TCP_PAWS
+
+    # RFC 5961 §3.2 takes a RST only at exactly RCV.NXT. After the peer's FIN, a RST
+    # from its closed socket carries the FIN's own number, RCV.NXT - 1: Linux
+    # (tcp_reset_check) takes that as exact too, and so do we, rather than drop it
+    # as out of window and wait for a second one.
+    if (flags & RST and tcb.fin_received and state in _AFTER_PEER_FIN
+            and seg.seq == seq.sub(tcb.rcv_nxt, 1)):
+        tcb._close(None if state is not State.CLOSE_WAIT
+                   else ConnectionResetError("connection reset by peer"))
+        tcb.counters["tcp_rst_in"] += 1
+        return None
+    return NEXT
+
+
+def first_check_sequence(tcb: Tcb, seg: Segment, now: float) -> Verdict:
+    """First, check sequence number (§3.10.7.4, Table 6)."""
+    if not acceptance.in_window(seg.seq, seg.seg_len, tcb.rcv_nxt, tcb._rcv_adv):
+        if not seg.flags & RST:
+            tcb._ack_now = True  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
+            end = seq.add(seg.seq, len(seg.payload))
+            if seg.payload and seq.le(end, tcb.rcv_nxt):
+                # Text we had already: say so (RFC 2883 §4, Linux tcp_dsack_set).
+                note_duplicate(tcb, seg.seq, end)
+        return DropReason.TCP_NOT_ACCEPTABLE
+    accepted(tcb, seg, now)
+    return NEXT
+
+
+def accepted(tcb: Tcb, seg: Segment, now: float) -> None:
+    """An acceptable segment: the connection is alive, and RFC 7323 §4.3 (R3) remembers
+    the timestamp of a segment at the left edge."""
+    tcb._last_rcv = now
+    tcb._keepalive_probes = 0
+    ts_val = seg.opts.ts_val
+    if ts_val is not None and acceptance.keeps_ts(ts_val, tcb.ts_recent, seg.seq,
+                                                  tcb.last_ack_sent):
+        tcb.ts_recent = ts_val
+
+
+def second_check_rst(tcb: Tcb, seg: Segment, now: float) -> Verdict:
+    """Second, check the RST bit (with RFC 5961 §3.2)."""
+    if not seg.flags & RST:
+        return NEXT
+    if seg.seq != tcb.rcv_nxt:
+        challenge_ack(tcb, now)
+        return DropReason.TCP_NOT_ACCEPTABLE
+    state = tcb.state
+    if state is State.SYN_RCVD:
+        # Passive: back to LISTEN, i.e. this embryonic TCB just goes away.
+        tcb._close(None if tcb.passive else ConnectionRefusedError("connection refused"))
+    elif state in (State.CLOSING, State.LAST_ACK):
+        tcb._close(None)
+    else:
+        tcb._close(ConnectionResetError("connection reset by peer"))
+    tcb.counters["tcp_rst_in"] += 1
+    return None
+
+
+def fourth_check_syn(tcb: Tcb, seg: Segment, now: float) -> Verdict:
+    """Fourth, check the SYN bit (third, security, does not apply)."""
+    if not seg.flags & SYN:
+        return NEXT
+    if tcb.state is State.SYN_RCVD and tcb.passive:
+        tcb._close(None)  # "return this connection to the LISTEN state"
+        return None
+    challenge_ack(tcb, now)  # RFC 5961 §4.2
+    return DropReason.TCP_NOT_ACCEPTABLE
+
+
+def fifth_check_ack(tcb: Tcb, seg: Segment, now: float,
+                    accept_queue_full: bool = False) -> Verdict:
+    """Fifth, check the ACK field: SYN-RECEIVED's handshake, an ACK of nothing sent or
+    too old (RFC 5961 §5.2), then what it tells loss recovery, the window update rule,
+    and the states a FIN's ACK ends."""
+    if not seg.flags & ACK:
+        return DropReason.TCP_NO_ACK
+    if tcb.state is State.SYN_RCVD:
+        if not (seq.lt(tcb.snd_una, seg.ack) and seq.le(seg.ack, tcb.snd_nxt)):
+            tcb._outbox.append(tcb._segment(RST, seq_no=seg.ack))  # <SEQ=SEG.ACK><CTL=RST>
+            return DropReason.TCP_BAD_ACK
+        if accept_queue_full:
+            return DropReason.TCP_LISTEN_OVERFLOW  # valid, but no room: stay (Linux)
+        tcb._update_window(seg)
+        tcb._set_state(State.ESTABLISHED)
+        if tcb._fin_queued:
+            tcb._set_state(State.FIN_WAIT_1)
+    if seq.gt(seg.ack, tcb.snd_nxt):
+        tcb._ack_now = True  # it acknowledges something not yet sent
+        return DropReason.TCP_BAD_ACK
+    if seq.lt(seg.ack, seq.sub(tcb.snd_una, tcb.max_snd_wnd)):
+        tcb._ack_now = True  # RFC 5961 §5.2: too old to be acceptable
+        return DropReason.TCP_BAD_ACK
+    tcb._ack_arrived(seg, now)
+    window_update_rule(tcb, seg)
+    if tcb._fin_acked() and tcb.state in ON_FIN_ACKED:
+        tcb._set_state(ON_FIN_ACKED[tcb.state])
+        if tcb.state is State.CLOSED:
+            return None  # LAST-ACK: "delete the TCB, and return"
+        if tcb.state is State.TIME_WAIT:
+            tcb._enter_time_wait(now)
+    return NEXT
+
+
+def window_update_rule(tcb: Tcb, seg: Segment) -> None:
+    """§3.10.7.4 fifth: the send window from a segment not older than the last one that
+    set it (SND.WL1 < SEG.SEQ, or SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)."""
+    wl1 = tcb.snd_wl1
+    if seq.le(tcb.snd_una, seg.ack) and (
+            seq.lt(wl1, seg.seq) or (wl1 == seg.seq and seq.le(tcb.snd_wl2, seg.ack))):
+        tcb._update_window(seg)
+
+
+def eighth_check_fin(tcb: Tcb, now: float) -> None:
+    """Eighth, check the FIN bit: it may have waited beyond a gap until now."""
+    if tcb._fin_seq is None or tcb._fin_seq != tcb.rcv_nxt or tcb.fin_received:
+        return
+    tcb.rcv_nxt = seq.add(tcb.rcv_nxt, 1)
+    if seq.lt(tcb._rcv_adv, tcb.rcv_nxt):
+        tcb._rcv_adv = tcb.rcv_nxt  # a FIN at the right edge: the window is 0
+    tcb._ack_now = True
+    tcb.fin_received = True
+    if tcb.state in ON_FIN_RECEIVED:
+        tcb._set_state(ON_FIN_RECEIVED[tcb.state])
+        if tcb.state is State.TIME_WAIT:
+            tcb._enter_time_wait(now)
+
+
+def time_wait(tcb: Tcb, seg: Segment, now: float) -> DropReason | None:
+    """RFC 9293 §3.10.7.4 in TIME-WAIT, by the compact record's rules (`timewait`). A
+    lone TCB has no listener to hand a new incarnation's SYN to (the host does)."""
+    tw = tcb.time_wait
+    if tw is None:
+        return DropReason.TCP_UNEXPECTED  # handed over to the host's table
+    outcome, reply, reason = timewait.on_segment(tw, seg, now, tcb.counters, None)
+    if reply is not None:
+        tcb._outbox.append(reply)
+    if outcome is timewait.Outcome.CLOSE:
+        tcb._close(None)
+    return reason
+
+
+def seventh_segment_text(tcb: Tcb, seg: Segment) -> DropReason | None:
+    """§3.10.7.4 seventh: deliver in-order text, hold out-of-order text (SHLD-31)."""
+    payload, fin, start = trim(tcb, seg)
+    if not payload and not fin:
+        return None
+    if tcb.state not in RECEIVING:
+        return None  # after the peer's FIN there is no more text
+    if fin and tcb._fin_seq is None:
+        tcb._fin_seq = seq.add(start, len(payload))
+    if not payload:
+        return None
+    if tcb.orphaned:
+        # Data after the user's close has no reader: reset, as Linux does.
+        tcb._outbox.append(tcb._segment(RST | ACK, seq_no=tcb.snd_nxt))
+        tcb._close(None)
+        return None
+    if start != tcb.rcv_nxt:
+        # Beyond a gap: hold it and say at once what we miss (RFC 5681 §4.2, with
+        # SACK blocks when negotiated).
+        if tcb.sack_ok:
+            held = tcb._ooo.duplicate(start, seq.add(start, len(payload)))
+            if held is not None:
+                note_duplicate(tcb, *held)  # RFC 2883 §4.1.2 (Linux tcp_dsack_extend)
+        ranges = len(tcb._ooo)
+        if not tcb._ooo.add(start, payload):
+            tcb._ack_now = True
+            return DropReason.TCP_OOO_QUEUE_FULL
+        tcb.counters["tcp_ooo_queued"] += 1
+        if tcb._dupacks_rcv_nxt != tcb.rcv_nxt:
+            tcb._dupacks_rcv_nxt = tcb.rcv_nxt
+            tcb._dupacks_sent = 0
+        if (tcb._dupacks_sent < DUP_THRESH or tcb._sack_compressed >= COMP_SACK_NR
+                or len(tcb._ooo) > ranges):
+            # An ACK of its own, with the SACK blocks as they stand after it (RFC 5681
+            # §4.2 "immediately"): a batch of them must not reach a sender that counts
+            # duplicates as one. So does a segment that opens a new hole: only three
+            # blocks fit in an ACK, and a range never reported is resent as lost
+            # (at 5 % loss, 2.5 times what the kernel's receiver had resent).
+            # A coalesced run (ustack.tcp.gro) counts as the segments it carries, up
+            # to DupThresh: one ACK for three segments left a sender on a lossy
+            # return path waiting for its retransmission timer (200 KB at 20 % loss
+            # took 74 s instead of 7).
+            acks = 1
+            if seg.gso and tcb._dupacks_sent < DUP_THRESH:
+                carried = -(-len(payload) // seg.gso)
+                acks = max(1, min(carried, DUP_THRESH - tcb._dupacks_sent))
+            tcb._dupacks_sent += acks
+            for _ in range(acks):
+                tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
+        else:
+            # Past DupThresh at this RCV.NXT, segments that extend a range already
+            # reported share one ACK for the rest of the batch (Linux's SACK
+            # compression, tcp_comp_sack_nr; its 1 ms timer is here the end of the
+            # batch): behind a loss nearly every segment of a fast sender is out of
+            # order, and an ACK each cost ustack a third of its speed.
+            tcb._sack_compressed += 1
+            tcb.counters["tcp_sack_compressed"] += 1
+            tcb._ack_now = True
+        return None
+    if type(payload) is memoryview and (
+            len(payload) < MIN_VIEW
+            or 2 * len(payload) < len(payload.obj)):  # type: ignore[arg-type]  # bytes
+        # Small or trimmed text is copied: a view would pin its whole packet, and the
+        # window counts only the text (1-byte segments would hold 400 B each).
+        payload = bytes(payload)
+    if seg.gso and not tcb._ooo:
+        ack_carried(tcb, start, len(payload), seg.gso)
+    tcb._rcv_buf.append(payload)
+    tcb._rcv_len += len(payload)
+    tcb.bytes_received += len(payload)
+    tcb.rcv_nxt = seq.add(tcb.rcv_nxt, len(payload))
+    space = tcb._rcv_space
+    if space.rtt_seq is None or seq.le(space.rtt_seq, tcb.rcv_nxt):
+        space.window_reached(tcb._rcv_adv, tcb._now)
+    if tcb._ooo:
+        # It fills (part of) a gap: take what now follows, and ACK at once (RFC 5681 §4.2).
+        tcb._ooo.drop_before(tcb.rcv_nxt)
+        more = tcb._ooo.take(tcb.rcv_nxt)
+        tcb._rcv_buf.append(more)
+        tcb._rcv_len += len(more)
+        tcb.bytes_received += len(more)
+        tcb.rcv_nxt = seq.add(tcb.rcv_nxt, len(more))
+        tcb._ack_now = True
+    elif len(payload) >= tcb._rcv_mss_seen:
+        # MUST-40 / RFC 5681 §4.2: an ACK for at least every second full-sized segment
+        # (a super-packet from a TSO sender counts as the segments it carries).
+        # A full segment carries the MSS less the options every segment has (the
+        # timestamp): a super-packet must not raise the bar above it.
+        full = tcb.rcv_mss - (TIMESTAMP_SPACE if tcb.ts_ok else 0)
+        tcb._rcv_mss_seen = min(len(payload), full)
+        tcb._full_segments_unacked += len(payload) // tcb._rcv_mss_seen
+        if tcb._full_segments_unacked >= 2:
+            if seg.gso or len(payload) <= full:
+                # Wire-sized segments are ACKed as they come, not once per read: a
+                # batch of them draws the ACKs it would have drawn one by one.
+                tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
+                return None
+            tcb._ack_now = True  # a device's super-packets: one ACK per batch
+    tcb._ack_delayed = True
+    return None
+
+
+def ack_carried(tcb: Tcb, start: int, length: int, gso: int) -> None:
+    """The ACKs a run of in-order segments coalesced from one read (`ustack.tcp.gro`)
+    would have drawn one by one: one for every second segment (RFC 5681 §4.2), each
+    for RCV.NXT as it stood then; the last one is left to the usual rule. A sender's
+    clock is its ACKs: one ACK per read of ten segments left a kernel CUBIC sender at
+    1 % loss with 0.73 of its goodput to a kernel receiver. Only for runs, which are
+    ustack's way to save CPU: a device's super-packet is one packet on the way in, and
+    gets one ACK as Linux gives a GRO packet."""
+    step = 2 * gso
+    if length <= step:
+        return
+    rcv_nxt = tcb.rcv_nxt
+    for offset in range(step, length, step):
+        tcb.rcv_nxt = seq.add(start, offset)
+        tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
+    tcb.rcv_nxt = rcv_nxt
+
+
+def trim(tcb: Tcb, seg: Segment) -> tuple[bytes | memoryview, bool, int]:
+    """The part of the text inside the window, whether the FIN survives, and its start."""
+    payload = seg.payload
+    fin = bool(seg.flags & FIN)
+    start = seg.seq
+    old = seq.ahead(tcb.rcv_nxt, start)
+    if old:  # starts before RCV.NXT: drop what we already have
+        if old > len(payload):
+            return b"", False, tcb.rcv_nxt
+        if payload:
+            note_duplicate(tcb, start, seq.add(start, min(old, len(payload))))
+        payload = payload[old:]
+        start = tcb.rcv_nxt
+    room = seq.sub(tcb._rcv_adv, start)
+    if len(payload) > room:
+        payload = payload[:room]
+        fin = False  # the FIN lies beyond the window
+        tcb._ack_now = True
+    return payload, fin, start
+
+
+def disordered_ack(tcb: Tcb, seg: Segment, ts_val: int) -> bool:
+    """A duplicate ACK the path reordered, exempt from PAWS (a deviation from RFC 7323
+    §5.3, as Linux tcp_disordered_ack): a pure ACK at RCV.NXT for SND.UNA that would
+    not update the window, its TSval less than an RTO behind TS.Recent. Dropping it
+    would lose the SACK blocks it carries, which recovery needs."""
+    nwin = seg.wnd << tcb.snd_wscale
+    return (seg.flags & (ACK | SYN | FIN) == ACK and not seg.payload
+            and seg.seq == tcb.rcv_nxt and seg.ack == tcb.snd_una
+            and seg.seq == tcb.snd_wl1 and 0 < nwin <= tcb.snd_wnd
+            and seq.sub(tcb.ts_recent, ts_val) <= tcb.rtt.rto * 1000)
+
+
+def challenge_ack(tcb: Tcb, now: float) -> None:
+    """RFC 5961 §3.2, §4.2: a challenge ACK, throttled per §7."""
+    tcb._challenge_second, tcb._challenge_count, allowed = challenge.throttle(
+        tcb._challenge_second, tcb._challenge_count, now, tcb.counters)
+    if allowed:
+        tcb._ack_now = True
+
+
+def note_duplicate(tcb: Tcb, start: int, end: int) -> None:
+    """Text [start, end) arrived again: the next ACK reports it (RFC 2883), if SACK was
+    negotiated. The first duplicate waiting wins. (Whether that ACK goes at once is
+    the caller's rule: for a wholly old segment or out-of-order text it does; for a
+    segment that overlaps RCV.NXT it is the usual delayed ACK, as in Linux.)"""
+    if tcb.sack_ok and tcb._dsack is None:
+        tcb._dsack = (start, end)
+
