@@ -27,7 +27,6 @@ NEXT = _Next.NEXT  # a step's verdict: go on to the next step
 Verdict = DropReason | None | _Next
 
 OOW_ACK_INTERVAL = 0.5  # Linux tcp_invalid_ratelimit: 500 ms
-COMP_SACK_NR = 44  # Linux tcp_comp_sack_nr: out-of-order segments one ACK may answer
 MIN_VIEW = 512  # received text shorter than this is copied, not kept as a view
 _AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
 
@@ -302,48 +301,48 @@ def seventh_segment_text(tcb: Tcb, seg: Segment) -> DropReason | None:
         tcb._close(None)
         return None
     if start != tcb.rcv_nxt:
-        # Beyond a gap: hold it and say at once what we miss (RFC 5681 §4.2, with
-        # SACK blocks when negotiated).
-        if tcb.sack_ok:
-            held = tcb._ooo.duplicate(start, seq.add(start, len(payload)))
-            if held is not None:
-                note_duplicate(tcb, *held)  # RFC 2883 §4.1.2 (Linux tcp_dsack_extend)
-        ranges = len(tcb._ooo)
-        if not tcb._ooo.add(start, payload):
-            tcb._ack_now = True
-            return DropReason.TCP_OOO_QUEUE_FULL
-        tcb.counters["tcp_ooo_queued"] += 1
-        if tcb._dupacks_rcv_nxt != tcb.rcv_nxt:
-            tcb._dupacks_rcv_nxt = tcb.rcv_nxt
-            tcb._dupacks_sent = 0
-        if (tcb._dupacks_sent < DUP_THRESH or tcb._sack_compressed >= COMP_SACK_NR
-                or len(tcb._ooo) > ranges):
-            # An ACK of its own, with the SACK blocks as they stand after it (RFC 5681
-            # §4.2 "immediately"): a batch of them must not reach a sender that counts
-            # duplicates as one. So does a segment that opens a new hole: only three
-            # blocks fit in an ACK, and a range never reported is resent as lost
-            # (at 5 % loss, 2.5 times what the kernel's receiver had resent).
-            # A coalesced run (ustack.tcp.gro) counts as the segments it carries, up
-            # to DupThresh: one ACK for three segments left a sender on a lossy
-            # return path waiting for its retransmission timer (200 KB at 20 % loss
-            # took 74 s instead of 7).
-            acks = 1
-            if seg.gso and tcb._dupacks_sent < DUP_THRESH:
-                carried = -(-len(payload) // seg.gso)
-                acks = max(1, min(carried, DUP_THRESH - tcb._dupacks_sent))
-            tcb._dupacks_sent += acks
-            for _ in range(acks):
-                tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
-        else:
-            # Past DupThresh at this RCV.NXT, segments that extend a range already
-            # reported share one ACK for the rest of the batch (Linux's SACK
-            # compression, tcp_comp_sack_nr; its 1 ms timer is here the end of the
-            # batch): behind a loss nearly every segment of a fast sender is out of
-            # order, and an ACK each cost ustack a third of its speed.
-            tcb._sack_compressed += 1
-            tcb.counters["tcp_sack_compressed"] += 1
-            tcb._ack_now = True
-        return None
+        return hold_out_of_order(tcb, seg, payload, start)
+    deliver(tcb, seg, payload, start)
+    return None
+
+
+def hold_out_of_order(tcb: Tcb, seg: Segment, payload: bytes | memoryview,
+                      start: int) -> DropReason | None:
+    """Text beyond a gap: hold it (SHLD-31) and say at once what we miss, with the SACK
+    blocks as they stand after it (RFC 5681 §4.2 "immediately"; RFC 2018)."""
+    if tcb.sack_ok:
+        held = tcb._ooo.duplicate(start, seq.add(start, len(payload)))
+        if held is not None:
+            note_duplicate(tcb, *held)  # RFC 2883 §4.1.2 (Linux tcp_dsack_extend)
+    if not tcb._ooo.add(start, payload):
+        tcb._ack_now = True
+        return DropReason.TCP_OOO_QUEUE_FULL
+    tcb.counters["tcp_ooo_queued"] += 1
+    if tcb._dupacks_rcv_nxt != tcb.rcv_nxt:
+        tcb._dupacks_rcv_nxt = tcb.rcv_nxt
+        tcb._dupacks_sent = 0
+    # An ACK of its own, not one for the whole read: a sender learns from the order in
+    # which ranges fill whether the path reorders (Linux tcp_check_sack_reordering),
+    # and without it marks reordered segments lost. Answering a read's out-of-order
+    # segments with one ACK (as Linux's SACK compression answers a millisecond's) left
+    # a kernel BBR sender at 5 % reordering resending 195 segments of 10 MB where it
+    # resent 117 to the kernel's receiver. A coalesced run (`ustack.tcp.gro`) counts as
+    # the segments it carries up to DupThresh: one ACK for three segments left a sender
+    # on a lossy return path waiting for its retransmission timer (200 KB at 20 % loss
+    # took 74 s instead of 7).
+    acks = 1
+    if seg.gso and tcb._dupacks_sent < DUP_THRESH:
+        carried = -(-len(payload) // seg.gso)
+        acks = max(1, min(carried, DUP_THRESH - tcb._dupacks_sent))
+    tcb._dupacks_sent += acks
+    for _ in range(acks):
+        tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
+    return None
+
+
+def deliver(tcb: Tcb, seg: Segment, payload: bytes | memoryview, start: int) -> None:
+    """Text at RCV.NXT: to the receive buffer, with what it joins from the out-of-order
+    queue; ACKed for every second full-sized segment or at once when it fills a gap."""
     if type(payload) is memoryview and (
             len(payload) < MIN_VIEW
             or 2 * len(payload) < len(payload.obj)):  # type: ignore[arg-type]  # bytes
@@ -360,15 +359,20 @@ def seventh_segment_text(tcb: Tcb, seg: Segment) -> DropReason | None:
     if space.rtt_seq is None or seq.le(space.rtt_seq, tcb.rcv_nxt):
         space.window_reached(tcb._rcv_adv, tcb._now)
     if tcb._ooo:
-        # It fills (part of) a gap: take what now follows, and ACK at once (RFC 5681 §4.2).
+        # It fills (part of) a gap: take what now follows, and ACK at once (RFC 5681
+        # §4.2), before the rest of the read: the sender learns the gap was reordering.
         tcb._ooo.drop_before(tcb.rcv_nxt)
         more = tcb._ooo.take(tcb.rcv_nxt)
         tcb._rcv_buf.append(more)
         tcb._rcv_len += len(more)
         tcb.bytes_received += len(more)
         tcb.rcv_nxt = seq.add(tcb.rcv_nxt, len(more))
-        tcb._ack_now = True
-    elif len(payload) >= tcb._rcv_mss_seen:
+        if tcb._fin_seq == tcb.rcv_nxt:
+            tcb._ack_now = True  # the FIN that waited is next (eighth): one ACK for both
+        else:
+            tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
+        return
+    if len(payload) >= tcb._rcv_mss_seen:
         # MUST-40 / RFC 5681 §4.2: an ACK for at least every second full-sized segment
         # (a super-packet from a TSO sender counts as the segments it carries).
         # A full segment carries the MSS less the options every segment has (the
@@ -381,10 +385,9 @@ def seventh_segment_text(tcb: Tcb, seg: Segment) -> DropReason | None:
                 # Wire-sized segments are ACKed as they come, not once per read: a
                 # batch of them draws the ACKs it would have drawn one by one.
                 tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
-                return None
+                return
             tcb._ack_now = True  # a device's super-packets: one ACK per batch
     tcb._ack_delayed = True
-    return None
 
 
 def ack_carried(tcb: Tcb, start: int, length: int, gso: int) -> None:

@@ -166,7 +166,6 @@ class Tcb:
         # current RCV.NXT, and the out-of-order segments since the last ACK went.
         self._dupacks_sent = 0
         self._dupacks_rcv_nxt = 0
-        self._sack_compressed = 0
         self._probe_owed = False
         self._force_one = False  # send one segment even beyond the window (RTO)
         self._syn_timed_out = False
@@ -1274,7 +1273,6 @@ class Tcb:
         self.last_ack_sent = self.rcv_nxt
         self._ack_now = self._ack_delayed = False
         self._full_segments_unacked = 0
-        self._sack_compressed = 0
         self.timers.delack_at = None
 
     def _options(self, flags: int) -> Options:
