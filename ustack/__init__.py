@@ -1,7 +1,8 @@
 """ustack: a user-space TCP/IP stack over a Linux TUN device."""
 
-from ustack.api import Server, Stack, Transport, keep_freed_heap
+from ustack.api import Server, Stack, Transport
 from ustack.conninfo import ConnectionInfo
+from ustack.heap import keep_freed_heap
 from ustack.tcp.config import TcpConfig
 from ustack.tun import TunError
 

@@ -9,7 +9,6 @@ asyncio's own StreamReader/StreamWriter and Protocol classes run unchanged on th
 """
 
 import asyncio
-import ctypes
 import dataclasses
 import errno
 import ipaddress
@@ -24,6 +23,7 @@ from typing import Any, TextIO
 from ustack import tls, vnet
 from ustack.aio import Driver, clock
 from ustack.conninfo import ConnectionInfo
+from ustack.heap import keep_freed_heap  # noqa: F401  (here before ustack.heap)
 from ustack.ladder import Ladder, fault_event, flag_names
 from ustack.link import FAULT_COUNTERS, TX, FaultInjector, PcapWriter, pipeline_of
 from ustack.stack import Host
@@ -369,29 +369,6 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
         await self.wait_closed()
-
-
-_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters
-_M_MMAP_THRESHOLD = -3
-_HEAP_KEPT = 64 * 1024 * 1024
-
-
-def keep_freed_heap() -> None:
-    """Ask glibc to keep freed memory instead of returning it to the OS at once: a
-    process-wide setting, so the library never makes it on its own; the `ustack`
-    command does, and a program that moves bulk data through a Stack may call this.
-
-    By default it trims the heap whenever 128 KB lie free at its top. The fast path
-    allocates and frees 64 KB buffers (segments, the user's chunks) thousands of times a
-    second; with trimming each of them page-faults anew (measured: ~200,000 minor faults
-    and a third of the CPU for 500 MB sent). Elsewhere than glibc this does nothing.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)  # also fixes the trim threshold
-        libc.mallopt(_M_TRIM_THRESHOLD, _HEAP_KEPT)
-    except (OSError, AttributeError):
-        pass
 
 
 class Stack:

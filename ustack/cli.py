@@ -21,7 +21,8 @@ from typing import Any
 
 import ustack
 from ustack import conninfo, link, services, tls, tun
-from ustack.api import Stack, check_own_addr, keep_freed_heap
+from ustack.api import Stack, check_own_addr
+from ustack.heap import keep_freed_heap
 from ustack.tcp import congestion
 from ustack.tcp.config import TcpConfig
 from ustack.tun import TunError

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from ustack import conninfo, ip, vnet
 from ustack.conninfo import ConnectionInfo
-from ustack.ladder import (
+from ustack.probe import (
     Endpoint,
     Event,
     RecoveryEvent,
@@ -32,10 +32,9 @@ from ustack.tcp import autotune, gro, segment, seq, timewait
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.isn import IsnGenerator, TsOffsets
 from ustack.tcp.listener import Listener
-from ustack.tcp.options import Options
-from ustack.tcp.segment import ACK, RST, SYN, Segment, SegmentError
+from ustack.tcp.segment import ACK, RST, Segment, SegmentError
 from ustack.tcp.states import State
-from ustack.tcp.syncookies import COOKIE_LIFETIME, SynCookies
+from ustack.tcp.syncookies import SynCookies
 from ustack.tcp.tcb import Tcb
 
 # RFC 6056 §2.1: the IANA dynamic range for ephemeral ports.
@@ -105,7 +104,8 @@ class Host:
             raise ValueError(f"port {port} is not in 1..65535")
         if port in self._listeners:
             raise OSError(98, f"port {port} is already listening")
-        listener = Listener(port, backlog, config or self.config)
+        listener = Listener(port, backlog, config or self.config, addr=self.addr,
+                            mss=self.mss, cookies=self._cookies, counters=self.counters)
         self._listeners[port] = listener
         return listener
 
@@ -313,78 +313,30 @@ class Host:
 
     def _listen_input(self, listener: Listener, src: bytes, seg: Segment, now: float,
                       iss: int | None = None) -> None:
-        """`iss`: the initial sequence number a SYN that ended TIME-WAIT must use."""
-        # RFC 9293 §3.10.7.2 (LISTEN).
-        if seg.flags & RST:
-            self.counters.drop(DropReason.TCP_UNEXPECTED)  # "An incoming RST should be ignored"
-        elif seg.flags & ACK:
-            if not self._accept_cookie(listener, src, seg, now):
-                self._send_rst(src, Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0))
-        elif seg.flags & SYN:
-            if listener.accept_queue_full():
-                # Linux tcp_conn_request: no room to accept → drop (ListenOverflows); the
-                # peer's SYN retransmission tries again.
-                self.counters.drop(DropReason.TCP_LISTEN_OVERFLOW)
-                return
-            if listener.syn_queue_full():
-                self._send_cookie(listener, src, seg, now)
-                return
+        """The listener's part (`Listener.on_segment`); the host keeps what it opened."""
+
+        def new_tcb(iss: int | None) -> Tcb:
             if iss is None:
                 iss = self._isn(self.addr, seg.dst_port, src, seg.src_port, now)
-            tcb = self._new_tcb(seg.dst_port, src, seg.src_port, iss, listener.config)
-            tcb.open_passive(seg, now)
-            self._conns[(src, seg.src_port, seg.dst_port)] = tcb
-            self._parent[tcb] = listener
-            listener.embryonic += 1
-            self.counters["passive_opens"] += 1
+            return self._new_tcb(seg.dst_port, src, seg.src_port, iss, listener.config)
+
+        tcb, reply = listener.on_segment(src, seg, now, new_tcb, iss)
+        if reply is not None:
+            if reply.flags & RST:
+                self._send_rst(src, reply)
+            else:
+                self._emit_segment(src, reply)
+        if tcb is None:
+            return
+        self._conns[(src, seg.src_port, seg.dst_port)] = tcb
+        if tcb.state is State.SYN_RCVD:
+            self._parent[tcb] = listener  # embryonic until it leaves SYN-RECEIVED
             self.wake(tcb)
-        else:
-            self.counters.drop(DropReason.TCP_UNEXPECTED)
-
-    def _send_cookie(self, listener: Listener, src: bytes, syn: Segment, now: float) -> None:
-        """SYN queue full: answer with a SYN cookie and keep nothing (RFC 4987 §3.6)."""
-        listener.last_cookie_at = now
-        peer_mss = min(syn.opts.mss or 536, self.mss)
-        isn = self._cookies.make(self.addr, syn.dst_port, src, syn.src_port, syn.seq,
-                                 peer_mss, now)
-        window = min(listener.config.rcv_buf, 0xFFFF)
-        synack = Segment(syn.dst_port, syn.src_port, isn, seq.add(syn.seq, 1), SYN | ACK,
-                         window, b"", Options(mss=self.mss))
-        self.counters["tcp_syncookies_sent"] += 1
-        self._emit_segment(src, synack)
-
-    def _accept_cookie(self, listener: Listener, src: bytes, ack: Segment, now: float) -> bool:
-        """An ACK for no connection: the end of a SYN-cookie handshake, if it validates.
-        False: answer it with a RST (RFC 9293 §3.10.7.2); True: taken, or dropped because
-        the accept queue is full (Linux cookie_v4_check, then tcp_v4_syn_recv_sock's
-        overflow: the peer's data or retransmission brings the cookie back later)."""
-        if ack.flags & (SYN | RST):
-            return False
-        # Only while cookies are in use (Linux tcp_synq_no_recent_overflow): otherwise a
-        # blind attacker could try to guess one for a connection nobody asked for.
-        if listener.last_cookie_at is None or now - listener.last_cookie_at > COOKIE_LIFETIME:
-            return False
-        irs = seq.sub(ack.seq, 1)
-        iss = seq.sub(ack.ack, 1)
-        mss = self._cookies.check(self.addr, ack.dst_port, src, ack.src_port, irs, iss, now)
-        if mss is None:
-            self.counters.drop(DropReason.TCP_BAD_COOKIE)
-            return False
-        if listener.accept_queue_full():
-            self.counters.drop(DropReason.TCP_LISTEN_OVERFLOW)
-            return True
-        tcb = self._new_tcb(ack.dst_port, src, ack.src_port, iss, listener.config)
-        tcb.open_from_cookie(ack, irs, mss, now)
-        self._conns[(src, ack.src_port, ack.dst_port)] = tcb
-        self.counters["tcp_syncookies_accepted"] += 1
-        reason = tcb.on_segment(ack, now)  # it may carry data (or even a FIN)
-        if reason is not None:
-            self.counters.drop(reason)
-        self._pending[tcb] = None
+            return
+        self._pending[tcb] = None  # from a SYN cookie: past the handshake already
         self._touched[tcb] = None
         if tcb.state is not State.CLOSED:
             self._queue_accepted(listener, tcb)
-        return True
 
     def _time_wait_input(self, src: bytes, seg: Segment,
                          now: float) -> tuple[bool, int | None]:

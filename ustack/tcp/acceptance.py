@@ -10,8 +10,7 @@ def in_window(seg_seq: int, seg_len: int, rcv_nxt: int, rcv_adv: int) -> bool:
 
     With a zero window only a segment at exactly RCV.NXT is taken: an ACK or a RST there
     must still count (the RFC's "special allowance"); its text is trimmed away later."""
-    rcv_wnd = seq.sub(rcv_adv, rcv_nxt)
-    if rcv_wnd == 0 or rcv_wnd >= 0x8000_0000:
+    if not seq.ahead(rcv_adv, rcv_nxt):
         return seg_seq == rcv_nxt
     if seg_len == 0:
         return seq.in_range(seg_seq, rcv_nxt, rcv_adv)
@@ -30,8 +29,7 @@ PAWS_WINDOW = 1
 def paws_rejects(ts_val: int, ts_recent: int, window: int = PAWS_WINDOW) -> bool:
     """RFC 7323 §5.3 (R1): a TSval older than TS.Recent (by more than `window` ticks)
     marks an old duplicate. TIME-WAIT is strict (window 0, as Linux tcp_paws_reject)."""
-    older = (ts_recent - ts_val) & seq.MASK
-    return window < older < 0x8000_0000
+    return window < seq.ahead(ts_recent, ts_val)
 
 
 def keeps_ts(ts_val: int, ts_recent: int, seg_seq: int, last_ack_sent: int) -> bool:

@@ -19,8 +19,6 @@ from collections.abc import Iterator
 
 from ustack.tcp import seq
 
-_HALF = 0x8000_0000
-_MASK = seq.MASK
 # An entry: [start, end, sent at, retransmitted, SACKed, lost].
 START, END, SENT_AT, RETRANS, SACKED, LOST = range(6)
 Entry = list
@@ -57,7 +55,7 @@ class Flight:
             entry[RETRANS] = True
             if entry[LOST]:
                 entry[LOST] = False
-                self.lost_bytes -= (entry[END] - entry[START]) & _MASK
+                self.lost_bytes -= seq.sub(entry[END], entry[START])
 
     def sack(self, left: int, right: int) -> list[Entry]:
         """The peer holds [left, right): mark it; returns the entries newly SACKed."""
@@ -70,7 +68,7 @@ class Flight:
                 entry[SACKED] = True
                 if entry[LOST]:
                     entry[LOST] = False
-                    self.lost_bytes -= (entry[END] - entry[START]) & _MASK
+                    self.lost_bytes -= seq.sub(entry[END], entry[START])
                 newly.append(entry)
         return newly
 
@@ -85,8 +83,8 @@ class Flight:
         if entry[LOST] or entry[SACKED]:
             return False
         entry[LOST] = True
-        self.lost_bytes += (entry[END] - entry[START]) & _MASK
-        if self.lost_bytes == (entry[END] - entry[START]) & _MASK or seq.lt(
+        self.lost_bytes += seq.sub(entry[END], entry[START])
+        if self.lost_bytes == seq.sub(entry[END], entry[START]) or seq.lt(
                 entry[START], self._lost_hint):
             self._lost_hint = entry[START]
         return True
@@ -119,11 +117,11 @@ class Flight:
         end = entries[i][END]
         i += 1
         while (i < n and entries[i][LOST] and entries[i][START] == end
-               and (end - start) & _MASK < limit):
+               and seq.sub(end, start) < limit):
             end = entries[i][END]
             i += 1
-        if (end - start) & _MASK > limit:
-            end = (start + limit) & _MASK
+        if seq.sub(end, start) > limit:
+            end = seq.add(start, limit)
         return start, end
 
     def acked(self, ack: int) -> tuple[float | None, bool, int | None]:
@@ -139,7 +137,7 @@ class Flight:
         n = len(entries)
         while head < n:
             entry = entries[head]
-            if (entry[START] - ack) & _MASK < _HALF:
+            if seq.ge(entry[START], ack):
                 break  # starts at or after the ACK: not covered
             if newest is None or entry[SENT_AT] > newest:
                 newest = entry[SENT_AT]
@@ -147,13 +145,13 @@ class Flight:
                 retransmitted = True
             elif hole_end is None and not entry[SACKED]:
                 hole_end = entry[END]
-            if (ack - entry[END]) & _MASK >= _HALF:
+            if seq.lt(ack, entry[END]):
                 if entry[LOST]:
-                    self.lost_bytes -= (ack - entry[START]) & _MASK
+                    self.lost_bytes -= seq.sub(ack, entry[START])
                 entry[START] = ack  # acknowledged in part (a TSO super-segment): trim
                 break
             if entry[LOST]:
-                self.lost_bytes -= (entry[END] - entry[START]) & _MASK
+                self.lost_bytes -= seq.sub(entry[END], entry[START])
             head += 1
         if head == n:
             entries.clear()
@@ -176,12 +174,12 @@ class Flight:
         if head == len(entries):
             return head
         base = entries[head][START]
-        r = (s - base) & _MASK
-        if r >= _HALF:
+        r = seq.sub(s, base)
+        if seq.lt(s, base):
             return head  # before everything in flight
         i = bisect_right(entries, r, head, len(entries),
-                         key=lambda e: (e[START] - base) & _MASK)
-        if i > head and (entries[i - 1][END] - base) & _MASK > r:
+                         key=lambda e: seq.sub(e[START], base))
+        if i > head and seq.sub(entries[i - 1][END], base) > r:
             return i - 1
         return i
 
@@ -192,7 +190,7 @@ class Flight:
         entries = self._entries
         if i < len(entries):
             entry = entries[i]
-            if entry[START] != s and (s - entry[START]) & _MASK < _HALF:
+            if seq.gt(s, entry[START]):
                 tail = entry.copy()
                 tail[START] = s
                 entry[END] = s

@@ -2,12 +2,13 @@
 arrive in one batch reach its TCB as one segment.
 
 Linux merges them below IP (dev_gro_receive, tcp_gro_receive) before TCP sees them,
-so its receiver runs acceptance, reassembly and the ACK decision once per run rather
-than once per wire segment. ustack reads the TUN in batches (`Host.receive_batch`):
-a receiver that falls behind gets large batches, and coalescing makes each of them
-cheaper: the load that makes them large is what it relieves (as NAPI with GRO). The
-TCB already counts a super-segment as the segments it carries (its ACK every second
-full-sized segment, MUST-40), as it does for a TSO sender's with offloads.
+so its receiver runs acceptance and reassembly once per run rather than once per wire
+segment. ustack reads the TUN in batches (`Host.receive_batch`): a receiver that falls
+behind gets large batches, and coalescing makes each of them cheaper: the load that
+makes them large is what it relieves (as NAPI with GRO). Unlike Linux's GRO packet, a
+run still draws the ACKs its segments would have drawn one by one (`Segment.gso` says
+their size; `ustack.tcp.delivery`): the batch is an artefact of ustack's speed, not of
+the wire, and a sender's clock is its ACKs.
 
 The rules are tcp_gro_receive's:
 - a run starts with a segment that carries text and has only ACK set, and no SACK
@@ -22,6 +23,7 @@ negotiated SACK, or at RCV.NXT. Such a sender counts duplicate ACKs, one per seg
 that arrives out of order (RFC 5681 §4.2), and a run would leave it short of its three.
 """
 
+from ustack.tcp import seq
 from ustack.tcp.segment import ACK, PSH, SUPER_PAYLOAD_MAX, Segment
 
 MAX_RUN = SUPER_PAYLOAD_MAX  # a run stays one IPv4 datagram, as a TSO super-segment
@@ -41,7 +43,7 @@ class Run:
         self.first = first
         self.parts: list[bytes | memoryview] = [first.payload]
         self.size = len(first.payload)
-        self.end = (first.seq + self.size) & 0xFFFF_FFFF
+        self.end = seq.add(first.seq, self.size)
         self.closed = False  # a short or PSH segment joined: nothing more may
         self.flags = ACK
 
@@ -59,7 +61,7 @@ class Run:
             return False
         self.parts.append(seg.payload)
         self.size += size
-        self.end = (self.end + size) & 0xFFFF_FFFF
+        self.end = seq.add(self.end, size)
         if seg.flags & PSH or size < len(first.payload):
             self.closed = True
             self.flags = seg.flags

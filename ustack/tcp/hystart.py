@@ -21,6 +21,8 @@ CSS has run its course.
 
 import math
 
+from ustack.tcp import seq
+
 MIN_RTT_THRESH = 0.004
 MAX_RTT_THRESH = 0.016
 MIN_RTT_DIVISOR = 8
@@ -57,7 +59,7 @@ class HyStart:
         on entering (or leaving) CSS (RFC 9406 §4.2). `cwnd_limited`: whether the window
         limits the sender now (the TCB's congestion window validation)."""
         end = self.window_end
-        if end is None or (ack - end) & 0xFFFF_FFFF < 0x8000_0000:  # SND.UNA >= windowEnd
+        if end is None or seq.ge(ack, end):  # SND.UNA >= windowEnd
             self.last_min = self.current_min
             self.current_min = math.inf
             self.samples = 0

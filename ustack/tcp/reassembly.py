@@ -18,8 +18,6 @@ from bisect import bisect_right
 from ustack.tcp import seq
 
 MAX_RANGES = 1024
-_MASK = seq.MASK
-_HALF = 0x8000_0000
 
 
 class Reassembly:
@@ -41,10 +39,9 @@ class Reassembly:
         of each other, so offsets from the first one order them)."""
         ranges = self._ranges
         base = ranges[0][0]
-        offset = (s - base) & _MASK
-        if offset >= _HALF:
+        if seq.lt(s, base):
             return 0  # before the first range
-        return bisect_right(ranges, offset, key=lambda r: (r[0] - base) & _MASK)
+        return bisect_right(ranges, seq.sub(s, base), key=lambda r: seq.sub(r[0], base))
 
     def add(self, start: int, data: bytes | memoryview) -> bool:
         """Hold `data` (beyond RCV.NXT, inside the window); False when refused for room."""

@@ -9,9 +9,7 @@ import enum
 from typing import TYPE_CHECKING
 
 from ustack.stats import DropReason
-from ustack.tcp import acceptance, challenge, seq, timewait
-from ustack.tcp.options import TIMESTAMP_SPACE
-from ustack.tcp.sack import DUP_THRESH
+from ustack.tcp import acceptance, challenge, delivery, output, recovery, seq, timewait
 from ustack.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
 from ustack.tcp.states import ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING, State
 
@@ -27,7 +25,6 @@ NEXT = _Next.NEXT  # a step's verdict: go on to the next step
 Verdict = DropReason | None | _Next
 
 OOW_ACK_INTERVAL = 0.5  # Linux tcp_invalid_ratelimit: 500 ms
-MIN_VIEW = 512  # received text shorter than this is copied, not kept as a view
 _AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
 
 
@@ -59,7 +56,7 @@ def fast_path(tcb: Tcb, seg: Segment, now: float) -> bool:
         return False  # a duplicate ACK or a window probe's answer
     accepted(tcb, seg, now)  # first: acceptable (SEG.SEQ = RCV.NXT, within the window)
     if advance:  # fifth: the ACK of new data, then the window update rule
-        tcb._ack_advanced(ack, opts.ts_ecr, now)
+        recovery.ack_advanced(tcb, ack, opts.ts_ecr, now)
     window_update_rule(tcb, seg)
     if size:
         seventh_segment_text(tcb, seg)
@@ -72,7 +69,7 @@ def syn_sent(tcb: Tcb, seg: Segment, now: float) -> DropReason | None:
         seq.le(seg.ack, tcb.iss) or seq.gt(seg.ack, tcb.snd_nxt)
     ):
         if not seg.flags & RST:
-            tcb._outbox.append(tcb._segment(RST, seq_no=seg.ack))
+            tcb._outbox.append(output.segment(tcb, RST, seq_no=seg.ack))
         return DropReason.TCP_BAD_ACK
     # Second: the RST bit; acceptable only with an ACK of our SYN (RFC 5961 §3.2).
     if seg.flags & RST:
@@ -87,9 +84,9 @@ def syn_sent(tcb: Tcb, seg: Segment, now: float) -> DropReason | None:
     tcb._set_irs(seg.seq)
     tcb._negotiate(seg)
     if seg.flags & ACK:
-        tcb._ack_advanced(seg.ack, seg.opts.ts_ecr, now)
+        recovery.ack_advanced(tcb, seg.ack, seg.opts.ts_ecr, now)
     if seq.gt(tcb.snd_una, tcb.iss):
-        tcb._update_window(seg)
+        set_send_window(tcb, seg)
         tcb._set_state(State.ESTABLISHED)
         tcb._ack_now = True
         # Text in a SYN-ACK is rare and may be dropped: the peer retransmits it.
@@ -165,7 +162,7 @@ def first_check_sequence(tcb: Tcb, seg: Segment, now: float) -> Verdict:
             end = seq.add(seg.seq, len(seg.payload))
             if seg.payload and seq.le(end, tcb.rcv_nxt):
                 # Text we had already: say so (RFC 2883 §4, Linux tcp_dsack_set).
-                note_duplicate(tcb, seg.seq, end)
+                delivery.note_duplicate(tcb, seg.seq, end)
         return DropReason.TCP_NOT_ACCEPTABLE
     accepted(tcb, seg, now)
     return NEXT
@@ -221,11 +218,11 @@ def fifth_check_ack(tcb: Tcb, seg: Segment, now: float,
         return DropReason.TCP_NO_ACK
     if tcb.state is State.SYN_RCVD:
         if not (seq.lt(tcb.snd_una, seg.ack) and seq.le(seg.ack, tcb.snd_nxt)):
-            tcb._outbox.append(tcb._segment(RST, seq_no=seg.ack))  # <SEQ=SEG.ACK><CTL=RST>
+            tcb._outbox.append(output.segment(tcb, RST, seq_no=seg.ack))  # <SEQ=SEG.ACK><CTL=RST>
             return DropReason.TCP_BAD_ACK
         if accept_queue_full:
             return DropReason.TCP_LISTEN_OVERFLOW  # valid, but no room: stay (Linux)
-        tcb._update_window(seg)
+        set_send_window(tcb, seg)
         tcb._set_state(State.ESTABLISHED)
         if tcb._fin_queued:
             tcb._set_state(State.FIN_WAIT_1)
@@ -235,14 +232,14 @@ def fifth_check_ack(tcb: Tcb, seg: Segment, now: float,
     if seq.lt(seg.ack, seq.sub(tcb.snd_una, tcb.max_snd_wnd)):
         tcb._ack_now = True  # RFC 5961 §5.2: too old to be acceptable
         return DropReason.TCP_BAD_ACK
-    tcb._ack_arrived(seg, now)
+    recovery.ack_arrived(tcb, seg, now)
     window_update_rule(tcb, seg)
     if tcb._fin_acked() and tcb.state in ON_FIN_ACKED:
         tcb._set_state(ON_FIN_ACKED[tcb.state])
         if tcb.state is State.CLOSED:
             return None  # LAST-ACK: "delete the TCB, and return"
         if tcb.state is State.TIME_WAIT:
-            tcb._enter_time_wait(now)
+            timewait.enter(tcb, now)
     return NEXT
 
 
@@ -252,7 +249,7 @@ def window_update_rule(tcb: Tcb, seg: Segment) -> None:
     wl1 = tcb.snd_wl1
     if seq.le(tcb.snd_una, seg.ack) and (
             seq.lt(wl1, seg.seq) or (wl1 == seg.seq and seq.le(tcb.snd_wl2, seg.ack))):
-        tcb._update_window(seg)
+        set_send_window(tcb, seg)
 
 
 def eighth_check_fin(tcb: Tcb, now: float) -> None:
@@ -267,7 +264,7 @@ def eighth_check_fin(tcb: Tcb, now: float) -> None:
     if tcb.state in ON_FIN_RECEIVED:
         tcb._set_state(ON_FIN_RECEIVED[tcb.state])
         if tcb.state is State.TIME_WAIT:
-            tcb._enter_time_wait(now)
+            timewait.enter(tcb, now)
 
 
 def time_wait(tcb: Tcb, seg: Segment, now: float) -> DropReason | None:
@@ -286,7 +283,7 @@ def time_wait(tcb: Tcb, seg: Segment, now: float) -> DropReason | None:
 
 def seventh_segment_text(tcb: Tcb, seg: Segment) -> DropReason | None:
     """§3.10.7.4 seventh: deliver in-order text, hold out-of-order text (SHLD-31)."""
-    payload, fin, start = trim(tcb, seg)
+    payload, fin, start = delivery.trim(tcb, seg)
     if not payload and not fin:
         return None
     if tcb.state not in RECEIVING:
@@ -297,136 +294,13 @@ def seventh_segment_text(tcb: Tcb, seg: Segment) -> DropReason | None:
         return None
     if tcb.orphaned:
         # Data after the user's close has no reader: reset, as Linux does.
-        tcb._outbox.append(tcb._segment(RST | ACK, seq_no=tcb.snd_nxt))
+        tcb._outbox.append(output.segment(tcb, RST | ACK, seq_no=tcb.snd_nxt))
         tcb._close(None)
         return None
     if start != tcb.rcv_nxt:
-        return hold_out_of_order(tcb, seg, payload, start)
-    deliver(tcb, seg, payload, start)
+        return delivery.hold_out_of_order(tcb, seg, payload, start)
+    delivery.deliver(tcb, seg, payload, start)
     return None
-
-
-def hold_out_of_order(tcb: Tcb, seg: Segment, payload: bytes | memoryview,
-                      start: int) -> DropReason | None:
-    """Text beyond a gap: hold it (SHLD-31) and say at once what we miss, with the SACK
-    blocks as they stand after it (RFC 5681 §4.2 "immediately"; RFC 2018)."""
-    if tcb.sack_ok:
-        held = tcb._ooo.duplicate(start, seq.add(start, len(payload)))
-        if held is not None:
-            note_duplicate(tcb, *held)  # RFC 2883 §4.1.2 (Linux tcp_dsack_extend)
-    if not tcb._ooo.add(start, payload):
-        tcb._ack_now = True
-        return DropReason.TCP_OOO_QUEUE_FULL
-    tcb.counters["tcp_ooo_queued"] += 1
-    if tcb._dupacks_rcv_nxt != tcb.rcv_nxt:
-        tcb._dupacks_rcv_nxt = tcb.rcv_nxt
-        tcb._dupacks_sent = 0
-    # An ACK of its own, not one for the whole read: a sender learns from the order in
-    # which ranges fill whether the path reorders (Linux tcp_check_sack_reordering),
-    # and without it marks reordered segments lost. Answering a read's out-of-order
-    # segments with one ACK (as Linux's SACK compression answers a millisecond's) left
-    # a kernel BBR sender at 5 % reordering resending 195 segments of 10 MB where it
-    # resent 117 to the kernel's receiver. A coalesced run (`ustack.tcp.gro`) counts as
-    # the segments it carries up to DupThresh: one ACK for three segments left a sender
-    # on a lossy return path waiting for its retransmission timer (200 KB at 20 % loss
-    # took 74 s instead of 7).
-    acks = 1
-    if seg.gso and tcb._dupacks_sent < DUP_THRESH:
-        carried = -(-len(payload) // seg.gso)
-        acks = max(1, min(carried, DUP_THRESH - tcb._dupacks_sent))
-    tcb._dupacks_sent += acks
-    for _ in range(acks):
-        tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
-    return None
-
-
-def deliver(tcb: Tcb, seg: Segment, payload: bytes | memoryview, start: int) -> None:
-    """Text at RCV.NXT: to the receive buffer, with what it joins from the out-of-order
-    queue; ACKed for every second full-sized segment or at once when it fills a gap."""
-    if type(payload) is memoryview and (
-            len(payload) < MIN_VIEW
-            or 2 * len(payload) < len(payload.obj)):  # type: ignore[arg-type]  # bytes
-        # Small or trimmed text is copied: a view would pin its whole packet, and the
-        # window counts only the text (1-byte segments would hold 400 B each).
-        payload = bytes(payload)
-    if seg.gso and not tcb._ooo:
-        ack_carried(tcb, start, len(payload), seg.gso)
-    tcb._rcv_buf.append(payload)
-    tcb._rcv_len += len(payload)
-    tcb.bytes_received += len(payload)
-    tcb.rcv_nxt = seq.add(tcb.rcv_nxt, len(payload))
-    space = tcb._rcv_space
-    if space.rtt_seq is None or seq.le(space.rtt_seq, tcb.rcv_nxt):
-        space.window_reached(tcb._rcv_adv, tcb._now)
-    if tcb._ooo:
-        # It fills (part of) a gap: take what now follows, and ACK at once (RFC 5681
-        # §4.2), before the rest of the read: the sender learns the gap was reordering.
-        tcb._ooo.drop_before(tcb.rcv_nxt)
-        more = tcb._ooo.take(tcb.rcv_nxt)
-        tcb._rcv_buf.append(more)
-        tcb._rcv_len += len(more)
-        tcb.bytes_received += len(more)
-        tcb.rcv_nxt = seq.add(tcb.rcv_nxt, len(more))
-        if tcb._fin_seq == tcb.rcv_nxt:
-            tcb._ack_now = True  # the FIN that waited is next (eighth): one ACK for both
-        else:
-            tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
-        return
-    if len(payload) >= tcb._rcv_mss_seen:
-        # MUST-40 / RFC 5681 §4.2: an ACK for at least every second full-sized segment
-        # (a super-packet from a TSO sender counts as the segments it carries).
-        # A full segment carries the MSS less the options every segment has (the
-        # timestamp): a super-packet must not raise the bar above it.
-        full = tcb.rcv_mss - (TIMESTAMP_SPACE if tcb.ts_ok else 0)
-        tcb._rcv_mss_seen = min(len(payload), full)
-        tcb._full_segments_unacked += len(payload) // tcb._rcv_mss_seen
-        if tcb._full_segments_unacked >= 2:
-            if seg.gso or len(payload) <= full:
-                # Wire-sized segments are ACKed as they come, not once per read: a
-                # batch of them draws the ACKs it would have drawn one by one.
-                tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
-                return
-            tcb._ack_now = True  # a device's super-packets: one ACK per batch
-    tcb._ack_delayed = True
-
-
-def ack_carried(tcb: Tcb, start: int, length: int, gso: int) -> None:
-    """The ACKs a run of in-order segments coalesced from one read (`ustack.tcp.gro`)
-    would have drawn one by one: one for every second segment (RFC 5681 §4.2), each
-    for RCV.NXT as it stood then; the last one is left to the usual rule. A sender's
-    clock is its ACKs: one ACK per read of ten segments left a kernel CUBIC sender at
-    1 % loss with 0.73 of its goodput to a kernel receiver. Only for runs, which are
-    ustack's way to save CPU: a device's super-packet is one packet on the way in, and
-    gets one ACK as Linux gives a GRO packet."""
-    step = 2 * gso
-    if length <= step:
-        return
-    rcv_nxt = tcb.rcv_nxt
-    for offset in range(step, length, step):
-        tcb.rcv_nxt = seq.add(start, offset)
-        tcb._outbox.append(tcb._segment(ACK, seq_no=tcb.snd_nxt))
-    tcb.rcv_nxt = rcv_nxt
-
-
-def trim(tcb: Tcb, seg: Segment) -> tuple[bytes | memoryview, bool, int]:
-    """The part of the text inside the window, whether the FIN survives, and its start."""
-    payload = seg.payload
-    fin = bool(seg.flags & FIN)
-    start = seg.seq
-    old = seq.ahead(tcb.rcv_nxt, start)
-    if old:  # starts before RCV.NXT: drop what we already have
-        if old > len(payload):
-            return b"", False, tcb.rcv_nxt
-        if payload:
-            note_duplicate(tcb, start, seq.add(start, min(old, len(payload))))
-        payload = payload[old:]
-        start = tcb.rcv_nxt
-    room = seq.sub(tcb._rcv_adv, start)
-    if len(payload) > room:
-        payload = payload[:room]
-        fin = False  # the FIN lies beyond the window
-        tcb._ack_now = True
-    return payload, fin, start
 
 
 def disordered_ack(tcb: Tcb, seg: Segment, ts_val: int) -> bool:
@@ -449,11 +323,14 @@ def challenge_ack(tcb: Tcb, now: float) -> None:
         tcb._ack_now = True
 
 
-def note_duplicate(tcb: Tcb, start: int, end: int) -> None:
-    """Text [start, end) arrived again: the next ACK reports it (RFC 2883), if SACK was
-    negotiated. The first duplicate waiting wins. (Whether that ACK goes at once is
-    the caller's rule: for a wholly old segment or out-of-order text it does; for a
-    segment that overlaps RCV.NXT it is the usual delayed ACK, as in Linux.)"""
-    if tcb.sack_ok and tcb._dsack is None:
-        tcb._dsack = (start, end)
+def set_send_window(tcb: Tcb, seg: Segment) -> None:
+    # RFC 7323 §2.3: the window field of a SYN is never scaled.
+    reopened = tcb.snd_wnd == 0
+    tcb.snd_wnd = seg.wnd if seg.flags & SYN else seg.wnd << tcb.snd_wscale
+    if reopened and tcb.snd_wnd and tcb.snd_una != tcb.snd_nxt:
+        # What we sent into the zero window (probes) was not accepted: resend it now.
+        tcb._flight.lose_range(tcb.snd_una, tcb.snd_nxt)
+    tcb.snd_wl1 = seg.seq
+    tcb.snd_wl2 = seg.ack
+    tcb.max_snd_wnd = max(tcb.max_snd_wnd, tcb.snd_wnd)
 

@@ -21,6 +21,8 @@ RST = 0x04
 PSH = 0x08
 ACK = 0x10
 URG = 0x20
+ECE = 0x40  # RFC 3168: ustack does not negotiate ECN; the ladder names them
+CWR = 0x80
 
 PROTO_TCP = 6
 HEADER_LEN = 20

@@ -8,25 +8,43 @@ keepalive have slots of their own, and so has pacing: the time the next release 
 may go (`ustack.tcp.pacing`). `next_deadline` is the earliest of them.
 """
 
-RETRANSMIT = "retransmit"
-LOSS_PROBE = "loss_probe"
-REORDER = "reorder"
-PERSIST = "persist"
-TIME_WAIT = "time_wait"
-FIN_WAIT_2 = "fin_wait_2"
+from enum import StrEnum
+
+
+class TimerKind(StrEnum):
+    """Every timer a TCB has; the values are the names the ladder and counters show."""
+
+    RETRANSMIT = "retransmit"  # the shared slot's kinds
+    LOSS_PROBE = "loss_probe"
+    REORDER = "reorder"
+    PERSIST = "persist"
+    TIME_WAIT = "time_wait"
+    FIN_WAIT_2 = "fin_wait_2"
+    DELAYED_ACK = "delayed_ack"  # slots of their own
+    KEEPALIVE = "keepalive"
+
+
+RETRANSMIT = TimerKind.RETRANSMIT
+LOSS_PROBE = TimerKind.LOSS_PROBE
+REORDER = TimerKind.REORDER
+PERSIST = TimerKind.PERSIST
+TIME_WAIT = TimerKind.TIME_WAIT
+FIN_WAIT_2 = TimerKind.FIN_WAIT_2
+DELAYED_ACK = TimerKind.DELAYED_ACK
+KEEPALIVE = TimerKind.KEEPALIVE
 
 
 class Timers:
     __slots__ = ("delack_at", "keepalive_at", "kind", "pace_at", "slot_at")
 
     def __init__(self) -> None:
-        self.kind: str | None = None
+        self.kind: TimerKind | None = None
         self.slot_at: float | None = None
         self.delack_at: float | None = None
         self.keepalive_at: float | None = None
         self.pace_at: float | None = None
 
-    def arm(self, kind: str, at: float) -> None:
+    def arm(self, kind: TimerKind, at: float) -> None:
         self.kind = kind
         self.slot_at = at
 

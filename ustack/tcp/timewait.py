@@ -23,11 +23,15 @@ import heapq
 import struct
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from ustack.stats import Counters, DropReason
-from ustack.tcp import acceptance, challenge, seq
+from ustack.tcp import acceptance, buffers, challenge, rcvwnd, seq
 from ustack.tcp.options import Options, ts_clock
 from ustack.tcp.segment import ACK, FIN, RST, SYN, Segment
+
+if TYPE_CHECKING:
+    from ustack.tcp.tcb import Tcb
 
 # Linux tcp_max_tw_buckets as this machine's kernel sizes it: past this many records a
 # closing connection skips TIME-WAIT (counted as tcp_time_wait_overflow).
@@ -261,3 +265,21 @@ class TimeWaitTable:
         """(remote address, remote port, local port, deadline) of every record."""
         return [(*_split(k), _RECORD.unpack_from(packed)[4])
                 for k, packed in self._records.items()]
+
+
+def enter(tcb: Tcb, now: float) -> None:
+    """A TCB enters TIME-WAIT: it keeps only the compact record; the send side, the
+    out-of-order queue and the recovery state go (unread text stays for the
+    application). "Start the time-wait timer, turn off the other timers" (§3.10.7.4
+    eighth)."""
+    lifetime = 2 * tcb.config.msl
+    tcb.time_wait = TimeWait(
+        tcb.local_port, tcb.remote_port, tcb.snd_nxt, tcb.rcv_nxt, rcvwnd.window(tcb),
+        tcb.rcv_wscale, tcb.ts_ok, tcb.ts_recent, tcb._ts_offset, now + lifetime,
+        lifetime, tcb._challenge_second, tcb._challenge_count)
+    tcb._snd_buf.clear()
+    tcb._ooo.clear()
+    tcb.scoreboard.clear()
+    tcb._flight.clear()
+    tcb.timers.clear()
+    buffers.release_growth(tcb)

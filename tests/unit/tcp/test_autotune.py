@@ -5,7 +5,7 @@ within the host's budget, which every connection gives back when it ends."""
 
 from tests.unit.tcp.helpers import IRS, ISS, MSS, established, new_tcb, peer, recv, send
 from ustack.stats import Counters
-from ustack.tcp import seq
+from ustack.tcp import rcvwnd, seq
 from ustack.tcp.autotune import BufferBudget, ReceiveSpace
 from ustack.tcp.config import MAX_RCV_BUF, TcpConfig
 from ustack.tcp.segment import ACK, FIN, PSH, SYN
@@ -50,7 +50,7 @@ def feed(tcb: Tcb, rounds: int, now: float, step: float) -> float:
     for _ in range(rounds):
         acks = recv(tcb, now)  # the last one carries the window after the read
         ack = acks[-1] if acks else None
-        window = tcb._offered() if ack is None else ack.wnd << tcb.rcv_wscale
+        window = rcvwnd.offered(tcb) if ack is None else ack.wnd << tcb.rcv_wscale
         sent = 0
         while sent + MSS <= window:
             send(tcb, peer(ACK | PSH, nxt, ISS + 1, payload=b"x" * MSS), now)

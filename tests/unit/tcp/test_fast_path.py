@@ -8,7 +8,7 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ustack.tcp import receive, seq
+from ustack.tcp import receive, seq, timeouts
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.segment import ACK, FIN, PSH, SYN, Segment
 from ustack.tcp.tcb import Tcb
@@ -88,7 +88,7 @@ def test_fast_path_agrees_with_the_full_path(script, sack, ts) -> None:
         fast.on_segment(seg, now)
         slow._now = now
         receive.synchronized(slow, seg, now)
-        slow._update_timers(now)
+        timeouts.rearm(slow, now)
         assert _state(fast) == _state(slow), (kind, acked, size)
         out_fast, out_slow = fast.poll(now), slow.poll(now)
         assert [(s.flags, s.seq, s.ack, s.wnd, bytes(s.payload), s.opts) for s in out_fast] \

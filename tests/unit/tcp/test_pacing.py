@@ -3,7 +3,7 @@
 import pytest
 
 from tests.unit.tcp.helpers import IRS, ISS, MSS, established, peer, recv, send
-from ustack.tcp import pacing, seq
+from ustack.tcp import pacing, receive, seq
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.segment import ACK
 
@@ -69,7 +69,7 @@ def test_unpaced_a_wake_up_hands_out_at_most_its_share_and_comes_back_at_once() 
     tcb, now = grown(UNPACED)
     send(tcb, peer(ACK, IRS + 1, ISS + 1 + 10 * MSS, wnd=65535), now)
     tcb.cc.cwnd = 1 << 20  # plenty of room: only the cap limits
-    tcb._update_window(peer(ACK, IRS + 1, ISS + 1 + 10 * MSS, wnd=65535))
+    receive.set_send_window(tcb, peer(ACK, IRS + 1, ISS + 1 + 10 * MSS, wnd=65535))
     tcb.snd_wnd = 1 << 20
     tcb.send(b"d" * 200_000)
     first = recv(tcb, now)

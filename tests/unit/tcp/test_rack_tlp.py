@@ -8,9 +8,9 @@ from tests.unit.tcp.helpers import IRS, ISS, MSS, new_tcb, peer, recv, send
 from ustack.tcp import timers
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.prr import Prr
+from ustack.tcp.recovery import REORDER_SLACK
 from ustack.tcp.segment import ACK, SYN
 from ustack.tcp.states import State
-from ustack.tcp.tcb import REORDER_SLACK
 
 LINUX_SYN = dict(mss=MSS, wscale=7, sack_permitted=True, ts_val=1000, ts_ecr=0)
 SEG = MSS - 12  # data per segment beside the timestamp option

@@ -4,7 +4,7 @@ import pytest
 
 from tests.unit.tcp.helpers import IRS, ISS, MSS, brief, established, peer, recv, send
 from ustack.tcp.config import DELAYED_ACK, TcpConfig
-from ustack.tcp.segment import ACK, PSH, RST, SYN
+from ustack.tcp.segment import ACK, FIN, PSH, RST, SYN
 from ustack.tcp.states import State
 
 
@@ -139,3 +139,24 @@ def test_window_closes_as_buffer_fills_and_reopens_on_read() -> None:
     assert len(tcb.read()) == 4000
     (update,) = recv(tcb)
     assert update.wnd == 4000 and update.ack == IRS + 4001  # window update after reading
+
+
+def test_a_read_before_the_poll_updates_the_ack_not_adds_one() -> None:
+    # The driver hands data to the application before it polls: the ACK the data drew
+    # (for every second full-sized segment) has not left yet, and takes the window the
+    # read opened, rather than a second ACK for the same RCV.NXT following it (MUST-58).
+    tcb = established(config=TcpConfig(rcv_buf=8000, nodelay=True))
+    for i in range(2):
+        send(tcb, peer(ACK, IRS + 1 + 1000 * i, ISS + 1, payload=b"d" * 1000))
+    assert tcb.read() == b"d" * 2000
+    (ack,) = recv(tcb)
+    assert (ack.ack, ack.wnd) == (IRS + 2001, 8000)
+
+
+def test_text_and_fin_that_arrive_together_draw_one_ack() -> None:
+    tcb = established(config=TcpConfig(nodelay=True))
+    send(tcb, peer(ACK, IRS + 1, ISS + 1, payload=b"e" * 1000))  # one full segment: delayed
+    send(tcb, peer(ACK | FIN, IRS + 1001, ISS + 1, payload=b"f" * 1000))
+    assert tcb.state is State.CLOSE_WAIT
+    (ack,) = recv(tcb)
+    assert ack.ack == IRS + 2002  # the text and the FIN

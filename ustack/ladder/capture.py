@@ -1,0 +1,241 @@
+"""Captures as ladder events: pcap and pcapng files (`--pcap`'s, tcpdump's, Wireshark's),
+the IPv4 packets in their frames, and the TCP segments in those."""
+
+import socket
+import struct
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ustack.ladder.track import conn_key
+from ustack.probe import (
+    Endpoint,
+    FaultEvent,
+    SegmentEvent,
+)
+from ustack.tcp.options import OptionError, Options, parse
+from ustack.tcp.segment import ACK, SYN
+
+# ------------------------------------------------------------------------------ captures
+
+PCAPNG_SHB = 0x0A0D0D0A
+_PCAP_MAGICS = {0xA1B2C3D4: 1e-6, 0xA1B23C4D: 1e-9}
+RAW_LINKTYPES = (101, 228, 12)  # LINKTYPE_RAW, LINKTYPE_IPV4, DLT_RAW of OpenBSD
+
+
+class CaptureError(ValueError):
+    """Not a pcap/pcapng file, or a truncated one."""
+
+
+def read_capture(f: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
+    """(time, link type, frame) for every packet of a classic pcap (either byte order,
+    µs or ns) or pcapng (SHB/IDB/EPB/SPB/PB, link type per interface) file."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise CaptureError("empty file")
+    if int.from_bytes(head, "little") == PCAPNG_SHB:
+        yield from _read_pcapng(f, head)
+        return
+    for order in "<>":
+        (magic,) = struct.unpack(order + "I", head)
+        if magic in _PCAP_MAGICS:
+            break
+    else:
+        raise CaptureError(f"not a capture file (magic {head.hex()})")
+    unit = _PCAP_MAGICS[magic]
+    rest = f.read(20)
+    if len(rest) < 20:
+        raise CaptureError("truncated pcap header")
+    linktype = struct.unpack(order + "I", rest[16:20])[0] & 0xFFFF
+    rec = struct.Struct(order + "IIII")
+    while True:
+        hdr = f.read(16)
+        if len(hdr) < 16:
+            return
+        sec, frac, caplen, _ = rec.unpack(hdr)
+        data = f.read(caplen)
+        if len(data) < caplen:
+            return
+        yield sec + frac * unit, linktype, data
+
+
+def _read_pcapng(f: BinaryIO, first: bytes) -> Iterator[tuple[float, int, bytes]]:
+    order = "<"
+    ifaces: list[tuple[int, float, int, float]] = []  # link type, ts unit, snaplen, offset
+    last_time = 0.0
+    pending = first
+    while True:
+        hdr = pending + f.read(8 - len(pending))
+        pending = b""
+        if len(hdr) < 8:
+            return
+        if int.from_bytes(hdr[:4], "little") == PCAPNG_SHB:
+            bom = f.read(4)
+            order = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
+            (length,) = struct.unpack(order + "I", hdr[4:8])
+            body = bom + f.read(length - 12)
+            ifaces = []
+        else:
+            btype, length = struct.unpack(order + "II", hdr)
+            body = f.read(length - 8)
+        if length < 12 or len(body) < length - 8:
+            return
+        body = body[:-4]  # the trailing copy of the length
+        btype = struct.unpack(order + "I", hdr[:4])[0]
+        if btype == 1:  # IDB
+            linktype, _, snaplen = struct.unpack_from(order + "HHI", body)
+            unit, offset = 1e-6, 0.0
+            for code, value in _pcapng_options(body[8:], order):
+                if code == 9 and value:
+                    v = value[0]
+                    unit = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
+                elif code == 14 and len(value) == 8:
+                    offset = float(struct.unpack(order + "q", value)[0])
+            ifaces.append((linktype, unit, snaplen, offset))
+        elif btype in (6, 2):  # EPB, obsolete PB
+            if btype == 6:
+                iface, hi, lo, caplen, _ = struct.unpack_from(order + "IIIII", body)
+            else:
+                iface, _, hi, lo, caplen, _ = struct.unpack_from(order + "HHIIII", body)
+            if iface >= len(ifaces):
+                continue
+            linktype, unit, _, offset = ifaces[iface]
+            last_time = ((hi << 32) | lo) * unit + offset
+            yield last_time, linktype, body[20:20 + caplen]
+        elif btype == 3 and ifaces:  # SPB: interface 0, no time stamp
+            linktype, _, snaplen, _ = ifaces[0]
+            (origlen,) = struct.unpack_from(order + "I", body)
+            size = min(origlen, snaplen) if snaplen else origlen
+            yield last_time, linktype, body[4:4 + size]
+
+
+def _pcapng_options(buf: bytes, order: str) -> Iterator[tuple[int, bytes]]:
+    i = 0
+    while i + 4 <= len(buf):
+        code, length = struct.unpack_from(order + "HH", buf, i)
+        if code == 0:
+            return
+        yield code, buf[i + 4:i + 4 + length]
+        i += 4 + (length + 3) // 4 * 4
+
+
+def ip_of_frame(linktype: int, frame: bytes) -> bytes | None:
+    """The IPv4 packet inside a link-layer frame, or None (other protocols, link types)."""
+    if linktype in RAW_LINKTYPES:
+        ip = frame
+    elif linktype == 1:  # Ethernet, optional 802.1Q / 802.1ad tags
+        i = 12
+        while len(frame) >= i + 2 and frame[i:i + 2] in (b"\x81\x00", b"\x88\xa8"):
+            i += 4
+        if frame[i:i + 2] != b"\x08\x00":
+            return None
+        ip = frame[i + 2:]
+    elif linktype == 113:  # Linux cooked v1: protocol at 14
+        if frame[14:16] != b"\x08\x00":
+            return None
+        ip = frame[16:]
+    elif linktype == 276:  # Linux cooked v2: protocol at 0, 20-byte header
+        if frame[0:2] != b"\x08\x00":
+            return None
+        ip = frame[20:]
+    elif linktype == 0:  # BSD loopback: AF_INET (2) in host order
+        if frame[:4] not in (b"\x02\x00\x00\x00", b"\x00\x00\x00\x02"):
+            return None
+        ip = frame[4:]
+    else:
+        return None
+    return ip if len(ip) >= 20 and ip[0] >> 4 == 4 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Packet:
+    time: float
+    src: Endpoint
+    dst: Endpoint
+    flags: int
+    seq: int
+    ack: int
+    wnd: int
+    length: int
+    opts: Options
+
+
+def _tcp_of_ip(time: float, ip: bytes) -> _Packet | str:
+    """The TCP header of an IPv4 packet, or why it was skipped."""
+    ihl = (ip[0] & 0x0F) * 4
+    total = int.from_bytes(ip[2:4], "big")
+    if ip[9] != 6:
+        return "not TCP"
+    if int.from_bytes(ip[6:8], "big") & 0x1FFF:
+        return "IP fragment"
+    tcp = ip[ihl:]
+    if ihl < 20 or len(tcp) < 20:
+        return "truncated"
+    sport, dport, seq, ack, off, flags, wnd = struct.unpack_from("!HHIIBBH", tcp)
+    doff = (off >> 4) * 4
+    try:
+        opts = parse(tcp[20:doff]) if doff > 20 else Options()
+    except OptionError:
+        opts = Options()
+    length = max(0, (total if total >= ihl + doff else len(ip)) - ihl - doff)  # 0: TSO
+    src = Endpoint(socket.inet_ntoa(ip[12:16]), sport)
+    dst = Endpoint(socket.inet_ntoa(ip[16:20]), dport)
+    return _Packet(time, src, dst, flags, seq, ack, wnd, length, opts)
+
+
+DEFAULT_US = "10.77.0.2"
+
+
+def fault_event(kind: str, ip: bytes, outbound: bool, time: float) -> FaultEvent | None:
+    """The ladder's event for a packet the fault injector acted on (None: not TCP)."""
+    pkt = _tcp_of_ip(time, ip) if len(ip) >= 20 else "truncated"
+    if isinstance(pkt, str):
+        return None
+    return FaultEvent(time, pkt.src, pkt.dst, outbound, kind, pkt.flags, pkt.seq, pkt.length)
+
+
+def capture_events(f: BinaryIO, us: str | None = None) -> tuple[list[SegmentEvent], Counter]:
+    """The segments of a capture as events, and the count of packets skipped, by reason.
+
+    ustack's side of each connection is the endpoint at address `us` (default: 10.77.0.2
+    if present, else the passive side: the one that answered the first SYN); in a
+    connection without that address, the passive side (or the destination of its first
+    packet when its SYN was not captured).
+    """
+    skipped: Counter = Counter()
+    packets: list[_Packet] = []
+    for time, linktype, frame in read_capture(f):
+        ip = ip_of_frame(linktype, frame)
+        if ip is None:
+            skipped["not IPv4" if linktype in (0, 1, 12, 101, 113, 228, 276)
+                    else f"link type {linktype}"] += 1
+            continue
+        pkt = _tcp_of_ip(time, ip)
+        if isinstance(pkt, str):
+            skipped[pkt] += 1
+        else:
+            packets.append(pkt)
+    addrs = {p.src.addr for p in packets} | {p.dst.addr for p in packets}
+    if us is None:
+        if DEFAULT_US in addrs:
+            us = DEFAULT_US
+        else:
+            first = next((p for p in packets if p.flags & (SYN | ACK) == SYN), None)
+            us = first.dst.addr if first else None
+    ours: dict[tuple, Endpoint] = {}  # connection -> ustack's endpoint
+    for p in packets:
+        key = conn_key(p.src, p.dst)
+        if key in ours:
+            continue
+        if us is not None and us in (p.src.addr, p.dst.addr):
+            ours[key] = p.src if p.src.addr == us else p.dst
+        elif p.flags & (SYN | ACK) == SYN | ACK:
+            ours[key] = p.src
+        else:
+            ours[key] = p.dst
+    events = [SegmentEvent(p.time, p.src, p.dst, p.src == ours[conn_key(p.src, p.dst)], p.flags,
+                           p.seq, p.ack, p.wnd, p.length, p.opts) for p in packets]
+    return events, skipped
+
+
