@@ -1502,7 +1502,7 @@ def print_closestorm(rep: dict) -> None:
 
 
 # Where a profiled function's own time belongs, by its file (built-ins count for their
-# callers' files): the layers of DESIGN.md.
+# callers' files): the layers of ARCHITECTURE.md.
 LAYERS = (
     ("TUN device I/O", ("ustack/tun.py",)),
     ("IPv4 and TCP headers, checksums", ("ustack/ip.py", "ustack/tcp/segment.py",
@@ -1510,7 +1510,7 @@ LAYERS = (
                                          "ustack/vnet.py")),
     ("TCP core and host", ("ustack/tcp/", "ustack/stack.py")),
     ("driver and asyncio API", ("ustack/aio.py", "ustack/api.py")),
-    ("application (HTTP, echo)", ("ustack/services.py", "httptools")),
+    ("application (HTTP, echo)", ("ustack/services/", "httptools")),
     ("event loop (uvloop, waiting included)", ("asyncio/runners.py", "uvloop", "asyncio/")),
 )
 

@@ -10,9 +10,7 @@ not checksummed again, and outgoing TCP segments leave their checksum, and their
 cutting into MSS-sized pieces (TSO), to the kernel.
 """
 
-import heapq
 import ipaddress
-import itertools
 import random
 import socket
 from collections.abc import Callable, Sequence
@@ -36,6 +34,7 @@ from ustack.tcp.segment import ACK, RST, Segment, SegmentError
 from ustack.tcp.states import State
 from ustack.tcp.syncookies import SynCookies
 from ustack.tcp.tcb import Tcb
+from ustack.timerheap import TimerHeap
 
 # RFC 6056 §2.1: the IANA dynamic range for ephemeral ports.
 EPHEMERAL_PORTS = range(49152, 65536)
@@ -77,8 +76,7 @@ class Host:
         self._conns: dict[ConnKey, Tcb] = {}
         self._listeners: dict[int, Listener] = {}
         self._parent: dict[Tcb, Listener] = {}  # embryonic children of listeners
-        self._timers: list[tuple[float, int, Tcb]] = []
-        self._tiebreak = itertools.count()
+        self._timers: TimerHeap[Tcb] = TimerHeap()
         self._pending: dict[Tcb, None] = {}  # TCBs to poll (an ordered set)
         self._out: list[bytes] = []
         self._ip_id = self._rng.randrange(0x10000)
@@ -384,21 +382,7 @@ class Host:
     # ------------------------------------------------------------- timers
 
     def next_deadline(self) -> float | None:
-        heap = self._timers
-        while heap:
-            filed, _, tcb = heap[0]
-            if tcb._heap_deadline == filed:
-                actual = tcb.timers.next_deadline
-                if actual == filed:
-                    break
-                # Its timer moved later since it was filed: refile it where it is now.
-                heapq.heappop(heap)
-                tcb._heap_deadline = actual
-                if actual is not None:
-                    heapq.heappush(heap, (actual, next(self._tiebreak), tcb))
-            else:
-                heapq.heappop(heap)  # stale: the TCB was refiled or closed since
-        timer = heap[0][0] if heap else None
+        timer = self._timers.next_deadline()
         for other in (self._fragments.next_deadline(), self._time_wait.next_deadline()):
             if other is not None and (timer is None or other < timer):
                 timer = other
@@ -422,13 +406,7 @@ class Host:
             if tcb.state is State.CLOSED:
                 self._forget(tcb)
                 continue
-            # One heap entry per TCB, at or before its earliest deadline: only an earlier
-            # deadline needs a new entry (a later one is refiled when the entry comes up).
-            deadline = tcb.timers.next_deadline
-            filed = tcb._heap_deadline
-            if deadline is not None and (filed is None or deadline < filed):
-                tcb._heap_deadline = deadline
-                heapq.heappush(heap, (deadline, next(self._tiebreak), tcb))
+            heap.file(tcb)
         self._pending.clear()
         out, self._out = self._out, []
         return out
@@ -438,21 +416,7 @@ class Host:
         self._fragments.expire(now, self.counters)
         for addr, remote_port, local_port in self._time_wait.expire(now):
             self._probe_time_wait_end(addr, remote_port, local_port, timer=True)
-        heap = self._timers
-        while heap and heap[0][0] <= now:
-            deadline, _, tcb = heapq.heappop(heap)
-            if tcb._heap_deadline != deadline:
-                continue
-            tcb._heap_deadline = None
-            actual = tcb.timers.next_deadline
-            if actual is None:
-                continue
-            if actual > now:
-                # Pushed later since it was filed (every ACK restarts the retransmission
-                # timer): file it again now rather than on every change.
-                tcb._heap_deadline = actual
-                heapq.heappush(heap, (actual, next(self._tiebreak), tcb))
-                continue
+        for tcb in self._timers.due(now):
             before = tcb.state
             tcb.on_timer(now)
             self._after_event(tcb, before, now)
@@ -569,7 +533,7 @@ class Host:
         key = (tcb.remote_addr, tcb.remote_port, tcb.local_port)
         if self._conns.get(key) is tcb:
             del self._conns[key]
-        tcb._heap_deadline = None
+        self._timers.forget(tcb)
         listener = self._parent.pop(tcb, None)
         if listener is not None:
             listener.embryonic -= 1

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from ustack import services
 from ustack.services import (
     DEFAULT_PORTS,
     ChargenProtocol,
     DiscardProtocol,
     EchoProtocol,
     HttpProtocol,
+    basic,
     parse_service_spec,
     protocol_factory,
 )
@@ -137,7 +137,7 @@ def test_protocol_factory() -> None:
 
 
 def test_chargen_period_pattern() -> None:
-    period = services._CHARGEN_PERIOD
+    period = basic.CHARGEN_PERIOD
     assert period == b"".join(chargen_line(k) for k in range(95))
     # RFC 864 sample: line 0 runs from ' ' to 'g', line 1 from '!' to 'h', line 94 from '~'
     line0 = b" !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefg\r\n"

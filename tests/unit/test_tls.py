@@ -11,6 +11,8 @@ import pytest
 
 from ustack import cli, tls
 from ustack.api import Stack
+from ustack.cli import args as cli_args
+from ustack.cli import commands as cli_commands
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
 
@@ -138,7 +140,7 @@ def test_stack_start_tls_rejects_misuse():
     ("http", ("http", 80)),
 ])
 def test_cli_service_specs(spec, expected):
-    assert cli._service(spec) == expected
+    assert cli_args._service(spec) == expected
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -148,7 +150,7 @@ def test_cli_service_specs(spec, expected):
 ])
 def test_cli_bad_service_specs(spec, message):
     with pytest.raises(Exception, match=message):
-        cli._service(spec)
+        cli_args._service(spec)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -174,8 +176,8 @@ def test_cli_builds_the_server_context(cert_and_key):
     cert, key = cert_and_key
     args = cli.build_parser().parse_args(["serve", "--cert", str(cert), "--key", str(key),
                                           "https", "echo"])
-    assert isinstance(cli._server_tls(args), ssl.SSLContext)
+    assert isinstance(cli_commands._server_tls(args), ssl.SSLContext)
     args = cli.build_parser().parse_args(["serve", "--self-signed", "https:8443"])
-    assert isinstance(cli._server_tls(args), ssl.SSLContext)
+    assert isinstance(cli_commands._server_tls(args), ssl.SSLContext)
     args = cli.build_parser().parse_args(["serve", "http"])
-    assert cli._server_tls(args) is None
+    assert cli_commands._server_tls(args) is None

@@ -90,7 +90,6 @@ class Tcb:
         # ... and the steps of loss recovery: (kind, detail), as `ustack.ladder` names them.
         self.on_recovery: Callable[[Tcb, str, str], None] | None = None
         self.time_wait: timewait.TimeWait | None = None  # in TIME-WAIT: all that is left
-        self._heap_deadline: float | None = None  # owned by the stack's timer heap
         self._init_sequence_space(iss, mss, config, ts_offset)
         self._init_buffers(iss, mss, config, budget)
         self._init_recovery(iss)

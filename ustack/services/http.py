@@ -1,251 +1,14 @@
-"""Small TCP services (echo, discard, chargen, http) as plain asyncio Protocols.
-
-Only the standard ``asyncio.Transport`` interface is used, so the same classes run over
-ustack's own transport and over kernel sockets (``loop.create_server``). Every protocol
-honours flow control: ``pause_writing`` stops the producer (or, for echo, the reading side)
-until ``resume_writing``.
-"""
+"""A small HTTP/1.1 server protocol (httptools): /bytes/N, /hello, keep-alive and
+pipelining, with flow control."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
 
-__all__ = [
-    "BACKLOG",
-    "DEFAULT_PORTS",
-    "ChargenProtocol",
-    "DiscardProtocol",
-    "EchoProtocol",
-    "HttpProtocol",
-    "parse_service_spec",
-    "protocol_factory",
-]
-
-DEFAULT_PORTS: dict[str, int] = {"echo": 7, "discard": 9, "chargen": 19, "http": 80}
-
-# The listen backlog the services get: what a kernel server asking for more receives
-# (Linux's net.core.somaxconn, 4096 since 5.4), so a crowd of clients connecting at once
-# finds the same room as on the kernel.
-BACKLOG = 4096
-
-# A producer writes at most this many chunks per loop iteration, then yields to the loop
-# (via call_soon) so a fast peer cannot starve other connections.
-_MAX_CHUNKS_PER_CALL = 16
-
-
-def parse_service_spec(spec: str) -> tuple[str, int]:
-    """'echo' -> ('echo', 7); 'http:8080' -> ('http', 8080).
-
-    Raises ValueError for an unknown name or a bad or out-of-range port (1..65535).
-    """
-    name, sep, port_text = spec.strip().partition(":")
-    name = name.strip().lower()
-    if name not in DEFAULT_PORTS:
-        known = ", ".join(sorted(DEFAULT_PORTS))
-        raise ValueError(f"unknown service {name!r} in {spec!r} (expected one of: {known}).")
-    if not sep:
-        return name, DEFAULT_PORTS[name]
-    port_text = port_text.strip()
-    # isdecimal() on an ASCII-checked string: no sign, no spaces, no Unicode digits.
-    if not (port_text.isascii() and port_text.isdecimal()) or len(port_text) > 5:
-        raise ValueError(f"invalid port {port_text!r} in {spec!r} (expected an integer 1..65535).")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} in {spec!r} is out of range (expected 1..65535).")
-    return name, port
-
-
-def protocol_factory(name: str) -> Callable[[], asyncio.Protocol]:
-    """Return the protocol class (a zero-argument factory) for a service name."""
-    try:
-        return _FACTORIES[name]
-    except KeyError:
-        known = ", ".join(sorted(_FACTORIES))
-        raise ValueError(f"unknown service {name!r} (expected one of: {known}).") from None
-
-
-# --------------------------------------------------------------------------- echo / discard
-
-
-class EchoProtocol(asyncio.Protocol):
-    """RFC 862: send back every byte; close after the peer's FIN once flushed."""
-
-    def __init__(self) -> None:
-        self._transport: asyncio.Transport | None = None
-        self._eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        t = self._transport
-        if t is not None and not t.is_closing():
-            t.write(data)
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        if self._transport is not None:
-            self._transport.close()  # flushes buffered echo data first
-        return False
-
-    # Backpressure: a peer that sends but does not read stops being read from.
-    def pause_writing(self) -> None:
-        t = self._transport
-        if t is not None and not t.is_closing():
-            t.pause_reading()
-
-    def resume_writing(self) -> None:
-        t = self._transport
-        if t is not None and not t.is_closing() and not self._eof:
-            t.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-
-
-class DiscardProtocol(asyncio.Protocol):
-    """RFC 863: read and drop everything; close after the peer's FIN."""
-
-    def __init__(self) -> None:
-        self._transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def eof_received(self) -> bool:
-        if self._transport is not None:
-            self._transport.close()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-
-
-# --------------------------------------------------------------------------- producer base
-
-
-class _Producer(asyncio.Protocol):
-    """Base for protocols that push data: writes while the transport is not paused.
-
-    ``_produce_step`` is called with writing allowed and must write at most one chunk,
-    returning False when there is nothing (more) to write right now.
-    """
-
-    def __init__(self) -> None:
-        self._transport: asyncio.Transport | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._write_paused = False
-        self._handle: asyncio.Handle | None = None
-        self._producing = False  # inside _produce: a nested _kick must not recurse
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._loop = asyncio.get_running_loop()
-
-    def _can_write(self) -> bool:
-        t = self._transport
-        return t is not None and not self._write_paused and not t.is_closing()
-
-    def _produce_step(self) -> bool:  # pragma: no cover - overridden
-        return False
-
-    def _produce(self) -> None:
-        """Write up to _MAX_CHUNKS_PER_CALL chunks; reschedule only if not paused."""
-        self._handle = None
-        self._producing = True
-        try:
-            for _ in range(_MAX_CHUNKS_PER_CALL):
-                if not self._can_write() or not self._produce_step():
-                    return
-        finally:
-            self._producing = False
-        if self._can_write() and self._loop is not None:
-            self._handle = self._loop.call_soon(self._produce)
-
-    def _kick(self) -> None:
-        """Start producing now unless already producing or a continuation is scheduled."""
-        if self._handle is None and not self._producing:
-            self._produce()
-
-    def _stop_producing(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        self._stop_producing()
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._kick()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_producing()
-        self._transport = None
-
-
-# --------------------------------------------------------------------------- chargen
-
-_CHARGEN_LINE_WIDTH = 72
-_CHARGEN_PRINTABLE = bytes(range(32, 127))  # 95 characters
-
-
-def _chargen_period() -> bytes:
-    """One full 95-line period of the RFC 864 pattern (line k starts at char 32 + k % 95)."""
-    ring = _CHARGEN_PRINTABLE * 2
-    n = len(_CHARGEN_PRINTABLE)
-    return b"".join(ring[k : k + _CHARGEN_LINE_WIDTH] + b"\r\n" for k in range(n))
-
-
-_CHARGEN_PERIOD = _chargen_period()  # 95 * 74 = 7030 bytes
-_CHARGEN_CHUNK = 64 * 1024
-# Long enough that a chunk can start at any offset within the period.
-_CHARGEN_BUF = _CHARGEN_PERIOD * (_CHARGEN_CHUNK // len(_CHARGEN_PERIOD) + 2)
-
-
-class ChargenProtocol(_Producer):
-    """RFC 864: stream the rotating 72-character lines while the peer keeps reading."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._offset = 0  # position within _CHARGEN_PERIOD
-        self._stopped = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._kick()
-
-    def _produce_step(self) -> bool:
-        if self._stopped or self._transport is None:
-            return False
-        off = self._offset
-        self._transport.write(_CHARGEN_BUF[off : off + _CHARGEN_CHUNK])
-        self._offset = (off + _CHARGEN_CHUNK) % len(_CHARGEN_PERIOD)
-        return True
-
-    def data_received(self, data: bytes) -> None:
-        pass  # input is ignored
-
-    def eof_received(self) -> bool:
-        self._stopped = True
-        self._stop_producing()
-        if self._transport is not None:
-            self._transport.close()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stopped = True
-        super().connection_lost(exc)
-
+from ustack.services.basic import Producer
 
 # --------------------------------------------------------------------------- http
 
@@ -277,7 +40,7 @@ class _Request:
     error: int = 0  # non-zero: answer with this status and close
 
 
-class HttpProtocol(_Producer):
+class HttpProtocol(Producer):
     """Minimal HTTP/1.1 server: ``/`` and ``/bytes/N``; keep-alive and pipelining.
 
     Requests are parsed with httptools and queued; responses are produced strictly in
@@ -489,7 +252,7 @@ class HttpProtocol(_Producer):
             )
         )
 
-    # -- body streaming (driven by _Producer)
+    # -- body streaming (driven by Producer)
 
     def _produce_step(self) -> bool:
         req = self._cur
@@ -522,9 +285,3 @@ def _parse_count(text: bytes) -> int | None:
     return n if n <= _HTTP_MAX_BYTES else None
 
 
-_FACTORIES: dict[str, Callable[[], asyncio.Protocol]] = {
-    "echo": EchoProtocol,
-    "discard": DiscardProtocol,
-    "chargen": ChargenProtocol,
-    "http": HttpProtocol,
-}

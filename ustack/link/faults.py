@@ -1,0 +1,264 @@
+"""The fault injector stage (loss, duplication, reordering, corruption, delay; seeded
+and replayable), and the parsing of its settings from the command line."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import Callable
+
+from ustack.link.stage import RX, TX, Packets, Stage
+
+# ----------------------------------------------------------------------------- faults
+
+FAULT_COUNTERS = ("fault_dropped", "fault_duplicated", "fault_corrupted", "fault_reordered",
+                  "fault_delayed")
+DIRECTIONS = ("both", "rx", "tx")
+REORDER_MS = 5.0  # the longest a reordered packet waits for a later one to overtake it
+
+
+class FaultInjector(Stage):
+    """A seeded lossy link, applied per packet and per direction ("rx" = toward the host).
+
+    For each packet, in this order: drop it (p = `loss`); else send it twice (p = `dup`);
+    each copy: flip one random bit of one random byte (p = `corrupt`), delay it by
+    `delay_ms` plus uniform(-`jitter_ms`, +`jitter_ms`) (never below zero; like netem,
+    jitter alone reorders), and with p = `reorder` hold it back until the next later
+    packet of its direction has gone out ahead of it (or `reorder_ms` at most).
+
+    Held packets come out of `poll(now)` once due; nothing blocks. Same seed, same
+    packets, same `now`s: the same decisions, so a failure replays. With `seed=None` a
+    seed is drawn from os.urandom and kept in `.seed` for the log.
+    """
+
+    def __init__(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
+                 corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
+                 seed: int | None = None, directions: str = "both",
+                 reorder_ms: float = REORDER_MS) -> None:
+        self.loss = check_probability("loss", loss)
+        self.dup = check_probability("dup", dup)
+        self.reorder = check_probability("reorder", reorder)
+        self.corrupt = check_probability("corrupt", corrupt)
+        self.delay_ms = check_millis("delay_ms", delay_ms)
+        self.jitter_ms = check_millis("jitter_ms", jitter_ms)
+        self.reorder_ms = check_millis("reorder_ms", reorder_ms)
+        if directions not in DIRECTIONS:
+            raise ValueError(f"directions must be one of {', '.join(DIRECTIONS)}, "
+                             f"not {directions!r}")
+        self.directions = directions
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "big")
+        elif not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an integer, not {seed!r}")
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._on = (directions in ("both", "rx"), directions in ("both", "tx"))
+        self._delay = self.delay_ms / 1000.0
+        self._jitter = self.jitter_ms / 1000.0
+        self._reorder_s = self.reorder_ms / 1000.0
+        self.counters: Counter[str] = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
+        self._order = 0
+        # Delayed packets: (release at, arrival order, direction, packet).
+        self._queue: list[tuple[float, int, int, bytes]] = []
+        # Told of every packet dropped, duplicated or corrupted: (kind, direction RX/TX,
+        # the packet as it was, now). The stack shows them in its ladder and capture.
+        self.probe: Callable[[str, int, bytes, float], None] | None = None
+        # Per direction, packets held back to be overtaken: [due, give-up at, order, packet].
+        self._held: tuple[list[tuple[float, float, int, bytes]], ...] = ([], [])
+
+    @property
+    def active(self) -> bool:
+        """Whether this injector changes anything at all."""
+        return bool(self.loss or self.dup or self.reorder or self.corrupt
+                    or self.delay_ms or self.jitter_ms)
+
+    def describe(self) -> str:
+        """`loss=0.05 dup=0.01 ... seed=7`, for the log line that lets a run be replayed."""
+        parts = [f"loss={self.loss:g}", f"dup={self.dup:g}", f"reorder={self.reorder:g}",
+                 f"corrupt={self.corrupt:g}", f"delay={self.delay_ms:g}ms",
+                 f"jitter={self.jitter_ms:g}ms"]
+        if self.directions != "both":
+            parts.append(f"directions={self.directions}")
+        return " ".join([*parts, f"seed={self.seed}"])
+
+    def held(self) -> int:
+        """How many packets this injector holds now."""
+        return len(self._queue) + len(self._held[RX]) + len(self._held[TX])
+
+    # ------------------------------------------------------------------ the stage
+
+    def rx(self, packet: bytes, now: float) -> Packets:
+        if not self._on[RX]:
+            return [packet]
+        return self._inject(RX, packet, now)
+
+    def tx(self, packet: bytes, now: float) -> Packets:
+        if not self._on[TX]:
+            return [packet]
+        return self._inject(TX, packet, now)
+
+    def _inject(self, d: int, packet: bytes, now: float) -> Packets:
+        rng = self._rng
+        counters = self.counters
+        probe = self.probe
+        if self.loss and rng.random() < self.loss:
+            counters["fault_dropped"] += 1
+            if probe is not None:
+                probe("dropped", d, packet, now)
+            return []
+        copies = 1
+        if self.dup and rng.random() < self.dup:
+            counters["fault_duplicated"] += 1
+            copies = 2
+            if probe is not None:
+                probe("duplicated", d, packet, now)
+        out: Packets = []
+        for _ in range(copies):
+            copy = packet
+            if self.corrupt and copy and rng.random() < self.corrupt:
+                counters["fault_corrupted"] += 1
+                if probe is not None:
+                    probe("corrupted", d, copy, now)
+                copy = flip_bit(copy, rng, self.link_header)
+            at = now
+            if self._delay or self._jitter:
+                extra = self._delay
+                if self._jitter:
+                    extra += rng.uniform(-self._jitter, self._jitter)
+                if extra > 0:
+                    counters["fault_delayed"] += 1
+                    at = now + extra
+            order = self._order
+            self._order += 1
+            if self.reorder and rng.random() < self.reorder:
+                counters["fault_reordered"] += 1
+                self._held[d].append((at, at + self._reorder_s, order, copy))
+            elif at > now:
+                heapq.heappush(self._queue, (at, order, d, copy))
+            else:
+                self._emit(d, order, copy, now, out)
+        return out
+
+    def _emit(self, d: int, order: int, packet: bytes, now: float, out: Packets) -> None:
+        """`packet` goes out; packets held back for reordering that it overtook follow it."""
+        out.append(packet)
+        held = self._held[d]
+        if held:
+            overtaken = [h for h in held if h[2] < order and h[0] <= now]
+            if overtaken:
+                self._held[d][:] = [h for h in held if not (h[2] < order and h[0] <= now)]
+                out.extend(h[3] for h in overtaken)
+
+    def poll(self, now: float) -> tuple[Packets, Packets]:
+        outs: tuple[Packets, Packets] = ([], [])
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            _, order, d, packet = heapq.heappop(queue)
+            self._emit(d, order, packet, now, outs[d])
+        for d in (RX, TX):
+            held = self._held[d]
+            if held and any(h[1] <= now for h in held):
+                late = sorted((h for h in held if h[1] <= now), key=lambda h: (h[1], h[2]))
+                held[:] = [h for h in held if h[1] > now]
+                outs[d].extend(h[3] for h in late)
+        return outs
+
+    def next_deadline(self) -> float | None:
+        deadline = self._queue[0][0] if self._queue else None
+        for held in self._held:
+            for h in held:
+                if deadline is None or h[1] < deadline:
+                    deadline = h[1]
+        return deadline
+
+    def drain(self, now: float) -> tuple[Packets, Packets]:
+        outs: tuple[Packets, Packets] = ([], [])
+        for _, _, d, packet in sorted(self._queue):
+            outs[d].append(packet)
+        self._queue.clear()
+        for d in (RX, TX):
+            outs[d].extend(h[3] for h in sorted(self._held[d], key=lambda h: h[2]))
+            self._held[d].clear()
+        return outs
+
+
+def flip_bit(packet: bytes, rng: random.Random, link_header: int = 0) -> bytes:
+    """`packet` with one random bit of one random byte after `link_header` inverted.
+
+    A virtio-net header in front is cleared: its word that the checksum is partial or
+    already verified no longer holds, so the receiver verifies it and drops the packet,
+    as a wire's corruption is caught (and a TSO request goes with it)."""
+    if len(packet) <= link_header:
+        return packet
+    data = bytearray(packet)
+    data[link_header + rng.randrange(len(data) - link_header)] ^= 1 << rng.randrange(8)
+    if link_header:
+        data[:link_header] = bytes(link_header)
+    return bytes(data)
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def check_probability(name: str, value: float) -> float:
+    """`value` as a float in 0..1, else ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number from 0 to 1, not {value!r}")
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be from 0 to 1, not {value!r}")
+    return float(value)
+
+
+def check_millis(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of milliseconds, not {value!r}")
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number of milliseconds >= 0, not {value!r}")
+    return float(value)
+
+
+def parse_probability(text: str) -> float:
+    """A probability written as a fraction (`0.05`) or a percentage (`5%`)."""
+    raw = text.strip()
+    percent = raw.endswith("%")
+    number = raw[:-1].strip() if percent else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a probability: write a fraction like 0.05 "
+                         "or a percentage like 5%") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a probability: it must be finite")
+    if percent:
+        if not 0.0 <= value <= 100.0:
+            raise ValueError(f"{text!r} is not a probability: a percentage must be "
+                             "from 0% to 100%")
+        return value / 100.0
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{text!r} is not a probability: a fraction must be from 0 to 1 "
+                         "(or write a percentage like 5%)")
+    return value
+
+
+def parse_delay(text: str) -> tuple[float, float]:
+    """`MS` or `MS:JITTER_MS` (milliseconds, >= 0) as (delay_ms, jitter_ms)."""
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise ValueError(f"{text!r} is not a delay: write MS or MS:JITTER_MS")
+    values: list[float] = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a delay: write MS or MS:JITTER_MS, "
+                             "in milliseconds") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{text!r} is not a delay: milliseconds must be finite "
+                             "and >= 0")
+        values.append(value)
+    return values[0], values[1] if len(values) == 2 else 0.0
+
+

@@ -1,0 +1,165 @@
+"""The interface every link stage has, pipelines of stages, and a tap (see the package's
+docstring for the order `ustack.api.Stack` builds).
+
+Sans-IO like the TCP core: no asyncio, no clock reads; `now` (the core's monotonic
+clock) is passed in. Every stage has the same small interface (smoltcp's `phy::Device`
+middleware: `fault_injector.rs`, `pcap_writer.rs`, `tracer.rs`):
+
+    rx(packet, now)  -> packets to pass on toward the host (device -> host)
+    tx(packet, now)  -> packets to pass on toward the device (host -> device)
+    poll(now)        -> (rx, tx): packets it held back that are due now
+    next_deadline()  -> when poll next has something to release, or None
+    drain(now)       -> (rx, tx): everything still held, at once (reconfiguration, exit)
+    close()          -> release files
+
+A `Pipeline` is itself a stage, so pipelines nest. Stage 0 is the one closest to the
+device: inbound packets go through the stages in order, outbound ones in reverse.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+Packets = list[bytes]
+RX, TX = 0, 1  # indexes of the two directions
+
+# ---------------------------------------------------------------------- the interface
+
+
+class Stage:
+    """A pass-through stage; subclasses override what they need."""
+
+    counters: Counter[str] | None = None
+    # Bytes of device framing before the IP packet (a virtio-net header with offloads).
+    link_header = 0
+
+    def rx(self, packet: bytes, now: float) -> Packets:
+        return [packet]
+
+    def tx(self, packet: bytes, now: float) -> Packets:
+        return [packet]
+
+    def poll(self, now: float) -> tuple[Packets, Packets]:
+        return [], []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def drain(self, now: float) -> tuple[Packets, Packets]:
+        return [], []
+
+    def close(self) -> None:
+        return None
+
+
+class Pipeline(Stage):
+    """Stages in a row; `stages[0]` is next to the device, `stages[-1]` next to the host."""
+
+    def __init__(self, stages: Iterable[Stage]) -> None:
+        self.stages: tuple[Stage, ...] = tuple(stages)
+
+    def rx(self, packet: bytes, now: float) -> Packets:
+        return self._rx_from(0, [packet], now)
+
+    def tx(self, packet: bytes, now: float) -> Packets:
+        return self._tx_from(len(self.stages) - 1, [packet], now)
+
+    def _rx_from(self, first: int, packets: Packets, now: float) -> Packets:
+        """`packets` through stages[first:] toward the host."""
+        for stage in self.stages[first:]:
+            if not packets:
+                break
+            if len(packets) == 1:
+                packets = stage.rx(packets[0], now)
+            else:
+                out: Packets = []
+                for packet in packets:
+                    out.extend(stage.rx(packet, now))
+                packets = out
+        return packets
+
+    def _tx_from(self, last: int, packets: Packets, now: float) -> Packets:
+        """`packets` through stages[last], stages[last-1], ..., stages[0] toward the device."""
+        for i in range(last, -1, -1):
+            if not packets:
+                break
+            stage = self.stages[i]
+            if len(packets) == 1:
+                packets = stage.tx(packets[0], now)
+            else:
+                out: Packets = []
+                for packet in packets:
+                    out.extend(stage.tx(packet, now))
+                packets = out
+        return packets
+
+    def poll(self, now: float) -> tuple[Packets, Packets]:
+        # A stage hands out at once whatever is due when it is given a packet, so one
+        # pass suffices: what stage i releases continues through its neighbours now.
+        rx_out: Packets = []
+        tx_out: Packets = []
+        for i, stage in enumerate(self.stages):
+            rx, tx = stage.poll(now)
+            if rx:
+                rx_out += self._rx_from(i + 1, rx, now)
+            if tx:
+                tx_out += self._tx_from(i - 1, tx, now)
+        return rx_out, tx_out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (s.next_deadline() for s in self.stages) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def drain(self, now: float) -> tuple[Packets, Packets]:
+        """Everything held anywhere, passed through the rest of the pipeline. A stage
+        further on may hold a drained packet again, so this repeats (a bounded number
+        of times) until no stage holds anything."""
+        rx_out: Packets = []
+        tx_out: Packets = []
+        for _ in range(len(self.stages) + 1):
+            moved = False
+            for i, stage in enumerate(self.stages):
+                rx, tx = stage.drain(now)
+                if rx or tx:
+                    moved = True
+                    rx_out += self._rx_from(i + 1, rx, now)
+                    tx_out += self._tx_from(i - 1, tx, now)
+            if not moved:
+                break
+        return rx_out, tx_out
+
+    def close(self) -> None:
+        for stage in self.stages:
+            stage.close()
+
+    def counters_dict(self) -> dict[str, int]:
+        merged: Counter[str] = Counter()
+        for stage in self.stages:
+            if stage.counters is not None:
+                merged.update(stage.counters)
+        return dict(merged)
+
+
+# -------------------------------------------------------------------------------- tap
+
+
+class Tap(Stage):
+    """Hands every packet to `fn(direction, packet, now)` ("rx" or "tx") and passes it on."""
+
+    def __init__(self, fn: Callable[[str, bytes, float], None]) -> None:
+        self._fn = fn
+
+    def rx(self, packet: bytes, now: float) -> Packets:
+        self._fn("rx", packet, now)
+        return [packet]
+
+    def tx(self, packet: bytes, now: float) -> Packets:
+        self._fn("tx", packet, now)
+        return [packet]
+
+
+def pipeline_of(stages: Sequence[Stage | None]) -> Pipeline | None:
+    """A pipeline of the stages that are not None, or None when there are none."""
+    present = [s for s in stages if s is not None]
+    return Pipeline(present) if present else None
