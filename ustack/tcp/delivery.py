@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 
 MIN_VIEW = 512  # received text shorter than this is copied, not kept as a view
+_STRIDE_SHARE = 8  # an ACK at least per this share of a round trip's data (`ack_stride`)
 
 
 def hold_out_of_order(tcb: Tcb, seg: Segment, payload: bytes | memoryview,
@@ -70,8 +71,9 @@ def deliver(tcb: Tcb, seg: Segment, payload: bytes | memoryview, start: int) -> 
     # not a device's super-packets (one packet on the way in, as Linux's GRO packets).
     wire = seg.gso <= full if seg.gso else len(payload) <= full
     carried = 0
+    stride = ack_stride(tcb)
     if seg.gso and wire and not tcb._ooo:
-        carried = ack_carried(tcb, start, len(payload), seg.gso)
+        carried = ack_carried(tcb, start, len(payload), seg.gso, stride)
     tcb._rcv_buf.append(payload)
     tcb._rcv_len += len(payload)
     tcb.bytes_received += len(payload)
@@ -92,10 +94,11 @@ def deliver(tcb: Tcb, seg: Segment, payload: bytes | memoryview, start: int) -> 
         return
     if len(payload) >= tcb._rcv_mss_seen:
         # MUST-40 / RFC 5681 §4.2: an ACK for at least every second full-sized segment
-        # (a super-packet from a TSO sender counts as the segments it carries).
+        # (`ack_stride`: more for a fast flow; a super-packet from a TSO sender counts as
+        # the segments it carries).
         tcb._rcv_mss_seen = min(len(payload), full)
         tcb._full_segments_unacked += (len(payload) - carried) // tcb._rcv_mss_seen
-        if tcb._full_segments_unacked >= 2:
+        if tcb._full_segments_unacked >= stride:
             if wire:
                 # ACKed as they come, not once per read: a batch of them draws the ACKs
                 # it would have drawn one by one.
@@ -114,14 +117,24 @@ def ack_at_once(tcb: Tcb) -> None:
         tcb._outbox.append(output.segment(tcb, ACK, seq_no=tcb.snd_nxt))
 
 
-def ack_carried(tcb: Tcb, start: int, length: int, gso: int) -> int:
-    """The ACKs a run of in-order segments coalesced from one read (`ustack.tcp.gro`)
-    would have drawn one by one: one for every second segment (RFC 5681 §4.2), each
-    for RCV.NXT and the free space as they stood then; what follows the last of them is
-    left to the usual rule. Returns the bytes they covered. A sender's clock is its
-    ACKs: one ACK per read of ten segments left a kernel CUBIC sender at 1 % loss with
+def ack_stride(tcb: Tcb) -> int:
+    """Full-sized segments per ACK: two (RFC 5681 §4.2), or an eighth of the most the
+    application took in one RTT when that is more. A deviation Linux makes too: under
+    load its GRO packets (up to 64 KB) draw one ACK each. A fast flow's sender has the
+    window to spare and loses little by it; the receiver saves an ACK's work per two
+    segments (on the in-memory path, 219 ACKs for 20 MB instead of 7,125: 45 µs a
+    segment against 25). A slow one, whose window is a few segments, keeps an ACK per
+    two: one ACK per read of ten segments left a kernel CUBIC sender at 1 % loss with
     0.73 of its goodput to a kernel receiver."""
-    step = 2 * gso
+    return max(2, tcb._rcv_space.space // (_STRIDE_SHARE * tcb.rcv_mss))
+
+
+def ack_carried(tcb: Tcb, start: int, length: int, gso: int, stride: int) -> int:
+    """The ACKs a run of in-order segments coalesced from one read (`ustack.tcp.gro`)
+    would have drawn one by one: one every `stride` segments, each for RCV.NXT and the
+    free space as they stood then; what follows the last of them is left to the usual
+    rule. Returns the bytes they covered."""
+    step = stride * gso
     if length <= step:
         return 0
     rcv_nxt, rcv_len = tcb.rcv_nxt, tcb._rcv_len

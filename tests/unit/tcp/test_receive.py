@@ -160,3 +160,15 @@ def test_text_and_fin_that_arrive_together_draw_one_ack() -> None:
     assert tcb.state is State.CLOSE_WAIT
     (ack,) = recv(tcb)
     assert ack.ack == IRS + 2002  # the text and the FIN
+
+
+def test_a_fast_flow_is_acked_every_eighth_of_its_round_trip_a_slow_one_every_second() -> None:
+    # RFC 5681 §4.2's every second full-sized segment, stretched as Linux's GRO stretches
+    # it under load, to an eighth of what the application took in one RTT: 64 segments
+    # per RTT → an ACK per 8 (delivery.ack_stride).
+    for per_rtt, acks in ((10, 8), (64, 2)):
+        tcb = established(config=TcpConfig(rcv_buf=1 << 20, nodelay=True))
+        tcb._rcv_space.space = per_rtt * MSS
+        for i in range(16):
+            send(tcb, peer(ACK, IRS + 1 + MSS * i, ISS + 1, payload=b"s" * MSS))
+        assert len(recv(tcb)) == acks, per_rtt
