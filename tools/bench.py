@@ -1507,9 +1507,9 @@ LAYERS = (
     ("TUN device I/O", ("ustack/tun.py",)),
     ("IPv4 and TCP headers, checksums", ("ustack/ip.py", "ustack/tcp/segment.py",
                                          "ustack/tcp/options.py", "ustack/checksum.py",
-                                         "ustack/vnet.py")),
-    ("TCP core and host", ("ustack/tcp/", "ustack/stack.py")),
-    ("driver and asyncio API", ("ustack/aio.py", "ustack/api.py")),
+                                         "ustack/vnet.py", "ustack/host/network.py")),
+    ("TCP core and host", ("ustack/tcp/", "ustack/host/")),
+    ("driver and asyncio API", ("ustack/aio.py", "ustack/api/")),
     ("application (HTTP, echo)", ("ustack/services/", "httptools")),
     ("event loop (uvloop, waiting included)", ("asyncio/runners.py", "uvloop", "asyncio/")),
 )

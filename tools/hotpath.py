@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ustack.stack import Host
+from ustack.host import Host
 from ustack.tcp.states import State
 
 A, B = "10.9.0.1", "10.9.0.2"
@@ -48,7 +48,6 @@ def run(nbytes: int, mtu: int, offload: bool) -> tuple[float, int, int]:
             n = min(CHUNK, nbytes - sent)
             tcb.send(payload[:n])
             sent += n
-            sender.wake(tcb)
         for packet in wire_ba:
             sender.receive(packet, now)
         wire_ba = []
@@ -61,7 +60,6 @@ def run(nbytes: int, mtu: int, offload: bool) -> tuple[float, int, int]:
             peer = conns[0] if conns else None
         if peer is not None and peer.readable:
             received += len(peer.read())
-            receiver.wake(peer)
         wire_ba = receiver.poll(now)
         acks += len(wire_ba)
         deadline = min((d for d in (sender.next_deadline(), receiver.next_deadline())

@@ -16,13 +16,15 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from ustack.host import Host
 from ustack.link import Pipeline
-from ustack.stack import Host
 from ustack.tcp.listener import Listener
 from ustack.tcp.tcb import Tcb
 from ustack.tun import MAX_BATCH
 
-EventSink = Callable[[list[Tcb], list[tuple[Listener, Tcb]]], None]
+# The application's side: connections with their events (`ustack.tcp.events` bits) and
+# listeners with connections to accept (`Host.take_events`).
+EventSink = Callable[[list[tuple[Tcb, int]], list[Listener]], None]
 
 # The core's clock: CLOCK_MONOTONIC with sub-microsecond resolution. The loop's own
 # `time()` reads the same clock (asyncio: time.monotonic; uvloop: libuv's uv_now), so
@@ -30,7 +32,9 @@ EventSink = Callable[[list[Tcb], list[tuple[Listener, Tcb]]], None]
 # milliseconds, which would make every RTT on a local link 0 or 1 ms and every ladder row
 # a round millisecond.
 clock = time.monotonic
-MAX_ROUNDS = 8  # deliver/poll rounds per step; anything left runs on the next callback
+# Deliver/poll rounds per step (the application's callbacks may make new events, as an
+# abort from `eof_received`); anything left runs on the next callback.
+MAX_ROUNDS = 8
 DRAIN_BATCHES = 4  # batches a timer wake-up reads from the device before the timers run
 # Seconds timers may wait for the device to drain under a flood that never lets it:
 # longer than a close storm of 10,000 connections takes to read (~1.7 s here).
@@ -56,6 +60,15 @@ class Driver:
         self._step_scheduled = False
         self._in_step = False
         self._timers_ran = clock()  # when due timers last ran (they wait for a drained device)
+        host.on_wake = self._on_wake
+
+    def _on_wake(self) -> None:
+        """A user call made work for the host (`Host.on_wake`): a step soon, one for
+        however many calls come before it; none needed from inside a step, which polls
+        after the application's callbacks."""
+        if not self._in_step and not self._step_scheduled:
+            self._step_scheduled = True
+            self.loop.call_soon(self._scheduled_step)
 
     def start(self) -> None:
         self.loop.add_reader(self.device.fileno(), self._on_readable)
@@ -65,13 +78,6 @@ class Driver:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-    def kick(self, tcb: Tcb) -> None:
-        """The application acted on `tcb`: flush soon (coalescing many calls into one)."""
-        self.host.wake(tcb)
-        if not self._in_step and not self._step_scheduled:
-            self._step_scheduled = True
-            self.loop.call_soon(self._scheduled_step)
 
     def flush(self) -> None:
         self._step(clock())
@@ -132,8 +138,8 @@ class Driver:
     def _accept_now(self) -> None:
         """A listener's accept queue is full in mid-batch: the application accepts now,
         as it would on its own core beside a kernel, rather than the rest of the batch's
-        handshakes being dropped (`Host.take_accepted`)."""
-        self._on_events([], self.host.take_accepted())
+        handshakes being dropped (`Host.take_accepting`)."""
+        self._on_events([], self.host.take_accepting())
 
     def _scheduled_step(self) -> None:
         self._step_scheduled = False
@@ -174,9 +180,9 @@ class Driver:
                     for packet in tx_due:
                         self.device.write(packet)
             for _ in range(MAX_ROUNDS):
-                touched, accepted = host.take_events()
-                if touched or accepted:
-                    self._on_events(touched, accepted)
+                events, accepting = host.take_events()
+                if events or accepting:
+                    self._on_events(events, accepting)
                 write = self.device.write
                 if pipeline is None:
                     for packet in host.poll(now, timers):

@@ -9,6 +9,7 @@ it is not listed until its handshake completes.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ustack.tcp.tcb import Tcb
@@ -50,6 +51,19 @@ def from_time_wait(local_addr: str, remote_addr: bytes, remote_port: int, local_
         local=(local_addr, local_port), remote=(socket.inet_ntoa(remote_addr), remote_port),
         state="TIME_WAIT", recv_q=0, send_q=0, srtt=None, rto=None, cwnd=None, mss=None,
         bytes_acked=0, bytes_received=0, retransmits=0, expires=max(left, 0.0))
+
+
+def rows(addr: bytes, tcbs: Iterable[Tcb],
+         time_waits: Iterable[tuple[bytes, int, int, float]], now: float) -> list[ConnectionInfo]:
+    """Every connection as `ss -tan` lists it: TCBs (SYN-RECEIVED to LAST-ACK) and
+    TIME-WAIT records (remote address and port, local port, deadline), sorted by local
+    port then peer."""
+    local = socket.inet_ntoa(addr)
+    found = [from_tcb(tcb, local) for tcb in tcbs]
+    found += [from_time_wait(local, remote, port, local_port, deadline - now)
+              for remote, port, local_port, deadline in time_waits]
+    found.sort(key=lambda r: (r.local[1], socket.inet_aton(r.remote[0]), r.remote[1]))
+    return found
 
 
 def format_table(rows: list[ConnectionInfo]) -> list[str]:

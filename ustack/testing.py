@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
@@ -138,8 +138,6 @@ class UstackHost:
     startup_seconds: float = 0.0
     stack: Any = None  # ustack.Stack, running on `loop` in the stack's thread
     loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = field(default=None, repr=False)
-    _stop: asyncio.Event | None = field(default=None, repr=False)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = RUN_TIMEOUT) -> T:
         """Run `coro` on the stack's event loop; return its result (or raise its error)."""
@@ -206,10 +204,12 @@ class _Runner:
         self.error: BaseException | None = None
         self.stop_error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.stop_event: asyncio.Event | None = None  # set on the loop: the stack closes
 
     def start(self) -> None:
         thread = threading.Thread(target=self._thread, name="ustack-host", daemon=True)
-        self.host._thread = thread
+        self.thread = thread
         thread.start()
         if not self.ready.wait(START_TIMEOUT):
             raise TimeoutError(f"ustack did not start within {START_TIMEOUT} s")
@@ -250,20 +250,20 @@ class _Runner:
                                           backlog=BACKLOG)
             host.stack = stack
             host.loop = loop
-            host._stop = asyncio.Event()
+            self.stop_event = asyncio.Event()
             self.ready.set()
-            await host._stop.wait()
+            await self.stop_event.wait()
         finally:
             await stack.aclose()
 
     def stop(self) -> None:
         host = self.host
-        if host.loop is not None and host._stop is not None:
+        if host.loop is not None and self.stop_event is not None:
             with contextlib.suppress(RuntimeError):  # loop already closed
-                host.loop.call_soon_threadsafe(host._stop.set)
-        if host._thread is not None:
-            host._thread.join(STOP_TIMEOUT)
-            if host._thread.is_alive():
+                host.loop.call_soon_threadsafe(self.stop_event.set)
+        if self.thread is not None:
+            self.thread.join(STOP_TIMEOUT)
+            if self.thread.is_alive():
                 raise RuntimeError(f"the ustack thread did not stop within {STOP_TIMEOUT} s")
         if self.stop_error is not None:
             raise self.stop_error

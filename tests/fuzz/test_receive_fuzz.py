@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_host import tcp_packet
-from ustack.stack import Host
+from ustack.host import Host
 
 SEEDS = [
     tcp_packet(0x02, opts=b"\x02\x04\x05\xb4\x01\x03\x03\x07"),

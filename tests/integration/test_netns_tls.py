@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from ustack import tls
+from ustack.api import tls
 
 from .support import (
     KERNEL_ADDR,

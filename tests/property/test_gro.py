@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_host import tcp_packet
-from ustack.stack import Host
+from ustack.host import Host
 from ustack.tcp.gro import MAX_RUN, Run, starts_run
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.options import Options

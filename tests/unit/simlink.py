@@ -5,7 +5,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from ustack.stack import Host
+from ustack.host import Host
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
@@ -82,26 +82,23 @@ def transfer(pair: Pair, up: bytes, down: bytes, chunk: int = 4096,
     got_a, got_b = bytearray(), bytearray()
     up_left, down_left = memoryview(up), memoryview(down)
     while pair.now < limit:
-        if server is None and listener.accept_queue:
-            server = listener.accept_queue.popleft()
+        if server is None:
+            server = listener.accept()
         if client.state in (State.ESTABLISHED, State.CLOSE_WAIT):
             while up_left and client.send_buffered < 65536:  # writes of `chunk` bytes
                 client.send(up_left[:chunk])
                 up_left = up_left[chunk:]
             if not up_left:
                 client.shutdown()
-            pair.a.wake(client)
         if server is not None and server.state in (State.ESTABLISHED, State.CLOSE_WAIT):
             while down_left and server.send_buffered < 65536:
                 server.send(down_left[:chunk])
                 down_left = down_left[chunk:]
             if not down_left and server.fin_received:
                 server.shutdown()
-            pair.b.wake(server)
-        for tcb, got, host in ((client, got_a, pair.a), (server, got_b, pair.b)):
+        for tcb, got in ((client, got_a), (server, got_b)):
             if tcb is not None and tcb.readable:
                 got += tcb.read()
-                host.wake(tcb)
         done = (server is not None and server.state is State.CLOSED
                 and client.state in (State.TIME_WAIT, State.CLOSED))
         if done or not pair.step():

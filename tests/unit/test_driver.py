@@ -9,7 +9,7 @@ import socket
 import dpkt
 
 from ustack.aio import Driver, clock
-from ustack.stack import Host
+from ustack.host import Host
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.syncookies import SynCookies
 from ustack.tun import MAX_BATCH
@@ -66,10 +66,10 @@ def test_a_batch_of_more_completions_than_the_backlog_is_accepted_whole() -> Non
     listener = host.listen(7, backlog=2)
     accepted: list[int] = []
 
-    def on_events(touched, new) -> None:
-        for lst, tcb in new:
-            lst.accept_queue.remove(tcb)  # what the application does when it accepts
-            accepted.append(tcb.remote_port)
+    def on_events(events, accepting) -> None:
+        for lst in accepting:
+            while (tcb := lst.accept()) is not None:  # what the application does
+                accepted.append(tcb.remote_port)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -117,15 +117,14 @@ def test_a_timer_wake_up_reads_the_device_before_it_fires_timers() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         device = BatchDevice()
-        driver = Driver(host, device, loop, lambda touched, accepted: None)
+        driver = Driver(host, device, loop, lambda events, accepting: None)
         try:
             tcb = host.connect(PEER, 7, clock())
             (syn,) = host.poll(clock())
             iss = dpkt.ip.IP(syn).data.seq
             host.receive(reply(dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK, 500, iss + 1,
                                tcb.local_port), clock())
-            tcb.send(b"data")
-            driver.kick(tcb)
+            tcb.send(b"data")  # wakes the driver by itself
             await asyncio.sleep(0.01)
             assert device.written  # the data went out; its RTO is now armed
             device.pending = [reply(dpkt.tcp.TH_ACK, 501, iss + 5, tcb.local_port)]
@@ -150,7 +149,7 @@ def test_timers_wait_while_a_full_batch_says_the_device_holds_more() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         device = BatchDevice()
-        driver = Driver(host, device, loop, lambda touched, accepted: None)
+        driver = Driver(host, device, loop, lambda events, accepting: None)
         try:
             tcb = host.connect(PEER, 7, start)
             (syn,) = host.poll(start)
@@ -159,7 +158,6 @@ def test_timers_wait_while_a_full_batch_says_the_device_holds_more() -> None:
                                            ack=iss + 1, win=65535,
                                            flags=dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK)), start)
             tcb.send(b"data")
-            host.wake(tcb)
             host.poll(start)
             ack = wrap(dpkt.tcp.TCP(sport=7, dport=tcb.local_port, seq=501, ack=iss + 5,
                                     flags=dpkt.tcp.TH_ACK, win=65535))

@@ -9,7 +9,7 @@ import socket
 import dpkt
 import pytest
 
-from ustack.stack import Host
+from ustack.host import Host
 from ustack.tcp import timewait
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.states import State
@@ -78,9 +78,11 @@ def test_handshake_through_the_host_and_accept_queue() -> None:
     assert dpkt.in_cksum(bytes(synack)[:20]) == 0
     h.receive(tcp_packet(dpkt.tcp.TH_ACK, seq=101, ack=synack.data.seq + 1), 0.0)
     assert h.poll(0.0) == []
-    _, accepted = h.take_events()
-    assert [t.state for _, t in accepted] == [State.ESTABLISHED]
-    assert list(listener.accept_queue) == [accepted[0][1]]
+    _, accepting = h.take_events()
+    assert accepting == [listener]
+    (tcb,) = listener.accept_queue
+    assert tcb.state is State.ESTABLISHED
+    assert listener.accept() is tcb and listener.accept() is None
 
 
 def test_full_syn_queue_answers_with_syn_cookies_and_they_validate() -> None:
@@ -171,13 +173,14 @@ def test_a_full_accept_queue_is_flagged_for_the_driver_to_accept_at_once() -> No
                              ack=synack.data.seq + 1), 0.0)
         assert h.accept_queue_full == (port == 1002)
         if h.accept_queue_full:
-            taken = h.take_accepted()
-            assert [t.remote_port for _, t in taken] == [1001, 1002]
+            assert h.take_accepting() == [listener]
+            assert [t.remote_port for t in listener.accept_queue] == [1001, 1002]
             assert not h.accept_queue_full
             listener.accept_queue.clear()  # what the application does with them
     assert "drop_tcp_listen_overflow" not in h.stats()
-    _, accepted = h.take_events()
-    assert [t.remote_port for _, t in accepted] == [1003]
+    _, accepting = h.take_events()
+    assert accepting == [listener]
+    assert [t.remote_port for t in listener.accept_queue] == [1003]
 
 
 def test_full_accept_queue_drops_a_valid_cookie_ack_and_takes_it_later() -> None:
@@ -261,7 +264,6 @@ def test_new_syn_reopens_time_wait() -> None:
     h.poll(0.0)
     (tcb,) = h.connections()
     tcb.shutdown()
-    h.wake(tcb)
     h.poll(0.0)  # our FIN
     h.receive(tcp_packet(dpkt.tcp.TH_ACK | dpkt.tcp.TH_FIN, seq=101, ack=iss + 2), 0.1)
     h.poll(0.1)
@@ -280,7 +282,6 @@ def test_time_wait_expires_and_the_host_forgets_the_connection() -> None:
                          seq=500, ack=syn.data.seq + 1), 0.1)
     h.poll(0.1)
     tcb.shutdown()
-    h.wake(tcb)
     h.poll(0.2)
     h.receive(tcp_packet(dpkt.tcp.TH_ACK | dpkt.tcp.TH_FIN, sport=9000, dport=tcb.local_port,
                          seq=501, ack=syn.data.seq + 2), 0.3)

@@ -7,8 +7,8 @@ import dpkt
 import pytest
 
 from ustack import ip
+from ustack.host import Host
 from ustack.ip import FRAGMENT_TIMEOUT, MAX_PARTIAL_DATAGRAMS
-from ustack.stack import Host
 from ustack.stats import Counters
 
 US = socket.inet_aton("10.77.0.2")

@@ -12,6 +12,7 @@ import dpkt
 import pytest
 
 from ustack.aio import Driver
+from ustack.host import Host
 from ustack.link import (
     FAULT_COUNTERS,
     LINKTYPE_RAW,
@@ -24,7 +25,6 @@ from ustack.link import (
     parse_probability,
     pipeline_of,
 )
-from ustack.stack import Host
 
 N = 20_000
 
@@ -503,10 +503,9 @@ def test_driver_arms_its_timer_for_packets_the_pipeline_holds():
         seen: list = []
         pipe = Pipeline([FaultInjector(delay_ms=30, seed=1),
                          Tap(lambda d, p, t: seen.append(d))])
-        driver = Driver(host, device, loop, lambda touched, accepted: None, pipe)
+        driver = Driver(host, device, loop, lambda events, accepting: None, pipe)
         start = loop.time()
-        tcb = host.connect("10.9.0.1", 5000, start)
-        driver.kick(tcb)
+        host.connect("10.9.0.1", 5000, start)  # wakes the driver by itself
         for _ in range(200):  # bounded: at most 2 s
             if device.written:
                 break

@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from ustack import cli, tls
-from ustack.api import Stack
+from ustack import cli
+from ustack.api import Stack, tls
 from ustack.cli import args as cli_args
 from ustack.cli import commands as cli_commands
 

@@ -8,8 +8,8 @@ last ACK acknowledges 2352 while it waits 2 x MSL in TIME_WAIT.
 
 import io
 
+from ustack.host import Host
 from ustack.ladder import Ladder, SegmentEvent, StateEvent
-from ustack.stack import Host
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.segment import ACK, FIN, PSH, SYN
 from ustack.tcp.states import State
@@ -47,21 +47,16 @@ def run_golden() -> tuple[list[object], Host, Host]:
     exchange()
     s = listener.accept_queue.popleft()
     c.send(b"u" * 1000)
-    client.wake(c)
     exchange()
     assert s.read() == b"u" * 1000
     s.send(b"d" * 2000)
-    server.wake(s)
     exchange()
     assert c.read() == b"d" * 2000
     c.shutdown()
-    client.wake(c)
     exchange()
     s.send(b"e" * 50)
-    server.wake(s)
     exchange()
     s.shutdown()
-    server.wake(s)
     exchange()
     assert c.state is State.TIME_WAIT and s.state is State.CLOSED
     return events, client, server

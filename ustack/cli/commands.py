@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from ustack import conninfo, link, services, tls, tun
-from ustack.api import Stack
+from ustack import conninfo, link, services, tun
+from ustack.api import Stack, tls
 from ustack.cli.args import (
     CONNECTING_NOTICE,
     DEFAULT_KERNEL_ADDR,

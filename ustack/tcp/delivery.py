@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ustack.stats import DropReason
-from ustack.tcp import output, seq
+from ustack.tcp import events, output, seq
 from ustack.tcp.options import TIMESTAMP_SPACE
 from ustack.tcp.sack import DUP_THRESH
 from ustack.tcp.segment import ACK, FIN, Segment
@@ -76,6 +76,7 @@ def deliver(tcb: Tcb, seg: Segment, payload: bytes | memoryview, start: int) -> 
         carried = ack_carried(tcb, start, len(payload), seg.gso, stride)
     tcb._rcv_buf.append(payload)
     tcb._rcv_len += len(payload)
+    tcb.events |= events.READABLE
     tcb.bytes_received += len(payload)
     tcb.rcv_nxt = seq.add(tcb.rcv_nxt, len(payload))
     space = tcb._rcv_space

@@ -39,6 +39,10 @@ class Listener:
         """Handshakes in progress are bounded; past this, SYN cookies answer (RFC 4987)."""
         return self.embryonic >= self.backlog
 
+    def accept(self) -> Tcb | None:
+        """The oldest established connection not yet taken (accept(2)), or None."""
+        return self.accept_queue.popleft() if self.accept_queue else None
+
     def accept_queue_full(self) -> bool:
         """Established connections not yet taken by the user; past this, SYNs and the ACKs
         that would complete a handshake are dropped (Linux sk_acceptq_is_full)."""

@@ -9,7 +9,17 @@ import enum
 from typing import TYPE_CHECKING
 
 from ustack.stats import DropReason
-from ustack.tcp import acceptance, challenge, delivery, output, recovery, seq, timewait
+from ustack.tcp import (
+    acceptance,
+    challenge,
+    delivery,
+    events,
+    handshake,
+    output,
+    recovery,
+    seq,
+    timewait,
+)
 from ustack.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
 from ustack.tcp.states import ON_FIN_ACKED, ON_FIN_RECEIVED, RECEIVING, State
 
@@ -81,8 +91,8 @@ def syn_sent(tcb: Tcb, seg: Segment, now: float) -> DropReason | None:
     if not seg.flags & SYN:
         return DropReason.TCP_UNEXPECTED
     tcb._last_rcv = now
-    tcb._set_irs(seg.seq)
-    tcb._negotiate(seg)
+    handshake.set_irs(tcb, seg.seq)
+    handshake.negotiate(tcb, seg)
     if seg.flags & ACK:
         recovery.ack_advanced(tcb, seg.ack, seg.opts.ts_ecr, now)
     if seq.gt(tcb.snd_una, tcb.iss):
@@ -261,6 +271,7 @@ def eighth_check_fin(tcb: Tcb, now: float) -> None:
         tcb._rcv_adv = tcb.rcv_nxt  # a FIN at the right edge: the window is 0
     tcb._ack_now = True
     tcb.fin_received = True
+    tcb.events |= events.EOF
     if tcb.state in ON_FIN_RECEIVED:
         tcb._set_state(ON_FIN_RECEIVED[tcb.state])
         if tcb.state is State.TIME_WAIT:

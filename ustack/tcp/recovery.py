@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ustack.tcp import buffers, output, sack, seq, timers, tlp
+from ustack.tcp import buffers, events, output, sack, seq, timers, tlp
 from ustack.tcp.eifel import DsackUndo, Eifel
 from ustack.tcp.flight import END, RETRANS, SENT_AT
 from ustack.tcp.rtt import MAX_RTO
@@ -87,6 +87,7 @@ def ack_advanced(tcb: Tcb, ack: int, ts_ecr: int, now: float) -> None:
         drop = min(into_buf, len(buf))
         buf.drop(drop)
         tcb._snd_buf_seq = seq.add(tcb._snd_buf_seq, drop)
+        tcb.events |= events.WRITABLE
     if tcb.scoreboard:
         tcb.scoreboard.advance(ack)
     sample = delivered(tcb, ack, ts_ecr, now)

@@ -28,6 +28,8 @@ from ustack.tcp import (
     autotune,
     buffers,
     congestion,
+    events,
+    handshake,
     output,
     rcvwnd,
     receive,
@@ -40,10 +42,9 @@ from ustack.tcp import (
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.eifel import DsackUndo, Eifel
 from ustack.tcp.flight import Flight
-from ustack.tcp.options import DEFAULT_MSS, TIMESTAMP_SPACE, ts_clock
+from ustack.tcp.options import DEFAULT_MSS, ts_clock
 from ustack.tcp.prr import Prr
 from ustack.tcp.rack import Rack
-from ustack.tcp.rcvwnd import MAX_UNSCALED_WINDOW
 from ustack.tcp.reassembly import Reassembly
 from ustack.tcp.rtt import RttEstimator
 from ustack.tcp.sack import Scoreboard
@@ -51,8 +52,13 @@ from ustack.tcp.segment import RST, Segment
 from ustack.tcp.sendbuf import SendBuffer
 from ustack.tcp.states import ON_CLOSE, RECEIVING, SENDING, State
 
-MIN_SND_MSS = 48 + 40  # Linux tcp_min_snd_mss (48 bytes of data) plus 40 of options
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
+# The application's events a state brings (`tcp.events`); leaving the handshake for a
+# synchronized state is ESTABLISHED.
+_STATE_EVENTS = {State.CLOSED: events.CLOSED, State.FIN_WAIT_2: events.FIN_ACKED,
+                 State.TIME_WAIT: events.FIN_ACKED}
+_OPENING = frozenset({State.SYN_SENT, State.SYN_RCVD})
+_NOT_OPEN = frozenset({State.CLOSED, State.SYN_SENT, State.SYN_RCVD})
 
 
 class Tcb:
@@ -84,6 +90,10 @@ class Tcb:
         self.orphaned = False  # the user closed: nobody will read
         self.error: Exception | None = None
         self.nodelay = config.nodelay
+        # What happened for the application since the host last took it (`tcp.events`).
+        self.events = 0
+        # The host's: a user call left something to send (poll this TCB next).
+        self.on_wake: Callable[[Tcb], None] | None = None
         # Observability hooks (the stack's probe): state changes and timers that fire.
         self.on_state_change: Callable[[Tcb, State, State], None] | None = None
         self.on_timer_fired: Callable[[Tcb, str], None] | None = None
@@ -236,40 +246,12 @@ class Tcb:
 
     def open_passive(self, syn: Segment, now: float) -> None:
         """A SYN reached a listener (RFC 9293 §3.10.7.2): enter SYN-RECEIVED."""
-        self.passive = True
-        self._last_rcv = now
-        self._set_irs(syn.seq)
-        self._negotiate(syn)
-        receive.set_send_window(self, syn)
-        self._set_state(State.SYN_RCVD)
+        handshake.passive_open(self, syn, now)
 
     def open_from_cookie(self, ack: Segment, irs: int, mss: int, now: float) -> None:
         """The ACK that completes a SYN-cookie handshake (RFC 4987 §3.6): ESTABLISHED."""
-        self.passive = True
-        self._last_rcv = now
-        self.rcv_wscale = 0  # a cookie carries no options but the MSS
-        self._set_irs(irs)
-        self._rcv_adv = seq.add(self.rcv_nxt, min(self.rcv_buf_size, MAX_UNSCALED_WINDOW))
-        self._set_peer_mss(mss)
-        self.snd_una = self.snd_nxt = seq.add(self.iss, 1)
-        self._syn_owed = False
-        receive.set_send_window(self, ack)
-        self._set_state(State.ESTABLISHED)
+        handshake.cookie_open(self, ack, irs, mss, now)
 
-    def _negotiate(self, syn: Segment) -> None:
-        """Keep the options both SYNs carried (RFC 7323 §2.2, §3.2; RFC 2018 §2)."""
-        opts = syn.opts
-        self._set_peer_mss(opts.mss)
-        self.wscale_ok = opts.wscale is not None and self.config.window_scaling
-        if self.wscale_ok:
-            self.snd_wscale = opts.wscale or 0
-        else:
-            self.snd_wscale = self.rcv_wscale = 0
-        self.sack_ok = opts.sack_permitted and self.config.sack
-        self.ts_ok = opts.ts_val is not None and self.config.timestamps
-        if self.ts_ok:
-            self.ts_recent = opts.ts_val or 0
-            self.cc.set_mss(self.snd_mss - TIMESTAMP_SPACE)  # >= 76: MIN_SND_MSS
 
     # ------------------------------------------------------------- user calls
 
@@ -280,6 +262,7 @@ class Tcb:
         self._snd_buf.append(data)
         if not self.snd_wnd:
             buffers.grow_snd_buf_if_stuck(self)
+        self._wake()
 
     def read(self) -> bytes:
         """RECEIVE call (§3.10.3): take every buffered byte; may open the window."""
@@ -294,6 +277,7 @@ class Tcb:
                 buffers.grow_rcv_buf(self, want)
             if rcvwnd.window_update_due(self):
                 self._ack_now = True  # a window update (§3.8.6.2.2)
+            self._wake()
         return data
 
     def set_receive_buffer(self, nbytes: int) -> None:
@@ -302,6 +286,18 @@ class Tcb:
         buffers.release_growth(self, snd=False)
         self.rcv_buf_size = max(nbytes, self._rcv_len)
         self._rcv_buf_locked = True
+        self._wake()  # a larger buffer may open the window
+
+    def set_nodelay(self, enabled: bool) -> None:
+        """TCP_NODELAY: off turns Nagle's algorithm (RFC 9293 §3.7.4) on."""
+        self.nodelay = enabled
+        self._wake()  # Nagle may have held a small segment
+
+    def set_config(self, config: TcpConfig) -> None:
+        """New settings (setsockopt: keep-alive and its timing) from the next poll on,
+        which re-arms the timers."""
+        self.config = config
+        self._wake()
 
     @property
     def readable(self) -> int:
@@ -316,6 +312,7 @@ class Tcb:
         """CLOSE call for the sending side (§3.10.4): a FIN follows the queued data."""
         if self._fin_queued:
             return
+        self._wake()
         if self.state is State.SYN_SENT:
             self._close(None)  # "delete the TCB"
             return
@@ -331,12 +328,20 @@ class Tcb:
         self._rcv_buf.clear()
         self._rcv_len = 0
         self.shutdown()
+        self._wake()
 
     def abort(self) -> None:
         """ABORT call (§3.10.5): <SEQ=SND.NXT><CTL=RST> in synchronized states."""
         if self.state not in (State.CLOSED, State.SYN_SENT, State.TIME_WAIT):
             self._outbox.append(output.segment(self, RST, seq_no=self.snd_nxt))
         self._close(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        """A user call changed what there is to send: the host polls this TCB next (no
+        caller has to remember to)."""
+        if self.on_wake is not None:
+            self.on_wake(self)
 
     # -------------------------------------------------------- segment arrives
 
@@ -377,22 +382,6 @@ class Tcb:
     def _fin_seq_end(self) -> int:
         """The sequence number just after our FIN."""
         return seq.add(self._snd_buf_seq, len(self._snd_buf) + 1)
-
-    def _set_irs(self, irs: int) -> None:
-        """IRS and RCV.NXT from the peer's SYN; the window already offered keeps its size."""
-        offered = seq.sub(self._rcv_adv, self.rcv_nxt)
-        self.irs = irs
-        self.rcv_nxt = seq.add(irs, 1)
-        self._rcv_adv = seq.add(self.rcv_nxt, offered)
-        self.last_ack_sent = self.rcv_nxt
-
-    def _set_peer_mss(self, mss: int | None) -> None:
-        # MUST-15/16: 536 without the option; never above what we can receive in one piece.
-        # A floor, as Linux's tcp_min_snd_mss: a tiny MSS (leaving no room for data next
-        # to options) would stall the connection or split it into 1-byte segments.
-        wanted = mss if mss is not None else DEFAULT_MSS
-        self.snd_mss = max(MIN_SND_MSS, min(wanted, self.rcv_mss))
-        self.cc.set_mss(self.snd_mss)
 
     def _ts_now(self, now: float) -> int:
         return ts_clock(now, self._ts_offset)
@@ -435,8 +424,12 @@ class Tcb:
             buffers.release_growth(self)  # LAST-ACK ends here without _close
         if new is State.ESTABLISHED and self._syn_timed_out and self.rtt.srtt is None:
             self.rtt.rto = max(self.rtt.rto, RTO_AFTER_SYN_TIMEOUT)  # RFC 6298 (5.7)
-        if self.on_state_change is not None and old is not new:
-            self.on_state_change(self, old, new)
+        if old is not new:
+            self.events |= _STATE_EVENTS.get(new, 0)
+            if old in _OPENING and new not in _NOT_OPEN:
+                self.events |= events.ESTABLISHED
+            if self.on_state_change is not None:
+                self.on_state_change(self, old, new)
 
     def _close(self, error: Exception | None) -> None:
         """Enter CLOSED: flush the queues; the stack deletes the TCB."""

@@ -3,9 +3,10 @@
 from tests.unit.tcp.helpers import IRS, ISS, established, new_tcb, peer, recv, send
 from ustack.tcp import seq, timers
 from ustack.tcp.config import TcpConfig
+from ustack.tcp.handshake import MIN_SND_MSS
 from ustack.tcp.segment import ACK, FIN, SYN
 from ustack.tcp.states import State
-from ustack.tcp.tcb import MIN_SND_MSS, RTO_AFTER_SYN_TIMEOUT
+from ustack.tcp.tcb import RTO_AFTER_SYN_TIMEOUT
 
 
 def test_closed_connection_in_fin_wait_2_times_out_even_facing_a_zero_window() -> None:

@@ -10,7 +10,7 @@ import tracemalloc
 import dpkt
 import pytest
 
-from ustack.stack import Host
+from ustack.host import Host
 from ustack.stats import Counters, DropReason
 from ustack.tcp import timewait
 from ustack.tcp.isn import IsnGenerator
@@ -212,10 +212,9 @@ def server_in_time_wait(max_time_wait: int = timewait.MAX_RECORDS, sport: int = 
     iss = synack.seq
     h.receive(packet(dpkt.tcp.TH_ACK, 101, iss + 1, sport=sport, opts=ts_opt(1001)), 0.0)
     h.poll(0.0)
-    _, accepted = h.take_events()
-    tcb = accepted[-1][1]
-    tcb.shutdown()
-    h.wake(tcb)
+    _, (listener,) = h.take_events()
+    tcb = listener.accept_queue[-1]
+    tcb.shutdown()  # marks it for the next poll by itself
     tcp_out(h, 0.5)  # our FIN
     h.receive(packet(dpkt.tcp.TH_ACK | dpkt.tcp.TH_FIN, 101, iss + 2, sport=sport,
                      opts=ts_opt(1002)), 1.0)

@@ -1,0 +1,50 @@
+"""The checks of the API's arguments: what asyncio or the socket calls would reject, with a
+plain message (TypeError or ValueError) at the call, never deep in the stack."""
+
+import ipaddress
+
+
+def check_own_addr(addr: object) -> str:
+    """The stack's own address: a unicast IPv4 address a host may hold (not 0.0.0.0, a
+    broadcast, multicast or loopback address). ValueError with the reason."""
+    if not isinstance(addr, str):
+        raise TypeError(f"addr must be a str (an IPv4 address), not {type(addr).__name__}")
+    try:
+        ours = ipaddress.IPv4Address(addr.strip())
+    except ValueError:
+        raise ValueError(f"{addr!r} is not an IPv4 address") from None
+    for bad, what in ((ours.is_unspecified, "the unspecified address"),
+                      (ours == ipaddress.IPv4Address("255.255.255.255"), "the broadcast address"),
+                      (ours.is_multicast, "a multicast address"),
+                      (ours.is_loopback, "a loopback address (the kernel keeps 127/8 for lo)")):
+        if bad:
+            raise ValueError(f"{ours} is {what}: a stack needs a unicast address of its own, "
+                             "e.g. 10.77.0.2")
+    return str(ours)
+
+
+def check_port(port: object, server: bool = False) -> int:
+    """A port as asyncio takes it (an int, or a str of digits as getaddrinfo takes a
+    service number), checked at the call: TypeError or ValueError with a plain message.
+    0 only for a server (any free port)."""
+    if isinstance(port, str) and port.strip().isdecimal():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int (or a str of digits), not "
+                        f"{type(port).__name__} {port!r}")
+    low = 0 if server else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port {port} is out of range ({low}..65535)")
+    return port
+
+
+def check_host(host: object) -> str:
+    """The peer's address: an IPv4 literal. ustack does no name resolution (it has no
+    resolver of its own, and the host's would answer for the kernel's network)."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str (an IPv4 address), not {type(host).__name__}")
+    try:
+        return str(ipaddress.IPv4Address(host.strip()))
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv4 address: ustack does not resolve host "
+                         "names; give the peer's address, e.g. 10.77.0.1") from None

@@ -1,0 +1,312 @@
+"""`Stack`: a ustack host on a TUN device, run by the asyncio loop; what users import.
+
+    async with ustack.Stack(dev="ustack0", addr="10.77.0.2") as stack:
+        server = await stack.start_server(handle, port=7)
+        reader, writer = await stack.open_connection("10.77.0.1", 8080)
+
+It owns the device, the link middleware (capture, faults), the host and the driver;
+its asyncio-style calls are in `ustack.api.calls`.
+"""
+
+import asyncio
+import dataclasses
+import ipaddress
+import os
+import time
+from collections import Counter
+from typing import TextIO
+
+from ustack import vnet
+from ustack.aio import Driver, clock
+from ustack.api.calls import AsyncioCalls
+from ustack.api.checks import check_own_addr
+from ustack.api.dispatch import Dispatch
+from ustack.api.server import Server
+from ustack.api.transport import Transport
+from ustack.conninfo import ConnectionInfo
+from ustack.host import Host
+from ustack.ladder import Ladder, fault_event, flag_names
+from ustack.link import FAULT_COUNTERS, TX, FaultInjector, PcapWriter, pipeline_of
+from ustack.tcp.config import TcpConfig
+from ustack.tcp.listener import Listener
+from ustack.tcp.states import State
+from ustack.tcp.tcb import Tcb
+from ustack.tun import TunDevice, TunError, route_problem
+
+# The user closed these; their data and FIN are still on the way.
+_FLUSHING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
+
+
+class Stack(AsyncioCalls):
+    """A ustack host on a TUN device: `async with Stack(...) as stack:`; its methods
+    mirror asyncio's (`start_server`, `open_connection`, `create_server`,
+    `create_connection`, `start_tls`). One `async with` per Stack.
+
+    Arguments (all optional):
+
+    - `dev`: the TUN device's name; opened if it exists (e.g. made by `ustack
+      setup-tun`), else created (needs CAP_NET_ADMIN) and removed again on exit.
+    - `addr`: this stack's IPv4 address; the kernel must route it to `dev` (checked at
+      the start: a TunError says what to change).
+    - `kernel_addr`: address/prefix of the kernel's side of a device the stack creates;
+      an existing device keeps its own addresses.
+    - `mtu`: the device's MTU (default: an existing device's, 1500 for a new one).
+    - `msl`: Maximum Segment Lifetime in seconds (TIME-WAIT lasts 2 MSL); shorthand for
+      `tcp=TcpConfig(msl=...)`.
+    - `linger`: on exit, how long closed connections may still deliver what they hold
+      before the rest are reset (seconds).
+    - `tcp`: the TCP settings of every connection (`TcpConfig`: buffers, congestion
+      control, SACK, timestamps, keep-alive...); per listener or connection through the
+      `tcp=` argument of the asyncio-style calls.
+    - `pcap`: a file to capture every packet that crosses the TUN into (classic pcap, raw
+      IP). Opened only once the device is ready (a stack that cannot start leaves the
+      file alone), locked while written, flushed at least every 0.1 s.
+    - `trace`: a text stream (e.g. sys.stderr) that gets the ladder of every connection.
+    - `offload`: checksum and TSO offloads on the device (IFF_VNET_HDR): 64 KB
+      super-packets both ways.
+
+    `stack.faults(...)` puts a seeded fault injector on the link. The link middleware
+    sits device - pcap - faults - host, so the capture is what the kernel's side sent
+    and received (see `ustack.link`). Errors at the start: `TunError` (the device, its
+    permissions, an address the kernel cannot reach), `ustack.link.CaptureError`.
+    """
+
+    def __init__(self, dev: str = "ustack0", addr: str = "10.77.0.2", *,
+                 kernel_addr: str = "10.77.0.1/24", mtu: int | None = None,
+                 msl: float | None = None, linger: float = 1.0,
+                 tcp: TcpConfig | None = None,
+                 pcap: str | os.PathLike[str] | None = None,
+                 trace: TextIO | None = None, offload: bool = False) -> None:
+        self.dev = dev
+        self.addr = check_own_addr(addr)
+        self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
+        self._mtu = mtu
+        # TCP settings for every connection (socket options, in effect).
+        self.tcp = tcp or TcpConfig()
+        if msl is not None:
+            self.tcp = dataclasses.replace(self.tcp, msl=msl)
+        self.linger = linger  # on exit: how long closed connections may keep sending
+        self._device: TunDevice | None = None
+        self._device_counters: Counter[str] = Counter()  # kept after the device closes
+        self._servers: dict[Listener, Server] = {}
+        self._dispatch = Dispatch()  # who hears each connection's events
+        self.pcap = pcap
+        # Checksum and TSO offloads on the TUN (IFF_VNET_HDR): the kernel and ustack
+        # exchange 64 KB super-packets and leave TCP checksums to each other.
+        self.offload = offload
+        # trace: a stream (e.g. sys.stderr) that gets the ladder of every connection.
+        self.trace = trace
+        self._pcap: PcapWriter | None = None
+        self._faults: FaultInjector | None = None
+        self._link_header = 0  # device framing before each IP packet (set on start)
+        self._fault_totals: Counter[str] = Counter()  # of injectors since replaced
+        self._phase = "new"  # then "running" (inside `async with`), then "closed"
+        self._ladder: Ladder | None = None
+        self._fault_log: TextIO | None = None  # <pcap>.faults, once a fault happened
+
+    async def __aenter__(self) -> "Stack":
+        if self._phase != "new":
+            raise RuntimeError("this Stack has already run: make a new Stack for each "
+                               "`async with`")
+        self.loop = asyncio.get_running_loop()
+        device = self._open_device()
+        if isinstance(device, TunDevice):
+            # A stack the kernel cannot reach would say nothing and answer nothing.
+            problem = route_problem(device.name, self.addr)
+            if problem is not None:
+                device.close()
+                raise TunError(problem)
+        if self.pcap is not None:
+            # Only once the device is ours: a run that cannot start leaves the file alone.
+            # The writer reads no clock: its stamps are the core's clock plus this offset.
+            try:
+                self._pcap = PcapWriter(self.pcap, wall_offset=time.time() - clock())
+            except BaseException:
+                device.close()
+                raise
+        self._device = device
+        self._device_counters = device.counters
+        self.mtu = self._device.mtu
+        offload = getattr(self._device, "offload", False)
+        self._host = Host(self.addr, mtu=self.mtu, config=self.tcp, offload=offload)
+        self._link_header = vnet.HDR_LEN if offload else 0
+        for stage in (self._pcap, self._faults):
+            if stage is not None:
+                stage.link_header = self._link_header
+        self._ladder = None
+        if self.trace is not None:
+            isatty = getattr(self.trace, "isatty", lambda: False)
+            self._ladder = Ladder(self.trace, color=isatty())
+            self._host.probe = self._ladder.feed
+        self._driver = Driver(self._host, self._device, self.loop, self._on_events,
+                              pipeline_of([self._pcap, self._faults]))
+        self._driver.start()
+        self._phase = "running"
+        return self
+
+    def _check_running(self) -> None:
+        """The asyncio calls need a running stack: a clear error, not a hang."""
+        if self._phase == "new":
+            raise RuntimeError("this Stack is not started: use it inside "
+                               "`async with Stack(...) as stack:`")
+        if self._phase == "closed":
+            raise RuntimeError("this Stack is closed (its `async with` has ended)")
+
+    def _open_device(self) -> TunDevice:
+        """Open the link (a TUN device). Tests override this to run the stack over an
+        in-memory device with TunDevice's `fileno`, `read_batch`, `write`, `close`, `mtu`
+        and `counters`."""
+        return TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu,
+                              offload=self.offload)
+
+    def faults(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
+               corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
+               seed: int | None = None) -> int | None:
+        """Put a seeded fault injector on the link, in both directions, replacing any
+        before it; with no arguments (or all zero) remove it. Probabilities are fractions
+        (0.05 = 5%). Returns the seed in use (log it to replay a run), or None when no
+        faults are on. May be called before the stack starts or while it runs; packets
+        the old injector held back are sent on, not lost."""
+        injector = FaultInjector(loss=loss, dup=dup, reorder=reorder, corrupt=corrupt,
+                                 delay_ms=delay_ms, jitter_ms=jitter_ms, seed=seed)
+        injector.link_header = self._link_header
+        injector.probe = self._on_fault
+        new = injector if injector.active else None
+        old, self._faults = self._faults, new
+        if self._device is not None:  # running: the driver exists
+            self._driver.set_pipeline(pipeline_of([self._pcap, new]))
+        if old is not None:
+            self._fault_totals.update(old.counters)
+        return new.seed if new is not None else None
+
+    def _on_fault(self, kind: str, direction: int, packet: bytes, now: float) -> None:
+        """The fault injector dropped, duplicated or corrupted `packet`: into the ladder
+        (`--trace`), and beside the capture in `<pcap>.faults` (a classic pcap has no
+        room for a comment), one line each."""
+        if self._ladder is None and self._pcap is None:
+            return
+        ev = fault_event(kind, bytes(memoryview(packet)[self._link_header:]),
+                         direction == TX, now)
+        if ev is None:
+            return
+        if self._ladder is not None:
+            self._ladder.feed(ev)
+        if self._pcap is not None and self.pcap is not None:
+            if self._fault_log is None:
+                self._fault_log = open(f"{os.fspath(self.pcap)}.faults", "w",  # noqa: SIM115
+                                       encoding="utf-8")
+            wall = now + self._pcap.wall_offset
+            way = "ustack->peer" if ev.outbound else "peer->ustack"
+            self._fault_log.write(
+                f"{wall:.6f} {kind} {way} {ev.src.addr}:{ev.src.port} > {ev.dst.addr}:"
+                f"{ev.dst.port} {flag_names(ev.flags)} seq {ev.seq} len {ev.length}\n")
+
+    @property
+    def device_created(self) -> bool:
+        """Did this stack create its TUN device (and configure the kernel's side with
+        `kernel_addr`)? False for a device that already existed, or before the start."""
+        return bool(getattr(self._device, "created", False))
+
+    @property
+    def fault_injector(self) -> FaultInjector | None:
+        """The fault injector in use, if any (its `.seed`, `.describe()`, `.counters`)."""
+        return self._faults
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening; let closed connections deliver what they still hold (up to
+        `linger` seconds), reset the rest, release the device."""
+        if self._device is None:
+            return
+        self._phase = "closed"
+        for server in list(self._servers.values()):
+            server.close()
+        deadline = self.loop.time() + self.linger
+        while self.loop.time() < deadline and any(
+                tcb.state in _FLUSHING for tcb in self._host.connections()):
+            await asyncio.sleep(0.005)
+        for tcb in self._host.connections():
+            tcb.abort()
+        self._driver.flush()
+        self._driver.drain_tx()  # what the fault injector delays still goes out
+        self._dispatch.close_all()
+        self._driver.stop()
+        if self._driver.pipeline is not None:
+            self._driver.pipeline.close()  # the capture is complete from here on
+        if self._fault_log is not None:
+            self._fault_log.close()
+            self._fault_log = None
+        self._device.close()
+        self._device = None
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Every connection of this stack, as `ss -tan` lists a host's: the 4-tuple, the
+        state (SYN_RCVD to TIME_WAIT), the queues, SRTT, RTO, cwnd, bytes each way and
+        retransmissions (`ustack.conninfo.ConnectionInfo`). A snapshot; empty when the
+        stack is not running."""
+        if self._phase != "running":
+            return []
+        return self._host.connection_info(clock())
+
+    def stats(self) -> dict[str, int]:
+        """Every counter of the host, device, fault injector and capture; still whole
+        (and final) after the stack is closed."""
+        stats = self._host.stats()
+        stats.update(self._device_counters)
+        if self._faults is not None or self._fault_totals:
+            faults = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
+            faults.update(self._fault_totals)
+            if self._faults is not None:
+                faults.update(self._faults.counters)
+            stats.update(faults)
+        if self._pcap is not None:
+            stats.update(self._pcap.counters)
+        return stats
+
+    # --------------------------------------------------------- core events
+
+    def _on_events(self, happened: list[tuple[Tcb, int]], accepting: list[Listener]) -> None:
+        """The driver's: accept what the listeners hold, then tell each connection's
+        listener (`Dispatch`) what happened to it."""
+        for listener in accepting:
+            server = self._servers.get(listener)
+            while (tcb := listener.accept()) is not None:
+                self._accept(server, tcb)
+        self._dispatch.deliver(happened)
+
+    def _accept(self, server: Server | None, tcb: Tcb) -> None:
+        try:
+            if server is None:
+                raise ConnectionAbortedError("the server was closed")
+            protocol = server.protocol_factory()
+        except Exception as exc:
+            # As asyncio's _accept_connection2: report it, drop this connection, go on
+            # with the others (a mid-batch accept must not lose the rest of the batch).
+            if server is not None:
+                self.loop.call_exception_handler({
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc})
+            tcb.abort()
+            return
+        self._transport(tcb, protocol)
+
+    def _transport(self, tcb: Tcb, protocol: asyncio.BaseProtocol) -> Transport:
+        """A Transport for `tcb`, which hears its events from now on."""
+        return Transport(tcb, protocol, loop=self.loop, local_addr=self.addr,
+                         dispatch=self._dispatch)
+
+    def _close_server(self, listener: Listener) -> None:
+        """`Server.close`: stop listening; what waits unaccepted is reset at once."""
+        self._host.unlisten(listener)
+        self._servers.pop(listener, None)
+        self._driver.flush()
+
+    def _check_local(self, host: str | None) -> None:
+        if host is not None and not isinstance(host, str):
+            raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+        if host not in (None, "", "0.0.0.0", self.addr):
+            raise OSError(99, f"cannot listen on {host}: this stack's address is {self.addr}")
+
