@@ -43,10 +43,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ustack.netns import Namespace
+
 CLIENT, ROUTER, US = "10.0.1.2", "10.0.1.1", "10.77.0.2"
 HTTP, DISCARD, KERNEL_HTTP, KERNEL_DISCARD = 80, 9, 8080, 8009
 KERNEL_CC = {"newreno": "reno", "cubic": "cubic", "bbr": "bbr"}
@@ -240,27 +243,22 @@ RECEIVER_COUNTERS = frozenset({
 # --- the topology ---------------------------------------------------------------------------
 
 
-class Netns:
+class Netns(Namespace):
+    """The package's namespace helper (`ustack.netns.Namespace`) with what this tool
+    reads: a command's output, a server's ready line, the kernel's TCP counters."""
+
     def __init__(self, tag: str) -> None:
-        self.name = f"ustack-lossbench-{tag}-{uuid.uuid4().hex[:6]}"
-        self.procs: list[subprocess.Popen] = []
-        subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=20)
-        self.run(["ip", "link", "set", "lo", "up"])
+        super().__init__(f"ustack-lossbench-{tag}")
 
-    def argv(self, cmd: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *cmd]
-
-    def run(self, cmd: list[str], timeout: float = 20) -> str:
-        done = subprocess.run(self.argv(cmd), capture_output=True, timeout=timeout,
-                              check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    def output(self, cmd: list[str], timeout: float = 20) -> str:
+        done = self.run(cmd, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if done.returncode:
             raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.decode().strip()}")
         return done.stdout.decode()
 
     def start(self, cmd: list[str], ready: str) -> tuple[subprocess.Popen, str]:
-        proc = subprocess.Popen(self.argv(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-        self.procs.append(proc)
+        proc = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
         line = read_until(proc, ready, 20)
         if line is None:
             raise RuntimeError(f"{' '.join(cmd)} did not start")
@@ -275,23 +273,13 @@ class Netns:
         without the prefix)."""
         counters: dict[str, int] = {}
         for path in ("/proc/net/snmp", "/proc/net/netstat"):
-            lines = self.run(["cat", path]).splitlines()
+            lines = self.output(["cat", path]).splitlines()
             for names, values in zip(lines[::2], lines[1::2], strict=False):
                 if names.startswith(("Tcp:", "TcpExt:")):
                     pairs = zip(names.split()[1:], values.split()[1:], strict=True)
                     counters.update((k, int(v)) for k, v in pairs)
         return counters
 
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
 
 
 def read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str | None:
@@ -333,14 +321,14 @@ class ImpairedPath:
             if read_until(self.relay, "ready", 20) is None:
                 raise RuntimeError("the relay did not start")
             for ns, dev, addr in ((c, "lc", CLIENT), (r, "lr", ROUTER)):
-                ns.run(["ip", "addr", "add", f"{addr}/24", "dev", dev])
+                ns.output(["ip", "addr", "add", f"{addr}/24", "dev", dev])
                 # The relay shares the CPUs with ustack: when it falls behind, packets
                 # must wait in the device's queue, not be dropped there (a loss the path
                 # was not asked for). `relay_drops` in the results says it held.
-                ns.run(["ip", "link", "set", dev, "mtu", str(MTU), "txqueuelen",
+                ns.output(["ip", "link", "set", dev, "mtu", str(MTU), "txqueuelen",
                         str(RELAY_QUEUE), "up"])
-            c.run(["ip", "route", "add", "default", "via", ROUTER])
-            r.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            c.output(["ip", "route", "add", "default", "via", ROUTER])
+            r.output(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
             self.ustack, _ = r.start([py, "-m", "ustack", "serve", "--congestion", ustack_cc,
                                       "--addr", US, f"http:{HTTP}", f"discard:{DISCARD}"],
                                      "ustack: serving")
@@ -361,7 +349,7 @@ class ImpairedPath:
 
     def relay_drops(self) -> int:
         """Packets the relay's two TUN queues dropped so far (should stay 0)."""
-        return sum(int(ns.run(["cat", f"/sys/class/net/{dev}/statistics/tx_dropped"]))
+        return sum(int(ns.output(["cat", f"/sys/class/net/{dev}/statistics/tx_dropped"]))
                    for ns, dev in ((self.client, "lc"), (self.router, "lr")))
 
     def ustack_retrans(self) -> int:
@@ -387,7 +375,7 @@ class ImpairedPath:
         # ustack's receiver shows its counters in its stats line; the kernel's, here.
         kernel_receiver = self.router if stack == "kernel" and sender == "client" else None
         received = kernel_receiver.tcp_counters() if self.stats and kernel_receiver else {}
-        out = self.client.run([sys.executable, str(Path(__file__).resolve()), "--client",
+        out = self.client.output([sys.executable, str(Path(__file__).resolve()), "--client",
                                direction, host, str(port), str(nbytes), cc],
                               timeout=TIMEOUT + 20)
         result = json.loads(out.strip().splitlines()[-1])

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from ustack.host import Host
 from ustack.link import Pipeline
+from ustack.packet import Packet
 from ustack.tcp.listener import Listener
 from ustack.tcp.tcb import Tcb
 from ustack.tun import MAX_BATCH
@@ -43,8 +44,8 @@ TIMERS_HELD_MAX = 2.0
 
 class Device(Protocol):
     def fileno(self) -> int: ...
-    def read_batch(self) -> list[bytes]: ...
-    def write(self, packet: bytes) -> bool: ...
+    def read_batch(self) -> list[Packet]: ...
+    def write(self, packet: Packet) -> bool: ...
 
 
 class Driver:
@@ -96,7 +97,7 @@ class Driver:
                 self.loop.call_soon(self._receive_held, rx)
         self.kick_later()  # a step soon re-arms the timer for the new pipeline
 
-    def _receive_held(self, packets: list[bytes]) -> None:
+    def _receive_held(self, packets: list[Packet]) -> None:
         now = clock()
         self._receive(packets, now)
         self._step(now)
@@ -125,7 +126,7 @@ class Driver:
             self._receive([passed for packet in batch for passed in rx(packet, now)], now)
         return len(batch)
 
-    def _receive(self, packets: list[bytes], now: float) -> None:
+    def _receive(self, packets: list[Packet], now: float) -> None:
         """Hand the host a batch; when a listener's accept queue fills in mid-batch, the
         application accepts before the rest (see `_accept_now`)."""
         host = self.host

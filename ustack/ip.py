@@ -72,23 +72,36 @@ def _source_routed(options: memoryview) -> bool:
 _HEADER = struct.Struct("!BBHHHBBH4s4s")
 
 
-def parse(packet: bytes | memoryview, our_addr: bytes, counters: Counters) -> Datagram | None:
-    """Validate an IPv4 packet addressed to `our_addr`; None (counted) when dropped."""
-    view = memoryview(packet)
+# An IPv4 header's fields: IHL in bytes, total length, identification, flags and
+# fragment offset, protocol, source, destination.
+Header = tuple[int, int, int, int, int, bytes, bytes]
+
+
+def read_header(view: memoryview | bytes) -> Header | DropReason:
+    """The fixed header of what claims to be an IPv4 packet, or why it is none: the step
+    `parse` and the capture reader (`ustack.ladder.capture`) share."""
     size = len(view)
     if not size or view[0] >> 4 != 4:
         # The kernel's IPv6 router solicitations and MLD reports end up here.
-        counters.drop(DropReason.NOT_IPV4)
-        return None
+        return DropReason.NOT_IPV4
     if size < HEADER_LEN:
-        counters.drop(DropReason.IP_TRUNCATED)
-        return None
+        return DropReason.IP_TRUNCATED
     vihl, _, total_len, ident, frag, _, proto, _, src, dst = _HEADER.unpack_from(view)
     ihl = (vihl & 0x0F) * 4
     if ihl < HEADER_LEN or ihl > size:
-        counters.drop(DropReason.IP_BAD_IHL)
+        return DropReason.IP_BAD_IHL
+    return ihl, total_len, ident, frag, proto, src, dst
+
+
+def parse(packet: bytes | memoryview, our_addr: bytes, counters: Counters) -> Datagram | None:
+    """Validate an IPv4 packet addressed to `our_addr`; None (counted) when dropped."""
+    view = memoryview(packet)
+    found = read_header(view)
+    if isinstance(found, DropReason):
+        counters.drop(found)
         return None
-    if total_len < ihl or total_len > size:
+    ihl, total_len, ident, frag, proto, src, dst = found
+    if total_len < ihl or total_len > len(view):
         counters.drop(DropReason.IP_BAD_LENGTH)
         return None
     if ones_sum(view[:ihl]):  # RFC 1071: the header with its checksum sums to all ones

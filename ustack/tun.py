@@ -5,7 +5,9 @@ IPv4 address for the kernel side is configured with iproute2, and it opens the
 fd blocking, so we set O_NONBLOCK ourselves. It has no TUNSETOFFLOAD: with
 `offload=True` the device is opened with IFF_VNET_HDR and the offloads are enabled
 with fcntl.ioctl; every packet read or written then starts with a virtio-net header
-(`ustack.vnet`), which the host interprets.
+(`ustack.vnet`). This adapter is the only place that sees it: reads give the link and
+the host `ustack.packet.Offloaded` packets (the IP packet, whether its checksum is
+vouched for), writes take them (the IP packet, its segmentation size) and frame them.
 """
 
 import errno
@@ -23,6 +25,8 @@ from pytun_pmd3 import TunTapDevice
 from pytun_pmd3.linux import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR
 
 from ustack import vnet
+from ustack.packet import Packet
+from ustack.stats import DropReason
 
 TUN_PATH = "/dev/net/tun"
 MAX_BATCH = 4096  # packets per wake-up; the reader callback fires again if more wait
@@ -89,7 +93,7 @@ class TunDevice:
     def fileno(self) -> int:
         return self._fd
 
-    def read_batch(self) -> list[bytes]:
+    def read_batch(self) -> list[Packet]:
         """Every packet that is ready now (up to MAX_BATCH), without blocking."""
         packets: list[bytes] = []
         read, fd, size = os.read, self._fd, self._read_size
@@ -100,12 +104,25 @@ class TunDevice:
             pass
         except OSError as e:
             self.counters[f"rx_error_{_errno_name(e.errno)}"] += 1
-        return packets
+        if not self.offload:
+            return packets  # type: ignore[return-value]
+        unframed: list[Packet] = []
+        for frame in packets:
+            packet = vnet.unframe(frame)
+            if packet is None:
+                self.counters[DropReason.VNET_TRUNCATED] += 1  # the stack's stats show it
+            else:
+                unframed.append(packet)
+        return unframed
 
-    def write(self, packet: bytes) -> bool:
-        """Send one packet; a failure (EIO while down, ENOBUFS, EAGAIN) is counted."""
+    def write(self, packet: Packet) -> bool:
+        """Send one packet; a failure (EIO while down, ENOBUFS, EAGAIN) is counted. With
+        offloads the virtio-net header goes first, in the same system call."""
         try:
-            os.write(self._fd, packet)
+            if self.offload:
+                os.writev(self._fd, vnet.frame_header(packet))
+            else:
+                os.write(self._fd, packet)  # type: ignore[arg-type]
         except OSError as e:
             self.counters[f"tx_error_{_errno_name(e.errno)}"] += 1
             return False

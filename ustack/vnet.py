@@ -19,6 +19,8 @@ expects of a legacy TUN (no TUNSETVNETLE/BE): linux/virtio_net.h.
 
 import struct
 
+from ustack.packet import Offloaded, Packet
+
 HDR_LEN = 10
 _HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 
@@ -50,3 +52,23 @@ def tcp_header(ip_hlen: int, tcp_hlen: int, gso_size: int) -> bytes:
 def parse(frame: bytes | memoryview) -> tuple[int, int, int, int, int, int]:
     """(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) of a frame."""
     return _HDR.unpack_from(frame)
+
+
+def unframe(frame: bytes) -> Offloaded | None:
+    """The IP packet in a frame read from the device, with whether the device vouches
+    for its checksum (`TRUSTED`); None for a frame shorter than the header."""
+    if len(frame) < HDR_LEN:
+        return None
+    return Offloaded(memoryview(frame)[HDR_LEN:], bool(frame[0] & TRUSTED))
+
+
+def frame_header(packet: Packet) -> tuple[bytes, bytes | memoryview]:
+    """The header to write before a packet, and the IP packet: an `Offloaded` TCP segment
+    leaves its checksum (and, past `gso` bytes of data, its cutting) to the kernel; any
+    other packet is whole (`NO_OFFLOAD`)."""
+    if type(packet) is not Offloaded:
+        return NO_OFFLOAD, packet  # type: ignore[return-value]
+    ip = packet.ip
+    ip_hlen = (ip[0] & 0x0F) * 4
+    tcp_hlen = (ip[ip_hlen + 12] >> 4) * 4
+    return tcp_header(ip_hlen, tcp_hlen, packet.gso), ip

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import select
 import shlex
 import shutil
@@ -21,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
+from ustack.netns import Namespace, stop_process  # noqa: F401  (the tests' too)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -97,48 +98,12 @@ def readline(proc: subprocess.Popen, timeout: float, stream: str = "stdout") -> 
     return pipe.readline()
 
 
-class Netns:
-    """A private network namespace with helpers to run commands inside it."""
+class Netns(Namespace):
+    """The package's private namespace (`ustack.netns.Namespace`, ``ustk-<random>``) with
+    the tests' client (`nsclient.py`) at hand."""
 
     def __init__(self, prefix: str = "ustk") -> None:
-        self.name = f"{prefix}-{secrets.token_hex(4)}"
-        self.procs: list[subprocess.Popen] = []
-        self._created = False
-        subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=10)
-        self._created = True
-        try:
-            self.ip("link", "set", "lo", "up")
-        except BaseException:
-            self.close()
-            raise
-
-    def wrap(self, cmd: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *map(str, cmd)]
-
-    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["ip", "-n", self.name, *args], check=check, capture_output=True, text=True,
-            timeout=10,
-        )
-
-    def run(
-        self, cmd: Sequence[str], *, timeout: float, **kw
-    ) -> subprocess.CompletedProcess:
-        """subprocess.run inside the namespace; output captured unless redirected."""
-        if "stdout" not in kw and "capture_output" not in kw:
-            kw["stdout"] = subprocess.PIPE
-        if "stderr" not in kw and "capture_output" not in kw:
-            kw["stderr"] = subprocess.PIPE
-        if "stdin" not in kw and "input" not in kw:
-            kw["stdin"] = subprocess.DEVNULL
-        return subprocess.run(self.wrap(cmd), timeout=timeout, **kw)
-
-    def popen(self, cmd: Sequence[str], **kw) -> subprocess.Popen:
-        """Start a process inside the namespace; it is ended in teardown."""
-        kw.setdefault("stdin", subprocess.DEVNULL)
-        proc = subprocess.Popen(self.wrap(cmd), **kw)
-        self.procs.append(proc)
-        return proc
+        super().__init__(prefix, timeout=10)
 
     def client(self, *args: str, timeout: float, **kw) -> subprocess.CompletedProcess:
         """Run tests/integration/nsclient.py inside the namespace."""
@@ -150,32 +115,6 @@ class Netns:
             f"nsclient {' '.join(args)} exited {done.returncode}: {done.stderr.decode()!r}"
         )
         return json.loads(done.stdout)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            stop_process(proc)
-        for proc in self.procs:
-            for stream in (proc.stdout, proc.stderr, proc.stdin):
-                if stream is not None:
-                    stream.close()
-        self.procs.clear()
-        if self._created:
-            subprocess.run(
-                ["ip", "netns", "del", self.name], capture_output=True, timeout=10
-            )
-            self._created = False
-
-
-def stop_process(proc: subprocess.Popen, grace: float = 3.0) -> int | None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; return the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
 
 
 class UstackServer:

@@ -1,16 +1,20 @@
-"""The asyncio API (`ustack.Stack`) from a user's script, inside a namespace."""
+"""The asyncio API (`ustack.Stack`) from a user's script, inside a namespace; and its
+streams against the kernel's own sockets on both loops (`api_scenarios.py`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from .support import HERE, random_file, readline, require_tools
 
 pytestmark = pytest.mark.netns
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_stack_api_server_and_client(netns, tmp_path):
@@ -36,3 +40,26 @@ def test_stack_api_server_and_client(netns, tmp_path):
     out, _ = listener.communicate(timeout=30)
     kernel = json.loads(out.splitlines()[-1])
     assert kernel["received_sha256"] == got["sent_sha256"], kernel
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_stack_streams_against_the_kernel(loop: str) -> None:
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.integration.api_scenarios", loop],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results == {
+        "up_ok": True,
+        "down_ok": True,
+        "peername": ["10.77.0.1", 9100],
+        "state_after_eof": "TIME_WAIT",
+        "echo_ok": True,
+        "refused": True,
+        "blocked": True,
+        "buffer_bounded": True,
+        "intact": True,
+        "stats_ok": True,
+    }

@@ -1,11 +1,10 @@
 """Two hosts wired back to back through a simulated link on a virtual clock."""
 
-import heapq
-import itertools
 import random
 from dataclasses import dataclass, field
 
 from ustack.host import Host
+from ustack.link import FaultInjector
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
@@ -22,50 +21,55 @@ class Faults:
     delay: float = 0.001
     jitter: float = 0.0  # uniform extra delay: reorders packets
 
+    def injector(self, seed: int) -> FaultInjector:
+        """The link middleware's own fault injector with these faults: a delay uniform
+        in [delay, delay + jitter] is its `delay_ms` ± `jitter_ms`."""
+        return FaultInjector(loss=self.loss, dup=self.dup, corrupt=self.corrupt,
+                             delay_ms=(self.delay + self.jitter / 2) * 1000,
+                             jitter_ms=self.jitter / 2 * 1000, seed=seed)
+
 
 @dataclass
 class Pair:
+    """A and B on one wire: the fault injector of the link middleware (`ustack.link`)
+    between them, A's packets its TX direction, B's its RX, on a virtual clock."""
+
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     config: TcpConfig = field(default_factory=TcpConfig)
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
         self.a = Host(A_ADDR, rng=random.Random(self.seed + 1), config=self.config)
         self.b = Host(B_ADDR, rng=random.Random(self.seed + 2), config=self.config)
         self.now = 0.0
-        self._wire: list[tuple[float, int, Host, bytes]] = []
-        self._order = itertools.count()
+        self.wire = self.faults.injector(self.seed)
+        # What the wire let through at once (no delay), per receiving host.
+        self._arrived: dict[Host, list[bytes]] = {}
 
-    def _transmit(self, src: Host, dst: Host) -> None:
-        f = self.faults
-        for packet in src.poll(self.now):
-            copies = 2 if self.rng.random() < f.dup else 1
-            for _ in range(copies):
-                if self.rng.random() < f.loss:
-                    continue
-                data = bytearray(packet)
-                if self.rng.random() < f.corrupt:
-                    data[self.rng.randrange(len(data))] ^= 1 << self.rng.randrange(8)
-                at = self.now + f.delay + self.rng.random() * f.jitter
-                heapq.heappush(self._wire, (at, next(self._order), dst, bytes(data)))
+    def _transmit(self) -> None:
+        for src, dst, send in ((self.a, self.b, self.wire.tx), (self.b, self.a, self.wire.rx)):
+            for packet in src.poll(self.now):
+                passed = send(packet, self.now)
+                if passed:
+                    self._arrived.setdefault(dst, []).extend(passed)
 
     def step(self) -> bool:
         """Flush both hosts, advance to the next event, deliver; False when idle."""
-        self._transmit(self.a, self.b)
-        self._transmit(self.b, self.a)
-        times = [t for t in (self.a.next_deadline(), self.b.next_deadline()) if t is not None]
-        if self._wire:
-            times.append(self._wire[0][0])
+        self._transmit()
+        times = [t for t in (self.a.next_deadline(), self.b.next_deadline(),
+                             self.wire.next_deadline()) if t is not None]
+        if self._arrived:
+            times.append(self.now)
         if not times:
             return False
         self.now = max(self.now, min(times))
         # What arrives together is read together, as a driver reads a device's batch
         # (so receive coalescing, ustack.tcp.gro, runs under every fault mix too).
-        batches: dict[Host, list[bytes]] = {}
-        while self._wire and self._wire[0][0] <= self.now:
-            _, _, dst, packet = heapq.heappop(self._wire)
-            batches.setdefault(dst, []).append(packet)
+        batches, self._arrived = self._arrived, {}
+        to_a, to_b = self.wire.poll(self.now)
+        for dst, due in ((self.a, to_a), (self.b, to_b)):
+            if due:
+                batches.setdefault(dst, []).extend(due)
         for dst, batch in batches.items():
             taken = 0
             while taken < len(batch):  # it pauses where an accept queue filled

@@ -2,11 +2,15 @@
 
 The host with `offload=True` must trust only what the kernel vouches for, leave its own
 TCP checksums partial in exactly the form the kernel completes, and ask for TSO only
-for segments of whole MSS-sized pieces. The kernel's side is simulated by completing
-checksums and cutting super-packets here as Linux's skb_checksum_help and tcp_gso_segment
-do; the real kernel does the same in tests/integration/test_netns_offload.py.
+for segments of whole MSS-sized pieces. Frames go through the device adapter's framing
+(`vnet.unframe` in, `vnet.frame_header` out), as `TunDevice` does: the host itself
+sees IP packets with their metadata (`ustack.packet.Offloaded`), never the header. The
+kernel's side is simulated by completing checksums and cutting super-packets here as
+Linux's skb_checksum_help and tcp_gso_segment do; the real kernel does the same in
+tests/integration/test_netns_offload.py.
 """
 
+import os
 import random
 import socket
 import struct
@@ -18,12 +22,14 @@ from ustack import vnet
 from ustack.checksum import ones_sum
 from ustack.host import TSO_MAX, Host
 from ustack.link import FaultInjector, PcapWriter, flip_bit
+from ustack.packet import Offloaded, Packet
 from ustack.stats import DropReason
 from ustack.tcp import seq
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.isn import IsnGenerator
 from ustack.tcp.segment import ACK, FIN, PSH, SYN
 from ustack.tcp.tcb import Tcb
+from ustack.tun import TunDevice
 
 from .tcp.helpers import IRS, ISS, MSS, established, new_tcb, peer, recv, send
 from .test_host import PEER, US, tcp_packet
@@ -37,8 +43,16 @@ def offload_host() -> Host:
     return h
 
 
-def frame(packet: bytes, flags: int = 0) -> bytes:
-    return vnet.header(flags=flags) + packet
+def frame(packet: bytes, flags: int = 0) -> Packet:
+    """A frame from the kernel as the device adapter hands it up."""
+    unframed = vnet.unframe(vnet.header(flags=flags) + packet)
+    assert unframed is not None
+    return unframed
+
+
+def wire(packets: list[Packet]) -> list[bytes]:
+    """The host's packets as the device adapter writes them: header, then packet."""
+    return [b"".join(vnet.frame_header(p)) for p in packets]
 
 
 def with_bad_tcp_checksum(packet: bytes) -> bytes:
@@ -73,7 +87,7 @@ def test_trusted_frames_are_not_verified_again() -> None:
         h = offload_host()
         h.receive(frame(with_bad_tcp_checksum(tcp_packet(SYN_FLAG, dport=7)), flags), 0.0)
         assert h.stats().get(DropReason.TCP_BAD_CHECKSUM, 0) == 0
-        (out,) = h.poll(0.0)
+        (out,) = wire(h.poll(0.0))
         assert dpkt.ip.IP(out[vnet.HDR_LEN:]).data.flags == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK
 
 
@@ -81,13 +95,27 @@ def test_untrusted_frames_are_verified_must_3() -> None:
     h = offload_host()
     h.receive(frame(with_bad_tcp_checksum(tcp_packet(SYN_FLAG, dport=7))), 0.0)
     assert h.stats()[DropReason.TCP_BAD_CHECKSUM] == 1
-    assert h.poll(0.0) == []
+    assert wire(h.poll(0.0)) == []
 
 
 def test_a_frame_shorter_than_its_header_is_a_counted_drop() -> None:
-    h = offload_host()
-    h.receive(b"\x01\x00\x00", 0.0)
-    assert h.stats()[DropReason.VNET_TRUNCATED] == 1
+    assert vnet.unframe(b"\x01\x00\x00") is None
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    class Dev:  # what TunDevice needs of pytun's device: an fd
+        def fileno(self) -> int:
+            return r
+
+        def close(self) -> None:
+            os.close(r)
+
+    device = TunDevice(Dev(), "t0", 1500, created=False, offload=True)  # type: ignore[arg-type]
+    os.write(w, b"\x01\x00\x00")
+    assert device.read_batch() == []
+    assert device.counters[DropReason.VNET_TRUNCATED] == 1
+    device.close()
+    os.close(w)
 
 
 def test_ip_header_checksum_is_still_verified() -> None:
@@ -102,14 +130,14 @@ def test_a_super_packet_is_one_large_segment() -> None:
     """64 KB of data in one GSO frame from the kernel arrives whole and in order."""
     h = offload_host()
     h.receive(frame(tcp_packet(SYN_FLAG, dport=7, seq=100)), 0.0)
-    (synack,) = h.poll(0.0)
+    (synack,) = wire(h.poll(0.0))
     our_iss = dpkt.ip.IP(synack[vnet.HDR_LEN:]).data.seq
     h.receive(frame(tcp_packet(dpkt.tcp.TH_ACK, dport=7, seq=101, ack=our_iss + 1)), 0.0)
     data = bytes(random.Random(2).randbytes(60_000))
     big = tcp_packet(dpkt.tcp.TH_ACK, dport=7, seq=101, ack=our_iss + 1, payload=data)
     gso = vnet.header(flags=vnet.NEEDS_CSUM, gso_type=vnet.GSO_TCPV4, hdr_len=40,
                       gso_size=1448, csum_start=20, csum_offset=16)
-    h.receive(gso + with_bad_tcp_checksum(big), 0.0)
+    h.receive(vnet.unframe(gso + with_bad_tcp_checksum(big)), 0.0)  # type: ignore[arg-type]
     (tcb,) = h.connections()
     assert bytes(tcb.read()) == data
 
@@ -120,7 +148,7 @@ def test_a_super_packet_is_one_large_segment() -> None:
 def test_outgoing_tcp_checksum_is_partial_and_completes_to_a_valid_one() -> None:
     h = offload_host()
     h.receive(frame(tcp_packet(SYN_FLAG, dport=7)), 0.0)
-    (out,) = h.poll(0.0)
+    (out,) = wire(h.poll(0.0))
     flags, gso_type, hdr_len, gso_size, start, offset = vnet.parse(out)
     assert (flags, gso_type, gso_size, start, offset) == (vnet.NEEDS_CSUM, vnet.GSO_NONE, 0,
                                                           20, 16)
@@ -136,7 +164,7 @@ def test_icmp_goes_out_complete_with_an_empty_header() -> None:
     ip = dpkt.ip.IP(src=socket.inet_aton(PEER), dst=socket.inet_aton(US), p=1, data=echo)
     ip.len = 20 + len(bytes(echo))
     h.receive(frame(bytes(ip)), 0.0)
-    (out,) = h.poll(0.0)
+    (out,) = wire(h.poll(0.0))
     assert out[:vnet.HDR_LEN] == vnet.NO_OFFLOAD
     assert ones_sum(out[vnet.HDR_LEN + 20:]) == 0
 
@@ -186,12 +214,12 @@ def test_no_tso_without_offload() -> None:
 def test_host_frames_a_super_segment_for_the_kernel_to_cut() -> None:
     h = offload_host()
     h.receive(frame(tcp_packet(SYN_FLAG, dport=7, seq=IRS, opts=b"\x02\x04\x05\xb4")), 0.0)
-    (synack,) = h.poll(0.0)
+    (synack,) = wire(h.poll(0.0))
     our_iss = dpkt.ip.IP(synack[vnet.HDR_LEN:]).data.seq
     h.receive(frame(tcp_packet(dpkt.tcp.TH_ACK, dport=7, seq=IRS + 1, ack=our_iss + 1)), 0.0)
     (tcb,) = h.connections()
     tcb.send(b"q" * 50_000)
-    (out,) = h.poll(0.0)
+    (out,) = wire(h.poll(0.0))
     flags, gso_type, hdr_len, gso_size, start, offset = vnet.parse(out)
     assert (flags, gso_type, gso_size, hdr_len) == (vnet.NEEDS_CSUM, vnet.GSO_TCPV4, 1460, 40)
     assert (start, offset) == (20, 16)
@@ -209,19 +237,18 @@ def test_host_frames_a_super_segment_for_the_kernel_to_cut() -> None:
 # ------------------------------------------------------------ link middleware
 
 
-def test_corruption_behind_a_vnet_header_revokes_its_trust() -> None:
+def test_corruption_revokes_the_offload_metadata() -> None:
     rng = random.Random(5)
-    original = vnet.tcp_header(20, 20, 1448) + bytes(range(200))
+    original = Offloaded(bytes(range(200)), csum_ok=True, gso=1448)
     for _ in range(50):
-        bad = flip_bit(original, rng, vnet.HDR_LEN)
-        assert bad[:vnet.HDR_LEN] == vnet.NO_OFFLOAD
-        assert bad[vnet.HDR_LEN:] != original[vnet.HDR_LEN:]
+        bad = flip_bit(original, rng)
+        assert type(bad) is bytes and bad != original.ip
+        assert vnet.frame_header(bad)[0] == vnet.NO_OFFLOAD
 
 
 def test_corrupted_trusted_frame_is_dropped_by_the_host() -> None:
     h = offload_host()
     faults = FaultInjector(corrupt=1.0, seed=3)
-    faults.link_header = vnet.HDR_LEN
     packet = tcp_packet(SYN_FLAG, dport=7, payload=b"")
     partial = with_bad_tcp_checksum(packet)  # stands for the kernel's partial checksum
     for passed in faults.rx(frame(partial, vnet.NEEDS_CSUM), 0.0):
@@ -233,7 +260,6 @@ def test_corrupted_trusted_frame_is_dropped_by_the_host() -> None:
 def test_pcap_records_the_ip_packet_without_the_vnet_header(tmp_path) -> None:
     path = tmp_path / "o.pcap"
     writer = PcapWriter(str(path))
-    writer.link_header = vnet.HDR_LEN
     packet = tcp_packet(SYN_FLAG)
     writer.rx(frame(packet, vnet.NEEDS_CSUM), 1.0)
     writer.close()

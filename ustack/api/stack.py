@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from typing import TextIO
 
-from ustack import vnet
 from ustack.aio import Driver, clock
 from ustack.api.calls import AsyncioCalls
 from ustack.api.checks import check_own_addr
@@ -27,6 +26,7 @@ from ustack.conninfo import ConnectionInfo
 from ustack.host import Host
 from ustack.ladder import Ladder, fault_event, flag_names
 from ustack.link import FAULT_COUNTERS, TX, FaultInjector, PcapWriter, pipeline_of
+from ustack.packet import Packet, ip_of
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.listener import Listener
 from ustack.tcp.states import State
@@ -98,7 +98,6 @@ class Stack(AsyncioCalls):
         self.trace = trace
         self._pcap: PcapWriter | None = None
         self._faults: FaultInjector | None = None
-        self._link_header = 0  # device framing before each IP packet (set on start)
         self._fault_totals: Counter[str] = Counter()  # of injectors since replaced
         self._phase = "new"  # then "running" (inside `async with`), then "closed"
         self._ladder: Ladder | None = None
@@ -129,10 +128,6 @@ class Stack(AsyncioCalls):
         self.mtu = self._device.mtu
         offload = getattr(self._device, "offload", False)
         self._host = Host(self.addr, mtu=self.mtu, config=self.tcp, offload=offload)
-        self._link_header = vnet.HDR_LEN if offload else 0
-        for stage in (self._pcap, self._faults):
-            if stage is not None:
-                stage.link_header = self._link_header
         self._ladder = None
         if self.trace is not None:
             isatty = getattr(self.trace, "isatty", lambda: False)
@@ -169,7 +164,6 @@ class Stack(AsyncioCalls):
         the old injector held back are sent on, not lost."""
         injector = FaultInjector(loss=loss, dup=dup, reorder=reorder, corrupt=corrupt,
                                  delay_ms=delay_ms, jitter_ms=jitter_ms, seed=seed)
-        injector.link_header = self._link_header
         injector.probe = self._on_fault
         new = injector if injector.active else None
         old, self._faults = self._faults, new
@@ -179,13 +173,13 @@ class Stack(AsyncioCalls):
             self._fault_totals.update(old.counters)
         return new.seed if new is not None else None
 
-    def _on_fault(self, kind: str, direction: int, packet: bytes, now: float) -> None:
+    def _on_fault(self, kind: str, direction: int, packet: Packet, now: float) -> None:
         """The fault injector dropped, duplicated or corrupted `packet`: into the ladder
         (`--trace`), and beside the capture in `<pcap>.faults` (a classic pcap has no
         room for a comment), one line each."""
         if self._ladder is None and self._pcap is None:
             return
-        ev = fault_event(kind, bytes(memoryview(packet)[self._link_header:]),
+        ev = fault_event(kind, bytes(ip_of(packet)),
                          direction == TX, now)
         if ev is None:
             return

@@ -16,6 +16,7 @@ from ustack.host import ports
 from ustack.host.network import Network
 from ustack.host.probe import HostProbe
 from ustack.host.timerheap import TimerHeap
+from ustack.packet import Packet
 from ustack.probe import Event
 from ustack.stats import Counters, DropReason
 from ustack.tcp import autotune, closed, gro, segment, timewait
@@ -201,11 +202,11 @@ class Host:
 
     # ---------------------------------------------------------- packets in
 
-    def receive(self, packet: bytes | memoryview, now: float) -> None:
+    def receive(self, packet: Packet, now: float) -> None:
         """Take one IP packet from the link."""
         self.receive_batch((packet,), now)
 
-    def receive_batch(self, packets: Sequence[bytes | memoryview], now: float,
+    def receive_batch(self, packets: Sequence[Packet], now: float,
                       start: int = 0) -> int:
         """Take packets[start:] from the link, one connection's consecutive data segments
         coalesced into one (`ustack.tcp.gro`). Returns the index after the last packet
@@ -351,7 +352,7 @@ class Host:
 
     # --------------------------------------------------------- packets out
 
-    def poll(self, now: float, timers: bool = True) -> list[bytes]:
+    def poll(self, now: float, timers: bool = True) -> list[Packet]:
         """Run due timers (unless `timers` is false: the driver holds them back while the
         device still holds packets, any of which may make them moot), then collect every
         packet that is ready to go."""

@@ -1,21 +1,23 @@
 """Captures as ladder events: pcap and pcapng files (`--pcap`'s, tcpdump's, Wireshark's),
 the IPv4 packets in their frames, and the TCP segments in those."""
 
+import dataclasses
 import socket
 import struct
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
+from ustack.ip import PROTO_TCP, read_header
 from ustack.ladder.track import conn_key
 from ustack.probe import (
     Endpoint,
     FaultEvent,
     SegmentEvent,
 )
-from ustack.tcp.options import OptionError, Options, parse
-from ustack.tcp.segment import ACK, SYN
+from ustack.stats import DropReason
+from ustack.tcp import segment
+from ustack.tcp.segment import ACK, SYN, SegmentError
 
 # ------------------------------------------------------------------------------ captures
 
@@ -148,40 +150,29 @@ def ip_of_frame(linktype: int, frame: bytes) -> bytes | None:
     return ip if len(ip) >= 20 and ip[0] >> 4 == 4 else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Packet:
-    time: float
-    src: Endpoint
-    dst: Endpoint
-    flags: int
-    seq: int
-    ack: int
-    wnd: int
-    length: int
-    opts: Options
-
-
-def _tcp_of_ip(time: float, ip: bytes) -> _Packet | str:
-    """The TCP header of an IPv4 packet, or why it was skipped."""
-    ihl = (ip[0] & 0x0F) * 4
-    total = int.from_bytes(ip[2:4], "big")
-    if ip[9] != 6:
-        return "not TCP"
-    if int.from_bytes(ip[6:8], "big") & 0x1FFF:
-        return "IP fragment"
-    tcp = ip[ihl:]
-    if ihl < 20 or len(tcp) < 20:
+def _tcp_of_ip(time: float, packet: bytes) -> SegmentEvent | str:
+    """The TCP segment in an IPv4 packet as an event (`outbound` still to be decided), or
+    why it was skipped. A capture is read as it is: any address, checksums unchecked (a
+    sender's capture holds them before its device completes them), the payload's length
+    from the IP header even when the capture cut it short (or 0 for a TSO packet, whose
+    total length is 0)."""
+    found = read_header(packet)
+    if isinstance(found, DropReason):
         return "truncated"
-    sport, dport, seq, ack, off, flags, wnd = struct.unpack_from("!HHIIBBH", tcp)
-    doff = (off >> 4) * 4
+    ihl, total, _, frag, proto, src, dst = found
+    if proto != PROTO_TCP:
+        return "not TCP"
+    if frag & 0x1FFF:
+        return "IP fragment"
     try:
-        opts = parse(tcp[20:doff]) if doff > 20 else Options()
-    except OptionError:
-        opts = Options()
-    length = max(0, (total if total >= ihl + doff else len(ip)) - ihl - doff)  # 0: TSO
-    src = Endpoint(socket.inet_ntoa(ip[12:16]), sport)
-    dst = Endpoint(socket.inet_ntoa(ip[16:20]), dport)
-    return _Packet(time, src, dst, flags, seq, ack, wnd, length, opts)
+        seg = segment.read(packet[ihl:], lenient=True)
+    except SegmentError:
+        return "truncated"
+    hlen = len(packet) - ihl - len(seg.payload)
+    length = max(0, (total if total >= ihl + hlen else len(packet)) - ihl - hlen)
+    return SegmentEvent(time, Endpoint(socket.inet_ntoa(src), seg.src_port),
+                        Endpoint(socket.inet_ntoa(dst), seg.dst_port), False, seg.flags,
+                        seg.seq, seg.ack, seg.wnd, length, seg.opts)
 
 
 DEFAULT_US = "10.77.0.2"
@@ -189,7 +180,7 @@ DEFAULT_US = "10.77.0.2"
 
 def fault_event(kind: str, ip: bytes, outbound: bool, time: float) -> FaultEvent | None:
     """The ladder's event for a packet the fault injector acted on (None: not TCP)."""
-    pkt = _tcp_of_ip(time, ip) if len(ip) >= 20 else "truncated"
+    pkt = _tcp_of_ip(time, ip)
     if isinstance(pkt, str):
         return None
     return FaultEvent(time, pkt.src, pkt.dst, outbound, kind, pkt.flags, pkt.seq, pkt.length)
@@ -204,7 +195,7 @@ def capture_events(f: BinaryIO, us: str | None = None) -> tuple[list[SegmentEven
     packet when its SYN was not captured).
     """
     skipped: Counter = Counter()
-    packets: list[_Packet] = []
+    packets: list[SegmentEvent] = []
     for time, linktype, frame in read_capture(f):
         ip = ip_of_frame(linktype, frame)
         if ip is None:
@@ -234,8 +225,8 @@ def capture_events(f: BinaryIO, us: str | None = None) -> tuple[list[SegmentEven
             ours[key] = p.src
         else:
             ours[key] = p.dst
-    events = [SegmentEvent(p.time, p.src, p.dst, p.src == ours[conn_key(p.src, p.dst)], p.flags,
-                           p.seq, p.ack, p.wnd, p.length, p.opts) for p in packets]
+    events = [dataclasses.replace(p, outbound=p.src == ours[conn_key(p.src, p.dst)])
+              for p in packets]
     return events, skipped
 
 

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from ustack.link.stage import RX, TX, Packets, Stage
+from ustack.packet import Packet, ip_of
 
 # ----------------------------------------------------------------------------- faults
 
@@ -62,12 +63,12 @@ class FaultInjector(Stage):
         self.counters: Counter[str] = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
         self._order = 0
         # Delayed packets: (release at, arrival order, direction, packet).
-        self._queue: list[tuple[float, int, int, bytes]] = []
+        self._queue: list[tuple[float, int, int, Packet]] = []
         # Told of every packet dropped, duplicated or corrupted: (kind, direction RX/TX,
         # the packet as it was, now). The stack shows them in its ladder and capture.
-        self.probe: Callable[[str, int, bytes, float], None] | None = None
+        self.probe: Callable[[str, int, Packet, float], None] | None = None
         # Per direction, packets held back to be overtaken: [due, give-up at, order, packet].
-        self._held: tuple[list[tuple[float, float, int, bytes]], ...] = ([], [])
+        self._held: tuple[list[tuple[float, float, int, Packet]], ...] = ([], [])
 
     @property
     def active(self) -> bool:
@@ -90,17 +91,17 @@ class FaultInjector(Stage):
 
     # ------------------------------------------------------------------ the stage
 
-    def rx(self, packet: bytes, now: float) -> Packets:
+    def rx(self, packet: Packet, now: float) -> Packets:
         if not self._on[RX]:
             return [packet]
         return self._inject(RX, packet, now)
 
-    def tx(self, packet: bytes, now: float) -> Packets:
+    def tx(self, packet: Packet, now: float) -> Packets:
         if not self._on[TX]:
             return [packet]
         return self._inject(TX, packet, now)
 
-    def _inject(self, d: int, packet: bytes, now: float) -> Packets:
+    def _inject(self, d: int, packet: Packet, now: float) -> Packets:
         rng = self._rng
         counters = self.counters
         probe = self.probe
@@ -122,7 +123,7 @@ class FaultInjector(Stage):
                 counters["fault_corrupted"] += 1
                 if probe is not None:
                     probe("corrupted", d, copy, now)
-                copy = flip_bit(copy, rng, self.link_header)
+                copy = flip_bit(copy, rng)
             at = now
             if self._delay or self._jitter:
                 extra = self._delay
@@ -142,7 +143,7 @@ class FaultInjector(Stage):
                 self._emit(d, order, copy, now, out)
         return out
 
-    def _emit(self, d: int, order: int, packet: bytes, now: float, out: Packets) -> None:
+    def _emit(self, d: int, order: int, packet: Packet, now: float, out: Packets) -> None:
         """`packet` goes out; packets held back for reordering that it overtook follow it."""
         out.append(packet)
         held = self._held[d]
@@ -185,18 +186,17 @@ class FaultInjector(Stage):
         return outs
 
 
-def flip_bit(packet: bytes, rng: random.Random, link_header: int = 0) -> bytes:
-    """`packet` with one random bit of one random byte after `link_header` inverted.
+def flip_bit(packet: Packet, rng: random.Random) -> Packet:
+    """The IP packet with one random bit of one random byte inverted.
 
-    A virtio-net header in front is cleared: its word that the checksum is partial or
-    already verified no longer holds, so the receiver verifies it and drops the packet,
-    as a wire's corruption is caught (and a TSO request goes with it)."""
-    if len(packet) <= link_header:
+    Offload metadata goes (`ustack.packet.Offloaded`): its word that the checksum is
+    partial or already verified no longer holds, so the receiver verifies it and drops
+    the packet, as a wire's corruption is caught (and a TSO request goes with it)."""
+    ip = ip_of(packet)
+    if not ip:
         return packet
-    data = bytearray(packet)
-    data[link_header + rng.randrange(len(data) - link_header)] ^= 1 << rng.randrange(8)
-    if link_header:
-        data[:link_header] = bytes(link_header)
+    data = bytearray(ip)
+    data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
     return bytes(data)
 
 

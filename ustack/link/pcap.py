@@ -10,6 +10,7 @@ from collections import Counter
 from typing import BinaryIO
 
 from ustack.link.stage import Packets, Stage
+from ustack.packet import Packet, ip_of
 
 # ------------------------------------------------------------------------------- pcap
 
@@ -80,7 +81,7 @@ class PcapWriter(Stage):
                                              LINKTYPE_RAW))
         self._file.flush()  # a capture with no packet yet is still a valid file
 
-    def _record(self, packet: bytes, now: float) -> None:
+    def _record(self, packet: Packet, now: float) -> None:
         if self._closed:
             return
         usec = round((now + self.wall_offset) * 1_000_000)
@@ -88,11 +89,9 @@ class PcapWriter(Stage):
             usec = self._last
         self._last = usec
         sec, usec = divmod(usec, 1_000_000)
-        ip: bytes | memoryview = packet
-        if self.link_header:
-            # The IP packet only. With offloads it may be a super-packet, and its TCP
-            # checksum partial: tcpdump shows the same on a TSO interface.
-            ip = memoryview(packet)[self.link_header:]
+        # The IP packet only. With offloads it may be a super-packet, and its TCP
+        # checksum partial: tcpdump shows the same on a TSO interface.
+        ip = ip_of(packet)
         size = len(ip)
         kept = min(size, self.snaplen)
         write = self._file.write
@@ -110,11 +109,11 @@ class PcapWriter(Stage):
     def next_deadline(self) -> float | None:
         return self._flush_at
 
-    def rx(self, packet: bytes, now: float) -> Packets:
+    def rx(self, packet: Packet, now: float) -> Packets:
         self._record(packet, now)
         return [packet]
 
-    def tx(self, packet: bytes, now: float) -> Packets:
+    def tx(self, packet: Packet, now: float) -> Packets:
         self._record(packet, now)
         return [packet]
 

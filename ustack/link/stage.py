@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-Packets = list[bytes]
+from ustack.packet import Packet
+
+Packets = list[Packet]  # IP packets, some with offload metadata (`ustack.packet`)
 RX, TX = 0, 1  # indexes of the two directions
 
 # ---------------------------------------------------------------------- the interface
@@ -31,13 +33,11 @@ class Stage:
     """A pass-through stage; subclasses override what they need."""
 
     counters: Counter[str] | None = None
-    # Bytes of device framing before the IP packet (a virtio-net header with offloads).
-    link_header = 0
 
-    def rx(self, packet: bytes, now: float) -> Packets:
+    def rx(self, packet: Packet, now: float) -> Packets:
         return [packet]
 
-    def tx(self, packet: bytes, now: float) -> Packets:
+    def tx(self, packet: Packet, now: float) -> Packets:
         return [packet]
 
     def poll(self, now: float) -> tuple[Packets, Packets]:
@@ -59,10 +59,10 @@ class Pipeline(Stage):
     def __init__(self, stages: Iterable[Stage]) -> None:
         self.stages: tuple[Stage, ...] = tuple(stages)
 
-    def rx(self, packet: bytes, now: float) -> Packets:
+    def rx(self, packet: Packet, now: float) -> Packets:
         return self._rx_from(0, [packet], now)
 
-    def tx(self, packet: bytes, now: float) -> Packets:
+    def tx(self, packet: Packet, now: float) -> Packets:
         return self._tx_from(len(self.stages) - 1, [packet], now)
 
     def _rx_from(self, first: int, packets: Packets, now: float) -> Packets:
@@ -147,14 +147,14 @@ class Pipeline(Stage):
 class Tap(Stage):
     """Hands every packet to `fn(direction, packet, now)` ("rx" or "tx") and passes it on."""
 
-    def __init__(self, fn: Callable[[str, bytes, float], None]) -> None:
+    def __init__(self, fn: Callable[[str, Packet, float], None]) -> None:
         self._fn = fn
 
-    def rx(self, packet: bytes, now: float) -> Packets:
+    def rx(self, packet: Packet, now: float) -> Packets:
         self._fn("rx", packet, now)
         return [packet]
 
-    def tx(self, packet: bytes, now: float) -> Packets:
+    def tx(self, packet: Packet, now: float) -> Packets:
         self._fn("tx", packet, now)
         return [packet]
 

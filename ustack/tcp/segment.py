@@ -94,20 +94,34 @@ def decode(src: bytes, dst: bytes, data: bytes | memoryview, verify: bool = True
     # MUST-3 over the pseudo-header and the segment, with one reduction.
     if verify and (words(data) + _pseudo_words(src, dst, size)) % 0xFFFF:
         raise SegmentError("TCP_BAD_CHECKSUM")
+    seg = read(data)
+    if seg.flags & SYN and seg.flags & (RST | FIN):
+        raise SegmentError("TCP_BAD_FLAGS")  # no meaningful SYN+RST / SYN+FIN exists
+    return seg
+
+
+def read(data: bytes | memoryview, lenient: bool = False) -> Segment:
+    """The header and options of a TCP segment, its payload what follows them: the step
+    `decode` and the capture reader (`ustack.ladder.capture`) share. Raises SegmentError
+    for a header that does not fit; bad options too, unless `lenient` (a capture's
+    segment is shown as it is, without options if they are bad)."""
+    if len(data) < HEADER_LEN:
+        raise SegmentError("TCP_MALFORMED")
     # The fixed header with one struct call, not dpkt's TCP class: its parse cost ~3 µs
     # a segment, a sixth of the keep-alive budget (profile in BENCHMARKS.md).
     src_port, dst_port, seq_no, ack, offset, flags, wnd, _, _ = _HEADER.unpack_from(data)
     hlen = (offset >> 4) * 4
-    if hlen < HEADER_LEN or hlen > size:
+    if hlen < HEADER_LEN or hlen > len(data):
         raise SegmentError("TCP_MALFORMED")
     try:
         opts = options.parse(data[HEADER_LEN:hlen]) if hlen > HEADER_LEN else NO_OPTIONS
     except OptionError:
-        raise SegmentError("TCP_BAD_OPTIONS") from None
-    flags &= 0x3F
-    if flags & SYN and flags & (RST | FIN):
-        raise SegmentError("TCP_BAD_FLAGS")  # no meaningful SYN+RST / SYN+FIN exists
-    return Segment(src_port, dst_port, seq_no, ack, flags, wnd, data[hlen:], opts)
+        if not lenient:
+            raise SegmentError("TCP_BAD_OPTIONS") from None
+        opts = NO_OPTIONS
+    # The six flags of RFC 9293 §3.1 (a capture shows ECN's two as well).
+    return Segment(src_port, dst_port, seq_no, ack, flags if lenient else flags & 0x3F, wnd,
+                   data[hlen:], opts)
 
 
 def encode(seg: Segment, src: bytes, dst: bytes,

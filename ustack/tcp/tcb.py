@@ -53,12 +53,6 @@ from ustack.tcp.sendbuf import SendBuffer
 from ustack.tcp.states import ON_CLOSE, RECEIVING, SENDING, State
 
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
-# The application's events a state brings (`tcp.events`); leaving the handshake for a
-# synchronized state is ESTABLISHED.
-_STATE_EVENTS = {State.CLOSED: events.CLOSED, State.FIN_WAIT_2: events.FIN_ACKED,
-                 State.TIME_WAIT: events.FIN_ACKED}
-_OPENING = frozenset({State.SYN_SENT, State.SYN_RCVD})
-_NOT_OPEN = frozenset({State.CLOSED, State.SYN_SENT, State.SYN_RCVD})
 
 
 class Tcb:
@@ -425,9 +419,13 @@ class Tcb:
         if new is State.ESTABLISHED and self._syn_timed_out and self.rtt.srtt is None:
             self.rtt.rto = max(self.rtt.rto, RTO_AFTER_SYN_TIMEOUT)  # RFC 6298 (5.7)
         if old is not new:
-            self.events |= _STATE_EVENTS.get(new, 0)
-            if old in _OPENING and new not in _NOT_OPEN:
-                self.events |= events.ESTABLISHED
+            # Identity tests, not sets: an enum member hashes in Python (Enum.__hash__).
+            if new is State.CLOSED:
+                self.events |= events.CLOSED
+            elif new is State.FIN_WAIT_2 or new is State.TIME_WAIT:
+                self.events |= events.FIN_ACKED
+            elif (old is State.SYN_SENT or old is State.SYN_RCVD) and new is not State.SYN_RCVD:
+                self.events |= events.ESTABLISHED  # the handshake is done
             if self.on_state_change is not None:
                 self.on_state_change(self, old, new)
 

@@ -1,4 +1,5 @@
-"""API scenarios run inside a private namespace (`unshare -n python -m tests.api.scenarios`).
+"""API scenarios run inside a private namespace
+(`unshare -n python -m tests.integration.api_scenarios`).
 
 One process, one event loop: ustack's `Stack` on a TUN it creates, and the kernel's
 own sockets on the kernel side of that TUN. Prints one JSON line of results.
