@@ -19,10 +19,13 @@ from benchkit.common import (
     CHURN_WINDOW,
     CLOSING_STATES,
     DEV,
+    H2LOAD_C,
+    H2LOAD_M,
     IDLE_CLOSE_BATCH,
     IDLE_CLOSE_PAUSE,
     MB,
     SETUP_TIMEOUT,
+    SIEGE_BYTES,
     STORM_POLL,
     STORM_SAMPLE,
     STORM_WAIT,
@@ -250,10 +253,11 @@ def client_echo(host: str, port: int, rounds: int, limit: float) -> dict:
 
 
 def _run_tool(argv: list[str], limit: float) -> str:
-    """Run a load generator (ab, wrk) bounded in time; its stdout, or ClientFailure."""
+    """Run a load generator (ab, wrk, siege, h2load) bounded in time; its stdout, or
+    ClientFailure."""
     if shutil.which(argv[0]) is None:
-        raise ClientFailure(f"{argv[0]} is not installed (apt-get install "
-                            f"{'apache2-utils' if argv[0] == 'ab' else argv[0]})")
+        package = {"ab": "apache2-utils", "h2load": "nghttp2-client"}.get(argv[0], argv[0])
+        raise ClientFailure(f"{argv[0]} is not installed (apt-get install {package})")
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=limit + 10,
                            check=False)
@@ -318,6 +322,43 @@ def client_wrk(host: str, port: int, seconds: float, connections: int, limit: fl
         if len(parts) == 2 and parts[0] in ("50%", "99%"):
             result[f"latency_p{parts[0][:-1]}_us"] = _wrk_us(parts[1])
     return result
+
+
+def client_siege(host: str, port: int, seconds: float, users: int, limit: float) -> dict:
+    """siege -b (no think time): ``users`` simulated users fetching a 100 KB body
+    (``GET /bytes/100000``) for ``seconds``; its JSON summary."""
+    seconds = max(1, round(min(seconds, limit)))
+    out = _run_tool(["siege", "-b", "-c", str(users), "-t", f"{seconds}S",
+                     f"http://{host}:{port}/bytes/{SIEGE_BYTES}"], seconds + 10)
+    try:
+        stats = json.loads(out[out.index("{"):out.rindex("}") + 1])
+        rate = float(stats["transaction_rate"])
+        done, failed = int(stats["successful_transactions"]), int(stats["failed_transactions"])
+    except (ValueError, KeyError) as e:
+        raise ClientFailure(f"no figures in siege's output: {out[-200:]!r}") from e
+    if failed or not done:
+        raise ClientFailure(f"siege: {failed} failed transactions, {done} successful")
+    return {"value": rate, "transactions": done, "users": users, "seconds": seconds,
+            "body_bytes": SIEGE_BYTES}
+
+
+def client_h2load(host: str, port: int, count: int, limit: float) -> dict:
+    """h2load --h1: ``count`` GET / over H2LOAD_C keep-alive connections with H2LOAD_M
+    requests pipelined on each."""
+    out = _run_tool(["h2load", "--h1", "-c", str(H2LOAD_C), "-m", str(H2LOAD_M),
+                     "-n", str(count), "-T", "10", f"http://{host}:{port}/"], limit)
+    finished = _field(out, "finished in")
+    requests = _field(out, "requests:")
+    if finished is None or requests is None:
+        raise ClientFailure(f"no figures in h2load's output: {out[-200:]!r}")
+    counts = {word: int(n) for n, word in
+              (part.split()[:2] for part in requests.replace(",", " ,").split(",")
+               if len(part.split()) >= 2)}
+    if counts.get("succeeded", 0) < count:
+        raise ClientFailure(f"h2load: {requests}")
+    rate = float(finished.split(",")[1].split()[0])
+    return {"value": rate, "requests": counts["succeeded"], "connections": H2LOAD_C,
+            "pipelined": H2LOAD_M}
 
 
 def _rss_kb(pid: int) -> int:
@@ -577,6 +618,10 @@ def client_main(args: argparse.Namespace) -> int:
             result = client_ab(host, port, args.ab_n, args.ab_c, limit)
         elif scen == "wrk":
             result = client_wrk(host, port, args.wrk_seconds, args.wrk_c, limit)
+        elif scen == "siege":
+            result = client_siege(host, port, args.siege_seconds, args.siege_c, limit)
+        elif scen == "h2load":
+            result = client_h2load(host, port, args.h2load_n, limit)
         elif scen == "idle":
             result = client_idle(host, port, args.idle_conns, args.server_pid, limit)
         elif scen == "churn":

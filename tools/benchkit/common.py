@@ -35,8 +35,11 @@ STORM_SETTLE_MAX = 20.0  # ... or after this many seconds at most
 # /proc/net/tcp states of a close in progress: FIN-WAIT-1, FIN-WAIT-2, CLOSING, LAST-ACK
 # (an orphaned FIN-WAIT-2 socket, a time-wait mini-socket by then, shows its sub-state)
 CLOSING_STATES = frozenset({"04", "05", "0B", "09"})
-SCENARIOS = ("upload", "download", "conns", "ab", "wrk", "echo", "idle", "churn",
-             "closestorm")
+SCENARIOS = ("upload", "download", "conns", "ab", "wrk", "siege", "h2load", "echo", "idle",
+             "churn", "closestorm")
+SIEGE_BYTES = 100_000  # the body each siege transaction fetches (GET /bytes/N)
+H2LOAD_C = 100  # h2load --h1 connections ...
+H2LOAD_M = 10  # ... and requests in flight on each (HTTP/1.1 pipelining)
 # churn takes 2 x --churn-seconds (120 s by default) on its own and closestorm stops the
 # ustack server for its final counters: only when named
 DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s not in ("churn", "closestorm"))

@@ -23,6 +23,8 @@ from benchkit.common import (
     CHURN_C,
     CHURN_WINDOW,
     DEV,
+    H2LOAD_C,
+    H2LOAD_M,
     KERNEL_ADDR,
     KERNEL_PORTS,
     MB,
@@ -31,6 +33,7 @@ from benchkit.common import (
     READY_USTACK,
     REPO,
     SETUP_TIMEOUT,
+    SIEGE_BYTES,
     START_TIMEOUT,
     STORM_QUIET,
     STORM_SETTLE_MAX,
@@ -285,6 +288,12 @@ class Bench:
             str(a.wrk_seconds),
             "--wrk-c",
             str(a.wrk_c),
+            "--siege-seconds",
+            str(a.siege_seconds),
+            "--siege-c",
+            str(a.siege_c),
+            "--h2load-n",
+            str(a.h2load_n),
             "--idle-conns",
             str(a.idle_conns),
             "--churn-seconds",
@@ -441,6 +450,10 @@ class Bench:
         wrk = Row("wrk", f"wrk -t1 -c{a.wrk_c} -d{a.wrk_seconds:g}s (keep-alive)", "req/s",
                   "higher")
         wrk99 = Row("wrk_p99", "wrk latency p99", "us", "lower")
+        siege = Row("siege", f"siege -b -c {a.siege_c} -t {a.siege_seconds:g}s "
+                    f"(GET /bytes/{SIEGE_BYTES})", "trans/s", "higher")
+        h2load = Row("h2load", f"h2load --h1 -c {H2LOAD_C} -m {H2LOAD_M} -n {a.h2load_n} "
+                     "(pipelined)", "req/s", "higher")
         idle = Row("idle", f"{a.idle_conns} idle connections: server RSS each", "KB", "lower")
         churn_s = churn_windows(a.churn_seconds) * CHURN_WINDOW
         churn_rss = Row(
@@ -489,6 +502,8 @@ class Bench:
             ("ab", [ab], [(ab, lambda r: r["value"])]),
             ("wrk", [wrk, wrk99], [(wrk, lambda r: r["value"]),
                                    (wrk99, lambda r: r.get("latency_p99_us", math.nan))]),
+            ("siege", [siege], [(siege, lambda r: r["value"])]),
+            ("h2load", [h2load], [(h2load, lambda r: r["value"])]),
             ("echo", [p50, p99], [(p50, lambda r: r["p50_us"]), (p99, lambda r: r["p99_us"])]),
             ("idle", [idle], [(idle, lambda r: r["value"])]),
             ("churn", [churn_rss, churn_first, churn_ratio],
@@ -569,6 +584,9 @@ class Bench:
                 "ab_c": a.ab_c,
                 "wrk_seconds": a.wrk_seconds,
                 "wrk_c": a.wrk_c,
+                "siege_seconds": a.siege_seconds,
+                "siege_c": a.siege_c,
+                "h2load_n": a.h2load_n,
                 "idle_conns": a.idle_conns,
                 "churn_seconds": a.churn_seconds,
                 "storm_conns": a.storm_conns,
