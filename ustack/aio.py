@@ -60,6 +60,7 @@ class Driver:
         self._timer_at: float | None = None
         self._step_scheduled = False
         self._in_step = False
+        self._stopped = False
         self._timers_ran = clock()  # when due timers last ran (they wait for a drained device)
         host.on_wake = self._on_wake
 
@@ -67,14 +68,17 @@ class Driver:
         """A user call made work for the host (`Host.on_wake`): a step soon, one for
         however many calls come before it; none needed from inside a step, which polls
         after the application's callbacks."""
-        if not self._in_step and not self._step_scheduled:
-            self._step_scheduled = True
-            self.loop.call_soon(self._scheduled_step)
+        if not self._in_step:
+            self.kick_later()
 
     def start(self) -> None:
         self.loop.add_reader(self.device.fileno(), self._on_readable)
 
     def stop(self) -> None:
+        """No more reads, steps or timers: the device may be closed after this (a step
+        scheduled before, or a user call after, finds the driver stopped)."""
+        self._stopped = True
+        self.host.on_wake = None
         self.loop.remove_reader(self.device.fileno())
         if self._timer is not None:
             self._timer.cancel()
@@ -144,13 +148,16 @@ class Driver:
 
     def _scheduled_step(self) -> None:
         self._step_scheduled = False
-        self._step(clock())
+        if not self._stopped:
+            self._step(clock())
 
     def _on_timer(self) -> None:
         # The loop runs handles up to one of its clock ticks early (uvloop: a millisecond):
         # the deadline is "now".
         now = max(clock(), self._timer_at or 0.0)
         self._timer = self._timer_at = None
+        if self._stopped:
+            return
         # What waits in the device goes first: the loop runs due timers before it polls
         # for I/O, and an ACK sitting in the device makes a retransmission timeout moot
         # (in a close storm, thousands of them would fire spuriously).
@@ -202,11 +209,13 @@ class Driver:
         self._arm_timer()
 
     def kick_later(self) -> None:
-        if not self._step_scheduled:
+        if not self._step_scheduled and not self._stopped:
             self._step_scheduled = True
             self.loop.call_soon(self._scheduled_step)
 
     def _arm_timer(self) -> None:
+        if self._stopped:
+            return
         deadline = self.host.next_deadline()
         if self.pipeline is not None:
             link_deadline = self.pipeline.next_deadline()

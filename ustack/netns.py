@@ -105,6 +105,8 @@ class Namespace:
     SIGKILL) and deletes the namespace, with everything in it (devices, addresses).
     A context manager; `close` may be called more than once."""
 
+    close_error: str | None = None  # why the namespace could not be deleted, if so
+
     def __init__(self, prefix: str = "ustack", timeout: float = 20.0) -> None:
         self.name = f"{prefix}-{secrets.token_hex(4)}"
         self.timeout = timeout  # for each `ip` command
@@ -159,6 +161,9 @@ class Namespace:
         return proc
 
     def close(self) -> None:
+        """End the processes and delete the namespace. A failure to delete it does not
+        raise (a caller cleaning up several must get to all of them): it is kept in
+        `close_error`, and a later `close` tries again."""
         for proc in self.procs:
             stop_process(proc)
         for proc in self.procs:
@@ -167,8 +172,14 @@ class Namespace:
                     stream.close()
         self.procs.clear()
         if self._created:
-            done = subprocess.run(["ip", "netns", "del", self.name], capture_output=True,
-                                  text=True, timeout=self.timeout, check=False)
+            try:
+                done = subprocess.run(["ip", "netns", "del", self.name], capture_output=True,
+                                      text=True, timeout=self.timeout, check=False)
+            except subprocess.TimeoutExpired:
+                self.close_error = f"ip netns del {self.name}: timed out"
+                return
             if done.returncode != 0:
-                raise NamespaceError(f"ip netns del {self.name}: {done.stderr.strip()}")
+                self.close_error = f"ip netns del {self.name}: {done.stderr.strip()}"
+                return
             self._created = False
+            self.close_error = None

@@ -180,3 +180,40 @@ def wrap(tcp: dpkt.tcp.TCP) -> bytes:
                     data=tcp)
     ip.len = 20 + len(bytes(tcp))
     return bytes(ip)
+
+
+def test_a_stopped_driver_runs_no_step_and_arms_no_timer() -> None:
+    # Stack.aclose aborts every connection (each abort wakes the driver: a step is
+    # scheduled), flushes, stops the driver and closes the device. The step scheduled
+    # before the stop must not run on, nor arm a timer that would read the closed device.
+    host = Host(US, isn=IsnGenerator(b"k" * 16), rng=random.Random(1))
+    touched: list[str] = []
+
+    class ClosedAfterStop(BatchDevice):
+        def read_batch(self) -> list[bytes]:
+            touched.append("read")
+            return super().read_batch()
+
+        def write(self, p: bytes) -> bool:
+            touched.append("write")
+            return True
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        device = ClosedAfterStop()
+        driver = Driver(host, device, loop, lambda events, accepting: None)
+        driver.start()
+        tcb = host.connect(PEER, 7, clock())  # schedules a step (the SYN)
+        driver.flush()
+        assert touched == ["write"]  # the SYN
+        tcb.abort()  # schedules another
+        driver.flush()
+        driver.stop()
+        device.close()
+        touched.clear()
+        host.connect(PEER, 8, clock())  # a user call after the stop: nothing scheduled
+        await asyncio.sleep(0.05)
+        assert touched == []
+        assert host.on_wake is None
+
+    asyncio.run(asyncio.wait_for(main(), 5))

@@ -91,3 +91,63 @@ def test_closing_a_listener_resets_what_nobody_accepted() -> None:
     (rst,) = parse_out(h.poll(0.1))
     assert rst.data.flags & RST
     assert h.take_events()[1] == []
+
+
+def test_a_send_buffer_grown_for_a_stuck_writer_is_writable() -> None:
+    # Both windows closed, text waiting for our application, more queued than the send
+    # buffer holds: the buffer grows (`buffers.grow_snd_buf_if_stuck`), and a writer
+    # paused on it must hear of the room, though no byte was acknowledged.
+    h = host()
+    tcb = h.connect(PEER, 9000, 0.0)
+    (syn,) = parse_out(h.poll(0.0))
+    iss, port = syn.data.seq, tcb.local_port
+    h.receive(tcp_packet(SYN | ACK, sport=9000, dport=port, seq=500, ack=iss + 1), 0.1)
+    h.poll(0.1)
+    happened(h)
+    tcb.send(bytes(tcb.snd_buf_size + 100_000))
+    h.poll(0.1)
+    happened(h)
+    closed = dpkt.ip.IP(tcp_packet(ACK | PSH, sport=9000, dport=port, seq=501, ack=iss + 1,
+                                   payload=b"x"))
+    closed.data.win = 0  # the peer's window closes; our ACK number does not move
+    closed.data.sum = 0
+    closed.sum = 0
+    before = tcb.snd_buf_size
+    h.receive(bytes(closed), 0.2)
+    assert tcb.snd_buf_size > before
+    assert happened(h)[tcb] & ConnEvent.WRITABLE
+
+
+def test_a_failing_listener_does_not_cost_the_others_their_events() -> None:
+    from ustack.api.dispatch import Dispatch
+
+    errors: list[Exception] = []
+    heard: list[int] = []
+    dispatch = Dispatch(errors.append)
+    a, b = host().connect(PEER, 1, 0.0), host().connect(PEER, 2, 0.0)
+
+    def fails(bits: int) -> None:
+        raise ValueError("protocol bug")
+
+    dispatch.add(a, fails)
+    dispatch.add(b, heard.append)
+    dispatch.deliver([(a, events.READABLE), (b, events.EOF)])
+    assert heard == [events.EOF] and isinstance(errors[0], ValueError)
+
+
+def test_the_probe_can_be_switched_off_and_on_for_watched_connections() -> None:
+    h = host()
+    seen: list[object] = []
+    h.probe = seen.append
+    tcb = h.connect(PEER, 9000, 0.0)
+    h.poll(0.0)
+    assert seen  # the SYN, the state change
+    h.probe = None
+    seen.clear()
+    tcb.abort()
+    h.poll(0.1)
+    assert seen == []  # a watched connection reports to nowhere once switched off
+    h.probe = seen.append
+    h.connect(PEER, 9001, 0.2)
+    h.poll(0.2)
+    assert seen

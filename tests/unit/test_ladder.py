@@ -433,3 +433,21 @@ def test_tool_conn_filters_and_refuses_a_missing_one_before_printing(tmp_path):
     res = run_tool(path, "--conn", "2")
     assert res.returncode == 2 and res.stdout == ""
     assert "no connection #2" in res.stderr and "has 1" in res.stderr
+
+
+def test_a_capture_cut_short_still_shows_every_segment():
+    # tcpdump -s 54 on a path with timestamps: the snap length cuts into the TCP
+    # options. Each segment still shows, its length from the IP and TCP headers.
+    out = io.BytesIO()
+    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 54, 101))
+    wanted = segments_only(golden_events())
+    for ev in wanted:
+        pkt = ip_packet(ev)
+        usec = round(ev.time * 1e6)
+        kept = pkt[:54]
+        out.write(struct.pack("<IIII", usec // 10**6, usec % 10**6, len(kept), len(pkt)) + kept)
+    out.seek(0)
+    events, skipped = capture_events(out)
+    assert not skipped
+    assert [(e.flags, e.seq, e.ack, e.length) for e in events] == [
+        (e.flags, e.seq, e.ack, e.length) for e in wanted]

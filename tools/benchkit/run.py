@@ -170,10 +170,10 @@ class Bench:
                     timeout=SETUP_TIMEOUT,
                     check=False,
                 )
-            try:
-                self.netns.close()
-            except (NamespaceError, subprocess.TimeoutExpired) as e:
-                print(f"bench: could not delete namespace {self.ns}: {e}", file=sys.stderr)
+            self.netns.close()
+            if self.netns.close_error is not None:
+                print(f"bench: could not delete namespace {self.ns}: "
+                      f"{self.netns.close_error}", file=sys.stderr)
             else:
                 self.netns = None
 

@@ -21,6 +21,7 @@ from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
 
 STREAM_LIMIT = 2**16
+_HANDSHAKE = frozenset({State.SYN_SENT, State.SYN_RCVD})
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 
@@ -108,11 +109,13 @@ class AsyncioCalls:
         established: asyncio.Future[None] = self.loop.create_future()
 
         def on_events(happened: int) -> None:
+            # By the state, not only the bit: whatever event comes first after the
+            # handshake (a bit lost to a failing callback is not the end of it).
             if established.done():
                 return
             if tcb.state is State.CLOSED:
                 established.set_exception(tcb.error or ConnectionError("connection closed"))
-            elif happened & events.ESTABLISHED:
+            elif happened & events.ESTABLISHED or tcb.state not in _HANDSHAKE:
                 established.set_result(None)
 
         self._dispatch.add(tcb, on_events)

@@ -18,8 +18,11 @@ OnStackClosed = Callable[[], None]  # the stack is going away: this is the end
 class Dispatch:
     """Who hears each connection's events."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_error: Callable[[Exception], None]) -> None:
         self._listeners: dict[Tcb, tuple[OnEvents, OnStackClosed]] = {}
+        # Where a failing listener's exception goes (the loop's exception handler): the
+        # other connections of the batch still hear of theirs.
+        self._on_error = on_error
 
     def add(self, tcb: Tcb, on_events: OnEvents,
             on_stack_closed: OnStackClosed = lambda: None) -> None:
@@ -34,7 +37,10 @@ class Dispatch:
         for tcb, bits in happened:
             found = listeners.get(tcb)
             if found is not None:
-                found[0](bits)
+                try:
+                    found[0](bits)
+                except Exception as exc:
+                    self._on_error(exc)
 
     def close_all(self) -> None:
         """The stack is closing: everyone still listening hears it is the end."""

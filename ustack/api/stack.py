@@ -89,7 +89,7 @@ class Stack(AsyncioCalls):
         self._device: TunDevice | None = None
         self._device_counters: Counter[str] = Counter()  # kept after the device closes
         self._servers: dict[Listener, Server] = {}
-        self._dispatch = Dispatch()  # who hears each connection's events
+        self._dispatch = Dispatch(self._callback_failed)  # who hears each connection's events
         self.pcap = pcap
         # Checksum and TSO offloads on the TUN (IFF_VNET_HDR): the kernel and ustack
         # exchange 64 KB super-packets and leave TCP checksums to each other.
@@ -286,6 +286,13 @@ class Stack(AsyncioCalls):
             tcb.abort()
             return
         self._transport(tcb, protocol)
+
+    def _callback_failed(self, exc: Exception) -> None:
+        """An application callback raised while its connection's events were delivered:
+        reported as asyncio reports a failing protocol callback, the rest go on."""
+        self.loop.call_exception_handler({
+            "message": "Exception in a protocol callback of a ustack connection",
+            "exception": exc})
 
     def _transport(self, tcb: Tcb, protocol: asyncio.BaseProtocol) -> Transport:
         """A Transport for `tcb`, which hears its events from now on."""

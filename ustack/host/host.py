@@ -14,7 +14,7 @@ from ustack import conninfo
 from ustack.conninfo import ConnectionInfo
 from ustack.host import ports
 from ustack.host.network import Network
-from ustack.host.probe import HostProbe
+from ustack.host.probe import HostProbe, ignore
 from ustack.host.timerheap import TimerHeap
 from ustack.packet import Packet
 from ustack.probe import Event
@@ -36,19 +36,11 @@ ConnKey = tuple[bytes, int, int]  # (remote address, remote port, local port)
 
 
 class Host:
-    def __init__(
-        self,
-        addr: str,
-        *,
-        mtu: int = 1500,
-        isn: IsnGenerator | None = None,
-        rng: random.Random | None = None,
-        config: TcpConfig | None = None,
-        cookies: SynCookies | None = None,
-        offload: bool = False,
-        max_time_wait: int = timewait.MAX_RECORDS,
-        buffer_budget: int = autotune.DEFAULT_BUDGET,
-    ) -> None:
+    def __init__(self, addr: str, *, mtu: int = 1500, isn: IsnGenerator | None = None,
+                 rng: random.Random | None = None, config: TcpConfig | None = None,
+                 cookies: SynCookies | None = None, offload: bool = False,
+                 max_time_wait: int = timewait.MAX_RECORDS,
+                 buffer_budget: int = autotune.DEFAULT_BUDGET) -> None:
         self.addr = ipaddress.IPv4Address(addr).packed
         self.mtu = mtu
         self.offload = offload
@@ -70,7 +62,8 @@ class Host:
         self._net = Network(self.addr, self.counters, offload=offload,
                             ip_id=self._rng.randrange(0x10000))
         # The probe: every segment, state change and timer, as ladder events (or None).
-        self._probe: HostProbe | None = None
+        self._prober = HostProbe(self.addr, ignore)
+        self._probe: HostProbe | None = None  # `_prober` while a sink is set
         # For the application (`take_events`): TCBs with events, listeners to accept from.
         self._events: dict[Tcb, None] = {}
         self._accepting: dict[Listener, None] = {}
@@ -87,7 +80,10 @@ class Host:
 
     @probe.setter
     def probe(self, sink: Callable[[Event], None] | None) -> None:
-        self._probe = HostProbe(self.addr, sink) if sink is not None else None
+        # One HostProbe for the host's life: what it already watches reports to the new
+        # sink (or, with None, to nowhere).
+        self._prober.sink = sink if sink is not None else ignore
+        self._probe = self._prober if sink is not None else None
 
     @property
     def msl(self) -> float:

@@ -11,6 +11,10 @@ from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
 
 
+def ignore(event: Event) -> None:
+    """A probe's sink when there is none."""
+
+
 class HostProbe:
     def __init__(self, addr: bytes, sink: Callable[[Event], None]) -> None:
         self.local = socket.inet_ntoa(addr)

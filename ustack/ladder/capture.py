@@ -154,8 +154,8 @@ def _tcp_of_ip(time: float, packet: bytes) -> SegmentEvent | str:
     """The TCP segment in an IPv4 packet as an event (`outbound` still to be decided), or
     why it was skipped. A capture is read as it is: any address, checksums unchecked (a
     sender's capture holds them before its device completes them), the payload's length
-    from the IP header even when the capture cut it short (or 0 for a TSO packet, whose
-    total length is 0)."""
+    from the IP and TCP headers even when the capture cut the packet short (a TSO
+    packet's IP total length is 0: then what was captured)."""
     found = read_header(packet)
     if isinstance(found, DropReason):
         return "truncated"
@@ -168,7 +168,7 @@ def _tcp_of_ip(time: float, packet: bytes) -> SegmentEvent | str:
         seg = segment.read(packet[ihl:], lenient=True)
     except SegmentError:
         return "truncated"
-    hlen = len(packet) - ihl - len(seg.payload)
+    hlen = (packet[ihl + 12] >> 4) * 4  # as declared, whatever was captured of it
     length = max(0, (total if total >= ihl + hlen else len(packet)) - ihl - hlen)
     return SegmentEvent(time, Endpoint(socket.inet_ntoa(src), seg.src_port),
                         Endpoint(socket.inet_ntoa(dst), seg.dst_port), False, seg.flags,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ustack.tcp import events
 from ustack.tcp.rcvwnd import MAX_UNSCALED_WINDOW
 from ustack.tcp.states import State
 
@@ -45,6 +46,7 @@ def grow_snd_buf(tcb: Tcb, want: int) -> None:
         tcb._snd_claimed += new - tcb.snd_buf_size
         tcb.snd_buf_size = new
         tcb.counters["tcp_sndbuf_grown"] += 1
+        tcb.events |= events.WRITABLE  # room for a writer that waits for it
 
 
 def grow(tcb: Tcb, current: int, want: int, cap: int) -> int:

@@ -103,8 +103,9 @@ def decode(src: bytes, dst: bytes, data: bytes | memoryview, verify: bool = True
 def read(data: bytes | memoryview, lenient: bool = False) -> Segment:
     """The header and options of a TCP segment, its payload what follows them: the step
     `decode` and the capture reader (`ustack.ladder.capture`) share. Raises SegmentError
-    for a header that does not fit; bad options too, unless `lenient` (a capture's
-    segment is shown as it is, without options if they are bad)."""
+    for a header that does not fit, or bad options; `lenient` (a capture's segment, shown
+    as it is) raises only for less than the fixed header, and takes the options that
+    were captured, or none if they are bad."""
     if len(data) < HEADER_LEN:
         raise SegmentError("TCP_MALFORMED")
     # The fixed header with one struct call, not dpkt's TCP class: its parse cost ~3 µs
@@ -112,7 +113,9 @@ def read(data: bytes | memoryview, lenient: bool = False) -> Segment:
     src_port, dst_port, seq_no, ack, offset, flags, wnd, _, _ = _HEADER.unpack_from(data)
     hlen = (offset >> 4) * 4
     if hlen < HEADER_LEN or hlen > len(data):
-        raise SegmentError("TCP_MALFORMED")
+        if not lenient:
+            raise SegmentError("TCP_MALFORMED")
+        hlen = min(max(hlen, HEADER_LEN), len(data))  # a capture cut short: what is there
     try:
         opts = options.parse(data[HEADER_LEN:hlen]) if hlen > HEADER_LEN else NO_OPTIONS
     except OptionError:
