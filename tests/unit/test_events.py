@@ -18,6 +18,19 @@ def happened(h) -> dict:
     return {tcb: ConnEvent(bits) for tcb, bits in taken}
 
 
+def established() -> tuple:
+    """A host with one connection, opened to PEER:9000, its events taken: (host, TCB,
+    ISS, local port)."""
+    h = host()
+    tcb = h.connect(PEER, 9000, 0.0)
+    (syn,) = parse_out(h.poll(0.0))
+    iss, port = syn.data.seq, tcb.local_port
+    h.receive(tcp_packet(SYN | ACK, sport=9000, dport=port, seq=500, ack=iss + 1), 0.1)
+    h.poll(0.1)
+    happened(h)
+    return h, tcb, iss, port
+
+
 def test_an_active_open_reports_established_then_data_writable_eof_and_the_end() -> None:
     h = host()
     wakes = []
@@ -46,13 +59,7 @@ def test_an_active_open_reports_established_then_data_writable_eof_and_the_end()
 
 
 def test_events_of_one_batch_come_once_per_connection() -> None:
-    h = host()
-    tcb = h.connect(PEER, 9000, 0.0)
-    (syn,) = parse_out(h.poll(0.0))
-    iss, port = syn.data.seq, tcb.local_port
-    h.receive(tcp_packet(SYN | ACK, sport=9000, dport=port, seq=500, ack=iss + 1), 0.1)
-    h.poll(0.1)
-    happened(h)
+    h, tcb, iss, port = established()
     h.receive_batch([tcp_packet(ACK, sport=9000, dport=port, seq=501 + 10 * i, ack=iss + 1,
                                 payload=bytes(10)) for i in range(5)], 0.2)
     assert happened(h) == {tcb: ConnEvent.READABLE}
@@ -97,13 +104,7 @@ def test_a_send_buffer_grown_for_a_stuck_writer_is_writable() -> None:
     # Both windows closed, text waiting for our application, more queued than the send
     # buffer holds: the buffer grows (`buffers.grow_snd_buf_if_stuck`), and a writer
     # paused on it must hear of the room, though no byte was acknowledged.
-    h = host()
-    tcb = h.connect(PEER, 9000, 0.0)
-    (syn,) = parse_out(h.poll(0.0))
-    iss, port = syn.data.seq, tcb.local_port
-    h.receive(tcp_packet(SYN | ACK, sport=9000, dport=port, seq=500, ack=iss + 1), 0.1)
-    h.poll(0.1)
-    happened(h)
+    h, tcb, iss, port = established()
     tcb.send(bytes(tcb.snd_buf_size + 100_000))
     h.poll(0.1)
     happened(h)

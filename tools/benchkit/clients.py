@@ -606,30 +606,24 @@ def client_churn(host: str, port: int, seconds: float, server_pid: int) -> dict:
 def client_main(args: argparse.Namespace) -> int:
     scen, host, port, limit = args.client, args.host, args.port, args.time_limit
     try:
-        if scen == "upload":
-            result = client_upload(host, port, args.bytes, limit)
-        elif scen == "download":
-            result = client_download(host, port, args.bytes, limit)
-        elif scen == "conns":
-            result = client_conns(host, port, args.conns, args.concurrency, limit)
-        elif scen == "echo":
-            result = client_echo(host, port, args.rounds, limit)
-        elif scen == "ab":
-            result = client_ab(host, port, args.ab_n, args.ab_c, limit)
-        elif scen == "wrk":
-            result = client_wrk(host, port, args.wrk_seconds, args.wrk_c, limit)
-        elif scen == "siege":
-            result = client_siege(host, port, args.siege_seconds, args.siege_c, limit)
-        elif scen == "h2load":
-            result = client_h2load(host, port, args.h2load_n, limit)
-        elif scen == "idle":
-            result = client_idle(host, port, args.idle_conns, args.server_pid, limit)
-        elif scen == "churn":
-            result = client_churn(host, port, args.churn_seconds, args.server_pid)
-        elif scen == "closestorm":
-            result = client_closestorm(host, port, args.storm_conns, args.storm_tun, limit)
-        else:
+        run = {
+            "upload": lambda: client_upload(host, port, args.bytes, limit),
+            "download": lambda: client_download(host, port, args.bytes, limit),
+            "conns": lambda: client_conns(host, port, args.conns, args.concurrency, limit),
+            "echo": lambda: client_echo(host, port, args.rounds, limit),
+            "ab": lambda: client_ab(host, port, args.ab_n, args.ab_c, limit),
+            "wrk": lambda: client_wrk(host, port, args.wrk_seconds, args.wrk_c, limit),
+            "siege": lambda: client_siege(host, port, args.siege_seconds, args.siege_c,
+                                          limit),
+            "h2load": lambda: client_h2load(host, port, args.h2load_n, limit),
+            "idle": lambda: client_idle(host, port, args.idle_conns, args.server_pid, limit),
+            "churn": lambda: client_churn(host, port, args.churn_seconds, args.server_pid),
+            "closestorm": lambda: client_closestorm(host, port, args.storm_conns,
+                                                    args.storm_tun, limit),
+        }.get(scen)
+        if run is None:
             raise ClientFailure(f"unknown scenario {scen}")
+        result = run()
     except (ClientFailure, OSError) as e:
         msg = str(e) if isinstance(e, ClientFailure) else f"{type(e).__name__}: {e}"
         print(json.dumps({"error": msg}))
