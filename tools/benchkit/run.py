@@ -90,7 +90,6 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.netns: Namespace | None = None  # ustack-bench-<random>, made by setup
-        self.ns = ""
         self.ustack: Server | None = None
         self.kernel: Server | None = None
         self.ustack_start_error: str | None = None
@@ -103,8 +102,9 @@ class Bench:
         return self.netns.wrap(argv)
 
     def ip_json(self, argv: list[str]) -> list[dict]:
+        assert self.netns is not None
         r = subprocess.run(
-            ["ip", "-j", "-n", self.ns, *argv],
+            ["ip", "-j", "-n", self.netns.name, *argv],
             capture_output=True,
             text=True,
             timeout=SETUP_TIMEOUT,
@@ -143,7 +143,6 @@ class Bench:
             self.netns = Namespace("ustack-bench", timeout=SETUP_TIMEOUT)
         except (NamespaceError, subprocess.TimeoutExpired) as e:
             raise BenchError(str(e)) from e
-        self.ns = self.netns.name
         if self.args.self_test:
             # The "ustack" half is a second kernel server on 10.77.0.2 (checks the tool).
             run_quiet(self.nsexec(["ip", "addr", "add", f"{USTACK_ADDR}/32", "dev", "lo"]))
@@ -172,7 +171,7 @@ class Bench:
                 )
             self.netns.close()
             if self.netns.close_error is not None:
-                print(f"bench: could not delete namespace {self.ns}: "
+                print(f"bench: could not delete namespace {self.netns.name}: "
                       f"{self.netns.close_error}", file=sys.stderr)
             else:
                 self.netns = None

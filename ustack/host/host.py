@@ -138,10 +138,6 @@ class Host:
         self._user_call(tcb)  # the SYN goes out on the next poll
         return tcb
 
-    def wake(self, tcb: Tcb) -> None:
-        """Poll `tcb` on the next `poll` (a user call on it does this by itself)."""
-        self._pending[tcb] = None
-
     def _user_call(self, tcb: Tcb) -> None:
         """`Tcb.on_wake`: a user call on `tcb` left work for the next poll (and maybe an
         event, as an abort's CLOSED)."""
@@ -291,12 +287,11 @@ class Host:
         if tcb is None:
             return
         self._conns[(src, seg.src_port, seg.dst_port)] = tcb
+        self._pending[tcb] = None  # its SYN-ACK, or (from a cookie) what it owes
         if tcb.state is State.SYN_RCVD:
             self._parent[tcb] = listener  # embryonic until it leaves SYN-RECEIVED
-            self.wake(tcb)
             return
-        self._pending[tcb] = None  # from a SYN cookie: past the handshake already
-        if tcb.state is not State.CLOSED:
+        if tcb.state is not State.CLOSED:  # from a SYN cookie: past the handshake already
             self._queue_accepted(listener, tcb)
 
     def _time_wait_input(self, src: bytes, seg: Segment,
@@ -362,8 +357,6 @@ class Host:
                 if seg.flags & RST:
                     self.counters["rst_out"] += 1
                 self._emit_segment(tcb.remote_addr, seg)
-            if tcb.events:
-                self._events[tcb] = None
             if tcb.state is State.CLOSED:
                 self._forget(tcb)
                 continue

@@ -246,7 +246,6 @@ class Tcb:
         """The ACK that completes a SYN-cookie handshake (RFC 4987 §3.6): ESTABLISHED."""
         handshake.cookie_open(self, ack, irs, mss, now)
 
-
     # ------------------------------------------------------------- user calls
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
@@ -304,9 +303,11 @@ class Tcb:
 
     def shutdown(self) -> None:
         """CLOSE call for the sending side (§3.10.4): a FIN follows the queued data."""
-        if self._fin_queued:
-            return
-        self._wake()
+        if not self._fin_queued:
+            self._queue_fin()
+            self._wake()
+
+    def _queue_fin(self) -> None:
         if self.state is State.SYN_SENT:
             self._close(None)  # "delete the TCB"
             return
@@ -321,7 +322,8 @@ class Tcb:
         self.orphaned = True
         self._rcv_buf.clear()
         self._rcv_len = 0
-        self.shutdown()
+        if not self._fin_queued:
+            self._queue_fin()
         self._wake()
 
     def abort(self) -> None:
