@@ -153,8 +153,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--offload",
-        action="store_true",
-        help="run ustack serve with --offload (IFF_VNET_HDR, checksum and TSO offloads)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ustack serve's checksum and TSO offloads (IFF_VNET_HDR), on by default as "
+        "in ustack serve; --no-offload runs ustack serve --no-offload",
     )
     p.add_argument(
         "--profile",
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ustack benchmark  {rep['date']}  Linux {rep['host']['kernel']}, "
         f"{rep['host']['cpus']} CPUs, Python {rep['host']['python']}, MTU {p['mtu']}"
-        + (", offload" if p["offload"] else "")
+        + (", offload" if p["offload"] else ", no offload")
         + ("  [SELF-TEST: both sides are kernel servers]" if p["self_test"] else "")
     )
     print(render_table(rep))

@@ -18,7 +18,8 @@ class Offloaded(NamedTuple):
     # the checksum partial, or has verified it): not the host's to verify.
     csum_ok: bool = False
     # Out: the TCP checksum is the device's to complete, and a segment with more data
-    # than this is the device's to cut into segments of this much (TSO); 0: one segment.
+    # than this is the device's to cut into segments of this much (TSO). In: the size
+    # of the segments a super-packet stands for (the kernel's gso_size). 0: one segment.
     gso: int = 0
 
 

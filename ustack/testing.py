@@ -71,6 +71,7 @@ class Options:
     jitter_ms: float = 0.0
     seed: int | None = 1
     mtu: int = 1500
+    offload: bool = True  # checksum and TSO offloads, as `Stack(offload=...)`
     trace: bool = False
     addr: str = "10.77.0.2"
     kernel_addr: str = "10.77.0.1/24"  # the kernel's side of the device, address/prefix
@@ -241,7 +242,8 @@ class _Runner:
         opts, host = self.opts, self.host
         specs = [parse_service_spec(s) for s in opts.services]
         stack = Stack(dev=self.dev, addr=opts.addr, kernel_addr=opts.kernel_addr,
-                      mtu=opts.mtu, pcap=host.pcap_path, trace=self.trace_file)
+                      mtu=opts.mtu, pcap=host.pcap_path, trace=self.trace_file,
+                      offload=opts.offload)
         stack.faults(**opts.fault_kwargs())
         await stack.__aenter__()
         try:

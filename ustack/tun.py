@@ -3,8 +3,8 @@
 pytun-pmd3 opens the device; on Linux its address setters are IPv6-only, so an
 IPv4 address for the kernel side is configured with iproute2, and it opens the
 fd blocking, so we set O_NONBLOCK ourselves. It has no TUNSETOFFLOAD: with
-`offload=True` the device is opened with IFF_VNET_HDR and the offloads are enabled
-with fcntl.ioctl; every packet read or written then starts with a virtio-net header
+`offload=True` (the default) the device is opened with IFF_VNET_HDR and the offloads
+are enabled with fcntl.ioctl; every packet read or written then starts with a virtio-net header
 (`ustack.vnet`). This adapter is the only place that sees it: reads give the link and
 the host `ustack.packet.Offloaded` packets (the IP packet, whether its checksum is
 vouched for), writes take them (the IP packet, its segmentation size) and frame them.
@@ -38,12 +38,17 @@ TUN_F_CSUM = 0x01  # the kernel may hand us packets with partial checksums
 TUN_F_TSO4 = 0x02  # ... and TCP/IPv4 super-packets of up to 64 KB
 TUN_F_TSO6 = 0x04
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+OFFLOAD_NAMES = ("checksum", "TSO")
 TX_QUEUE_LEN = 10000
 GSO_MAX = 65535  # an IPv4 super-packet is one datagram: its total length is 16 bits
 
 
 class TunError(Exception):
     """The device cannot be used; the message is one sentence for the user."""
+
+
+class _OffloadRefused(Exception):
+    """The device takes no virtio-net header or offloads: opened again without."""
 
 
 class TunDevice:
@@ -55,19 +60,35 @@ class TunDevice:
         self.created = created  # we made it, so it vanishes when we close it
         # Packets carry a virtio-net header; the kernel sends and takes super-packets.
         self.offload = offload
+        self.offload_refused: str | None = None  # why a device asked for offloads has none
         self.counters: Counter[str] = Counter()
         self._fd = dev.fileno()
         self._read_size = (max(mtu, GSO_MAX) + vnet.HDR_LEN if offload else mtu) + 64
 
     @classmethod
     def open(cls, name: str = "ustack0", *, kernel_addr: str = "10.77.0.1/24",
-             mtu: int | None = None, offload: bool = False) -> "TunDevice":
+             mtu: int | None = None, offload: bool = True) -> "TunDevice":
         """Attach to TUN `name`, or create and configure it when it does not exist.
 
-        `offload`: IFF_VNET_HDR with checksum and TSO offloads (see `ustack.vnet`)."""
+        `offload`: IFF_VNET_HDR with checksum and TSO offloads (see `ustack.vnet`) if the
+        device takes them; one that refuses them is opened without, and its
+        `offload_refused` says why."""
         if not os.path.exists(TUN_PATH):
             raise TunError(f"{TUN_PATH} does not exist: load the tun module (modprobe tun) "
                            "or give the container the device")
+        if offload:
+            try:
+                return cls._open(name, kernel_addr, mtu, offload=True)
+            except _OffloadRefused as e:
+                refused = str(e)
+        device = cls._open(name, kernel_addr, mtu, offload=False)
+        if offload:
+            device.offload_refused = refused
+        return device
+
+    @classmethod
+    def _open(cls, name: str, kernel_addr: str, mtu: int | None,
+              offload: bool) -> "TunDevice":
         existed = _exists(name)
         try:
             dev = TunTapDevice(name, IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0))
@@ -83,12 +104,17 @@ class TunDevice:
             else:
                 _configure(name, kernel_addr, mtu or 1500)
             actual_mtu = dev.mtu
-        except (OSError, TunError) as e:
+        except (OSError, TunError, _OffloadRefused) as e:
             dev.close()
-            if isinstance(e, TunError):
+            if isinstance(e, TunError | _OffloadRefused):
                 raise
             raise TunError(f"cannot configure TUN device {name}: {e.strerror or e}") from None
         return cls(dev, name, actual_mtu, created=not existed, offload=offload)
+
+    @property
+    def offloads(self) -> tuple[str, ...]:
+        """The offloads on: the TCP checksum and TSO (both ways, see `ustack.vnet`)."""
+        return OFFLOAD_NAMES if self.offload else ()
 
     def fileno(self) -> int:
         return self._fd
@@ -138,14 +164,14 @@ def _errno_name(code: int | None) -> str:
 
 def _set_offload(fd: int, offload: bool) -> None:
     """Offloads on, or (a persistent device may keep them from an earlier user) off."""
-    if offload:
-        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", vnet.HDR_LEN))
     try:
+        if offload:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", vnet.HDR_LEN))
         fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS if offload else 0)
     except OSError as e:
         if offload:
-            raise TunError(f"the TUN device refuses checksum and TSO offloads ({e.strerror}): "
-                           "run without --offload") from None
+            raise _OffloadRefused(f"the device refuses checksum and TSO offloads: "
+                                  f"{e.strerror or e}") from None
 
 
 def _exists(name: str) -> bool:

@@ -23,6 +23,7 @@ from ustack.packet import Offloaded, Packet
 
 HDR_LEN = 10
 _HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+_GSO_SIZE = struct.Struct("=H")
 
 # flags
 NEEDS_CSUM = 0x01
@@ -56,10 +57,12 @@ def parse(frame: bytes | memoryview) -> tuple[int, int, int, int, int, int]:
 
 def unframe(frame: bytes) -> Offloaded | None:
     """The IP packet in a frame read from the device, with whether the device vouches
-    for its checksum (`TRUSTED`); None for a frame shorter than the header."""
+    for its checksum (`TRUSTED`) and, for a super-packet, its segment size; None for a
+    frame shorter than the header."""
     if len(frame) < HDR_LEN:
         return None
-    return Offloaded(memoryview(frame)[HDR_LEN:], bool(frame[0] & TRUSTED))
+    gso = _GSO_SIZE.unpack_from(frame, 4)[0] if frame[1] != GSO_NONE else 0
+    return Offloaded(memoryview(frame)[HDR_LEN:], bool(frame[0] & TRUSTED), gso)
 
 
 def frame_header(packet: Packet) -> tuple[bytes, bytes | memoryview]:

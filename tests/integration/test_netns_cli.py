@@ -161,7 +161,7 @@ def test_no_permission_for_tun_exits_2(netns):
 # --- ustack connect ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", [(), ("--offload",)], ids=["plain", "offload"])
+@pytest.mark.parametrize("extra", [("--no-offload",), ()], ids=["plain", "offload"])
 def test_connect_transfers_1mb_both_ways(netns, tmp_path, extra):
     ours = tmp_path / "ours.bin"
     theirs = tmp_path / "theirs.bin"

@@ -224,7 +224,7 @@ class Bench:
                     "serve",
                     "--backlog",
                     str(BACKLOG),
-                    *(["--offload"] if self.args.offload else []),
+                    *([] if self.args.offload else ["--no-offload"]),
                     "--dev",
                     DEV,
                     "--addr",

@@ -167,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "its own")
         p.add_argument("--mtu", type=_mtu, default=None,
                        help="device MTU (default: the device's, 1500 for a new one)")
-        p.add_argument("--offload", action="store_true",
+        p.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
                        help="checksum and TSO offloads (IFF_VNET_HDR): 64 KB segments "
-                            "both ways, e.g. with --mtu 65535")
+                            "both ways, on by default where the device takes them; "
+                            "--no-offload: one wire segment per packet")
         p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                        help="event loop (default uvloop when installed)")
         p.add_argument("--congestion", choices=tuple(congestion.CONTROLLERS), default="cubic",

@@ -191,12 +191,21 @@ async def serve(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR1, lambda: _report(stack, time.monotonic() - started))
         listing = " ".join(f"{name}:{port}" for name, port in specs)
-        offload = ", offload" if stack.offload else ""
-        log(f"serving {listing} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu}{offload})")
+        log(f"serving {listing} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu}, "
+            f"{_offloads(stack)})")
         await stop.wait()
     # After the stack closed: the counts include the resets and the last packets sent.
     log("stopped; " + _format_stats(stack.stats()))
     return EXIT_OK
+
+
+def _offloads(stack: Stack) -> str:
+    """`offloads checksum, TSO`, or why there are none, for the start-up line."""
+    if stack.offloads:
+        return "offloads " + ", ".join(stack.offloads)
+    if stack.offload_refused:
+        return f"no offloads: {stack.offload_refused}"
+    return "no offloads"
 
 
 def _report(stack: Stack, uptime: float) -> None:

@@ -1,5 +1,6 @@
 """Link middleware between the TUN device and the host: pcap capture (`pcap`), fault
-injection (`faults`), taps and pipelines (`stage`).
+injection (`faults`, per wire segment: `segmentation` cuts the offloads' super-packets),
+taps and pipelines (`stage`).
 
 Sans-IO like the TCP core: no asyncio, no clock reads; `now` (the core's monotonic
 clock) is passed in. Every stage has the same small interface (smoltcp's `phy::Device`

@@ -10,8 +10,9 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
+from ustack.link.segmentation import cut
 from ustack.link.stage import RX, TX, Packets, Stage
-from ustack.packet import Packet, ip_of
+from ustack.packet import Offloaded, Packet, ip_of
 
 # ----------------------------------------------------------------------------- faults
 
@@ -23,6 +24,8 @@ REORDER_MS = 5.0  # the longest a reordered packet waits for a later one to over
 
 class FaultInjector(Stage):
     """A seeded lossy link, applied per packet and per direction ("rx" = toward the host).
+    A super-packet of the offloads is first cut into the wire packets it stands for
+    (`ustack.link.segmentation`): each is lost, duplicated or delayed on its own.
 
     For each packet, in this order: drop it (p = `loss`); else send it twice (p = `dup`);
     each copy: flip one random bit of one random byte (p = `corrupt`), delay it by
@@ -94,12 +97,21 @@ class FaultInjector(Stage):
     def rx(self, packet: Packet, now: float) -> Packets:
         if not self._on[RX]:
             return [packet]
-        return self._inject(RX, packet, now)
+        return self._inject_each(RX, packet, now)
 
     def tx(self, packet: Packet, now: float) -> Packets:
         if not self._on[TX]:
             return [packet]
-        return self._inject(TX, packet, now)
+        return self._inject_each(TX, packet, now)
+
+    def _inject_each(self, d: int, packet: Packet, now: float) -> Packets:
+        """Faults per wire packet: a super-packet is cut into its segments first."""
+        if type(packet) is not Offloaded or not packet.gso:
+            return self._inject(d, packet, now)
+        out: Packets = []
+        for piece in cut(packet):
+            out += self._inject(d, piece, now)
+        return out
 
     def _inject(self, d: int, packet: Packet, now: float) -> Packets:
         rng = self._rng

@@ -1,0 +1,133 @@
+"""Software segmentation (`ustack.link.segmentation.cut`) checked against dpkt and
+against what the kernel's tcp_gso_segment makes of a super-packet, and the fault
+injector acting per wire segment with offloads."""
+
+import random
+import socket
+import struct
+
+import dpkt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ustack import vnet
+from ustack.checksum import ones_sum
+from ustack.link import FaultInjector
+from ustack.link.segmentation import cut
+from ustack.packet import Offloaded
+
+SRC, DST = socket.inet_aton("10.77.0.1"), socket.inet_aton("10.77.0.2")
+FIN, PSH, ACK, CWR = dpkt.tcp.TH_FIN, dpkt.tcp.TH_PUSH, dpkt.tcp.TH_ACK, dpkt.tcp.TH_CWR
+
+
+def super_packet(payload: bytes, *, seq: int = 1000, flags: int = ACK | PSH,
+                 ident: int = 7, opts: bytes = b"", gso: int = 1448,
+                 csum_ok: bool = True) -> Offloaded:
+    tcp = dpkt.tcp.TCP(sport=80, dport=40000, seq=seq, ack=5, flags=flags, win=512,
+                       opts=opts, data=payload)
+    tcp.off = (20 + len(opts)) // 4
+    ip = dpkt.ip.IP(src=SRC, dst=DST, p=6, id=ident, ttl=64, data=tcp)
+    ip.df = 1
+    raw = bytes(ip)
+    return Offloaded(raw, csum_ok, gso)
+
+
+def completed(piece: bytes) -> bytes:
+    """What a device makes of a piece's partial checksum (Linux's skb_checksum_help)."""
+    data = bytearray(piece)
+    ihl = (data[0] & 0x0F) * 4
+    total = ones_sum(data[ihl:])
+    data[ihl + 16:ihl + 18] = (0xFFFF - total if total else 0).to_bytes(2, "big")
+    return bytes(data)
+
+
+def tcp_checksum_ok(packet: bytes) -> bool:
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 6, len(packet) - 20)
+    return (ones_sum(pseudo) + ones_sum(packet[20:])) % 0xFFFF == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(length=st.integers(1, 65_000 - 60), gso=st.integers(500, 9000),
+       seq=st.integers(0, 2**32 - 1), ident=st.integers(0, 0xFFFF),
+       flags=st.sampled_from([ACK, ACK | PSH, ACK | FIN, ACK | PSH | FIN, ACK | CWR | PSH]),
+       timestamps=st.booleans(), csum_ok=st.booleans())
+def test_pieces_are_the_segments_tcp_gso_segment_makes(length: int, gso: int, seq: int,
+                                                       ident: int, flags: int,
+                                                       timestamps: bool,
+                                                       csum_ok: bool) -> None:
+    payload = random.Random(length).randbytes(length)
+    opts = b"\x01\x01\x08\x0a" + struct.pack("!II", 11, 22) if timestamps else b""
+    packet = super_packet(payload, seq=seq, flags=flags, ident=ident, opts=opts, gso=gso,
+                          csum_ok=csum_ok)
+    pieces = cut(packet)
+    if length <= gso:
+        assert pieces == [packet]  # one segment already: left as it is
+        return
+    assert len(pieces) == -(-length // gso)
+    data = b""
+    for i, piece in enumerate(pieces):
+        assert type(piece) is Offloaded and piece.gso == 0 and piece.csum_ok == csum_ok
+        raw = bytes(piece.ip)
+        ip = dpkt.ip.IP(raw)
+        assert ip.len == len(raw)
+        assert ip.id == (ident + i) & 0xFFFF  # numbered as the kernel numbers them
+        check = dpkt.ip.IP(raw)
+        check.sum = 0
+        assert dpkt.ip.IP(bytes(check)).sum == ip.sum  # a valid IP header checksum
+        tcp = ip.data
+        assert tcp.seq == (seq + i * gso) & 0xFFFFFFFF
+        assert tcp.opts == opts and tcp.ack == 5 and tcp.win == 512
+        last = i == len(pieces) - 1
+        assert len(tcp.data) == (length - i * gso if last else gso)
+        want = flags
+        if i:
+            want &= ~CWR
+        if not last:
+            want &= ~(FIN | PSH)
+        assert tcp.flags == want
+        assert tcp_checksum_ok(completed(raw))  # the partial sum a device completes
+        data += tcp.data
+    assert data == payload
+
+
+def test_only_tcp_super_packets_are_cut() -> None:
+    plain = bytes(super_packet(b"x" * 5000).ip)
+    assert cut(plain) == [plain]  # no metadata: a wire packet already
+    assert cut(Offloaded(plain, True, 0)) == [Offloaded(plain, True, 0)]
+    udp = bytearray(plain)
+    udp[9] = 17
+    assert len(cut(Offloaded(bytes(udp), True, 1448))) == 1
+    assert cut(Offloaded(b"\x45\x00", True, 1448)) == [Offloaded(b"\x45\x00", True, 1448)]
+
+
+def test_the_device_reports_the_segment_size_of_a_super_packet() -> None:
+    raw = bytes(super_packet(b"y" * 4000).ip)
+    header = vnet.header(flags=vnet.NEEDS_CSUM, gso_type=vnet.GSO_TCPV4, hdr_len=40,
+                         gso_size=1448, csum_start=20, csum_offset=16)
+    packet = vnet.unframe(header + raw)
+    assert packet is not None and packet.gso == 1448 and packet.csum_ok
+    assert vnet.unframe(vnet.header(flags=vnet.NEEDS_CSUM) + raw).gso == 0  # type: ignore[union-attr]
+
+
+def test_faults_count_per_wire_segment() -> None:
+    """A 10-segment super-packet is ten packets to the injector, each way."""
+    packet = super_packet(b"z" * 14_480)
+    for send in ("rx", "tx"):
+        dropped = FaultInjector(loss=1.0, seed=1)
+        assert getattr(dropped, send)(packet, 0.0) == []
+        assert dropped.counters["fault_dropped"] == 10
+        doubled = FaultInjector(dup=1.0, seed=1)
+        out = getattr(doubled, send)(packet, 0.0)
+        assert len(out) == 20 and doubled.counters["fault_duplicated"] == 10
+        assert all(len(p.ip) == 20 + 20 + 1448 for p in out)
+    half = FaultInjector(loss=0.5, seed=4)
+    passed = sum(len(half.rx(packet, 0.0)) for _ in range(100))
+    assert passed + half.counters["fault_dropped"] == 1000
+    assert 400 < passed < 600
+
+
+def test_a_corrupted_piece_loses_the_devices_word_on_its_checksum() -> None:
+    out = FaultInjector(corrupt=1.0, seed=2).tx(super_packet(b"c" * 5000), 0.0)
+    assert len(out) == 4
+    assert all(type(p) is bytes for p in out)  # verified by whoever receives it
+    assert not any(tcp_checksum_ok(p) for p in out)  # type: ignore[arg-type]
