@@ -69,6 +69,7 @@ class Host:
         self._accepting: dict[Listener, None] = {}
         self.accept_queue_full = False  # since last taken: accept now (`take_accepting`)
         self.on_wake: Callable[[], None] | None = None  # the driver's: poll soon
+        self._wake_hook = self._user_call  # one bound method shared by every TCB
 
     # ------------------------------------------------------------ user side
 
@@ -389,7 +390,7 @@ class Host:
                   remote_addr=remote_addr, ts_offset=self._ts_offsets(self.addr, remote_addr),
                   counters=self.counters, tso_max=TSO_MAX if self.offload else 0,
                   budget=self.budget)
-        tcb.on_wake = self._user_call
+        tcb.on_wake = self._wake_hook
         if self._probe is not None:
             self._probe.watch(tcb)
         return tcb

@@ -40,13 +40,17 @@ class Controller(Protocol):
 
 class _Undoable:
     """A controller's whole state can be kept and put back: a reduction that proves
-    spurious is undone (RFC 4015; Linux tcp_undo_cwnd_reduction)."""
+    spurious is undone (RFC 4015; Linux tcp_undo_cwnd_reduction). The state is the
+    subclass's `__slots__` (a controller per connection: no __dict__)."""
+
+    __slots__: tuple[str, ...] = ()
 
     def snapshot(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {name: getattr(self, name) for name in self.__slots__}
 
     def restore(self, state: dict[str, Any]) -> None:
-        vars(self).update(state)
+        for name, value in state.items():
+            setattr(self, name, value)
 
 
 def _slow_start_growth(cc: "NewReno | Cubic", acked: int, ack: int | None, snd_nxt: int,
@@ -60,6 +64,8 @@ def _slow_start_growth(cc: "NewReno | Cubic", acked: int, ack: int | None, snd_n
 
 class NewReno(_Undoable):
     name = "newreno"
+
+    __slots__ = ("bytes_acked", "cwnd", "hystart", "mss", "ssthresh")
 
     def __init__(self, mss: int, paced: bool = False) -> None:
         self.mss = mss
@@ -118,6 +124,9 @@ class Cubic(_Undoable):
     C = 0.4  # RFC 9438 §5: C
     BETA = 0.7  # RFC 9438 §4.6: beta_cubic
     ALPHA = 3 * (1 - BETA) / (1 + BETA)  # RFC 9438 §4.3: alpha_cubic
+
+    __slots__ = ("_after_timeout", "_cwnd_prior", "_cwnd_seg", "cwnd", "cwnd_epoch", "epoch_start",
+                 "hystart", "k", "mss", "ssthresh", "w_est", "w_max")
 
     def __init__(self, mss: int, paced: bool = False) -> None:
         self.mss = mss

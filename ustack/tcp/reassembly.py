@@ -21,6 +21,8 @@ MAX_RANGES = 1024
 
 
 class Reassembly:
+    __slots__ = ("_ranges", "_recent", "held", "max_ranges")
+
     def __init__(self, max_ranges: int = MAX_RANGES) -> None:
         self.max_ranges = max_ranges
         self._ranges: list[tuple[int, bytearray]] = []  # (start seq, data), sorted, disjoint

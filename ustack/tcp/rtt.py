@@ -12,6 +12,8 @@ K = 4
 
 
 class RttEstimator:
+    __slots__ = ("rto", "rttvar", "srtt")
+
     def __init__(self) -> None:
         self.srtt: float | None = None
         self.rttvar = 0.0

@@ -27,6 +27,8 @@ def is_dsack(blocks: tuple[tuple[int, int], ...], ack: int) -> bool:
 
 
 class Scoreboard:
+    __slots__ = ("ranges", "sacked")
+
     def __init__(self) -> None:
         self.ranges: list[tuple[int, int]] = []  # (left, right), sorted, disjoint
         self.sacked = 0  # bytes covered

@@ -14,11 +14,8 @@ else SACK-based recovery (RFC 6675) or NewReno (RFC 6582); RTO (RFC 6298) as the
 resort.
 
 The TCB owns the connection's variables (the RFC's names: `snd_una`, `rcv_nxt`, …) and
-the user calls; the work is done by modules of one job each, functions that take the
-TCB: `receive` (SEGMENT ARRIVES, the steps of §3.10.7.4), `delivery` (received text and
-the ACKs it draws), `recovery` (what an ACK means for the flight; fast retransmit,
-RACK, PRR, RTO, undo), `tlp` (tail loss probes), `output` (what to send), `rcvwnd`
-(the window offered), `buffers` (buffer growth), `timeouts` (§3.10.8), `timewait`.
+the user calls; modules of one job each, functions that take the TCB, do the work
+(ARCHITECTURE.md lists them).
 """
 
 from collections.abc import Callable
@@ -53,9 +50,27 @@ from ustack.tcp.sendbuf import SendBuffer
 from ustack.tcp.states import ON_CLOSE, RECEIVING, SENDING, State
 
 RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
+# Every variable, the TCB's __slots__: it has no __dict__, which was half of an idle
+# connection's memory (3.3 of 6.6 KB, issue 17). A variable not named here cannot be set.
+_VARIABLES = """
+    _ack_delayed _ack_now _budget _challenge_count _challenge_second _consecutive_rtos
+    _cwnd_limited _cwnd_usage_seq _dsack _dsack_undo _dupacks _dupacks_rcv_nxt _dupacks_sent
+    _eifel _fin_queued _fin_seq _flight _force_one _full_segments_unacked _growth_refused
+    _high_rxt _keepalive_probes _last_rcv _max_flight _now _ooo _oow_ack_at _outbox _pace_at
+    _pace_backlog _pace_wait _persist_backoff _probe_owed _prr _rack _rcv_adv _rcv_buf
+    _rcv_buf_locked _rcv_claimed _rcv_len _rcv_mss_seen _rcv_space _recover _retries _snd_buf
+    _snd_buf_cap _snd_buf_seq _snd_claimed _syn_owed _syn_timed_out _tlp _tlp_due _tlp_owed
+    _ts_offset bytes_acked bytes_received cc config counters error events fin_received
+    in_recovery irs iss last_ack_sent local_port max_snd_wnd nodelay on_recovery on_state_change
+    on_timer_fired on_wake orphaned passive rcv_buf_size rcv_mss rcv_nxt rcv_wscale remote_addr
+    remote_port retransmits rtt sack_ok scoreboard snd_buf_size snd_mss snd_nxt snd_una snd_wl1
+    snd_wl2 snd_wnd snd_wscale state time_wait timers ts_ok ts_recent tso_max wscale_ok
+"""
 
 
 class Tcb:
+    __slots__ = tuple(_VARIABLES.split())
+
     def __init__(
         self,
         local_port: int,
@@ -88,10 +103,9 @@ class Tcb:
         self.events = 0
         # The host's: a user call left something to send (poll this TCB next).
         self.on_wake: Callable[[Tcb], None] | None = None
-        # Observability hooks (the stack's probe): state changes and timers that fire.
+        # The stack's probe: state changes, timers that fire, steps of loss recovery.
         self.on_state_change: Callable[[Tcb, State, State], None] | None = None
         self.on_timer_fired: Callable[[Tcb, str], None] | None = None
-        # ... and the steps of loss recovery: (kind, detail), as `ustack.ladder` names them.
         self.on_recovery: Callable[[Tcb, str, str], None] | None = None
         self.time_wait: timewait.TimeWait | None = None  # in TIME-WAIT: all that is left
         self._init_sequence_space(iss, mss, config, ts_offset)
@@ -136,15 +150,12 @@ class Tcb:
         # Buffers: _snd_buf holds unacknowledged and unsent data, its first byte at _snd_buf_seq.
         self._snd_buf = SendBuffer()
         self._snd_buf_seq = seq.add(iss, 1)
-        # In-order text not yet read: views of the segments as they arrived (no copy until
-        # read() joins them), and their total.
+        # In-order text not yet read: views of the segments as they arrived, and their total.
         self._rcv_buf: list[bytes | memoryview] = []
         self._rcv_len = 0
         self.rcv_buf_size = config.rcv_buf
-        # Autotuning (ustack.tcp.autotune): the receive buffer grows by what the
-        # application reads per RTT, the send buffer (what send() takes before the
-        # application is asked to wait) with cwnd and with what it queued; growth beyond
-        # the initial sizes is claimed from the host's budget.
+        # Autotuning (ustack.tcp.autotune): the receive buffer grows with the reads per
+        # RTT, the send buffer with cwnd; growth is claimed from the host's budget.
         self.snd_buf_size = config.snd_buf
         self._snd_buf_cap = max(config.snd_buf_max, config.snd_buf)
         self._budget = budget if budget is not None else autotune.BufferBudget()
@@ -182,16 +193,14 @@ class Tcb:
         self._pace_backlog = False  # the last release spent its allowance with data left
         # RFC 2883: a duplicate range received, reported once as the first SACK block.
         self._dsack: tuple[int, int] | None = None
-        # Congestion window validation (Linux tcp_cwnd_validate; RFC 7661's aim): whether
-        # the window limited sending in the current window of data, and the most that was
-        # in flight in it; the window grows only when it was used.
+        # Congestion window validation (Linux tcp_cwnd_validate; RFC 7661's aim): the
+        # window grows only when it limited sending in the current window of data.
         self._cwnd_limited = False
         self._max_flight = 0
         self._cwnd_usage_seq = iss
         self.cc = congestion.make(config.congestion, self.snd_mss, paced=config.pacing)
         self.retransmits = 0
-        # What `ss -ti` shows as bytes_acked and bytes_received (64-bit, unlike sequence
-        # numbers): data acknowledged by the peer, and in-order data taken from it.
+        # `ss -ti`'s bytes_acked and bytes_received (unbounded, unlike sequence numbers).
         self.bytes_acked = 0
         self.bytes_received = 0
 
@@ -211,7 +220,6 @@ class Tcb:
         self._now = 0.0
 
     def _init_timers(self) -> None:
-        # Timers.
         self.timers = timers.Timers()
         self._retries = 0
         self._persist_backoff = 0
