@@ -40,7 +40,7 @@ _AFTER_PEER_FIN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING)
 
 def fast_path(tcb: Tcb, seg: Segment, now: float) -> bool:
     """Van Jacobson's header prediction (BSD; Linux tcp_rcv_established): in ESTABLISHED,
-    the next expected segment, only ACK (and PSH) set, the same window, no SACK news,
+    the next expected segment, only ACK (and PSH) set, an open window, no SACK news,
     no recovery under way, either acknowledging new data or carrying in-window text.
     Every check of §3.10.7.4 would pass, so only the steps that act are taken, in
     their order; anything else (False) takes the full path."""
@@ -50,9 +50,13 @@ def fast_path(tcb: Tcb, seg: Segment, now: float) -> bool:
     ts_val = opts.ts_val
     if tcb.ts_ok and (ts_val is None or acceptance.paws_rejects(ts_val, tcb.ts_recent)):
         return False  # no timestamp, or PAWS would have a word (R1)
+    # A new window is taken (the window update rule runs below), unlike Linux's
+    # prediction, which leaves any change to its slow path: a receiver's window moves
+    # with nearly every ACK of a transfer. A zero window, or one reopening, takes the
+    # full path (the persist timer, a resend of what was sent into it).
     if (opts.sack or tcb.in_recovery or tcb._flight.lost_bytes or tcb.scoreboard
             or tcb._tlp is not None or tcb._ooo or tcb._fin_seq is not None
-            or (seg.wnd << tcb.snd_wscale) != tcb.snd_wnd):
+            or not seg.wnd or not tcb.snd_wnd):
         return False
     ack = seg.ack
     advance = (ack - tcb.snd_una) & seq.MASK

@@ -50,6 +50,7 @@ SEGMENTS = st.lists(st.tuples(
     st.sampled_from(["ack", "ack+data", "data", "dupack", "old_ts", "window", "fin", "sack"]),
     st.integers(0, 6),  # segments acknowledged
     st.integers(1, 3 * MSS),  # data size
+    st.sampled_from([512, 512, 300, 1000, 1, 0]),  # the window offered (scaled by 2**7)
 ), min_size=1, max_size=25)
 
 
@@ -62,12 +63,12 @@ def test_fast_path_agrees_with_the_full_path(script, sack, ts) -> None:
     tcb.poll(now)
     peer_seq = seq.add(IRS, 1)
     ts_val = 2000
-    for kind, acked, size in script:
+    for kind, acked, size, offered in script:
         now += 0.001
         ts_val += 1
         ack = min(seq.sub(tcb.snd_nxt, ISS + 1), seq.sub(tcb.snd_una, ISS + 1) + acked * MSS)
         ack = seq.add(ISS + 1, ack)
-        payload, flags, wnd, opts = b"", ACK, 512, {}
+        payload, flags, wnd, opts = b"", ACK, offered, {}
         if ts:
             opts = {"ts_val": ts_val if kind != "old_ts" else 5, "ts_ecr": 1}
         if kind in ("ack+data", "data", "fin"):
