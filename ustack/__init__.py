@@ -7,5 +7,13 @@ from ustack.tcp.config import TcpConfig
 from ustack.tun import TunError
 
 __all__ = ["ConnectionInfo", "Server", "Stack", "TcpConfig", "Transport", "TunError",
-           "keep_freed_heap"]
+           "compiled_core", "keep_freed_heap"]
 __version__ = "0.1.0"
+
+
+def compiled_core() -> bool:
+    """Whether the sans-IO core runs compiled (`scripts/compile.sh`: mypyc extension
+    modules beside the .py files) rather than as Python."""
+    from ustack.tcp import tcb
+
+    return not (tcb.__file__ or "").endswith(".py")

@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ustack", description="A user-space TCP/IP stack over a Linux TUN device.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"ustack {ustack.__version__}")
+    core = " (compiled core)" if ustack.compiled_core() else ""
+    parser.add_argument("--version", action="version",
+                        version=f"ustack {ustack.__version__}{core}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def device_options(p: argparse.ArgumentParser) -> None:

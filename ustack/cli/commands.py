@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from ustack import conninfo, link, services, tun
+from ustack import compiled_core, conninfo, link, services, tun
 from ustack.api import Stack, tls
 from ustack.cli.args import (
     CONNECTING_NOTICE,
@@ -191,8 +191,9 @@ async def serve(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR1, lambda: _report(stack, time.monotonic() - started))
         listing = " ".join(f"{name}:{port}" for name, port in specs)
+        core = ", compiled core" if compiled_core() else ""
         log(f"serving {listing} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu}, "
-            f"{_offloads(stack)})")
+            f"{_offloads(stack)}{core})")
         await stop.wait()
     # After the stack closed: the counts include the resets and the last packets sent.
     log("stopped; " + _format_stats(stack.stats()))

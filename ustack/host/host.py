@@ -21,7 +21,7 @@ from ustack.probe import Event
 from ustack.stats import Counters, DropReason
 from ustack.tcp import autotune, closed, gro, segment, timewait
 from ustack.tcp.config import TcpConfig
-from ustack.tcp.isn import IsnGenerator, TsOffsets
+from ustack.tcp.isn import IsnGenerator, IsnSource, TsOffsets
 from ustack.tcp.listener import Listener
 from ustack.tcp.segment import RST, Segment, SegmentError
 from ustack.tcp.states import State
@@ -36,7 +36,7 @@ ConnKey = tuple[bytes, int, int]  # (remote address, remote port, local port)
 
 
 class Host:
-    def __init__(self, addr: str, *, mtu: int = 1500, isn: IsnGenerator | None = None,
+    def __init__(self, addr: str, *, mtu: int = 1500, isn: IsnSource | None = None,
                  rng: random.Random | None = None, config: TcpConfig | None = None,
                  cookies: SynCookies | None = None, offload: bool = False,
                  max_time_wait: int = timewait.MAX_RECORDS,

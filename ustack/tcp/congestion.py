@@ -41,12 +41,14 @@ class Controller(Protocol):
 class _Undoable:
     """A controller's whole state can be kept and put back: a reduction that proves
     spurious is undone (RFC 4015; Linux tcp_undo_cwnd_reduction). The state is the
-    subclass's `__slots__` (a controller per connection: no __dict__)."""
+    subclass's `__slots__` (a controller per connection: no __dict__), named again in
+    `_STATE` (a compiled class has no `__slots__` attribute to read)."""
 
     __slots__: tuple[str, ...] = ()
+    _STATE: tuple[str, ...] = ()
 
     def snapshot(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self._STATE}
 
     def restore(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
@@ -62,10 +64,14 @@ def _slow_start_growth(cc: "NewReno | Cubic", acked: int, ack: int | None, snd_n
     return hystart.growth(acked, cc.mss)
 
 
+_NEWRENO_STATE: tuple[str, ...] = ("bytes_acked", "cwnd", "hystart", "mss", "ssthresh")
+
+
 class NewReno(_Undoable):
     name = "newreno"
 
-    __slots__ = ("bytes_acked", "cwnd", "hystart", "mss", "ssthresh")
+    __slots__ = _NEWRENO_STATE
+    _STATE = _NEWRENO_STATE
 
     def __init__(self, mss: int, paced: bool = False) -> None:
         self.mss = mss
@@ -117,16 +123,24 @@ class NewReno(_Undoable):
         self.bytes_acked = 0
 
 
+CUBIC_C = 0.4  # RFC 9438 §5: C
+CUBIC_BETA = 0.7  # RFC 9438 §4.6: beta_cubic
+CUBIC_ALPHA = 3 * (1 - CUBIC_BETA) / (1 + CUBIC_BETA)  # RFC 9438 §4.3: alpha_cubic
+_CUBIC_STATE: tuple[str, ...] = ("_after_timeout", "_cwnd_prior", "_cwnd_seg", "cwnd",
+                                 "cwnd_epoch", "epoch_start", "hystart", "k", "mss",
+                                 "ssthresh", "w_est", "w_max")
+
+
 class Cubic(_Undoable):
     """RFC 9438. Internally in segments (floats), as the RFC's formulas are."""
 
     name = "cubic"
-    C = 0.4  # RFC 9438 §5: C
-    BETA = 0.7  # RFC 9438 §4.6: beta_cubic
-    ALPHA = 3 * (1 - BETA) / (1 + BETA)  # RFC 9438 §4.3: alpha_cubic
+    C = CUBIC_C
+    BETA = CUBIC_BETA
+    ALPHA = CUBIC_ALPHA
 
-    __slots__ = ("_after_timeout", "_cwnd_prior", "_cwnd_seg", "cwnd", "cwnd_epoch", "epoch_start",
-                 "hystart", "k", "mss", "ssthresh", "w_est", "w_max")
+    __slots__ = _CUBIC_STATE
+    _STATE = _CUBIC_STATE
 
     def __init__(self, mss: int, paced: bool = False) -> None:
         self.mss = mss

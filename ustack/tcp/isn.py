@@ -12,8 +12,13 @@ TSval its old one sent, and a peer holding that old one in TIME-WAIT refuses the
 
 import hashlib
 import os
+from collections.abc import Callable
 
 from ustack.tcp.seq import MASK
+
+# What picks a connection's initial sequence number: (local address, local port, remote
+# address, remote port, now) -> ISS. `IsnGenerator` is RFC 6528's; a test may fix it.
+IsnSource = Callable[[bytes, int, bytes, int, float], int]
 
 
 class IsnGenerator:

@@ -31,7 +31,7 @@ def record(ts_ok: bool = True, now: float = 10.0) -> TimeWait:
 
 def seg(flags: int, seq_no: int, ack: int = SND_NXT, payload: bytes = b"",
         ts_val: int | None = None) -> Segment:
-    opts = Options(ts_val=ts_val, ts_ecr=0 if ts_val is not None else None)
+    opts = Options(ts_val=ts_val, ts_ecr=0)
     return Segment(40000, 80, seq_no, ack, flags, 1000, payload, opts)
 
 
