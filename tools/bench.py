@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ustack benchmark  {rep['date']}  Linux {rep['host']['kernel']}, "
         f"{rep['host']['cpus']} CPUs, Python {rep['host']['python']}, MTU {p['mtu']}"
         + (", offload" if p["offload"] else ", no offload")
+        + f", {p.get('core', 'python')} core"
         + ("  [SELF-TEST: both sides are kernel servers]" if p["self_test"] else "")
     )
     print(render_table(rep))

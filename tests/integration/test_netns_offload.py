@@ -68,7 +68,7 @@ def test_offload_transfers_are_intact_and_use_super_packets(netns, start_ustack,
     server = start_ustack(netns, "echo:7", "http:80",
                           args=("--mtu", str(mtu), "--pcap", str(pcap)))
     # On by default: the start-up line says so.
-    assert f"mtu {mtu}, offloads checksum, TSO)" in server.stderr()
+    assert f"mtu {mtu}, offloads checksum, TSO" in server.stderr()
     before = _kernel_csum_errors(netns)
 
     _download(netns, tmp_path, 20_000_000)  # ustack -> kernel: TSO, partial checksums
@@ -122,7 +122,7 @@ def test_a_persistent_device_goes_back_to_no_offload(netns, start_ustack, tmp_pa
     _echo(netns, tmp_path, 1_000_000, "a.bin")
     assert first.stop()[0] == 0, first.stderr()
     second = start_ustack(netns, "echo:7", "http:80", args=("--no-offload",))
-    assert "mtu 1500, no offloads)" in second.stderr()
+    assert "mtu 1500, no offloads" in second.stderr()
     _echo(netns, tmp_path, 1_000_000, "b.bin")
     _download(netns, tmp_path, 3_000_000)
     assert second.stop()[0] == 0, second.stderr()

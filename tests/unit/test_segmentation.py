@@ -98,6 +98,8 @@ def test_only_tcp_super_packets_are_cut() -> None:
     udp[9] = 17
     assert len(cut(Offloaded(bytes(udp), True, 1448))) == 1
     assert cut(Offloaded(b"\x45\x00", True, 1448)) == [Offloaded(b"\x45\x00", True, 1448)]
+    v6 = Offloaded(b"\x60" + bytes(5000), True, 1440)
+    assert cut(v6) == [v6]
 
 
 def test_the_device_reports_the_segment_size_of_a_super_packet() -> None:

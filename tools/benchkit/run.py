@@ -44,6 +44,7 @@ from benchkit.common import (
     BenchError,
 )
 from benchkit.servers import STOPPED_PREFIX, Server, child_env, exit_text, parse_counters, run_quiet
+from ustack import compiled_core
 from ustack.netns import Namespace, NamespaceError
 
 
@@ -578,6 +579,7 @@ class Bench:
                 "rounds": a.rounds,
                 "mtu": a.mtu,
                 "offload": a.offload,
+                "core": "compiled" if compiled_core() else "python",
                 "scenarios": list(a.scenarios),
                 "ab_n": a.ab_n,
                 "ab_c": a.ab_c,

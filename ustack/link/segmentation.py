@@ -33,8 +33,8 @@ def cut(packet: Packet) -> list[Packet]:
     if type(packet) is not Offloaded or not packet.gso:
         return [packet]
     ip = packet.ip
-    if len(ip) < 20 or ip[9] != PROTO_TCP:
-        return [packet]
+    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != PROTO_TCP:
+        return [packet]  # IPv6 (the kernel's, with TSO6) passes whole: the host drops it
     ihl = (ip[0] & 0x0F) * 4
     total = min(_U16.unpack_from(ip, 2)[0], len(ip))
     if total < ihl + 20:
