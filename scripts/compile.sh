@@ -50,13 +50,13 @@ cd "$dir"
 # The sans-IO core and the network layer: what runs per segment.
 modules=(ustack/tcp/*.py ustack/host/*.py ustack/ip.py ustack/checksum.py ustack/packet.py
          ustack/stats.py)
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+log=$dir/build/compile.log
+mkdir -p "$dir/build"
 echo "compile.sh: compiling ${#modules[@]} modules with mypyc (about a minute)" >&2
 # mypyc reads the mypy settings of pyproject.toml and writes its C sources to build/.
 if ! "$USTACK_VENV/bin/mypyc" "${modules[@]}" >"$log" 2>&1; then
-    grep -E 'error|Error' "$log" | head -20 >&2
-    echo "compile.sh: mypyc failed (the whole log: rerun by hand in $dir)" >&2
+    tail -n 20 "$log" >&2 || true
+    echo "compile.sh: mypyc failed; its whole output is in $log" >&2
     exit 1
 fi
 "$USTACK_PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import ustack

@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 def compiled_core() -> bool:
     """Whether the sans-IO core runs compiled (`scripts/compile.sh`: mypyc extension
     modules beside the .py files) rather than as Python."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
     from ustack.tcp import tcb
 
-    return not (tcb.__file__ or "").endswith(".py")
+    return (tcb.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))

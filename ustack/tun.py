@@ -93,6 +93,9 @@ class TunDevice:
         try:
             dev = TunTapDevice(name, IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0))
         except OSError as e:
+            if offload and e.errno == errno.EINVAL:
+                # No IFF_VNET_HDR here (some sandboxes' TUN): try again without it.
+                raise _OffloadRefused("the device takes no virtio-net header") from None
             raise TunError(_open_error(name, e, existed)) from None
         try:
             flags = fcntl.fcntl(dev.fileno(), fcntl.F_GETFL)

@@ -17,6 +17,7 @@ import struct
 import tracemalloc
 
 import dpkt
+import pytest
 
 from ustack import vnet
 from ustack.checksum import ones_sum
@@ -116,6 +117,59 @@ def test_a_frame_shorter_than_its_header_is_a_counted_drop() -> None:
     assert device.counters[DropReason.VNET_TRUNCATED] == 1
     device.close()
     os.close(w)
+
+
+@pytest.mark.parametrize("refusal", ["open", "ioctl"])
+def test_a_device_that_refuses_offloads_is_opened_without(monkeypatch, refusal) -> None:
+    """Offloads are on by default where the device takes them: a TUN that refuses
+    IFF_VNET_HDR (EINVAL on open) or TUNSETOFFLOAD is opened again without, and says why
+    (the start-up line shows it), rather than failing the start."""
+    import errno
+    import fcntl
+
+    from ustack import tun
+
+    opened: list[int] = []
+
+    class Dev:  # pytun's device, on a pipe
+        def __init__(self, name: str, flags: int) -> None:
+            if refusal == "open" and flags & tun.IFF_VNET_HDR:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            opened.append(flags)
+            self._r, self._w = os.pipe()
+            self.mtu = 1500
+
+        def fileno(self) -> int:
+            return self._r
+
+        def close(self) -> None:
+            os.close(self._r)
+            os.close(self._w)
+
+    real_ioctl = fcntl.ioctl
+
+    def ioctl(fd: int, request: int, arg: object = 0) -> object:
+        if request in (tun.TUNSETOFFLOAD, tun.TUNSETVNETHDRSZ):
+            if refusal == "ioctl" and request == tun.TUNSETOFFLOAD and arg:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return 0
+        return real_ioctl(fd, request, arg)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tun, "TunTapDevice", Dev)
+    monkeypatch.setattr(tun, "_exists", lambda name: True)
+    monkeypatch.setattr(tun.os.path, "exists", lambda path: True)
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    device = tun.TunDevice.open("t0")
+    try:
+        assert not device.offload and device.offloads == ()
+        why = device.offload_refused or ""
+        assert ("virtio-net header" if refusal == "open" else "refuses") in why, why
+        assert opened[-1] & tun.IFF_VNET_HDR == 0
+    finally:
+        device.close()
+    device = tun.TunDevice.open("t0", offload=False)
+    assert device.offload_refused is None  # not asked for: nothing refused
+    device.close()
 
 
 def test_ip_header_checksum_is_still_verified() -> None:

@@ -102,6 +102,33 @@ def test_only_tcp_super_packets_are_cut() -> None:
     assert cut(v6) == [v6]
 
 
+@settings(max_examples=500, deadline=None)
+@given(raw=st.binary(max_size=200), gso=st.integers(0, 3000), csum_ok=st.booleans(),
+       view=st.booleans())
+def test_a_malformed_packet_passes_whole_and_never_raises(raw: bytes, gso: int,
+                                                         csum_ok: bool, view: bool) -> None:
+    """Garbage from the device reaches the host (which counts it as a drop) unchanged,
+    or cut into pieces that each add up: never an exception in the link stage."""
+    packet = Offloaded(memoryview(raw) if view else raw, csum_ok, gso)
+    pieces = cut(packet)
+    if pieces != [packet]:
+        for piece in pieces:
+            ip = bytes(piece.ip)  # type: ignore[union-attr]
+            assert int.from_bytes(ip[2:4], "big") == len(ip)
+
+
+def test_a_packet_shorter_than_its_length_field_is_not_cut() -> None:
+    whole = super_packet(b"t" * 5000)
+    short = Offloaded(bytes(whole.ip)[:3000], True, 1448)
+    assert cut(short) == [short]
+    bad_ihl = bytearray(whole.ip)
+    bad_ihl[0] = 0x41  # a 4-byte IP header
+    assert cut(Offloaded(bytes(bad_ihl), True, 1448)) == [Offloaded(bytes(bad_ihl), True, 1448)]
+    bad_thl = bytearray(whole.ip)
+    bad_thl[20 + 12] = 0x10  # a 4-byte TCP header
+    assert len(cut(Offloaded(bytes(bad_thl), True, 1448))) == 1
+
+
 def test_the_device_reports_the_segment_size_of_a_super_packet() -> None:
     raw = bytes(super_packet(b"y" * 4000).ip)
     header = vnet.header(flags=vnet.NEEDS_CSUM, gso_type=vnet.GSO_TCPV4, hdr_len=40,

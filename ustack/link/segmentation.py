@@ -12,7 +12,9 @@ segment size: the TCP checksum stays the device's to complete (outbound) or vouc
 for (inbound), its field the piece's pseudo-header sum as a device completes it. A bit
 the fault injector flips takes that metadata away (`faults.flip_bit`), so the
 receiving side verifies the checksum and drops the piece, as a wire's corruption is
-caught.
+caught. A super-packet the device did not vouch for (`csum_ok` False on receive) would
+need its pieces checksummed in full; the kernel never hands over such a packet, so its
+pieces keep the partial sum and the host drops them as bad.
 """
 
 import struct
@@ -35,14 +37,16 @@ def cut(packet: Packet) -> list[Packet]:
     ip = packet.ip
     if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != PROTO_TCP:
         return [packet]  # IPv6 (the kernel's, with TSO6) passes whole: the host drops it
+    # Whatever does not add up passes whole, for the host to judge and count: a
+    # malformed packet is the host's drop, never this stage's exception.
     ihl = (ip[0] & 0x0F) * 4
-    total = min(_U16.unpack_from(ip, 2)[0], len(ip))
-    if total < ihl + 20:
+    total = _U16.unpack_from(ip, 2)[0]
+    if ihl < 20 or total > len(ip) or total < ihl + 20:
         return [packet]
     thl = (ip[ihl + 12] >> 4) * 4
     start = ihl + thl
     size = packet.gso
-    if start > total or total - start <= size:
+    if thl < 20 or start > total or total - start <= size:
         return [packet]
     ip_head = bytearray(ip[:ihl])
     tcp_head = bytearray(ip[ihl:start])
