@@ -128,8 +128,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wrk-seconds", type=float,
                    help="wrk duration in seconds (default 5; --quick: 2)")
     p.add_argument("--wrk-c", type=int, default=50, help="wrk connections (default 50)")
-    p.add_argument("--siege-seconds", type=float,
-                   help="siege duration in seconds (default 5; --quick: 2)")
+    p.add_argument("--siege-reps", type=int,
+                   help="siege repetitions per user, siege -r (default 100; --quick: 20): a "
+                   "count, since siege 4.0.7 with -t can hang at its end")
     p.add_argument("--siege-c", type=int, default=25, help="siege users (default 25)")
     p.add_argument("--h2load-n", type=int,
                    help="h2load --h1 requests (default 20000; --quick: 2000)")
@@ -211,12 +212,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     defaults = (
         {"mb": 2.0, "conns": 100, "rounds": 200, "repeat": 1, "ab_n": 500,
-         "wrk_seconds": 2.0, "siege_seconds": 2.0, "h2load_n": 2000, "idle_conns": 1000,
+         "wrk_seconds": 2.0, "siege_reps": 20, "h2load_n": 2000, "idle_conns": 1000,
          "churn_seconds": 2 * CHURN_WINDOW,
          "storm_conns": 1000}
         if args.quick
         else {"mb": 20.0, "conns": 500, "rounds": 10000, "repeat": 3, "ab_n": 4000,
-              "wrk_seconds": 5.0, "siege_seconds": 5.0, "h2load_n": 20000,
+              "wrk_seconds": 5.0, "siege_reps": 100, "h2load_n": 20000,
               "idle_conns": 10000, "churn_seconds": 120.0,
               "storm_conns": 10000}
     )
@@ -224,7 +225,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     for name in ("mb", "conns", "concurrency", "rounds", "repeat", "time_limit", "ab_n", "ab_c",
-                 "wrk_seconds", "wrk_c", "siege_seconds", "siege_c", "h2load_n", "idle_conns",
+                 "wrk_seconds", "wrk_c", "siege_reps", "siege_c", "h2load_n", "idle_conns",
                  "storm_conns"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")

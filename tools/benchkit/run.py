@@ -288,8 +288,8 @@ class Bench:
             str(a.wrk_seconds),
             "--wrk-c",
             str(a.wrk_c),
-            "--siege-seconds",
-            str(a.siege_seconds),
+            "--siege-reps",
+            str(a.siege_reps),
             "--siege-c",
             str(a.siege_c),
             "--h2load-n",
@@ -450,7 +450,7 @@ class Bench:
         wrk = Row("wrk", f"wrk -t1 -c{a.wrk_c} -d{a.wrk_seconds:g}s (keep-alive)", "req/s",
                   "higher")
         wrk99 = Row("wrk_p99", "wrk latency p99", "us", "lower")
-        siege = Row("siege", f"siege -b -c {a.siege_c} -t {a.siege_seconds:g}s "
+        siege = Row("siege", f"siege -b -c {a.siege_c} -r {a.siege_reps} "
                     f"(GET /bytes/{SIEGE_BYTES})", "trans/s", "higher")
         h2load = Row("h2load", f"h2load --h1 -c {H2LOAD_C} -m {H2LOAD_M} -n {a.h2load_n} "
                      "(pipelined)", "req/s", "higher")
@@ -585,7 +585,7 @@ class Bench:
                 "ab_c": a.ab_c,
                 "wrk_seconds": a.wrk_seconds,
                 "wrk_c": a.wrk_c,
-                "siege_seconds": a.siege_seconds,
+                "siege_reps": a.siege_reps,
                 "siege_c": a.siege_c,
                 "h2load_n": a.h2load_n,
                 "idle_conns": a.idle_conns,
