@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import re
 import subprocess
 import sys
@@ -65,6 +64,7 @@ def test_trace_times_have_microseconds_under_uvloop(netns, start_ustack):
     times = [float(m.group(1)) for line in server.stderr().splitlines()
              if (m := TIME.match(line))]
     assert len(times) >= 8, server.stderr()
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert any(0 < gap < 0.001 for gap in gaps), times
-    assert any(round(t * 1e6) % 1000 for t in times), times  # not all whole milliseconds
+    # Not all whole milliseconds, as uvloop's loop time would make them. (Whether two
+    # wake-ups fall less than a millisecond apart depends on the machine's load: a CI
+    # run saw every gap above 1.4 ms, so that is not asserted.)
+    assert any(round(t * 1e6) % 1000 for t in times), times
