@@ -22,6 +22,13 @@ def ones_sum(data: Buffer) -> int:
     return words(data) % 0xFFFF
 
 
+def pseudo_words(addresses: bytes, proto: int, length: int) -> int:
+    """The pseudo-header's words, unreduced (see `words`): source and destination address
+    (`addresses`, both, as they stand in the IP header), protocol and the length of the
+    segment it covers (RFC 9293 §3.1)."""
+    return int.from_bytes(addresses, "big") + proto + length
+
+
 def finish(total: int) -> int:
     """Checksum field value for a ones' complement sum `total` (any non-negative int)."""
     total %= 0xFFFF

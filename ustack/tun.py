@@ -4,10 +4,11 @@ pytun-pmd3 opens the device; on Linux its address setters are IPv6-only, so an
 IPv4 address for the kernel side is configured with iproute2, and it opens the
 fd blocking, so we set O_NONBLOCK ourselves. It has no TUNSETOFFLOAD: with
 `offload=True` (the default) the device is opened with IFF_VNET_HDR and the offloads
-are enabled with fcntl.ioctl; every packet read or written then starts with a virtio-net header
-(`ustack.vnet`). This adapter is the only place that sees it: reads give the link and
-the host `ustack.packet.Offloaded` packets (the IP packet, whether its checksum is
-vouched for), writes take them (the IP packet, its segmentation size) and frame them.
+are enabled with fcntl.ioctl; every packet read or written then starts with a
+virtio-net header (`ustack.vnet`). This adapter is the only place that sees it: reads
+give the link and the host `ustack.packet.Offloaded` packets (the IP packet, whether its
+checksum is vouched for, a super-packet's segment size), writes take them (the IP
+packet, its segmentation size) and frame them.
 """
 
 import errno

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from ustack.link.segmentation import cut
 from ustack.link.stage import RX, TX, Packets, Stage
-from ustack.packet import Offloaded, Packet, ip_of
+from ustack.packet import Packet, ip_of
 
 # ----------------------------------------------------------------------------- faults
 
@@ -106,8 +106,6 @@ class FaultInjector(Stage):
 
     def _inject_each(self, d: int, packet: Packet, now: float) -> Packets:
         """Faults per wire packet: a super-packet is cut into its segments first."""
-        if type(packet) is not Offloaded or not packet.gso:
-            return self._inject(d, packet, now)
         out: Packets = []
         for piece in cut(packet):
             out += self._inject(d, piece, now)

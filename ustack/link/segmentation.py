@@ -19,7 +19,7 @@ pieces keep the partial sum and the host drops them as bad.
 
 import struct
 
-from ustack.checksum import finish, words
+from ustack.checksum import finish, pseudo_words, words
 from ustack.packet import Offloaded, Packet
 
 PROTO_TCP = 6
@@ -53,7 +53,7 @@ def cut(packet: Packet) -> list[Packet]:
     ident = _U16.unpack_from(ip_head, 4)[0]
     seq = _U32.unpack_from(tcp_head, 4)[0]
     flags = tcp_head[13]
-    addrs = int.from_bytes(ip_head[12:20], "big")  # the pseudo-header's addresses
+    addresses = bytes(ip_head[12:20])  # the pseudo-header's
     data = memoryview(ip)[start:total]
     pieces: list[Packet] = []
     offsets = range(0, len(data), size)
@@ -73,6 +73,6 @@ def cut(packet: Packet) -> list[Packet]:
             piece_flags &= ~(FIN | PSH)
         tcp_head[13] = piece_flags
         # The pseudo-header sum a device completes (Linux's tcp_v4_send_check).
-        _U16.pack_into(tcp_head, 16, (addrs + PROTO_TCP + length) % 0xFFFF)
+        _U16.pack_into(tcp_head, 16, pseudo_words(addresses, PROTO_TCP, length) % 0xFFFF)
         pieces.append(Offloaded(b"".join((ip_head, tcp_head, piece)), packet.csum_ok))
     return pieces

@@ -9,7 +9,7 @@ of RFC 9293 §3.1 with one reduction each.
 import struct
 from dataclasses import dataclass, field
 
-from ustack.checksum import finish, words
+from ustack.checksum import finish, pseudo_words, words
 from ustack.tcp import options
 from ustack.tcp.options import OptionError, Options
 
@@ -78,11 +78,6 @@ def pseudo_header(src: bytes, dst: bytes, length: int) -> bytes:
     return src + dst + struct.pack("!BBH", 0, PROTO_TCP, length)
 
 
-def _pseudo_words(src: bytes, dst: bytes, length: int) -> int:
-    """The pseudo-header's words, unreduced (see ustack.checksum.words)."""
-    return int.from_bytes(src + dst, "big") + PROTO_TCP + length
-
-
 def decode(src: bytes, dst: bytes, data: bytes | memoryview, verify: bool = True) -> Segment:
     """Decode and verify one TCP segment carried from `src` to `dst`. Raises SegmentError.
 
@@ -92,7 +87,7 @@ def decode(src: bytes, dst: bytes, data: bytes | memoryview, verify: bool = True
     if size < HEADER_LEN:
         raise SegmentError("TCP_MALFORMED")
     # MUST-3 over the pseudo-header and the segment, with one reduction.
-    if verify and (words(data) + _pseudo_words(src, dst, size)) % 0xFFFF:
+    if verify and (words(data) + pseudo_words(src + dst, PROTO_TCP, size)) % 0xFFFF:
         raise SegmentError("TCP_BAD_CHECKSUM")
     seg = read(data)
     if seg.flags & SYN and seg.flags & (RST | FIN):
@@ -138,7 +133,7 @@ def encode(seg: Segment, src: bytes, dst: bytes,
     payload = seg.payload
     fields = (seg.src_port, seg.dst_port, seg.seq, seg.ack if seg.flags & ACK else 0,
               (hlen // 4) << 4, seg.flags, seg.wnd)
-    pseudo = _pseudo_words(src, dst, hlen + len(payload))
+    pseudo = pseudo_words(src + dst, PROTO_TCP, hlen + len(payload))
     if partial:
         return _HEADER.pack(*fields, pseudo % 0xFFFF, 0) + opts, payload
     # One reduction over pseudo-header, header and data; the header's length is a
