@@ -307,7 +307,7 @@ class ImpairedPath:
     """The two namespaces, the relay between them, both servers."""
 
     def __init__(self, ustack_cc: str, kernel_cc: str, control: str,
-                 stats: bool = False) -> None:
+                 stats: bool = False, ustack_args: tuple[str, ...] = ()) -> None:
         self.client = Netns("c")
         self.router = Netns("r")
         self.control = control
@@ -330,7 +330,8 @@ class ImpairedPath:
             c.output(["ip", "route", "add", "default", "via", ROUTER])
             r.output(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
             self.ustack, _ = r.start([py, "-m", "ustack", "serve", "--congestion", ustack_cc,
-                                      "--addr", US, f"http:{HTTP}", f"discard:{DISCARD}"],
+                                      "--addr", US, *ustack_args, f"http:{HTTP}",
+                                      f"discard:{DISCARD}"],
                                      "ustack: serving")
             _, line = r.start([py, str(Path(__file__).resolve()), "--kernel-server",
                                kernel_cc], "ready")
@@ -428,7 +429,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         # sends; when the client sends, theirs does not matter (CUBIC for both).
         ustack_cc = cc if direction == "download" else "cubic"
         path = ImpairedPath(ustack_cc, KERNEL_CC[cc] if direction == "download" else "cubic",
-                            args.control, args.stats)
+                            args.control, args.stats, tuple(args.ustack_arg))
         try:
             for reorder in args.reorder:
                 for loss in args.loss:
@@ -488,6 +489,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the kernel sender's algorithms when ustack receives (cubic,bbr)")
     p.add_argument("--repeat", type=int, default=3, help="transfers per cell; median")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--ustack-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for `ustack serve` (repeatable), e.g. "
+                   "--ustack-arg=--no-offload")
     p.add_argument("--stats", action="store_true",
                    help="print ustack's counters (its SIGUSR1 line) after each of its transfers")
     p.add_argument("--kernel-server", metavar="CC", help=argparse.SUPPRESS)

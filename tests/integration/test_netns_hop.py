@@ -53,13 +53,18 @@ def test_a_download_through_the_bottleneck_retransmits_no_more_than_the_kernel(
 
 
 def test_two_downloads_started_together_share_the_bottleneck(shaped_hop):
-    # When the first of two 100 MB downloads ends, each must have had 35-65 % of the
+    # When the first of two 100 MB downloads ends, each must have had 20-80 % of the
     # bytes so far: one connection must not starve the other (pacing, and a per-wake-up
-    # share of the device for each).
+    # share of the device for each). Not an even split: through the router's FIFO two
+    # paced flows share in the ratio of their windows when slow start ended, and with no
+    # loss after it they keep it (0.42-0.75 in 22 runs). The kernel's server here splits
+    # 0.50 every time because it sits in the router: TCP Small Queues hold each of its
+    # flows to a millisecond of data in the bottleneck's own qdisc, a round robin that a
+    # forwarded flow (ustack's, or any remote sender's) does not get.
     server, addr, port = start_http(shaped_hop, "ustack")
     (result,) = client_json(shaped_hop, "downloads", "--host", addr, "--port", str(port),
                             "--size", "100000000", "--count", "2", timeout=300)
     stop_echo(server)
     assert result["ok"] == [True, True], result
     a, b = result["at_first_done"]
-    assert 0.35 <= a / (a + b) <= 0.65, result
+    assert 0.2 <= a / (a + b) <= 0.8, result

@@ -6,7 +6,7 @@ acknowledged). Once a round has N_RTT_SAMPLE RTT samples and its minimum has ris
 RttThresh over the last round's (or over the connection's least RTT, as in Linux), the
 sender enters Conservative Slow Start (CSS): growth divided by CSS_GROWTH_DIVISOR for at
 most CSS_ROUNDS rounds, or until the RTT rises by RttThresh again over where CSS began;
-then congestion avoidance.
+then congestion avoidance (at once, with no CSS, when the RTT has already doubled).
 If the RTT falls back below where CSS began, the exit was a false alarm and slow start
 resumes, unless the round was not limited by the window (the application or the
 receiver kept the sender short): its queue drained because less was sent, which says
@@ -30,6 +30,7 @@ N_RTT_SAMPLE = 8
 CSS_GROWTH_DIVISOR = 4
 CSS_ROUNDS = 5
 UNPACED_L = 8  # segments per ACK at most; a paced sender takes no limit
+QUEUE_OVER_PATH = 2  # a round's least RTT this many times the path's: the queue is long
 
 
 def _rtt_thresh(base: float) -> float:
@@ -88,6 +89,16 @@ class HyStart:
                 self.in_css = True
                 self.css_baseline = self.current_min
                 self.css_rounds = 1  # the round CSS begins in counts towards the limit
+                if self.current_min >= QUEUE_OVER_PATH * self.min_rtt:
+                    # A deviation (RFC 9406 §4.3 leaves CSS to tuning): the RTT is at
+                    # least twice the path's, so the queue already holds more than the
+                    # path does and cwnd is over twice what fills it. Leaving slow start
+                    # now cannot leave the path idle, which is the cost CSS guards
+                    # against; CSS's x3 would only grow the queue. Behind a 30 ms queue
+                    # on a 0.26 ms path, CSS entered at 11.6 ms and took cwnd to 703 KB,
+                    # past the 750 KB queue in congestion avoidance; the kernel's CUBIC
+                    # (Linux's HyStart, no CSS) never filled it.
+                    self.css_rounds = CSS_ROUNDS + 1
         elif self.current_min < self.css_baseline and self.round_limited:
             self.in_css = False  # a false alarm: back to slow start
             self.css_baseline = math.inf

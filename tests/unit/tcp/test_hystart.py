@@ -105,3 +105,16 @@ def test_a_queue_creeping_up_by_less_than_the_threshold_a_round_still_ends_it() 
         assert not hs.in_css
     round_of(hs, start, 0.008)
     assert hs.in_css
+
+
+def test_a_round_at_twice_the_path_rtt_leaves_slow_start_without_css() -> None:
+    # A 0.26 ms path behind a 30 ms queue: the first round past RttThresh is already at
+    # 11.6 ms. The queue holds more than the path, so congestion avoidance keeps it full;
+    # CSS's rounds would only have grown the queue until it overflowed.
+    hs = HyStart(paced=True)
+    start = 0
+    for rtt in (0.00026, 0.0006, 0.0016, 0.0039):
+        start = round_of(hs, start, rtt)
+        assert not hs.in_css
+    round_of(hs, start, 0.0116)
+    assert hs.css_over()
