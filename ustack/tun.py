@@ -23,7 +23,7 @@ import subprocess
 from collections import Counter
 
 from pytun_pmd3 import TunTapDevice
-from pytun_pmd3.linux import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR
+from pytun_pmd3.linux import IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TUN, IFF_VNET_HDR
 
 from ustack import vnet
 from ustack.packet import Packet
@@ -41,6 +41,7 @@ TUN_F_TSO6 = 0x04
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 OFFLOAD_NAMES = ("checksum", "TSO")
 TX_QUEUE_LEN = 10000
+MAX_QUEUES = 256  # linux/if_tun.h MAX_TAP_QUEUES
 GSO_MAX = 65535  # an IPv4 super-packet is one datagram: its total length is 16 bits
 
 
@@ -68,7 +69,8 @@ class TunDevice:
 
     @classmethod
     def open(cls, name: str = "ustack0", *, kernel_addr: str = "10.77.0.1/24",
-             mtu: int | None = None, offload: bool = True) -> "TunDevice":
+             mtu: int | None = None, offload: bool = True,
+             multi_queue: bool = False) -> "TunDevice":
         """Attach to TUN `name`, or create and configure it when it does not exist.
 
         `offload`: IFF_VNET_HDR with checksum and TSO offloads (see `ustack.vnet`) if the
@@ -79,25 +81,72 @@ class TunDevice:
                            "or give the container the device")
         if offload:
             try:
-                return cls._open(name, kernel_addr, mtu, offload=True)
+                return cls._open(name, kernel_addr, mtu, offload=True,
+                                 multi_queue=multi_queue)
             except _OffloadRefused as e:
                 refused = str(e)
-        device = cls._open(name, kernel_addr, mtu, offload=False)
+        device = cls._open(name, kernel_addr, mtu, offload=False, multi_queue=multi_queue)
         if offload:
             device.offload_refused = refused
         return device
 
     @classmethod
-    def _open(cls, name: str, kernel_addr: str, mtu: int | None,
-              offload: bool) -> "TunDevice":
-        existed = _exists(name)
+    def open_queues(cls, name: str, count: int, *, kernel_addr: str = "10.77.0.1/24",
+                    mtu: int | None = None, offload: bool = True) -> list["TunDevice"]:
+        """`count` queues of the multi-queue TUN `name` (IFF_MULTI_QUEUE), created and
+        configured as `open` does when it does not exist: one file descriptor per queue,
+        and the kernel hands each flow's packets to one queue (tun_automq_select_queue
+        hashes the flow), so one process or worker per queue sees whole flows.
+
+        A persistent device must have been created multi-queue (`ustack setup-tun
+        --queues N`); one that was not is refused with that fix. A created device goes
+        when its last queue is closed."""
+        if not 1 <= count <= MAX_QUEUES:
+            raise TunError(f"a TUN device has 1 to {MAX_QUEUES} queues, not {count}")
+        first = cls.open(name, kernel_addr=kernel_addr, mtu=mtu, offload=offload,
+                         multi_queue=True)
+        queues = [first]
         try:
-            dev = TunTapDevice(name, IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0))
+            for _ in range(count - 1):
+                # Same flags as the first: the kernel refuses a queue whose virtio-net
+                # header setting differs from the device's.
+                queues.append(cls._open(name, kernel_addr, mtu, offload=first.offload,
+                                        multi_queue=True))
+        except TunError:
+            for queue in queues:
+                queue.close()
+            raise
+        return queues
+
+    @classmethod
+    def _open(cls, name: str, kernel_addr: str, mtu: int | None,
+              offload: bool, multi_queue: bool = False) -> "TunDevice":
+        existed = _exists(name)
+        flags = (IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+                 | (IFF_MULTI_QUEUE if multi_queue else 0))
+        try:
+            dev = _tun_open(name, flags)
         except OSError as e:
+            if e.errno == errno.EINVAL and existed and not multi_queue:
+                # A device made with queues (`setup-tun --queues N`) takes only multi-queue
+                # opens; opened as its one queue it gets every flow.
+                try:
+                    dev = _tun_open(name, flags | IFF_MULTI_QUEUE)
+                except OSError:
+                    pass
+                else:
+                    return cls._configured(dev, name, kernel_addr, mtu, offload, existed)
             if offload and e.errno == errno.EINVAL:
                 # No IFF_VNET_HDR here (some sandboxes' TUN): try again without it.
                 raise _OffloadRefused("the device takes no virtio-net header") from None
-            raise TunError(_open_error(name, e, existed)) from None
+            raise TunError(_open_error(name, e, existed, multi_queue)) from None
+        return cls._configured(dev, name, kernel_addr, mtu, offload, existed)
+
+    @classmethod
+    def _configured(cls, dev: TunTapDevice, name: str, kernel_addr: str, mtu: int | None,
+                    offload: bool, existed: bool) -> "TunDevice":
+        """An open queue, made non-blocking, with its offloads, and the device configured
+        if we created it."""
         try:
             flags = fcntl.fcntl(dev.fileno(), fcntl.F_GETFL)
             fcntl.fcntl(dev.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
@@ -162,6 +211,20 @@ class TunDevice:
         self._dev.close()
 
 
+def _tun_open(name: str, flags: int) -> TunTapDevice:
+    """TunTapDevice(name, flags), leaving nothing behind when it fails. pytun-pmd3 closes
+    its fd when TUNSETIFF fails but keeps the number, and the failed instance's finalizer
+    closes that number again when it is collected: by then, if a second open reused the
+    number (as a retry with other flags does), that is the new device's fd."""
+    try:
+        return TunTapDevice(name, flags)
+    except OSError as e:
+        failed = OSError(e.errno, e.strerror)
+    # Out of the except block the failed instance has been collected; the error raised
+    # here holds no reference to it.
+    raise failed
+
+
 def _errno_name(code: int | None) -> str:
     return errno.errorcode.get(code, str(code)) if code is not None else "unknown"
 
@@ -187,7 +250,7 @@ def _exists(name: str) -> bool:
     return True
 
 
-def _open_error(name: str, e: OSError, existed: bool) -> str:
+def _open_error(name: str, e: OSError, existed: bool, multi_queue: bool = False) -> str:
     if e.errno in (errno.EPERM, errno.EACCES):
         if not os.access(TUN_PATH, os.R_OK | os.W_OK):
             mode = oct(os.stat(TUN_PATH).st_mode & 0o777)[2:]
@@ -204,6 +267,10 @@ def _open_error(name: str, e: OSError, existed: bool) -> str:
     if e.errno == errno.ENOENT:
         return f"{TUN_PATH} is missing: load the tun module (modprobe tun)"
     if e.errno == errno.EINVAL:
+        if multi_queue:
+            return (f"{name} exists but is not a multi-queue TUN device: remove it and "
+                    f"create it with queues (sudo ustack setup-tun --down {name}, then "
+                    f"sudo ustack setup-tun --queues N {name})")
         return f"{name} exists but is not a TUN device without packet information"
     return f"cannot open TUN device {name}: {e.strerror or e}"
 

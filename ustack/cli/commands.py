@@ -102,8 +102,8 @@ def ladder_command(args: argparse.Namespace) -> int:
 
 
 def setup_tun(argv: list[str]) -> int:
-    """`ustack setup-tun [NAME] [HOST_CIDR]` / `--down [NAME]`: the script that ships in
-    the package (scripts/setup_tun.sh in a checkout runs the same one)."""
+    """`ustack setup-tun [--queues N] [NAME] [HOST_CIDR]` / `--down [NAME]`: the script
+    that ships in the package (scripts/setup_tun.sh in a checkout runs the same one)."""
     from importlib.resources import as_file, files
 
     with as_file(files("ustack") / "data" / "setup_tun.sh") as script:

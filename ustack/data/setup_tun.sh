@@ -2,6 +2,7 @@
 # Create a persistent TUN device for ustack, owned by the calling user.
 #
 #   sudo ustack setup-tun [NAME] [HOST_CIDR]     # defaults: ustack0 10.77.0.1/24
+#   sudo ustack setup-tun --queues N [NAME] [HOST_CIDR]   # multi-queue, for N queues
 #   sudo ustack setup-tun --down [NAME]          # remove it again
 #   (from a checkout: sudo scripts/setup_tun.sh with the same arguments)
 #
@@ -14,13 +15,20 @@ set -euo pipefail
 prog=${USTACK_PROG:-setup_tun.sh}
 die() { printf '%s: %s\n' "$prog" "$*" >&2; exit 2; }
 usage() {
-    sed -n '2,11s/^# \{0,1\}//p' "$0"
+    sed -n '2,12s/^# \{0,1\}//p' "$0"
 }
 
 down=0
+queues=1
 case ${1-} in
     -h | --help) usage; exit 0 ;;
     --down) down=1; shift ;;
+    --queues)
+        [[ ${2-} =~ ^[1-9][0-9]{0,2}$ ]] && ((${2} <= 256)) \
+            || die "--queues takes a number of queues from 1 to 256"
+        queues=$2
+        shift 2
+        ;;
     -*) die "unknown option '$1' (see --help)" ;;
 esac
 name=${1:-ustack0}
@@ -39,6 +47,7 @@ command -v ip >/dev/null 2>&1 || die "the 'ip' command is missing (apt-get insta
 
 exists() { ip link show dev "$name" >/dev/null 2>&1; }
 is_tun() { ip -d link show dev "$name" 2>/dev/null | grep -q ' tun type tun '; }
+is_multi_queue() { ip -d link show dev "$name" 2>/dev/null | grep -q ' multi_queue '; }
 
 if ((down)); then
     if ! exists; then
@@ -56,14 +65,23 @@ id -u "$owner" >/dev/null 2>&1 || die "unknown user '$owner'"
 
 if exists; then
     is_tun || die "$name exists but is not a TUN device; choose another name"
+    if ((queues > 1)) && ! is_multi_queue; then
+        die "$name exists without multi_queue: remove it first ($prog --down $name)"
+    fi
     echo "$prog: $name exists; keeping it"
     have=$(ip -d link show dev "$name" | sed -n 's/.* tun type tun .* user \([^ ]*\) .*/\1/p')
     if [[ -n $have && $have != "$owner" && $have != "$(id -u "$owner")" ]]; then
         echo "$prog: note: $name is owned by '$have', not '$owner' (--down and re-run to change)"
     fi
 else
-    ip tuntap add dev "$name" mode tun user "$owner"
-    echo "$prog: created TUN $name owned by $owner"
+    if ((queues > 1)); then
+        # The kernel attaches queues as they are opened; the device only needs the flag.
+        ip tuntap add dev "$name" mode tun user "$owner" multi_queue
+        echo "$prog: created multi-queue TUN $name owned by $owner (open up to 256 queues)"
+    else
+        ip tuntap add dev "$name" mode tun user "$owner"
+        echo "$prog: created TUN $name owned by $owner"
+    fi
 fi
 
 if ip -4 -o addr show dev "$name" | grep -qF " inet $cidr "; then

@@ -6,7 +6,7 @@ acknowledged). Once a round has N_RTT_SAMPLE RTT samples and its minimum has ris
 RttThresh over the last round's (or over the connection's least RTT, as in Linux), the
 sender enters Conservative Slow Start (CSS): growth divided by CSS_GROWTH_DIVISOR for at
 most CSS_ROUNDS rounds, or until the RTT rises by RttThresh again over where CSS began;
-then congestion avoidance (at once, with no CSS, when the RTT has already doubled).
+then congestion avoidance (at once, with no CSS rounds, when the RTT has already doubled).
 If the RTT falls back below where CSS began, the exit was a false alarm and slow start
 resumes, unless the round was not limited by the window (the application or the
 receiver kept the sender short): its queue drained because less was sent, which says
@@ -94,11 +94,12 @@ class HyStart:
                     # least twice the path's, so the queue already holds more than the
                     # path does and cwnd is over twice what fills it. Leaving slow start
                     # now cannot leave the path idle, which is the cost CSS guards
-                    # against; CSS's x3 would only grow the queue. Behind a 30 ms queue
-                    # on a 0.26 ms path, CSS entered at 11.6 ms and took cwnd to 703 KB,
-                    # past the 750 KB queue in congestion avoidance; the kernel's CUBIC
-                    # (Linux's HyStart, no CSS) never filled it.
-                    self.css_rounds = CSS_ROUNDS + 1
+                    # against; CSS's x3 would only grow the queue (BENCHMARKS.md, eighth
+                    # session: it overflowed a 30 ms queue the kernel's CUBIC never
+                    # filled). On a path under 4 ms (RttThresh's floor) every exit is of
+                    # this kind: slow start ends at the first rise, as in Linux's
+                    # HyStart, which has no CSS.
+                    self._leave()
         elif self.current_min < self.css_baseline and self.round_limited:
             self.in_css = False  # a false alarm: back to slow start
             self.css_baseline = math.inf
@@ -109,7 +110,11 @@ class HyStart:
             # the exit was no false alarm; congestion avoidance now, as Linux's HyStart
             # goes at the first rise. CSS's 5 rounds of x1.25 (3x in all) overflowed a
             # 30 ms tail-drop queue that the kernel's CUBIC never filled.
-            self.css_rounds = CSS_ROUNDS + 1
+            self._leave()
+
+    def _leave(self) -> None:
+        """Congestion avoidance at the next `css_over()`, without more CSS rounds."""
+        self.css_rounds = CSS_ROUNDS + 1
 
     def growth(self, acked: int, mss: int) -> float:
         """Bytes one ACK of `acked` bytes adds to cwnd: min(N, L * SMSS), a quarter in CSS."""
@@ -117,5 +122,11 @@ class HyStart:
         return grown / CSS_GROWTH_DIVISOR if self.in_css else grown
 
     def css_over(self) -> bool:
-        """CSS has lasted CSS_ROUNDS rounds: time for congestion avoidance."""
-        return self.in_css and self.css_rounds > CSS_ROUNDS
+        """CSS has lasted CSS_ROUNDS rounds, or was cut short: time for congestion
+        avoidance (the controller sets ssthresh). CSS ends with it: a later slow start,
+        after a timeout, grows at the full rate (RFC 9406 §4.3: HyStart++ is for the
+        initial slow start)."""
+        if self.in_css and self.css_rounds > CSS_ROUNDS:
+            self.in_css = False
+            return True
+        return False

@@ -3,7 +3,7 @@
 import pytest
 
 from ustack.tcp import hystart
-from ustack.tcp.congestion import Cubic, NewReno
+from ustack.tcp.congestion import NO_SSTHRESH, Cubic, NewReno
 from ustack.tcp.hystart import HyStart
 
 MSS = 1000
@@ -118,3 +118,20 @@ def test_a_round_at_twice_the_path_rtt_leaves_slow_start_without_css() -> None:
         assert not hs.in_css
     round_of(hs, start, 0.0116)
     assert hs.css_over()
+
+
+@pytest.mark.parametrize("cls", [NewReno, Cubic])
+def test_after_css_a_slow_start_after_a_timeout_grows_at_the_full_rate(cls) -> None:
+    # The controller leaves slow start on the doubled RTT (ssthresh = cwnd); after a
+    # timeout, slow start up to the new ssthresh is RFC 5681's, not CSS's quarter.
+    cc = cls(MSS, paced=True)
+    start = 0
+    for rtt in (0.00026, 0.0006, 0.0016, 0.0039, 0.0116):
+        for i in range(1, 9):
+            cc.on_ack(MSS, 0.0, rtt, start + i * MSS, start + 100 * MSS, rtt)
+        start += 100 * MSS
+    assert cc.ssthresh != NO_SSTHRESH and cc.ssthresh == pytest.approx(cc.cwnd, abs=MSS)
+    cc.on_rto(cc.cwnd, 1.0)
+    assert cc.cwnd == MSS < cc.ssthresh
+    cc.on_ack(MSS, 1.1, 0.01, start + MSS, start + 100 * MSS, 0.01)
+    assert cc.cwnd == 2 * MSS
