@@ -112,8 +112,8 @@ class TunDevice:
                 # header setting differs from the device's.
                 queues.append(cls._open(name, kernel_addr, mtu, offload=first.offload,
                                         multi_queue=True))
-        except TunError:
-            for queue in queues:
+        except BaseException:
+            for queue in queues:  # none left attached, whatever stopped us
                 queue.close()
             raise
         return queues
@@ -127,26 +127,17 @@ class TunDevice:
         try:
             dev = _tun_open(name, flags)
         except OSError as e:
-            if e.errno == errno.EINVAL and existed and not multi_queue:
-                # A device made with queues (`setup-tun --queues N`) takes only multi-queue
-                # opens; opened as its one queue it gets every flow.
-                try:
-                    dev = _tun_open(name, flags | IFF_MULTI_QUEUE)
-                except OSError:
-                    pass
-                else:
-                    return cls._configured(dev, name, kernel_addr, mtu, offload, existed)
-            if offload and e.errno == errno.EINVAL:
-                # No IFF_VNET_HDR here (some sandboxes' TUN): try again without it.
-                raise _OffloadRefused("the device takes no virtio-net header") from None
-            raise TunError(_open_error(name, e, existed, multi_queue)) from None
-        return cls._configured(dev, name, kernel_addr, mtu, offload, existed)
-
-    @classmethod
-    def _configured(cls, dev: TunTapDevice, name: str, kernel_addr: str, mtu: int | None,
-                    offload: bool, existed: bool) -> "TunDevice":
-        """An open queue, made non-blocking, with its offloads, and the device configured
-        if we created it."""
+            # A device made with queues (`setup-tun --queues N`) takes only multi-queue
+            # opens (EINVAL otherwise); opened as its one queue it gets every flow.
+            one_queue = (_tun_open_or_none(name, flags | IFF_MULTI_QUEUE)
+                         if e.errno == errno.EINVAL and existed and not multi_queue
+                         else None)
+            if one_queue is None:
+                if offload and e.errno == errno.EINVAL:
+                    # No IFF_VNET_HDR here (some sandboxes' TUN): try again without it.
+                    raise _OffloadRefused("the device takes no virtio-net header") from None
+                raise TunError(_open_error(name, e, existed, multi_queue)) from None
+            dev = one_queue
         try:
             flags = fcntl.fcntl(dev.fileno(), fcntl.F_GETFL)
             fcntl.fcntl(dev.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
@@ -223,6 +214,14 @@ def _tun_open(name: str, flags: int) -> TunTapDevice:
     # Out of the except block the failed instance has been collected; the error raised
     # here holds no reference to it.
     raise failed
+
+
+def _tun_open_or_none(name: str, flags: int) -> TunTapDevice | None:
+    """`_tun_open`, or None where it fails."""
+    try:
+        return _tun_open(name, flags)
+    except OSError:
+        return None
 
 
 def _errno_name(code: int | None) -> str:
