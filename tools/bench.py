@@ -194,6 +194,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "ratios should be near 1)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="ustack serve --workers N on a multi-queue TUN, and N kernel-socket server "
+        "processes sharing each port (SO_REUSEPORT) (default 1)",
+    )
+    p.add_argument(
         "--ustack-arg",
         action="append",
         default=[],
@@ -226,7 +233,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, value)
     for name in ("mb", "conns", "concurrency", "rounds", "repeat", "time_limit", "ab_n", "ab_c",
                  "wrk_seconds", "wrk_c", "siege_reps", "siege_c", "h2load_n", "idle_conns",
-                 "storm_conns"):
+                 "storm_conns", "workers"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if not 576 <= args.mtu <= 65535:
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             args.time_limit = min(args.time_limit, 20.0)
         return client_main(args)
     if args.kernel_server:
-        return kernel_server_main(args.host, args.spec)
+        return kernel_server_main(args.host, args.spec, args.workers)
 
     try:
         check_environment()
@@ -285,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ustack benchmark  {rep['date']}  Linux {rep['host']['kernel']}, "
         f"{rep['host']['cpus']} CPUs, Python {rep['host']['python']}, MTU {p['mtu']}"
         + (", offload" if p["offload"] else ", no offload")
+        + (f", {p['workers']} workers each side" if p["workers"] > 1 else "")
         + f", {p.get('core', 'python')} core"
         + ("  [SELF-TEST: both sides are kernel servers]" if p["self_test"] else "")
     )

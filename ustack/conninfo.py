@@ -8,9 +8,11 @@ it is not listed until its handshake completes.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ustack.tcp.tcb import Tcb
 
@@ -33,6 +35,18 @@ class ConnectionInfo:
     bytes_received: int
     retransmits: int  # segments sent again
     expires: float | None = None  # TIME-WAIT: seconds left
+
+
+def as_dict(row: ConnectionInfo) -> dict[str, Any]:
+    """The row as plain data (JSON's types but tuples): how a worker of `ustack serve
+    --workers` sends its connections to the supervisor."""
+    return dataclasses.asdict(row)
+
+
+def from_dict(data: dict[str, Any]) -> ConnectionInfo:
+    """The row `as_dict` gave, after a trip through JSON (which made the tuples lists)."""
+    return ConnectionInfo(**{**data, "local": tuple(data["local"]),
+                             "remote": tuple(data["remote"])})
 
 
 def from_tcb(tcb: Tcb, local_addr: str) -> ConnectionInfo:

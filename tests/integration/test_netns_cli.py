@@ -112,6 +112,8 @@ def test_connect_on_busy_device_exits_2(ustack_server):
         ["serve", "--addr", "999.1.1.1", "echo:7"],
         ["serve", "--kernel-addr", "nonsense", "echo:7"],
         ["serve", "--mtu", "abc", "echo:7"],
+        ["serve", "--workers", "0", "echo:7"],
+        ["serve", "--workers", "257", "echo:7"],
         ["connect"],
         ["connect", KERNEL_ADDR],
         ["connect", KERNEL_ADDR, "notaport"],

@@ -73,6 +73,7 @@ def test_a_capture_in_use_is_refused_and_readable_while_running(netns, start_ust
     (["--addr", "0.0.0.0"], ["unicast"]),
     (["--addr", "224.0.0.1"], ["multicast"]),
     (["--backlog", "0"], ["backlog"]),
+    (["--workers", "2", "--addr", "192.168.9.9"], ["cannot reach 192.168.9.9"]),
     (["--dev", ""], ["invalid interface name"]),
     (["--cert", str(REPO / "README.md")], ["not a PEM certificate"]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0].startswith("--") else "")

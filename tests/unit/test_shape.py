@@ -2,7 +2,7 @@
 modules of one job (no module over 450 lines), TCP steps short enough to read against
 the RFC (no function in `ustack/tcp/` over 60 lines), and the application-facing layers
 using only what other objects make public (no `x._name` from the API, the pytest plugin
-or the CLI, but for the standard library's `SSLProtocol._app_transport`).
+or the CLI, but for the standard library's `SSLProtocol._app_transport` and `os._exit`).
 
 The restructuring is under way: the modules and private accesses in `PENDING_*` are the
 ones still to be split or opened up. Their figures are ceilings that may only come
@@ -16,7 +16,8 @@ PACKAGE = ROOT / "ustack"
 MAX_MODULE_LINES = 450
 MAX_TCP_FUNCTION_LINES = 60
 FACING = ("api", "testing.py", "cli")  # modules, or packages: all their modules
-ALLOWED_PRIVATE = {"_app_transport"}  # asyncio.sslproto.SSLProtocol's, no public way
+# asyncio.sslproto.SSLProtocol's, no public way; os._exit, how a forked worker ends.
+ALLOWED_PRIVATE = {"_app_transport", "_exit"}
 
 # Still to split (issue 16), with their size when this test was written.
 PENDING_MODULES: dict[str, int] = {}

@@ -12,7 +12,7 @@ import pytest
 from ustack import cli
 from ustack.api import Stack, tls
 from ustack.cli import args as cli_args
-from ustack.cli import commands as cli_commands
+from ustack.cli import serve as cli_serve
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
 
@@ -176,8 +176,8 @@ def test_cli_builds_the_server_context(cert_and_key):
     cert, key = cert_and_key
     args = cli.build_parser().parse_args(["serve", "--cert", str(cert), "--key", str(key),
                                           "https", "echo"])
-    assert isinstance(cli_commands._server_tls(args), ssl.SSLContext)
+    assert isinstance(cli_serve.server_tls(args), ssl.SSLContext)
     args = cli.build_parser().parse_args(["serve", "--self-signed", "https:8443"])
-    assert isinstance(cli_commands._server_tls(args), ssl.SSLContext)
+    assert isinstance(cli_serve.server_tls(args), ssl.SSLContext)
     args = cli.build_parser().parse_args(["serve", "http"])
-    assert cli_commands._server_tls(args) is None
+    assert cli_serve.server_tls(args) is None

@@ -149,7 +149,9 @@ class Bench:
             run_quiet(self.nsexec(["ip", "addr", "add", f"{USTACK_ADDR}/32", "dev", "lo"]))
         # A persistent TUN owned by the namespace, as scripts/setup_tun.sh makes one; the
         # kernel server can bind 10.77.0.1 before (and even if) ustack attaches.
-        run_quiet(self.nsexec(["ip", "tuntap", "add", "dev", DEV, "mode", "tun"]))
+        # multi_queue for --workers: one queue per ustack worker.
+        run_quiet(self.nsexec(["ip", "tuntap", "add", "dev", DEV, "mode", "tun",
+                               *(["multi_queue"] if self.args.workers > 1 else [])]))
         run_quiet(self.nsexec(["ip", "link", "set", DEV, "mtu", str(self.args.mtu),
                                "txqueuelen", "10000"]))  # as scripts/setup_tun.sh
         run_quiet(self.nsexec(["ip", "addr", "add", f"{KERNEL_ADDR}/{PREFIX}", "dev", DEV]))
@@ -182,7 +184,8 @@ class Bench:
     def kernel_server_argv(self, host: str, ports: dict[str, int]) -> list[str]:
         spec = ",".join(f"{name}:{port}" for name, port in ports.items())
         return self.nsexec(
-            [sys.executable, str(THIS), "--kernel-server", "--host", host, "--spec", spec]
+            [sys.executable, str(THIS), "--kernel-server", "--host", host, "--spec", spec,
+             "--workers", str(self.args.workers)]
         )
 
     def start_servers(self) -> None:
@@ -234,6 +237,8 @@ class Bench:
                     f"{KERNEL_ADDR}/{PREFIX}",
                     "--mtu",
                     str(self.args.mtu),
+                    "--workers",
+                    str(self.args.workers),
                     *self.args.ustack_arg,
                     *services,
                 ]
@@ -493,7 +498,7 @@ class Bench:
             note="close storm ustack RTOs: from the counters line of the ustack server, "
             "stopped once the TUN is quiet; spurious: proved so by timestamps (RFC 3522)",
         )
-        rss = Row("rss", "peak RSS of the server process (VmHWM)", "MB", "lower")
+        rss = Row("rss", "peak RSS of the server processes (VmHWM, summed)", "MB", "lower")
         chosen = set(a.scenarios)
         plan = [
             ("upload", [up], [(up, lambda r: r["value"])]),
@@ -579,6 +584,7 @@ class Bench:
                 "rounds": a.rounds,
                 "mtu": a.mtu,
                 "offload": a.offload,
+                "workers": a.workers,
                 "core": "compiled" if compiled_core() else "python",
                 "scenarios": list(a.scenarios),
                 "ab_n": a.ab_n,

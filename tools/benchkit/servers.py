@@ -20,7 +20,10 @@ from benchkit.common import BACKLOG, READY_KERNEL, REPO, SETUP_TIMEOUT, STOP_TIM
 # --------------------------------------------------------------------------------------
 
 
-def kernel_server_main(host: str, spec: str) -> int:
+def kernel_server_main(host: str, spec: str, workers: int = 1) -> int:
+    """The same services on kernel sockets (uvloop). With `workers` > 1, as many
+    processes share each port (SO_REUSEPORT: the kernel spreads connections over them),
+    the kernel's counterpart of `ustack serve --workers N`; this one stops the others."""
     import asyncio
 
     import uvloop
@@ -32,22 +35,37 @@ def kernel_server_main(host: str, spec: str) -> int:
         name, _, port = item.partition(":")
         services.append((name, int(port)))
 
-    async def serve() -> None:
+    async def serve(say_ready: bool) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         servers = [
             await loop.create_server(protocol_factory(name), host, port, reuse_address=True,
-                                     backlog=BACKLOG)
+                                     reuse_port=workers > 1, backlog=BACKLOG)
             for name, port in services
         ]
-        print(f"{READY_KERNEL} {spec} on {host}", file=sys.stderr, flush=True)
+        if say_ready:
+            print(f"{READY_KERNEL} {spec} on {host}", file=sys.stderr, flush=True)
         await stop.wait()
         for srv in servers:
             srv.close()
 
-    uvloop.run(serve())
+    children = []
+    for _ in range(workers - 1):
+        pid = os.fork()
+        if pid == 0:
+            uvloop.run(serve(False))
+            os._exit(0)
+        children.append(pid)
+    time.sleep(0.2 if children else 0)  # the others listen before the ready line
+    try:
+        uvloop.run(serve(True))
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
     return 0
 
 
@@ -147,23 +165,32 @@ class Server:
         return self.proc.poll() is None
 
     def peak_rss_mb(self) -> float | None:
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
+        """Peak resident memory (VmHWM) of the process, plus its children's (workers)."""
+        total = None
+        for pid in _tree(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            total = (total or 0) + int(line.split()[1]) / 1024
+            except OSError:
+                continue
+        return total
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the process so far."""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time of the process and its children (workers) so far."""
+        total = 0
+        for pid in _tree(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                if pid == self.proc.pid:
+                    return None
+                continue
+            # utime, stime, and cutime, cstime: the time of children that have exited.
+            total += sum(int(x) for x in fields[11:15])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.exit_code is not None:
@@ -184,6 +211,20 @@ class Server:
                 self.proc.wait(STOP_TIMEOUT)
         self.exit_code = self.proc.returncode
         self._thread.join(1.0)
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (/proc/PID/task/TID/children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            with open(f"/proc/{current}/task/{current}/children") as f:
+                todo += [int(child) for child in f.read().split()]
+        except OSError:
+            pass
+    return found
 
 
 def run_quiet(argv: list[str], timeout: float = SETUP_TIMEOUT) -> None:

@@ -67,6 +67,9 @@ class Stack(AsyncioCalls):
       throughput even at MTU 1500. `offloads` says which are on once the stack runs;
       `offload=False` turns them off (one segment per packet on the TUN, as in a
       capture of a real link). With faults on, the injector acts per wire segment.
+    - `device`: a device already open to run on instead of opening `dev` (one queue of
+      `TunDevice.open_queues`, as each worker of `ustack serve --workers N` runs on one);
+      the stack closes it on exit, as it would its own.
 
     `stack.faults(...)` puts a seeded fault injector on the link. The link middleware
     sits device - pcap - faults - host, so the capture is what the kernel's side sent
@@ -79,8 +82,10 @@ class Stack(AsyncioCalls):
                  msl: float | None = None, linger: float = 1.0,
                  tcp: TcpConfig | None = None,
                  pcap: str | os.PathLike[str] | None = None,
-                 trace: TextIO | None = None, offload: bool = True) -> None:
-        self.dev = dev
+                 trace: TextIO | None = None, offload: bool = True,
+                 device: TunDevice | None = None) -> None:
+        self.dev = device.name if device is not None else dev
+        self._given_device = device
         self.addr = check_own_addr(addr)
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
         self._mtu = mtu
@@ -154,6 +159,8 @@ class Stack(AsyncioCalls):
         """Open the link (a TUN device). Tests override this to run the stack over an
         in-memory device with TunDevice's `fileno`, `read_batch`, `write`, `close`, `mtu`
         and `counters`."""
+        if self._given_device is not None:
+            return self._given_device
         return TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu,
                               offload=self.offload)
 

@@ -9,6 +9,7 @@ import ustack
 from ustack import link, services
 from ustack.api import check_own_addr
 from ustack.tcp import congestion
+from ustack.tun import MAX_QUEUES
 
 EXIT_OK, EXIT_CONNECTION, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_KERNEL_ADDR = "10.77.0.1/24"
@@ -132,6 +133,14 @@ def _backlog(text: str) -> int:
     return int(text)
 
 
+def _workers(text: str) -> int:
+    # One worker per queue of the device: the kernel takes up to MAX_TAP_QUEUES.
+    if not text.isdecimal() or not 0 < int(text) <= MAX_QUEUES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of workers (an integer 1..{MAX_QUEUES})")
+    return int(text)
+
+
 def _pcap_file(text: str) -> str:
     # Fail at once, with the usage line, if the capture cannot be written; but touch
     # nothing: the stack opens (and empties) the file only once everything else is ready.
@@ -205,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="listen backlog: SYN queue and accept queue of each service "
                        f"(default {services.BACKLOG}, what a kernel server gets: Linux's "
                        "somaxconn)")
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N",
+                       help="N worker processes, one per queue of a multi-queue TUN "
+                       "(the kernel hands each flow to one queue), under a supervisor that "
+                       "restarts a worker that dies; default 1: one process")
     tls_opts = serve.add_argument_group(
         "TLS", "the certificate of https (the http service over TLS); one of "
         "--cert or --self-signed is required with https")

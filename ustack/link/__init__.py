@@ -41,6 +41,8 @@ from ustack.link.pcap import (
     LINKTYPE_RAW,
     CaptureError,
     PcapWriter,
+    merge_captures,
+    merge_fault_logs,
     open_capture,
 )
 from ustack.link.stage import RX, TX, Packets, Pipeline, Stage, Tap, pipeline_of
@@ -48,6 +50,7 @@ from ustack.link.stage import RX, TX, Packets, Pipeline, Stage, Tap, pipeline_of
 __all__ = [
     "DIRECTIONS", "FAULT_COUNTERS", "FLUSH_INTERVAL", "LINKTYPE_RAW", "REORDER_MS", "RX", "TX",
     "CaptureError", "FaultInjector", "Packets", "PcapWriter", "Pipeline", "Stage", "Tap",
-    "check_millis", "check_probability", "flip_bit", "open_capture", "parse_delay",
+    "check_millis", "check_probability", "flip_bit", "merge_captures", "merge_fault_logs",
+    "open_capture", "parse_delay",
     "parse_probability", "pipeline_of",
 ]

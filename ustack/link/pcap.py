@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import heapq
 import os
 import struct
 from collections import Counter
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from ustack.link.stage import Packets, Stage
@@ -131,3 +133,46 @@ class PcapWriter(Stage):
             self._file.close()
 
 
+
+
+# ------------------------------------------------------------------------- merging
+
+
+def records(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """The records of a capture this module wrote: (microseconds, header and data).
+    A record cut short (its writer was killed) ends it."""
+    with open(path, "rb") as f:
+        head = f.read(_GLOBAL_HEADER.size)
+        if len(head) < _GLOBAL_HEADER.size or _GLOBAL_HEADER.unpack(head)[0] != PCAP_MAGIC:
+            return
+        while len(header := f.read(_RECORD_HEADER.size)) == _RECORD_HEADER.size:
+            sec, usec, kept, _ = _RECORD_HEADER.unpack(header)
+            data = f.read(kept)
+            if len(data) < kept:
+                return
+            yield sec * 1_000_000 + usec, header + data
+
+
+def merge_captures(parts: list[str], dest: BinaryIO) -> int:
+    """Write the records of the captures `parts` into `dest` as one capture, in time
+    order (each part is in order already: a merge, as mergecap does); return how many."""
+    dest.write(_GLOBAL_HEADER.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, PCAP_SNAPLEN,
+                                   LINKTYPE_RAW))
+    count = 0
+    for _, record in heapq.merge(*(records(p) for p in parts), key=lambda r: r[0]):
+        dest.write(record)
+        count += 1
+    dest.flush()
+    return count
+
+
+def merge_fault_logs(parts: list[str], dest: str) -> None:
+    """The `<capture>.faults` lines of several parts, in time order (each starts with
+    its wall-clock time) into `dest`."""
+    def lines(path: str) -> Iterator[str]:
+        with open(path, encoding="utf-8") as f:
+            yield from f
+
+    with open(dest, "w", encoding="utf-8") as out:
+        out.writelines(heapq.merge(*(lines(p) for p in parts),
+                                   key=lambda line: float(line.split(" ", 1)[0])))

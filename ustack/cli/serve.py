@@ -1,0 +1,137 @@
+"""`ustack serve`: services on one stack until SIGTERM or SIGINT; SIGUSR1 prints the
+counters and the connections. With `--workers N` each worker process runs this same
+`serve` on one queue of the device (`ustack.cli.workers`), and its `Announcer` tells the
+supervisor instead of the terminal."""
+
+import argparse
+import asyncio
+import signal
+import ssl
+import tempfile
+import time
+from typing import Any
+
+from ustack import compiled_core, conninfo, services
+from ustack.api import Stack, tls
+from ustack.cli.args import EXIT_OK, TLS_SERVICES
+from ustack.cli.common import (
+    format_stats,
+    log,
+    log_faults,
+    make_stack,
+    on_signals,
+    warn_kernel_addr,
+)
+
+DEFAULT_SERVICES = [("echo", 7)]
+
+
+class Announcer:
+    """What a serving process says, and where: this one, on its own, logs to stderr.
+    (The workers' announcer reports to their supervisor.)"""
+
+    who = "ustack"
+
+    def stack_options(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Stack arguments beyond the options' (a worker's queue, capture, trace)."""
+        return {}
+
+    def serving(self, args: argparse.Namespace, stack: Stack, stop: asyncio.Event) -> None:
+        """The services listen: stop on SIGINT/SIGTERM, report on SIGUSR1, say so."""
+        warn_kernel_addr(args, stack.dev, stack.device_created)
+        on_signals(stop.set)
+        started = time.monotonic()
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR1, lambda: report(stack, time.monotonic() - started))
+        log(f"serving {listing(args)} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu}, "
+            f"{offloads_text(stack.offloads, stack.offload_refused)}{core_text()})")
+
+    def stopped(self, stack: Stack) -> None:
+        # After the stack closed: the counts include the resets and the last packets sent.
+        log("stopped; " + format_stats(stack.stats()))
+
+
+async def serve(args: argparse.Namespace, announcer: Announcer | None = None) -> int:
+    """Serve `args.services` until stopped; the caller checked them (`services_problem`)."""
+    announcer = announcer or Announcer()
+    stop = asyncio.Event()
+    async with make_stack(args, **announcer.stack_options(args)) as stack:
+        log_faults(stack, announcer.who)
+        for name, port in args.services or DEFAULT_SERVICES:
+            if name in TLS_SERVICES:
+                plain, _ = TLS_SERVICES[name]
+                await stack.create_server(services.protocol_factory(plain), None, port,
+                                          backlog=args.backlog, ssl=args.sslcontext)
+            else:
+                await stack.create_server(services.protocol_factory(name), None, port,
+                                          backlog=args.backlog)
+        announcer.serving(args, stack, stop)
+        await stop.wait()
+    announcer.stopped(stack)
+    return EXIT_OK
+
+
+def services_problem(args: argparse.Namespace) -> str | None:
+    """Why the services asked for cannot all run, or None."""
+    specs: list[tuple[str, int]] = args.services or DEFAULT_SERVICES
+    ports = [port for _, port in specs]
+    twice = sorted({p for p in ports if ports.count(p) > 1})
+    if twice:
+        names = " and ".join(f"{n}:{p}" for n, p in specs if p == twice[0])
+        return f"two services on port {twice[0]} ({names}): give each its own port"
+    return None
+
+
+def listing(args: argparse.Namespace) -> str:
+    """`echo:7 http:80`: the services, for the start-up line."""
+    return " ".join(f"{name}:{port}" for name, port in args.services or DEFAULT_SERVICES)
+
+
+def core_text() -> str:
+    return ", compiled core" if compiled_core() else ""
+
+
+def offloads_text(offloads: tuple[str, ...], refused: str | None) -> str:
+    """`offloads checksum, TSO`, or why there are none, for the start-up line."""
+    if offloads:
+        return "offloads " + ", ".join(offloads)
+    if refused:
+        return f"no offloads: {refused}"
+    return "no offloads"
+
+
+def report(stack: Stack, uptime: float) -> None:
+    """SIGUSR1: the counters, then every connection as `ss -tin` shows them."""
+    log(f"stats; uptime_s={int(uptime)}, " + format_stats(stack.stats()))
+    log_connections(stack.connections())
+
+
+def log_connections(rows: list[conninfo.ConnectionInfo]) -> None:
+    log(f"connections: {len(rows)}")
+    for line in conninfo.format_table(rows):
+        log("  " + line)
+
+
+def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server SSLContext that --cert/--key/--self-signed ask for, or None.
+    Raises ValueError (or TlsSetupError) with one line for the user."""
+    wants_tls = any(name in TLS_SERVICES for name, _ in args.services or ())
+    if args.key is not None and args.cert is None:
+        raise ValueError("--key needs --cert (the certificate it belongs to)")
+    if args.self_signed and args.key is not None:
+        raise ValueError("--key goes with --cert, not with --self-signed")
+    if not wants_tls:
+        if args.cert is not None or args.self_signed:
+            raise ValueError("--cert/--self-signed are for https: no https service given")
+        return None
+    if args.cert is not None:
+        return tls.server_context(args.cert, args.key)
+    if not args.self_signed:
+        raise ValueError("https needs a certificate: give --cert FILE [--key FILE], "
+                         "or --self-signed")
+    with tempfile.TemporaryDirectory(prefix="ustack-tls-") as tmp:
+        # The context keeps the certificate and key in memory; the files can go.
+        cert, key = tls.self_signed_certificate(tmp, addresses=[args.addr])
+        context = tls.server_context(cert, key)
+    log(f"self-signed certificate for {args.addr} (valid 1 day)")
+    return context
