@@ -24,7 +24,7 @@ def resolve(prefix: str) -> object:
         return asyncio.StreamWriter
     if prefix in ("asyncio", "ustack"):
         return importlib.import_module(prefix)
-    for package in ("ustack.tcp", "ustack.host", "ustack.api", "ustack"):
+    for package in ("ustack.tcp", "ustack.host", "ustack.api", "ustack.cli", "ustack"):
         try:
             return importlib.import_module(f"{package}.{prefix}")
         except ModuleNotFoundError:

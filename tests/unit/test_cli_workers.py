@@ -67,6 +67,14 @@ def test_fault_logs_merge_by_their_leading_time(tmp_path):
         "9.25 corrupt z", "10.5 drop x", "11.0 drop w", "12.0 dup y", ""]
 
 
+def test_a_fault_line_cut_short_or_without_a_time_is_left_out(tmp_path):
+    a, b = tmp_path / "a.faults", tmp_path / "b.faults"
+    a.write_text("10.5 drop x\n12.0 dup y")  # its writer was killed mid-line
+    b.write_text("garbage\n11.0 drop w\n")
+    link.merge_fault_logs([str(a), str(b)], str(tmp_path / "all"))
+    assert (tmp_path / "all").read_text() == "10.5 drop x\n11.0 drop w\n"
+
+
 def test_each_trace_line_starts_with_the_worker_whatever_the_writes():
     out = io.StringIO()
     trace = Prefixed(out, "[w1] ")

@@ -4,6 +4,7 @@ protocols on kernel sockets (uvloop), each a child process with its ready line."
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
@@ -12,8 +13,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from benchkit.common import BACKLOG, READY_KERNEL, REPO, SETUP_TIMEOUT, STOP_TIMEOUT, BenchError
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # --------------------------------------------------------------------------------------
 # Kernel-socket server: the same service protocols as ustack, on uvloop.
@@ -35,7 +39,7 @@ def kernel_server_main(host: str, spec: str, workers: int = 1) -> int:
         name, _, port = item.partition(":")
         services.append((name, int(port)))
 
-    async def serve(say_ready: bool) -> None:
+    async def serve(ready: Callable[[], object]) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -45,22 +49,29 @@ def kernel_server_main(host: str, spec: str, workers: int = 1) -> int:
                                      reuse_port=workers > 1, backlog=BACKLOG)
             for name, port in services
         ]
-        if say_ready:
-            print(f"{READY_KERNEL} {spec} on {host}", file=sys.stderr, flush=True)
+        ready()
         await stop.wait()
         for srv in servers:
             srv.close()
 
     children = []
+    ready_r, ready_w = os.pipe()
     for _ in range(workers - 1):
         pid = os.fork()
         if pid == 0:
-            uvloop.run(serve(False))
-            os._exit(0)
+            code = 1
+            try:
+                # Never an orphan listener on the port when this parent is killed.
+                ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+                code = uvloop.run(serve(lambda: os.write(ready_w, b"r")))
+            finally:
+                os._exit(code or 0)
         children.append(pid)
-    time.sleep(0.2 if children else 0)  # the others listen before the ready line
+    for _ in children:  # each child listens before the ready line
+        os.read(ready_r, 1)
     try:
-        uvloop.run(serve(True))
+        uvloop.run(serve(lambda: print(f"{READY_KERNEL} {spec} on {host}", file=sys.stderr,
+                                       flush=True)))
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -214,16 +225,21 @@ class Server:
 
 
 def _tree(pid: int) -> list[int]:
-    """`pid` and its descendants (/proc/PID/task/TID/children)."""
+    """`pid` and its descendants (the workers), from every process's parent in /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
         found.append(current)
-        try:
-            with open(f"/proc/{current}/task/{current}/children") as f:
-                todo += [int(child) for child in f.read().split()]
-        except OSError:
-            pass
+        todo += parents.get(current, [])
     return found
 
 

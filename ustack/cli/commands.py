@@ -1,5 +1,5 @@
-"""What each `ustack` subcommand does: `serve` (in `ustack.cli.serve`, across processes in
-`ustack.cli.workers`), `connect`, `ladder`, `setup-tun`."""
+"""What each `ustack` subcommand does: `serve` (in `ustack.cli.serve`; across processes,
+`ustack.cli.supervisor` and `ustack.cli.worker`), `connect`, `ladder`, `setup-tun`."""
 
 import argparse
 import asyncio

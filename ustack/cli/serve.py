@@ -1,6 +1,6 @@
 """`ustack serve`: services on one stack until SIGTERM or SIGINT; SIGUSR1 prints the
 counters and the connections. With `--workers N` each worker process runs this same
-`serve` on one queue of the device (`ustack.cli.workers`), and its `Announcer` tells the
+`serve` on one queue of the device (`ustack.cli.supervisor`), and its `Announcer` tells the
 supervisor instead of the terminal."""
 
 import argparse

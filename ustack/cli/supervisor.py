@@ -8,16 +8,12 @@ descriptor closes (tun_detach), and detaching re-hashes every flow over the queu
 so a worker that dies takes nothing with it but its own connections, and the
 supervisor reports it and forks another on the same queue.
 
-Each worker (`ustack.cli.worker`) runs the single-process `serve` with the same address,
-services and options, on its queue, and tells the supervisor over a pipe what a single
-process tells the terminal. The supervisor prints the start-up line once all serve, each worker's
-counters and their sum on SIGUSR1 (`stats;`) and at the end (`stopped;`), and stops
-all on SIGTERM or SIGINT, exit 0. It runs no event loop: it forks before any exists and
-waits on the pipes and a signal wake-up descriptor with a selector.
-
-A capture (`--pcap FILE`) is written by each worker into its own part (`FILE.w0`, ...,
-named in the start-up line) and merged by time into FILE when the service stops; with
-`--trace` each worker's ladder lines start with `[wI]`.
+Each worker (`ustack.cli.worker`) runs the single-process `serve` on its queue and tells
+the supervisor over a pipe what a single process tells the terminal. The supervisor
+prints the start-up line once all serve, each worker's counters and their sum on SIGUSR1
+and at the end, and stops all on SIGTERM or SIGINT. It runs no event loop: it forks
+before any exists and waits on the pipes and a signal wake-up fd with a selector. A
+capture (`--pcap FILE`) is written in parts (`FILE.w0`, ...) merged into FILE at the end.
 """
 
 import argparse
@@ -44,22 +40,24 @@ from ustack.tun import TunDevice, TunError
 REPORT_WAIT = 2.0  # SIGUSR1: how long the supervisor waits for every worker's report
 STOP_GRACE = 5.0  # SIGTERM: a worker's linger (1 s) and more, then SIGKILL
 FAST_DEATH = 5.0  # a worker that dies this soon after its start ...
-MAX_FAST_DEATHS = 5  # ... this many times in a row is not restarted again
+MAX_FAST_DEATHS = 5  # ... this many times in a row stops the service (exit 1)
 RESTART_PAUSE = 1.0  # before restarting a worker that died fast
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # a worker could not be kept running, or stopped
+SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD}
 
 
 def supervise(args: argparse.Namespace) -> int:
     """`ustack serve --workers N`: open the queues, run the workers, return the exit
-    status (0 after SIGTERM/SIGINT)."""
+    status: 0 after SIGTERM/SIGINT, 2 for what the single process refuses too (a device,
+    an address, a capture), 1 when a worker cannot be kept running or stopped."""
     try:
         queues = TunDevice.open_queues(args.dev, args.workers, kernel_addr=args.kernel_addr,
                                        mtu=args.mtu, offload=args.offload)
     except TunError as e:
         log(str(e))
         return EXIT_USAGE
-    supervisor = Supervisor(args, queues)
     capture = None
+    supervisor = None
     try:
         problem = tun.route_problem(args.dev, args.addr)
         if problem is not None:
@@ -68,6 +66,7 @@ def supervise(args: argparse.Namespace) -> int:
         if args.pcap is not None:
             capture = link.open_capture(args.pcap)  # locked: a second ustack refuses it
         warn_kernel_addr(args, args.dev, queues[0].created)
+        supervisor = Supervisor(args, queues, capture)
         return supervisor.run()
     except link.CaptureError as e:
         log(str(e))
@@ -76,7 +75,7 @@ def supervise(args: argparse.Namespace) -> int:
         for queue in queues:  # only now may the kernel detach them
             queue.close()
         if capture is not None:
-            _merge_capture(args.pcap, capture, supervisor.parts)
+            _merge_capture(args.pcap, capture, supervisor.parts if supervisor else [])
 
 
 @dataclass(eq=False)
@@ -87,7 +86,7 @@ class Worker:
     queue: TunDevice
     pid: int = 0  # 0: no process now
     pipe: int = -1
-    buffer: bytes = b""
+    pending: list[bytes] = field(default_factory=list)  # the start of an unfinished line
     started: float = 0.0
     ready: bool = False
     lives: int = 0  # processes started on this queue
@@ -96,6 +95,7 @@ class Worker:
     stats: dict[str, int] = field(default_factory=dict)  # the last counters of this life
     stopped: bool = False  # its last counters came
     report: dict[str, Any] | None = None
+    killed: bool = False  # by the supervisor, after STOP_GRACE
 
     @property
     def who(self) -> str:
@@ -105,11 +105,11 @@ class Worker:
 class Supervisor:
     """The workers' parent: forks, restarts, sums and stops them (see the module)."""
 
-    def __init__(self, args: argparse.Namespace, queues: list[TunDevice]) -> None:
+    def __init__(self, args: argparse.Namespace, queues: list[TunDevice],
+                 capture: BinaryIO | None = None) -> None:
         self.args = args
         self.workers = [Worker(i, q) for i, q in enumerate(queues)]
-        self.selector = selectors.DefaultSelector()
-        self.wake_r, self.wake_w = socket.socketpair()
+        self.capture = capture  # the locked capture file: the workers close their copy
         self.started = time.monotonic()
         self.retired: Counter[str] = Counter()  # counters of processes that are gone
         self.restarts = 0
@@ -118,18 +118,24 @@ class Supervisor:
         self.report_asked = False
         self.stopping_until: float | None = None  # SIGTERM sent; SIGKILL after this
         self.report_until: float | None = None
+        self.asked: list[Worker] = []  # the workers a SIGUSR1 was passed on to
         self.status = EXIT_OK
         self.parts: list[str] = []  # capture parts, in order of their workers' start
 
-    # ------------------------------------------------------------------ the loop
 
     def run(self) -> int:
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = socket.socketpair()
         previous = self._install_signals()
         try:
             for worker in self.workers:
-                self._spawn(worker)
+                if not self._spawn(worker):
+                    self._fail()
+                    break
             while self._live() or self.stopping_until is None:
                 self._wait()
+                if self.stop_asked and self.stopping_until is None:
+                    self._stop_all()  # before reaping: a worker stopped with us is no death
                 self._reap()
                 self._act()
             self._log_stopped()
@@ -137,6 +143,9 @@ class Supervisor:
         finally:
             for worker in self._live():  # an exception here: no worker outlives us
                 os.kill(worker.pid, signal.SIGKILL)
+            for worker in self.workers:
+                if worker.pipe >= 0:
+                    os.close(worker.pipe)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(-1)
@@ -177,45 +186,56 @@ class Supervisor:
 
     def _act(self) -> None:
         now = time.monotonic()
-        if self.stop_asked and self.stopping_until is None:
-            self._stop_all()
         if self.stopping_until is not None:
             if now >= self.stopping_until:
                 for worker in self._live():
                     log(f"worker {worker.index} (pid {worker.pid}) did not stop within "
                         f"{STOP_GRACE:g} s: killed")
+                    worker.killed = True
                     os.kill(worker.pid, signal.SIGKILL)
-                    self.status = EXIT_FAILED
+                    self.status = self.status or EXIT_FAILED
                 self.stopping_until = now + STOP_GRACE
             return
         for worker in self.workers:
             if worker.restart_at is not None and now >= worker.restart_at:
                 worker.restart_at = None
-                self._spawn(worker)
+                if not self._spawn(worker):
+                    self._died(worker, "could not be started again")
         if not self.serving and all(w.ready for w in self.workers):
             self._log_serving()
         if self.report_asked and self.report_until is None:
             self._ask_reports()
-        waiting = [w for w in self._live() if w.ready and w.report is None]
+        waiting = [w for w in self.asked if w.pid and w.report is None]
         if self.report_until is not None and (not waiting or now >= self.report_until):
             self._log_report(waiting)
 
-    # ------------------------------------------------------------------ workers
 
-    def _spawn(self, worker: Worker) -> None:
+    def _spawn(self, worker: Worker) -> bool:
+        """Fork a worker on `worker`'s queue; False (said) if the system refuses."""
         part = None
         if self.args.pcap is not None:
             part = f"{self.args.pcap}.w{worker.index}" + (
                 f".{worker.lives}" if worker.lives else "")
-            self.parts.append(part)
-        read_end, write_end = os.pipe()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as e:
+            log(f"cannot start worker {worker.index}: {e.strerror or e}")
+            return False
         sys.stderr.flush()
-        pid = os.fork()
+        # Until the child has dropped the supervisor's handlers, a signal would run them
+        # in the child (a SIGTERM would only set its copy of stop_asked): held back.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            pid = -1
+            failure = e
         if pid == 0:  # the worker: never returns into the supervisor's code
             code = EXIT_FAILED
             try:
                 os.close(read_end)
                 self._forget_in_child(worker)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
                 code = worker_main(self.args, worker.index, worker.queue, write_end, part)
             except BaseException:
                 traceback.print_exc()
@@ -223,13 +243,21 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         os.close(write_end)
+        if pid < 0:
+            os.close(read_end)
+            log(f"cannot start worker {worker.index}: {failure.strerror or failure}")
+            return False
+        if part is not None:
+            self.parts.append(part)
         os.set_blocking(read_end, False)
-        worker.pid, worker.pipe, worker.buffer = pid, read_end, b""
+        worker.pid, worker.pipe, worker.pending = pid, read_end, []
         worker.started, worker.ready, worker.stopped = time.monotonic(), False, False
         worker.lives += 1
         worker.stats, worker.report = {}, None
         self.selector.register(read_end, selectors.EVENT_READ, worker)
+        return True
 
     def _forget_in_child(self, worker: Worker) -> None:
         """In a new worker: drop the supervisor's signal handling, descriptors and the
@@ -242,6 +270,8 @@ class Supervisor:
         self.selector.close()
         self.wake_r.close()
         self.wake_w.close()
+        if self.capture is not None:
+            self.capture.close()
         for other in self.workers:
             if other.pipe >= 0:
                 os.close(other.pipe)
@@ -260,8 +290,11 @@ class Supervisor:
                 os.close(worker.pipe)
                 worker.pipe = -1
                 return
-            worker.buffer += chunk
-            *lines, worker.buffer = worker.buffer.split(b"\n")
+            if b"\n" not in chunk:
+                worker.pending.append(chunk)
+                continue
+            *lines, rest = b"".join([*worker.pending, chunk]).split(b"\n")
+            worker.pending = [rest]
             for line in lines:
                 self._message(worker, json.loads(line))
 
@@ -295,41 +328,50 @@ class Supervisor:
             self._read(worker)
         pid, worker.pid = worker.pid, 0
         self.retired.update(worker.stats)
-        how = _exit_text(status)
+        how = f"(pid {pid}) {_exit_text(status)}"
         if self.stopping_until is not None:
-            if os.waitstatus_to_exitcode(status) != EXIT_OK and worker.stopped is False:
-                log(f"worker {worker.index} (pid {pid}) {how} while stopping")
-                self.status = EXIT_FAILED
+            # Stopped as asked: it said so and exited 0, or SIGTERM came before it could.
+            clean = os.waitstatus_to_exitcode(status) in (EXIT_OK, -signal.SIGTERM)
+            if not clean and not worker.killed:
+                log(f"worker {worker.index} {how} while stopping")
+                self.status = self.status or EXIT_FAILED
             return
         if not self.serving:
-            log(f"worker {worker.index} (pid {pid}) {how} before it served")
+            log(f"worker {worker.index} {how} before it served")
             code = os.waitstatus_to_exitcode(status)
-            self.status = EXIT_USAGE if code == EXIT_USAGE else EXIT_FAILED
-            self._stop_all()
+            self._fail(EXIT_USAGE if code == EXIT_USAGE else EXIT_FAILED)
             return
+        self._died(worker, how)
+
+    def _died(self, worker: Worker, how: str) -> None:
+        """A worker went while serving: start another on its queue, unless it keeps
+        dying at once (then the whole service stops)."""
         fast = time.monotonic() - worker.started < FAST_DEATH
         worker.fast_deaths = worker.fast_deaths + 1 if fast else 0
-        if worker.fast_deaths >= MAX_FAST_DEATHS:
-            log(f"worker {worker.index} (pid {pid}) {how}, the {MAX_FAST_DEATHS}th time "
-                f"within {FAST_DEATH:g} s of its start: stopping")
-            self.status = EXIT_FAILED
-            self._stop_all()
-            return
-        log(f"worker {worker.index} (pid {pid}) {how}; its connections are lost, "
-            "starting another on its queue")
-        self.restarts += 1
         worker.ready = False
+        if worker.fast_deaths >= MAX_FAST_DEATHS:
+            log(f"worker {worker.index} {how}, the {MAX_FAST_DEATHS}th time within "
+                f"{FAST_DEATH:g} s of its start: stopping every worker")
+            self._fail()
+            return
+        log(f"worker {worker.index} {how}; its connections are lost, starting another on "
+            "its queue")
+        self.restarts += 1
         worker.restart_at = time.monotonic() + (RESTART_PAUSE if fast else 0.0)
+
+    def _fail(self, status: int = EXIT_FAILED) -> None:
+        self.status = self.status or status
+        self._stop_all()
 
     def _stop_all(self) -> None:
         self.stopping_until = time.monotonic() + STOP_GRACE
+        self.report_asked, self.report_until = False, None  # no report while stopping
         for worker in self.workers:
             worker.restart_at = None
         for worker in self._live():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGTERM)
 
-    # ------------------------------------------------------------------ what it says
 
     def _log_serving(self) -> None:
         self.serving = True
@@ -346,8 +388,9 @@ class Supervisor:
         self.report_until = time.monotonic() + REPORT_WAIT
         for worker in self.workers:
             worker.report = None
-            if worker.pid and worker.ready:
-                os.kill(worker.pid, signal.SIGUSR1)
+        self.asked = [w for w in self.workers if w.pid and w.ready]
+        for worker in self.asked:
+            os.kill(worker.pid, signal.SIGUSR1)
 
     def _log_report(self, silent: list[Worker]) -> None:
         """SIGUSR1: each worker's counters, their sum, and every worker's connections."""
@@ -384,10 +427,6 @@ class Supervisor:
         return summed
 
 
-# ---------------------------------------------------------------------- helpers
-
-
-
 def _exit_text(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
@@ -395,13 +434,15 @@ def _exit_text(status: int) -> str:
 
 
 def _merge_capture(pcap: str, capture: BinaryIO, parts: list[str]) -> None:
-    """The workers' capture parts, merged by time into the file the user named."""
-    parts = [p for p in parts if os.path.exists(p)]
-    with capture:
-        count = link.merge_captures(parts, capture)
-    faults = [f"{p}.faults" for p in parts if os.path.exists(f"{p}.faults")]
-    if faults:
-        link.merge_fault_logs(faults, f"{pcap}.faults")
-    for path in parts + faults:
-        os.unlink(path)
+    """The workers' capture parts, merged by time into the file the user named; if that
+    fails the parts stay, and one line says so."""
+    interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a half merge helps nobody
+    try:
+        count = link.merge_parts(pcap, capture, parts)
+    except OSError as e:
+        log(f"capture: cannot merge {' '.join(parts)} into {pcap}: {e.strerror or e}; "
+            "each part is a capture of its own")
+        return
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
     log(f"capture: {count} packets from {len(parts)} parts merged into {pcap}")

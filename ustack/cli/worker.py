@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -83,7 +84,7 @@ class WorkerAnnouncer(Announcer):
 
     def _tick(self, stack: Stack) -> None:
         if self.pipe >= 0:
-            self._send({"stats": stack.stats()})
+            self._send({"stats": stack.stats()}, wait=False)
             asyncio.get_running_loop().call_later(TICK, self._tick, stack)
 
     def _report(self, stack: Stack) -> None:
@@ -91,12 +92,19 @@ class WorkerAnnouncer(Announcer):
         self._send({"stats": stack.stats(), "report": {
             "uptime_s": int(time.monotonic() - self.started), "connections": rows}})
 
-    def _send(self, message: dict[str, Any]) -> None:
-        """One line to the supervisor (blocking: it reads all the time)."""
+    def _send(self, message: dict[str, Any], wait: bool = True) -> None:
+        """One line to the supervisor. `wait=False` (the ticks): only if the pipe takes
+        it whole at once (a write of up to PIPE_BUF bytes is all or nothing), else it is
+        skipped, so that a supervisor slow to read never stalls this worker's timers."""
         data = memoryview(json.dumps(message).encode() + b"\n")
+        if not wait and len(data) > select.PIPE_BUF:
+            return
         try:
+            os.set_blocking(self.pipe, wait)
             while data:
                 data = data[os.write(self.pipe, data):]
+        except BlockingIOError:
+            pass  # the next tick says the same, newer
         except OSError:  # the supervisor is gone: so are we
             if self.stop is not None:
                 self.stop.set()

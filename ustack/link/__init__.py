@@ -43,6 +43,7 @@ from ustack.link.pcap import (
     PcapWriter,
     merge_captures,
     merge_fault_logs,
+    merge_parts,
     open_capture,
 )
 from ustack.link.stage import RX, TX, Packets, Pipeline, Stage, Tap, pipeline_of
@@ -51,6 +52,5 @@ __all__ = [
     "DIRECTIONS", "FAULT_COUNTERS", "FLUSH_INTERVAL", "LINKTYPE_RAW", "REORDER_MS", "RX", "TX",
     "CaptureError", "FaultInjector", "Packets", "PcapWriter", "Pipeline", "Stage", "Tap",
     "check_millis", "check_probability", "flip_bit", "merge_captures", "merge_fault_logs",
-    "open_capture", "parse_delay",
-    "parse_probability", "pipeline_of",
+    "merge_parts", "open_capture", "parse_delay", "parse_probability", "pipeline_of",
 ]

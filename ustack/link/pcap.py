@@ -168,11 +168,29 @@ def merge_captures(parts: list[str], dest: BinaryIO) -> int:
 
 def merge_fault_logs(parts: list[str], dest: str) -> None:
     """The `<capture>.faults` lines of several parts, in time order (each starts with
-    its wall-clock time) into `dest`."""
-    def lines(path: str) -> Iterator[str]:
-        with open(path, encoding="utf-8") as f:
-            yield from f
+    its wall-clock time) into `dest`. A line cut short (its writer was killed) or without
+    a time is left out."""
+    def lines(path: str) -> Iterator[tuple[float, str]]:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                stamp = line.split(" ", 1)[0]
+                if line.endswith("\n") and stamp.replace(".", "", 1).isdecimal():
+                    yield float(stamp), line
 
     with open(dest, "w", encoding="utf-8") as out:
-        out.writelines(heapq.merge(*(lines(p) for p in parts),
-                                   key=lambda line: float(line.split(" ", 1)[0])))
+        out.writelines(line for _, line in heapq.merge(*(lines(p) for p in parts)))
+
+
+def merge_parts(path: str, dest: BinaryIO, parts: list[str]) -> int:
+    """Captures written in parts (one per worker of `ustack serve --workers`) into one,
+    `dest` (the file at `path`, closed here), and their fault logs into `<path>.faults`;
+    the parts are removed. Returns the packets merged; OSError if it cannot."""
+    parts = [p for p in parts if os.path.exists(p)]
+    faults = [f"{p}.faults" for p in parts if os.path.exists(f"{p}.faults")]
+    with dest:
+        count = merge_captures(parts, dest)
+    if faults:
+        merge_fault_logs(faults, f"{path}.faults")
+    for part in parts + faults:
+        os.unlink(part)
+    return count
