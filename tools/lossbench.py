@@ -303,6 +303,23 @@ def read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str | Non
     return None
 
 
+def _cpu_now(*pids: int) -> list[float]:
+    """CPU seconds used so far by each of `pids`, then the machine's idle CPU seconds and
+    its CPU seconds in all (/proc/stat: every CPU together)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            found.append((int(fields[11]) + int(fields[12])) / tick)
+        except (OSError, IndexError):
+            found.append(0.0)
+    with open("/proc/stat") as f:
+        jiffies = [int(x) for x in f.readline().split()[1:]]
+    return [*found, (jiffies[3] + jiffies[4]) / tick, sum(jiffies[:8]) / tick]
+
+
 class ImpairedPath:
     """The two namespaces, the relay between them, both servers."""
 
@@ -376,9 +393,12 @@ class ImpairedPath:
         # ustack's receiver shows its counters in its stats line; the kernel's, here.
         kernel_receiver = self.router if stack == "kernel" and sender == "client" else None
         received = kernel_receiver.tcp_counters() if self.stats and kernel_receiver else {}
+        cpu = _cpu_now(self.relay.pid, self.ustack.pid)
         out = self.client.output([sys.executable, str(Path(__file__).resolve()), "--client",
                                direction, host, str(port), str(nbytes), cc],
                               timeout=TIMEOUT + 20)
+        cpu = [after - before for before, after in zip(
+            cpu, _cpu_now(self.relay.pid, self.ustack.pid), strict=True)]
         result = json.loads(out.strip().splitlines()[-1])
         if self.stats and stack == "ustack" and sender != "ustack":
             self.ustack_retrans()  # (as a sender its line is read for the count below)
@@ -397,6 +417,12 @@ class ImpairedPath:
                 if after.get(k, v) != v and k in RECEIVER_COUNTERS), file=sys.stderr, flush=True)
         if result["bytes"] != nbytes:
             raise RuntimeError(f"{direction} from {stack}: {result['bytes']} of {nbytes} bytes")
+        if self.stats:
+            # Whether the machine, not the stack, set the pace: the relay and ustack share
+            # its CPUs with the kernel's clients and servers.
+            print(f"  {stack}: {result['seconds']:.2f} s; CPU s: relay {cpu[0]:.2f}, ustack "
+                  f"{cpu[1]:.2f}, machine idle {cpu[2]:.2f} of {cpu[3]:.2f}",
+                  file=sys.stderr, flush=True)
         return {"mb_s": nbytes / result["seconds"] / 1e6,
                 "retrans": self._sender_retrans(sender) - before, "client_cc": result["cc"]}
 
