@@ -42,6 +42,7 @@ OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 OFFLOAD_NAMES = ("checksum", "TSO")
 TX_QUEUE_LEN = 10000
 MAX_QUEUES = 256  # linux/if_tun.h MAX_TAP_QUEUES
+DEFAULT_KERNEL_ADDR6 = "fd77::1/64"  # ustack is fd77::2 (and fe80::2) on the same link
 GSO_MAX = 65535  # an IPv4 super-packet is one datagram: its total length is 16 bits
 
 
@@ -63,6 +64,7 @@ class TunDevice:
         # Packets carry a virtio-net header; the kernel sends and takes super-packets.
         self.offload = offload
         self.offload_refused: str | None = None  # why a device asked for offloads has none
+        self.ipv6_refused: str | None = None  # why a device we made has no IPv6 address
         self.counters: Counter[str] = Counter()
         self._fd = dev.fileno()
         self._read_size = (max(mtu, GSO_MAX) + vnet.HDR_LEN if offload else mtu) + 64
@@ -70,8 +72,11 @@ class TunDevice:
     @classmethod
     def open(cls, name: str = "ustack0", *, kernel_addr: str = "10.77.0.1/24",
              mtu: int | None = None, offload: bool = True,
-             multi_queue: bool = False) -> "TunDevice":
-        """Attach to TUN `name`, or create and configure it when it does not exist.
+             multi_queue: bool = False,
+             kernel_addr6: str | None = DEFAULT_KERNEL_ADDR6) -> "TunDevice":
+        """Attach to TUN `name`, or create and configure it when it does not exist: the
+        kernel's side gets `kernel_addr` and, unless None, the IPv6 `kernel_addr6` (where
+        the namespace has IPv6 off, the device works without: `ipv6_refused` says why).
 
         `offload`: IFF_VNET_HDR with checksum and TSO offloads (see `ustack.vnet`) if the
         device takes them; one that refuses them is opened without, and its
@@ -82,17 +87,19 @@ class TunDevice:
         if offload:
             try:
                 return cls._open(name, kernel_addr, mtu, offload=True,
-                                 multi_queue=multi_queue)
+                                 multi_queue=multi_queue, kernel_addr6=kernel_addr6)
             except _OffloadRefused as e:
                 refused = str(e)
-        device = cls._open(name, kernel_addr, mtu, offload=False, multi_queue=multi_queue)
+        device = cls._open(name, kernel_addr, mtu, offload=False, multi_queue=multi_queue,
+                           kernel_addr6=kernel_addr6)
         if offload:
             device.offload_refused = refused
         return device
 
     @classmethod
     def open_queues(cls, name: str, count: int, *, kernel_addr: str = "10.77.0.1/24",
-                    mtu: int | None = None, offload: bool = True) -> list["TunDevice"]:
+                    mtu: int | None = None, offload: bool = True,
+                    kernel_addr6: str | None = DEFAULT_KERNEL_ADDR6) -> list["TunDevice"]:
         """`count` queues of the multi-queue TUN `name` (IFF_MULTI_QUEUE), created and
         configured as `open` does when it does not exist: one file descriptor per queue,
         and the kernel hands each flow's packets to one queue (tun_automq_select_queue
@@ -104,7 +111,7 @@ class TunDevice:
         if not 1 <= count <= MAX_QUEUES:
             raise TunError(f"a TUN device has 1 to {MAX_QUEUES} queues, not {count}")
         first = cls.open(name, kernel_addr=kernel_addr, mtu=mtu, offload=offload,
-                         multi_queue=True)
+                         multi_queue=True, kernel_addr6=kernel_addr6)
         queues = [first]
         try:
             for _ in range(count - 1):
@@ -120,7 +127,8 @@ class TunDevice:
 
     @classmethod
     def _open(cls, name: str, kernel_addr: str, mtu: int | None,
-              offload: bool, multi_queue: bool = False) -> "TunDevice":
+              offload: bool, multi_queue: bool = False,
+              kernel_addr6: str | None = None) -> "TunDevice":
         existed = _exists(name)
         flags = (IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
                  | (IFF_MULTI_QUEUE if multi_queue else 0))
@@ -142,18 +150,23 @@ class TunDevice:
             flags = fcntl.fcntl(dev.fileno(), fcntl.F_GETFL)
             fcntl.fcntl(dev.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
             _set_offload(dev.fileno(), offload)
+            ipv6_refused = None
             if existed:
                 if mtu is not None and mtu != dev.mtu:
                     dev.mtu = mtu
             else:
                 _configure(name, kernel_addr, mtu or 1500)
+                if kernel_addr6 is not None:
+                    ipv6_refused = _configure6(name, kernel_addr6)
             actual_mtu = dev.mtu
         except (OSError, TunError, _OffloadRefused) as e:
             dev.close()
             if isinstance(e, TunError | _OffloadRefused):
                 raise
             raise TunError(f"cannot configure TUN device {name}: {e.strerror or e}") from None
-        return cls(dev, name, actual_mtu, created=not existed, offload=offload)
+        device = cls(dev, name, actual_mtu, created=not existed, offload=offload)
+        device.ipv6_refused = ipv6_refused
+        return device
 
     @property
     def offloads(self) -> tuple[str, ...]:
@@ -292,6 +305,25 @@ def _configure(name: str, kernel_addr: str, mtu: int) -> None:
             detail = done.stderr.strip().splitlines()[-1:] or ["failed"]
             raise TunError(f"cannot configure TUN device {name}: {' '.join(cmd[1:])}: "
                            f"{detail[0]}")
+
+
+def _configure6(name: str, kernel_addr6: str) -> str | None:
+    """The kernel side's IPv6 address on a new device (no duplicate address detection: a
+    TUN has one neighbour, ustack, which answers other addresses); why not, or None."""
+    ip = shutil.which("ip")
+    disabled = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+    try:
+        with open(disabled) as f:
+            if f.read().strip() != "0":
+                return "IPv6 is disabled in this network namespace"
+    except OSError:
+        return "this kernel has no IPv6"
+    done = subprocess.run([ip or "ip", "-6", "addr", "add", kernel_addr6, "dev", name,
+                           "nodad"], capture_output=True, text=True, timeout=10, check=False)
+    if done.returncode != 0:
+        detail = done.stderr.strip().splitlines()[-1:] or ["failed"]
+        return f"ip -6 addr add {kernel_addr6}: {detail[0]}"
+    return None
 
 
 def device_addresses(name: str) -> list[str]:

@@ -120,3 +120,37 @@ def test_100k_random_and_mutated_packets_keep_memory_flat() -> None:
     assert growth < 512 * 1024, f"memory grew by {growth} bytes"
     assert len(h.connections()) <= 16
     assert h.stats()["packets_in"] == 100_000
+
+
+def _seeds6() -> list[bytes]:
+    from tests.unit.test_ip6 import echo_request, ext, fragment, packet
+    from ustack import ip6
+
+    request = echo_request(bytes(64))
+    return [
+        packet(ip6.NH_ICMPV6, request),
+        packet(ip6.NH_HOP_BY_HOP, ext(ip6.NH_DEST_OPTIONS, bytes((1, 2, 0, 0)))
+               + ext(ip6.NH_ICMPV6, b"") + request),
+        packet(ip6.NH_ROUTING, ext(ip6.NH_ICMPV6, bytes(22)) + request),
+        fragment(ip6.NH_ICMPV6, 0, True, 5, request[:48]),
+        fragment(ip6.NH_ICMPV6, 48, False, 5, request[48:]),
+        packet(ip6.NH_TCP, bytes(20)),
+    ]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.data())
+def test_mutated_ipv6_packets_never_raise_and_reassembly_stays_bounded(data) -> None:
+    """IPv6 input (the extension header walk, reassembly, ICMPv6) on mutations of valid
+    packets, several per host so fragments meet."""
+    h = Host("10.77.0.2", rng=random.Random(0), addrs6=["fd77::2", "fe80::2"])
+    for _ in range(data.draw(st.integers(1, 6))):
+        packet = bytearray(data.draw(st.sampled_from(_seeds6())))
+        for pos, value in data.draw(st.lists(st.tuples(st.integers(0, 120),
+                                                       st.integers(0, 255)), max_size=4)):
+            if pos < len(packet):
+                packet[pos] = value
+        h.receive(bytes(packet[:len(packet) - data.draw(st.integers(0, 12))]), 0.0)
+    h.poll(0.0)
+    h.poll(100.0)  # past every reassembly timeout
+    assert h.next_deadline() is None or h.connections()

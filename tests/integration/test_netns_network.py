@@ -91,3 +91,31 @@ def test_client_on_another_subnet_via_kernel_routing(ustack_server, make_netns, 
 
     refused = client.client_json("probe", "--port", "12345", "--timeout", "5", timeout=15)
     assert refused["result"] == "refused", refused
+
+
+# --- IPv6 (issue 19, first step: the IP layer and ICMPv6) --------------------------------
+
+
+@pytest.mark.parametrize("dst", ["fd77::2", "fe80::2%ustack0"])
+def test_ping6_answered_on_the_global_and_the_link_local_address(ustack_server, dst):
+    require_tools("ping")
+    done = ustack_server.ns.run(["ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", dst],
+                                timeout=15)
+    out = done.stdout.decode()
+    assert done.returncode == 0, out + done.stderr.decode()
+    assert re.search(r"\b3 packets transmitted, 3 received\b", out), out
+
+
+def test_ping6_bigger_than_the_mtu_is_reassembled_and_answered_in_fragments(ustack_server):
+    require_tools("ping")
+    done = ustack_server.ns.run(["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", "-s",
+                                 "4000", "fd77::2"], timeout=15)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    assert "4008 bytes from fd77::2" in done.stdout.decode()
+
+
+def test_without_ipv6_the_kernel_side_gets_no_address(netns, start_ustack):
+    server = start_ustack(netns, "echo:7", args=["--addr6", "none"])
+    assert " and fd77::2" not in server.stderr()
+    shown = netns.ip("-6", "addr", "show", "dev", "ustack0").stdout
+    assert "fd77::1" not in shown

@@ -234,7 +234,8 @@ def _corrupt_tcp_payload(p: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("packet", "reason"),
     [
-        (b"\x60" + bytes(47), "drop_not_ipv4"),
+        (b"\x60" + bytes(47), "drop_ip6_bad_length"),
+        (b"\x50" + bytes(47), "drop_not_ipv4"),
         (b"\x45\x00", "drop_ip_truncated"),
         (b"\x44" + bytes(19), "drop_ip_bad_ihl"),
         (tcp_packet(2)[:30], "drop_ip_bad_length"),

@@ -11,10 +11,11 @@ calls), `transport.py` (the Transport over one connection), `server.py`, `dispat
 """
 
 from ustack.api.calls import STREAM_LIMIT, ClientConnected
-from ustack.api.checks import check_host, check_own_addr, check_port
+from ustack.api.checks import check_host, check_own_addr, check_own_addr6, check_port
 from ustack.api.server import ListeningSocket, Server
 from ustack.api.stack import Stack
 from ustack.api.transport import HIGH_WATER, LOW_WATER, Transport
 
 __all__ = ["HIGH_WATER", "LOW_WATER", "STREAM_LIMIT", "ClientConnected", "ListeningSocket",
-           "Server", "Stack", "Transport", "check_host", "check_own_addr", "check_port"]
+           "Server", "Stack", "Transport", "check_host", "check_own_addr",
+           "check_own_addr6", "check_port"]

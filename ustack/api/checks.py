@@ -23,6 +23,24 @@ def check_own_addr(addr: object) -> str:
     return str(ours)
 
 
+def check_own_addr6(addr: object, what: str = "addr6") -> str | None:
+    """An IPv6 address of the stack's own (None: no IPv6): unicast, not `::` or `::1`,
+    not multicast. ValueError with the reason."""
+    if addr is None:
+        return None
+    if not isinstance(addr, str):
+        raise TypeError(f"{what} must be a str (an IPv6 address) or None, "
+                        f"not {type(addr).__name__}")
+    try:
+        ours = ipaddress.IPv6Address(addr.strip())
+    except ValueError:
+        raise ValueError(f"{what} {addr!r} is not an IPv6 address") from None
+    if ours.is_unspecified or ours.is_loopback or ours.is_multicast:
+        raise ValueError(f"{what} {ours} is not a unicast address a host may hold, "
+                         "e.g. fd77::2")
+    return str(ours)
+
+
 def check_port(port: object, server: bool = False) -> int:
     """A port as asyncio takes it (an int, or a str of digits as getaddrinfo takes a
     service number), checked at the call: TypeError or ValueError with a plain message.

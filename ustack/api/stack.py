@@ -18,7 +18,7 @@ from typing import TextIO
 
 from ustack.aio import Driver, clock
 from ustack.api.calls import AsyncioCalls
-from ustack.api.checks import check_own_addr
+from ustack.api.checks import check_own_addr, check_own_addr6
 from ustack.api.dispatch import Dispatch
 from ustack.api.server import Server
 from ustack.api.transport import Transport
@@ -31,7 +31,7 @@ from ustack.tcp.config import TcpConfig
 from ustack.tcp.listener import Listener
 from ustack.tcp.states import State
 from ustack.tcp.tcb import Tcb
-from ustack.tun import TunDevice, TunError, route_problem
+from ustack.tun import DEFAULT_KERNEL_ADDR6, TunDevice, TunError, route_problem
 
 # The user closed these; their data and FIN are still on the way.
 _FLUSHING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
@@ -50,6 +50,11 @@ class Stack(AsyncioCalls):
       the start: a TunError says what to change).
     - `kernel_addr`: address/prefix of the kernel's side of a device the stack creates;
       an existing device keeps its own addresses.
+    - `addr6`, `link_local6`: this stack's IPv6 addresses (default `fd77::2` and
+      `fe80::2`, reached from the kernel as `fe80::2%<dev>`); `addr6=None` answers no
+      IPv6. ICMPv6 echo is answered; TCP over IPv6 is not taken yet.
+    - `kernel_addr6`: the IPv6 address/prefix of the kernel's side of a device the stack
+      creates (default `fd77::1/64`; None: none).
     - `mtu`: the device's MTU (default: an existing device's, 1500 for a new one).
     - `msl`: Maximum Segment Lifetime in seconds (TIME-WAIT lasts 2 MSL); shorthand for
       `tcp=TcpConfig(msl=...)`.
@@ -83,11 +88,17 @@ class Stack(AsyncioCalls):
                  tcp: TcpConfig | None = None,
                  pcap: str | os.PathLike[str] | None = None,
                  trace: TextIO | None = None, offload: bool = True,
-                 device: TunDevice | None = None) -> None:
+                 device: TunDevice | None = None, addr6: str | None = "fd77::2",
+                 link_local6: str | None = "fe80::2",
+                 kernel_addr6: str | None = DEFAULT_KERNEL_ADDR6) -> None:
         self.dev = device.name if device is not None else dev
         self._given_device = device
         self.addr = check_own_addr(addr)
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
+        self.addr6 = check_own_addr6(addr6)
+        self.link_local6 = check_own_addr6(link_local6, "link_local6") if addr6 else None
+        self.kernel_addr6 = (str(ipaddress.IPv6Interface(kernel_addr6))
+                             if kernel_addr6 is not None and addr6 is not None else None)
         self._mtu = mtu
         # TCP settings for every connection (socket options, in effect).
         self.tcp = tcp or TcpConfig()
@@ -135,7 +146,8 @@ class Stack(AsyncioCalls):
         self._device_counters = device.counters
         self.mtu = self._device.mtu
         offload = getattr(self._device, "offload", False)
-        self._host = Host(self.addr, mtu=self.mtu, config=self.tcp, offload=offload)
+        self._host = Host(self.addr, mtu=self.mtu, config=self.tcp, offload=offload,
+                          addrs6=[a for a in (self.addr6, self.link_local6) if a])
         self._ladder = None
         if self.trace is not None:
             isatty = getattr(self.trace, "isatty", lambda: False)
@@ -162,7 +174,7 @@ class Stack(AsyncioCalls):
         if self._given_device is not None:
             return self._given_device
         return TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu,
-                              offload=self.offload)
+                              offload=self.offload, kernel_addr6=self.kernel_addr6)
 
     def faults(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
                corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
@@ -216,6 +228,12 @@ class Stack(AsyncioCalls):
         """The offloads on while the stack runs (`("checksum", "TSO")`, or none: asked
         off, refused by the device (`offload_refused` says why), or not running)."""
         return tuple(getattr(self._device, "offloads", ()))
+
+    @property
+    def ipv6_refused(self) -> str | None:
+        """Why the device this stack created has no IPv6 address on the kernel's side
+        (IPv6 off in the namespace), else None."""
+        return getattr(self._device, "ipv6_refused", None)
 
     @property
     def offload_refused(self) -> str | None:

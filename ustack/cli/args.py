@@ -7,7 +7,7 @@ import os
 
 import ustack
 from ustack import link, services
-from ustack.api import check_own_addr
+from ustack.api import check_own_addr, check_own_addr6
 from ustack.tcp import congestion
 from ustack.tun import MAX_QUEUES
 
@@ -39,6 +39,25 @@ def _own_addr(text: str) -> str:
         return check_own_addr(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _own_addr6(text: str) -> str | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return check_own_addr6(text, "--addr6")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _cidr6(text: str) -> str | None:
+    if text.lower() == "none":
+        return None
+    try:
+        iface = ipaddress.IPv6Interface(text if "/" in text else f"{text}/64")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv6 address/prefix") from None
+    return str(iface)
 
 
 def _dev(text: str) -> str:
@@ -176,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address/prefix of the kernel's side of a device ustack "
                        f"creates (default {DEFAULT_KERNEL_ADDR}); an existing device keeps "
                        "its own")
+        p.add_argument("--addr6", type=_own_addr6, default="fd77::2", metavar="ADDR6",
+                       help="ustack's IPv6 address (default fd77::2; it answers fe80::2 "
+                       "on the link too); none: no IPv6. ICMPv6 echo only, so far")
+        p.add_argument("--kernel-addr6", type=_cidr6, default="fd77::1/64",
+                       metavar="CIDR6", help="IPv6 address/prefix of the kernel's side "
+                       "of a device ustack creates (default fd77::1/64); none: none")
         p.add_argument("--mtu", type=_mtu, default=None,
                        help="device MTU (default: the device's, 1500 for a new one)")
         p.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,

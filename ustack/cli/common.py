@@ -42,7 +42,8 @@ def make_stack(args: argparse.Namespace, **given: Any) -> Stack:
     """The Stack the options ask for, its fault injector set (installed when it starts);
     `given` overrides Stack arguments (a worker's device queue, capture and trace)."""
     options: dict[str, Any] = dict(
-        kernel_addr=args.kernel_addr, mtu=args.mtu, pcap=args.pcap,
+        kernel_addr=args.kernel_addr, mtu=args.mtu, pcap=args.pcap, addr6=args.addr6,
+        kernel_addr6=args.kernel_addr6 if args.addr6 else None,
         tcp=TcpConfig(congestion=args.congestion),
         trace=sys.stderr if args.trace else None, offload=args.offload)
     options.update(given)

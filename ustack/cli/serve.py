@@ -43,8 +43,8 @@ class Announcer:
         started = time.monotonic()
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR1, lambda: report(stack, time.monotonic() - started))
-        log(f"serving {listing(args)} on {stack.addr} (dev {stack.dev}, mtu {stack.mtu}, "
-            f"{offloads_text(stack.offloads, stack.offload_refused)}{core_text()})")
+        log(serving_line(args, stack.mtu, stack.offloads, stack.offload_refused,
+                         stack.ipv6_refused))
 
     def stopped(self, stack: Stack) -> None:
         # After the stack closed: the counts include the resets and the last packets sent.
@@ -87,8 +87,16 @@ def listing(args: argparse.Namespace) -> str:
     return " ".join(f"{name}:{port}" for name, port in args.services or DEFAULT_SERVICES)
 
 
-def core_text() -> str:
-    return ", compiled core" if compiled_core() else ""
+def serving_line(args: argparse.Namespace, mtu: int, offloads: tuple[str, ...],
+                 offload_refused: str | None, ipv6_refused: str | None,
+                 more: str = "") -> str:
+    """`serving echo:7 on 10.77.0.2 and fd77::2 (dev ustack0, mtu 1500, offloads ...)`:
+    the start-up line, of one process or of the workers' supervisor (`more`)."""
+    where = f"{args.addr} and {args.addr6}" if args.addr6 else args.addr
+    core = ", compiled core" if compiled_core() else ""
+    ipv6 = f", no IPv6: {ipv6_refused}" if ipv6_refused else ""
+    return (f"serving {listing(args)} on {where} (dev {args.dev}, mtu {mtu}, "
+            f"{offloads_text(offloads, offload_refused)}{core}{ipv6}{more})")
 
 
 def offloads_text(offloads: tuple[str, ...], refused: str | None) -> str:

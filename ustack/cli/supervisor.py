@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 from ustack import conninfo, link, tun
 from ustack.cli.args import EXIT_OK, EXIT_USAGE
 from ustack.cli.common import format_stats, log, warn_kernel_addr
-from ustack.cli.serve import core_text, listing, log_connections, offloads_text
+from ustack.cli.serve import log_connections, serving_line
 from ustack.cli.worker import worker_main
 from ustack.tun import TunDevice, TunError
 
@@ -51,8 +51,9 @@ def supervise(args: argparse.Namespace) -> int:
     status: 0 after SIGTERM/SIGINT, 2 for what the single process refuses too (a device,
     an address, a capture), 1 when a worker cannot be kept running or stopped."""
     try:
-        queues = TunDevice.open_queues(args.dev, args.workers, kernel_addr=args.kernel_addr,
-                                       mtu=args.mtu, offload=args.offload)
+        queues = TunDevice.open_queues(
+            args.dev, args.workers, kernel_addr=args.kernel_addr, mtu=args.mtu,
+            offload=args.offload, kernel_addr6=args.kernel_addr6 if args.addr6 else None)
     except TunError as e:
         log(str(e))
         return EXIT_USAGE
@@ -379,9 +380,8 @@ class Supervisor:
         pids = " ".join(str(w.pid) for w in self.workers)
         parts = (f"; capture parts {' '.join(self.parts)}, merged into {self.args.pcap} "
                  "on exit" if self.parts else "")
-        log(f"serving {listing(self.args)} on {self.args.addr} (dev {self.args.dev}, mtu "
-            f"{first.mtu}, {offloads_text(first.offloads, first.offload_refused)}"
-            f"{core_text()}, {len(self.workers)} workers: pids {pids}{parts})")
+        log(serving_line(self.args, first.mtu, first.offloads, first.offload_refused,
+                         first.ipv6_refused, f", {len(self.workers)} workers: pids {pids}{parts}"))
 
     def _ask_reports(self) -> None:
         self.report_asked = False

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Create a persistent TUN device for ustack, owned by the calling user.
 #
-#   sudo ustack setup-tun [NAME] [HOST_CIDR]     # defaults: ustack0 10.77.0.1/24
+#   sudo ustack setup-tun [NAME] [HOST_CIDR] [HOST_CIDR6]  # ustack0 10.77.0.1/24 fd77::1/64
 #   sudo ustack setup-tun --queues N [NAME] [HOST_CIDR]   # multi-queue, for N queues
 #   sudo ustack setup-tun --down [NAME]          # remove it again
 #   (from a checkout: sudo scripts/setup_tun.sh with the same arguments)
 #
-# The kernel side of the link gets HOST_CIDR; ustack then attaches to the device without
-# root (`ustack serve --dev NAME`) and answers as 10.77.0.2. Re-running is harmless: an
-# existing device and address are kept. When experimenting, do this inside a private
-# network namespace (`sudo unshare -n bash`), so nothing touches your real network.
+# The kernel side of the link gets HOST_CIDR, and HOST_CIDR6 where IPv6 is on; ustack then
+# attaches to the device without root (`ustack serve --dev NAME`) and answers as 10.77.0.2
+# and fd77::2. Re-running is harmless: an existing device and address are kept. When
+# experimenting, do this inside a private network namespace (`sudo unshare -n bash`).
 set -euo pipefail
 
 prog=${USTACK_PROG:-setup_tun.sh}
 die() { printf '%s: %s\n' "$prog" "$*" >&2; exit 2; }
 usage() {
-    sed -n '2,12s/^# \{0,1\}//p' "$0"
+    sed -n '2,13s/^# \{0,1\}//p' "$0"
 }
 
 down=0
@@ -33,8 +33,11 @@ case ${1-} in
 esac
 name=${1:-ustack0}
 cidr=${2:-10.77.0.1/24}
+cidr6=${3:-fd77::1/64}
 if ((down)) && (($# > 1)); then die "--down takes only a device name"; fi
-if (($# > 2)); then die "too many arguments (see --help)"; fi
+if (($# > 3)); then die "too many arguments (see --help)"; fi
+[[ $cidr6 =~ ^[0-9A-Fa-f:]+/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8])$ && $cidr6 == *:*:* ]] \
+    || die "'$cidr6' is not an IPv6 address with prefix length, e.g. fd77::1/64"
 
 [[ $name =~ ^[A-Za-z0-9_.-]{1,15}$ ]] || die "'$name' is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)"
 ip4='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
@@ -89,6 +92,16 @@ if ip -4 -o addr show dev "$name" | grep -qF " inet $cidr "; then
 else
     ip addr add "$cidr" dev "$name"
     echo "$prog: $name has address $cidr"
+fi
+# IPv6 beside it, where the namespace has it on (no duplicate address detection: the one
+# neighbour on a TUN is ustack).
+if [[ $(cat "/proc/sys/net/ipv6/conf/$name/disable_ipv6" 2>/dev/null || echo 1) == 0 ]]; then
+    if ip -6 -o addr show dev "$name" | grep -qF " inet6 $cidr6 "; then
+        echo "$prog: $name already has $cidr6"
+    else
+        ip -6 addr add "$cidr6" dev "$name" nodad
+        echo "$prog: $name has address $cidr6"
+    fi
 fi
 # A deeper queue toward ustack than TUN's default 500: a burst of more packets than that
 # (1000 clients closing at once) would otherwise be dropped before ustack can read it.

@@ -40,8 +40,11 @@ class Host:
                  rng: random.Random | None = None, config: TcpConfig | None = None,
                  cookies: SynCookies | None = None, offload: bool = False,
                  max_time_wait: int = timewait.MAX_RECORDS,
-                 buffer_budget: int = autotune.DEFAULT_BUDGET) -> None:
+                 buffer_budget: int = autotune.DEFAULT_BUDGET,
+                 addrs6: Sequence[str] = ()) -> None:
         self.addr = ipaddress.IPv4Address(addr).packed
+        # IPv6 (ICMPv6 for now; TCP over IPv6 is the next step): its addresses, packed.
+        self.addrs6 = tuple(ipaddress.IPv6Address(a).packed for a in addrs6)
         self.mtu = mtu
         self.offload = offload
         self.mss = mtu - IP_TCP_HEADERS  # RFC 9293 §3.7.1: MTU minus fixed headers
@@ -60,7 +63,8 @@ class Host:
         self._timers: TimerHeap[Tcb] = TimerHeap()
         self._pending: dict[Tcb, None] = {}  # TCBs to poll (an ordered set)
         self._net = Network(self.addr, self.counters, offload=offload,
-                            ip_id=self._rng.randrange(0x10000))
+                            ip_id=self._rng.randrange(0x10000), addrs6=self.addrs6,
+                            mtu=mtu)
         # The probe: every segment, state change and timer, as ladder events (or None).
         self._prober = HostProbe(self.addr, ignore)
         self._probe: HostProbe | None = None  # `_prober` while a sink is set
@@ -337,7 +341,7 @@ class Host:
 
     def next_deadline(self) -> float | None:
         timer = self._timers.next_deadline()
-        for other in (self._net.fragments.next_deadline(), self._time_wait.next_deadline()):
+        for other in (self._net.next_deadline(), self._time_wait.next_deadline()):
             if other is not None and (timer is None or other < timer):
                 timer = other
         return timer
@@ -368,7 +372,7 @@ class Host:
 
     def _run_timers(self, now: float) -> None:
         """Every deadline that has passed: fragments, TIME-WAIT records, connections."""
-        self._net.fragments.expire(now, self.counters)
+        self._net.expire(now)
         for addr, remote_port, local_port in self._time_wait.expire(now):
             if self._probe is not None:
                 self._probe.time_wait_end(addr, remote_port, local_port, timer=True)

@@ -2,6 +2,11 @@
 §3.3). In: parse and validate (`ip.parse`), reassemble fragments, answer ICMP echo,
 hand TCP datagrams up. Out: an IP header (and its identification) on each segment.
 
+IPv6 beside it (RFC 8200) for the host's IPv6 addresses: `ip6.parse` validates, walks
+the extension headers and reassembles; ICMPv6 echo is answered and what input refuses
+draws a rate-limited Parameter Problem (`ustack.icmp6`). TCP over IPv6 is not taken
+yet: counted (`drop_ip6_tcp_unsupported`).
+
 With `offload` (a device with checksum and TSO offloads) packets in may come with the
 device's word for their checksum (`ustack.packet.Offloaded`): those are not checksummed
 again; outgoing TCP segments leave their checksum, and their cutting into MSS-sized
@@ -9,7 +14,7 @@ pieces (TSO), to the device. How the device carries this is the device adapter's
 business (`ustack.tun`, `ustack.vnet`).
 """
 
-from ustack import ip
+from ustack import icmp6, ip, ip6
 from ustack.packet import Offloaded, Packet
 from ustack.stats import Counters, DropReason
 from ustack.tcp import segment
@@ -18,11 +23,15 @@ from ustack.tcp.segment import Segment
 
 class Network:
     def __init__(self, addr: bytes, counters: Counters, *, offload: bool,
-                 ip_id: int) -> None:
+                 ip_id: int, addrs6: tuple[bytes, ...] = (), mtu: int = 1500) -> None:
         self.addr = addr
+        self.addrs6 = addrs6  # IPv6: none, or the global address and the link-local one
         self.counters = counters  # the host's
         self.offload = offload
         self.fragments = ip.Fragments()
+        self.fragments6 = ip6.Fragments6()
+        self.errors6 = icmp6.RateLimiter()
+        self.mtu = mtu
         self.out: list[Packet] = []  # packets for the link, taken by `Host.poll`
         self._ip_id = ip_id
 
@@ -31,12 +40,18 @@ class Network:
         is still to be verified; None when IP dropped it or another protocol took it."""
         self.counters["packets_in"] += 1
         verify = True
+        raw: bytes | memoryview
         if type(packet) is Offloaded:
             # The kernel made this packet: a partial or already verified checksum is not
             # ours to check.
             verify = not packet.csum_ok
-            packet = packet.ip
-        dgram = ip.parse(packet, self.addr, self.counters)  # type: ignore[arg-type]
+            raw = packet.ip
+        else:
+            raw = packet  # type: ignore[assignment]
+        if raw and raw[0] >> 4 == 6:
+            self._input6(raw, verify, now)
+            return None
+        dgram = ip.parse(raw, self.addr, self.counters)
         if dgram is None:
             return None
         if dgram.more or dgram.offset:
@@ -53,6 +68,47 @@ class Network:
         else:
             self.counters.drop(DropReason.IP_PROTO_UNSUPPORTED)
         return None
+
+    def _input6(self, packet: bytes | memoryview, verify: bool, now: float) -> None:
+        found = ip6.parse(packet, self.addrs6, self.counters, self.fragments6, now)
+        if found is None:
+            return
+        if isinstance(found, ip6.Problem):
+            if self.errors6.allow(now):
+                self.counters["icmp6_errors_out"] += 1
+                self.emit6(found.dst, found.src, ip6.NH_ICMPV6, icmp6.parameter_problem(found))
+            else:
+                self.counters["icmp6_errors_rate_limited"] += 1
+            return
+        if found.proto == ip6.NH_ICMPV6:
+            reply = icmp6.echo_reply(found, self.counters, verify)
+            if reply is not None:
+                self.emit6(found.dst, found.src, ip6.NH_ICMPV6, reply)
+        else:
+            self.counters.drop(DropReason.IP6_TCP_UNSUPPORTED)
+
+    def expire(self, now: float) -> None:
+        """Reassemblies that timed out, both families."""
+        self.fragments.expire(now, self.counters)
+        self.fragments6.expire(now, self.counters)
+
+    def next_deadline(self) -> float | None:
+        """The earliest reassembly timeout, or None (the common case)."""
+        v4, v6 = self.fragments.next_deadline(), self.fragments6.next_deadline()
+        if v4 is None or v6 is None:
+            return v4 if v6 is None else v6
+        return min(v4, v6)
+
+    def emit6(self, src: bytes, dst: bytes, next_header: int, payload: bytes) -> None:
+        """One IPv6 packet from our `src` (the address the peer used) to `dst`; one
+        bigger than the link's MTU in fragments (RFC 8200 §4.5: the source fragments)."""
+        if ip6.HEADER_LEN + len(payload) <= self.mtu:
+            self.out.append(ip6.header(src, dst, next_header, len(payload)) + payload)
+            return
+        self._ip_id = (self._ip_id + 1) & 0xFFFF
+        for fragment in ip6.fragments(src, dst, next_header, payload, self.mtu,
+                                      self._ip_id):
+            self.out.append(fragment)
 
     def emit_segment(self, dst: bytes, seg: Segment) -> None:
         """A TCP segment in an IP packet to `dst`. With offloads its checksum is left
