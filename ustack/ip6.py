@@ -25,7 +25,10 @@ NH_FRAGMENT = 44
 NH_ICMPV6 = 58
 NH_NONE = 59
 NH_DEST_OPTIONS = 60
-UPPER_LAYERS = frozenset({NH_TCP, NH_ICMPV6})
+# What this host takes above IPv6. TCP over IPv6 is the next step: until then a segment
+# draws the Parameter Problem of an unrecognized Next Header (§4), which a kernel client
+# turns into "connection refused" at once (Linux icmpv6_err_convert) instead of a hang.
+UPPER_LAYERS = frozenset({NH_ICMPV6})
 
 # ICMPv6 Parameter Problem codes (RFC 4443 §3.4, RFC 7112 §5).
 ERRONEOUS_FIELD = 0
@@ -36,9 +39,13 @@ INCOMPLETE_CHAIN = 3
 MAX_EXTENSION_HEADERS = 16  # a longer chain is an attack, not a packet (bounded work)
 FRAGMENT_TIMEOUT = 60.0  # RFC 8200 §4.5: reassembly is abandoned 60 s after the first
 MAX_PARTIAL_DATAGRAMS = 64
+MAX_PIECES = 64  # fragments per datagram: bounds the overlap checks (FreeBSD keeps 16)
 MAX_FRAGMENT_BYTES = 1 << 20
+MAX_REFUSED = 256  # datagrams remembered as refused (RFC 5722) until their timeout
 
 _HEADER = struct.Struct("!IHBB16s16s")
+_LOOPBACK = bytes(15) + b"\x01"
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 _FRAGMENT = struct.Struct("!BBHI")
 
 
@@ -51,6 +58,7 @@ class Datagram6:
     proto: int
     payload: memoryview | bytes
     hop_limit: int = HOP_LIMIT
+    reassembled: bool = False  # from fragments: no device vouched for its checksum
 
 
 @dataclass(slots=True)
@@ -66,7 +74,15 @@ class Problem:
 
 
 def is_multicast(addr: bytes) -> bool:
+    """ff00::/8 (RFC 4291 §2.7)."""
     return addr[0] == 0xFF
+
+
+def _bad_source(src: bytes) -> bool:
+    """A source no reply may go to (RFC 4291 §2.5.2-2.5.5, RFC 4443 §2.4 (e.6)): the
+    unspecified address, multicast, loopback (never on a link), an IPv4-mapped one."""
+    return (not any(src) or is_multicast(src) or src == _LOOPBACK
+            or src[:12] == _V4_MAPPED)
 
 
 def header(src: bytes, dst: bytes, next_header: int, payload_len: int,
@@ -78,9 +94,10 @@ def header(src: bytes, dst: bytes, next_header: int, payload_len: int,
 
 def fragments(src: bytes, dst: bytes, next_header: int, payload: bytes, mtu: int,
               ident: int) -> list[bytes]:
-    """`payload` (the upper-layer header and data) as fragments for a link of `mtu`
-    (RFC 8200 §4.5): each but the last a multiple of 8 bytes."""
-    size = (max(mtu, MIN_MTU) - HEADER_LEN - _FRAGMENT.size) // 8 * 8
+    """`payload` (the upper-layer header and data) as fragments for a link of `mtu`, at
+    least 1280 (RFC 8200 §5), for a payload too big for one packet (§4.5): each but the
+    last a multiple of 8 bytes; never an atomic fragment (RFC 8021)."""
+    size = (mtu - HEADER_LEN - _FRAGMENT.size) // 8 * 8
     out = []
     for start in range(0, len(payload), size):
         piece = payload[start:start + size]
@@ -113,7 +130,7 @@ def parse(packet: bytes | memoryview, ours: tuple[bytes, ...], counters: Counter
     if dst not in ours:
         counters.drop(DropReason.IP6_NOT_OURS)
         return None
-    if is_multicast(src) or not any(src):
+    if _bad_source(src):
         counters.drop(DropReason.IP6_BAD_SOURCE)
         return None
     counters["ip6_in"] += 1
@@ -141,18 +158,18 @@ def _walk(view: memoryview, next_header: int, nh_at: int, offset: int, src: byte
                 return None
             return _fragment(view, offset, src, dst, hop_limit, counters, fragments, now)
         if next_header not in (NH_HOP_BY_HOP, NH_DEST_OPTIONS, NH_ROUTING) or (
-                next_header == NH_HOP_BY_HOP and offset != HEADER_LEN):
-            # §4.1: Hop-by-Hop only right after the IPv6 header; ESP, AH, Mobility and
-            # the rest are not ours to take.
+                next_header == NH_HOP_BY_HOP and (offset != HEADER_LEN or fragments is None)):
+            # §4.1: Hop-by-Hop only right after the IPv6 header (never in a reassembled
+            # part); ESP, AH, Mobility and the rest are not ours to take.
             return _problem(view, UNRECOGNIZED_NEXT_HEADER, nh_at, src, dst, counters)
         if len(view) < offset + 2 or len(view) < offset + 8 * (view[offset + 1] + 1):
             counters.drop(DropReason.IP6_TRUNCATED)
             return None
         end = offset + 8 * (view[offset + 1] + 1)
         if next_header == NH_ROUTING:
-            # §4.4: with segments left we would be a hop on its route; we route nothing
-            # (and type 0 is deprecated, RFC 5095), so the type is unrecognized. With
-            # none left, the header is ignored.
+            # §4.4: with segments left we would be a hop on its route. We implement no
+            # routing type (type 0 is deprecated, RFC 5095), so each is unrecognized:
+            # refused pointing at the type. With none left, the header is ignored.
             if view[offset + 3]:
                 return _problem(view, ERRONEOUS_FIELD, offset + 2, src, dst, counters)
         else:
@@ -176,13 +193,13 @@ def _options(view: memoryview, i: int, end: int, src: bytes, dst: bytes,
             i += 1
             continue
         if i + 2 > end or i + 2 + view[i + 1] > end:
-            return _problem(view, ERRONEOUS_FIELD, i, src, dst, counters)
+            return _problem(view, ERRONEOUS_FIELD, i, src, dst, counters) or False
         action = kind >> 6
         if kind != 1 and action == 1:
             counters.drop(DropReason.IP6_UNKNOWN_OPTION)
             return False
         if kind != 1 and action >= 2:
-            return _problem(view, UNRECOGNIZED_OPTION, i, src, dst, counters)
+            return _problem(view, UNRECOGNIZED_OPTION, i, src, dst, counters) or False
         i += 2 + view[i + 1]
     return True
 
@@ -198,6 +215,10 @@ def _fragment(view: memoryview, offset: int, src: bytes, dst: bytes, hop_limit: 
     next_header, _, off_m, ident = _FRAGMENT.unpack_from(view, offset)
     start, more = off_m & 0xFFF8, bool(off_m & 1)
     data = view[offset + _FRAGMENT.size:]
+    if not data and more:
+        # Nothing to place (Linux discards these too); it would only take a slot.
+        counters.drop(DropReason.IP6_FRAGMENT_EMPTY)
+        return None
     if start == 0 and not more:
         counters["ip6_atomic_fragments"] += 1
         return _walk(view, next_header, offset, offset + _FRAGMENT.size, src, dst, hop_limit,
@@ -219,7 +240,10 @@ def _fragment(view: memoryview, offset: int, src: bytes, dst: bytes, hop_limit: 
     # the reassembled data, walked as one packet (where a second Fragment header, which
     # §4.5 does not allow, is refused).
     rebuilt = memoryview(header(src, dst, first_next, len(payload)) + payload)
-    return _walk(rebuilt, first_next, 6, HEADER_LEN, src, dst, hop_limit, counters, None, now)
+    found = _walk(rebuilt, first_next, 6, HEADER_LEN, src, dst, hop_limit, counters, None, now)
+    if isinstance(found, Datagram6):
+        found.reassembled = True
+    return found
 
 
 def _chain_complete(data: memoryview, next_header: int) -> bool:
@@ -238,17 +262,43 @@ def _chain_complete(data: memoryview, next_header: int) -> bool:
 
 
 def _problem(view: memoryview, code: int, pointer: int, src: bytes, dst: bytes,
-             counters: Counters) -> Problem:
+             counters: Counters) -> Problem | None:
+    """The Parameter Problem for a refused packet (counted), or None where RFC 4443
+    §2.4 (e.1) forbids one: the packet carries an ICMPv6 error, or may (Linux
+    is_ineligible)."""
     counters.drop(DropReason.IP6_PARAMETER_PROBLEM)
+    if not _error_allowed(view):
+        return None
     return Problem(code, pointer, bytes(view), src, dst)
 
 
+def _error_allowed(view: memoryview) -> bool:
+    """Whether a packet may draw an ICMPv6 error: not if, past its extension headers,
+    it is an ICMPv6 error message or too short to tell (Linux ipv6_skip_exthdr)."""
+    next_header, offset = view[6], HEADER_LEN
+    for _ in range(MAX_EXTENSION_HEADERS):
+        if next_header == NH_FRAGMENT:
+            if len(view) < offset + _FRAGMENT.size:
+                return False
+            if int.from_bytes(view[offset + 2:offset + 4], "big") & 0xFFF8:
+                return True  # a later fragment: no upper-layer header to look at
+            next_header, offset = view[offset], offset + _FRAGMENT.size
+        elif next_header in (NH_HOP_BY_HOP, NH_DEST_OPTIONS, NH_ROUTING):
+            if len(view) < offset + 2:
+                return False
+            next_header, offset = view[offset], offset + 8 * (view[offset + 1] + 1)
+        else:
+            break
+    if next_header != NH_ICMPV6:
+        return True
+    return len(view) > offset and view[offset] >= 128  # informational, not an error
+
+
 class _Partial:
-    __slots__ = ("deadline", "first_next", "held", "pieces", "refused", "total")
+    __slots__ = ("deadline", "first_next", "held", "pieces", "total")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.refused = False  # an overlap was seen: its fragments go until the timeout
         self.pieces: dict[int, bytes] = {}
         self.total: int | None = None  # known once the last fragment (M=0) arrives
         self.first_next: int | None = None  # the first fragment's Next Header
@@ -256,19 +306,24 @@ class _Partial:
 
 
 class Fragments6:
-    """IPv6 reassembly (RFC 8200 §4.5) with bounded memory: partial datagrams, bytes held
-    and a 60 s timeout. A fragment that overlaps another drops the whole datagram, and
-    so do its later fragments until the timeout (RFC 5722 §4); an exact duplicate is
-    ignored."""
+    """IPv6 reassembly (RFC 8200 §4.5) with bounded memory and work: partial datagrams,
+    bytes held, fragments per datagram, a 60 s timeout. A fragment that overlaps another
+    drops the whole datagram, and its later fragments are dropped until the timeout
+    (RFC 5722 §4: remembered apart, so refused datagrams take no slot); an exact
+    duplicate is ignored."""
 
     def __init__(self) -> None:
         self._partial: dict[tuple[bytes, bytes, int], _Partial] = {}
+        self._refused: dict[tuple[bytes, bytes, int], float] = {}  # key: until when
         self.held = 0
 
     def add(self, key: tuple[bytes, bytes, int], start: int, more: bool, next_header: int,
             data: memoryview, now: float, counters: Counters) -> tuple[int, bytes] | None:
         """Take one fragment; (the first fragment's Next Header, the whole data) once
         this one completes the datagram."""
+        if key in self._refused:
+            counters.drop(DropReason.IP6_FRAGMENT_OVERLAP)
+            return None
         partial = self._partial.get(key)
         if partial is None:
             if (len(self._partial) >= MAX_PARTIAL_DATAGRAMS
@@ -276,22 +331,20 @@ class Fragments6:
                 counters.drop(DropReason.IP6_FRAGMENT_LIMIT)
                 return None
             partial = self._partial[key] = _Partial(now + FRAGMENT_TIMEOUT)
-        if partial.refused:
-            counters.drop(DropReason.IP6_FRAGMENT_OVERLAP)
-            return None
         end = start + len(data)
         if (not more and partial.total not in (None, end)) or (
                 partial.total is not None and end > partial.total) or (
                 not more and any(s + len(p) > end for s, p in partial.pieces.items())):
-            self._refuse(partial, counters)
+            self._refuse(key, counters)
             return None
         for piece_start, piece in partial.pieces.items():
             if piece_start < end and start < piece_start + len(piece):
                 if piece_start == start and piece == bytes(data):
                     return None  # an exact duplicate
-                self._refuse(partial, counters)
+                self._refuse(key, counters)
                 return None
-        if self.held + len(data) > MAX_FRAGMENT_BYTES:
+        if (self.held + len(data) > MAX_FRAGMENT_BYTES
+                or len(partial.pieces) >= MAX_PIECES):
             self._discard(key, counters, DropReason.IP6_FRAGMENT_LIMIT)
             return None
         if not more:
@@ -308,23 +361,31 @@ class Fragments6:
         self.held -= partial.held
         return partial.first_next, b"".join(partial.pieces[k] for k in sorted(partial.pieces))
 
-    def _refuse(self, partial: _Partial, counters: Counters) -> None:
+    def _refuse(self, key: tuple[bytes, bytes, int], counters: Counters) -> None:
+        partial = self._partial.pop(key)
         self.held -= partial.held
-        partial.held = 0
-        partial.pieces = {}
-        partial.refused = True
+        if len(self._refused) >= MAX_REFUSED:
+            del self._refused[next(iter(self._refused))]  # the oldest goes
+        self._refused[key] = partial.deadline
         counters.drop(DropReason.IP6_FRAGMENT_OVERLAP)
 
     def expire(self, now: float, counters: Counters) -> None:
+        """Datagrams not completed within the timeout are dropped (counted); refused
+        ones are forgotten."""
+        if self._refused:
+            for key in [k for k, until in self._refused.items() if until <= now]:
+                del self._refused[key]
         if not self._partial:
             return
         for key in [k for k, p in self._partial.items() if p.deadline <= now]:
             self._discard(key, counters, DropReason.IP6_FRAGMENT_TIMEOUT)
 
     def next_deadline(self) -> float | None:
-        if not self._partial:
+        """The earliest timeout of a partial or refused datagram, or None."""
+        if not self._partial and not self._refused:
             return None
-        return min(p.deadline for p in self._partial.values())
+        return min([p.deadline for p in self._partial.values()]
+                   + list(self._refused.values()))
 
     def _discard(self, key: tuple[bytes, bytes, int], counters: Counters,
                  reason: DropReason) -> None:

@@ -33,7 +33,7 @@ class DropReason(StrEnum):
     IP6_FRAGMENT_OVERLAP = "drop_ip6_fragment_overlap"
     IP6_FRAGMENT_LIMIT = "drop_ip6_fragment_limit"
     IP6_FRAGMENT_TIMEOUT = "drop_ip6_fragment_timeout"
-    IP6_TCP_UNSUPPORTED = "drop_ip6_tcp_unsupported"
+    IP6_FRAGMENT_EMPTY = "drop_ip6_fragment_empty"
     ICMP_MALFORMED = "drop_icmp_malformed"
     ICMP_BAD_CHECKSUM = "drop_icmp_bad_checksum"
     ICMP_IGNORED = "drop_icmp_ignored"

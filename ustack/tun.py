@@ -316,10 +316,14 @@ def _configure6(name: str, kernel_addr6: str) -> str | None:
         with open(disabled) as f:
             if f.read().strip() != "0":
                 return "IPv6 is disabled in this network namespace"
-    except OSError:
-        return "this kernel has no IPv6"
-    done = subprocess.run([ip or "ip", "-6", "addr", "add", kernel_addr6, "dev", name,
-                           "nodad"], capture_output=True, text=True, timeout=10, check=False)
+    except OSError:  # no such entry: no IPv6 here, or the MTU is below 1280
+        return "the device has no IPv6 (a kernel without it, or an MTU below 1280)"
+    try:
+        done = subprocess.run([ip or "ip", "-6", "addr", "add", kernel_addr6, "dev", name,
+                               "nodad"], capture_output=True, text=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"ip -6 addr add {kernel_addr6}: {e}"
     if done.returncode != 0:
         detail = done.stderr.strip().splitlines()[-1:] or ["failed"]
         return f"ip -6 addr add {kernel_addr6}: {detail[0]}"

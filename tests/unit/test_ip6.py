@@ -107,8 +107,17 @@ def test_an_unknown_next_header_points_at_the_field_that_named_it() -> None:
 
 
 def test_hop_by_hop_anywhere_but_first_is_refused() -> None:
-    data = packet(ip6.NH_DEST_OPTIONS, ext(ip6.NH_HOP_BY_HOP, b"") + ext(58, b""))
+    data = packet(ip6.NH_DEST_OPTIONS, ext(ip6.NH_HOP_BY_HOP, b"") + ext(58, b"")
+                  + echo_request())
     assert problem(host(), data)[:2] == (ip6.UNRECOGNIZED_NEXT_HEADER, 40)
+
+
+def test_hop_by_hop_in_a_reassembled_part_is_refused() -> None:
+    part = ext(58, b"") + echo_request(bytes(16))
+    h = host()
+    replies(h, fragment(ip6.NH_HOP_BY_HOP, 0, True, 4, part[:16]))
+    assert problem(h, fragment(ip6.NH_HOP_BY_HOP, 16, False, 4, part[16:]))[:2] == (
+        ip6.UNRECOGNIZED_NEXT_HEADER, 6)
 
 
 def test_unknown_options_act_by_their_two_high_bits() -> None:
@@ -172,7 +181,7 @@ def test_an_overlap_drops_the_datagram_and_its_later_fragments() -> None:
 
 def test_fragment_lengths_and_first_fragments_are_checked() -> None:
     # Not the last, yet not a multiple of 8 bytes: pointing at the Payload Length.
-    assert problem(host(), fragment(58, 0, True, 1, bytes(100)))[:2] == (
+    assert problem(host(), fragment(58, 0, True, 1, echo_request(bytes(92))))[:2] == (
         ip6.ERRONEOUS_FIELD, 4)
     # RFC 7112: a first fragment without the whole header chain (half a TCP header).
     assert problem(host(), fragment(ip6.NH_TCP, 0, True, 2, bytes(8)))[:2] == (
@@ -207,10 +216,42 @@ def test_an_error_quotes_no_more_than_the_minimum_mtu_allows() -> None:
     assert raw[48:] == data[:icmp6.MAX_INVOKING]
 
 
-def test_tcp_over_ipv6_is_counted_until_it_is_taken() -> None:
+def test_tcp_over_ipv6_is_refused_as_an_unrecognized_next_header_until_it_is_taken() -> None:
+    # A kernel client turns this into ECONNREFUSED at once (icmpv6_err_convert).
+    assert problem(host(), packet(ip6.NH_TCP, bytes(20)))[:2] == (
+        ip6.UNRECOGNIZED_NEXT_HEADER, 6)
+
+
+def test_no_error_answers_an_icmpv6_error_or_a_loopback_source() -> None:
+    # RFC 4443 §2.4 (e.1): a Destination Unreachable behind a refused Routing header.
+    unreachable = bytes((icmp6.DESTINATION_UNREACHABLE, 4, 0, 0)) + bytes(4)
     h = host()
-    assert replies(h, packet(ip6.NH_TCP, bytes(20))) == []
-    assert h.stats()["drop_ip6_tcp_unsupported"] == 1
+    routed = ext(58, bytes((0, 1)) + bytes(4) + OURS) + unreachable
+    assert replies(h, packet(ip6.NH_ROUTING, routed)) == []
+    assert h.stats()["drop_ip6_parameter_problem"] == 1
+    loopback = ipaddress.IPv6Address("::1").packed
+    assert replies(h, packet(58, echo_request(src=loopback), src=loopback)) == []
+    assert h.stats()["drop_ip6_bad_source"] == 1
+
+
+def test_fragments_of_nothing_and_too_many_pieces_are_dropped() -> None:
+    h = host()
+    assert replies(h, fragment(58, 8, True, 11, b"")) == []
+    assert h.stats()["drop_ip6_fragment_empty"] == 1
+    for i in range(ip6.MAX_PIECES + 1):
+        replies(h, fragment(58, 8 + 8 * i, True, 12, bytes(8)))
+    assert h.stats()["drop_ip6_fragment_limit"] == 1
+
+
+def test_refused_datagrams_take_no_slot_from_new_ones() -> None:
+    h = host()
+    for ident in range(ip6.MAX_PARTIAL_DATAGRAMS):  # each refused at once: an overlap
+        replies(h, fragment(58, 0, True, ident, echo_request(bytes(8))),
+                fragment(58, 8, True, ident, bytes(16)))
+    request = echo_request(bytes(100))
+    got = replies(h, fragment(58, 0, True, 999, request[:56]),
+                  fragment(58, 56, False, 999, request[56:]))
+    assert len(got) == 1
 
 
 def test_a_reply_bigger_than_the_mtu_leaves_in_fragments_that_reassemble() -> None:

@@ -24,6 +24,7 @@ from ustack.api.server import Server
 from ustack.api.transport import Transport
 from ustack.conninfo import ConnectionInfo
 from ustack.host import Host
+from ustack.ip6 import MIN_MTU
 from ustack.ladder import Ladder, fault_event, flag_names
 from ustack.link import FAULT_COUNTERS, TX, FaultInjector, PcapWriter, pipeline_of
 from ustack.packet import Packet, ip_of
@@ -97,6 +98,8 @@ class Stack(AsyncioCalls):
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
         self.addr6 = check_own_addr6(addr6)
         self.link_local6 = check_own_addr6(link_local6, "link_local6") if addr6 else None
+        if self.link_local6 and not ipaddress.IPv6Address(self.link_local6).is_link_local:
+            raise ValueError(f"link_local6 {self.link_local6} is not in fe80::/10")
         self.kernel_addr6 = (str(ipaddress.IPv6Interface(kernel_addr6))
                              if kernel_addr6 is not None and addr6 is not None else None)
         self._mtu = mtu
@@ -231,8 +234,11 @@ class Stack(AsyncioCalls):
 
     @property
     def ipv6_refused(self) -> str | None:
-        """Why the device this stack created has no IPv6 address on the kernel's side
-        (IPv6 off in the namespace), else None."""
+        """Why this stack answers no IPv6 though it has addresses: its link's MTU is
+        below IPv6's 1280, or the device it created got no IPv6 address on the kernel's
+        side (IPv6 off in the namespace); else None."""
+        if self.addr6 and self._device is not None and self.mtu < MIN_MTU:
+            return f"the MTU {self.mtu} is below IPv6's {MIN_MTU}"
         return getattr(self._device, "ipv6_refused", None)
 
     @property

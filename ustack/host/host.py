@@ -10,7 +10,7 @@ import ipaddress
 import random
 from collections.abc import Callable, Sequence
 
-from ustack import conninfo
+from ustack import conninfo, ip6
 from ustack.conninfo import ConnectionInfo
 from ustack.host import ports
 from ustack.host.network import Network
@@ -43,8 +43,10 @@ class Host:
                  buffer_budget: int = autotune.DEFAULT_BUDGET,
                  addrs6: Sequence[str] = ()) -> None:
         self.addr = ipaddress.IPv4Address(addr).packed
-        # IPv6 (ICMPv6 for now; TCP over IPv6 is the next step): its addresses, packed.
-        self.addrs6 = tuple(ipaddress.IPv6Address(a).packed for a in addrs6)
+        # IPv6 (ICMPv6 for now; TCP over IPv6 is the next step): its addresses, packed;
+        # none on a link below IPv6's minimum MTU (RFC 8200 §5: 1280).
+        self.addrs6 = tuple(ipaddress.IPv6Address(a).packed for a in addrs6
+                            if mtu >= ip6.MIN_MTU)
         self.mtu = mtu
         self.offload = offload
         self.mss = mtu - IP_TCP_HEADERS  # RFC 9293 §3.7.1: MTU minus fixed headers
@@ -64,7 +66,7 @@ class Host:
         self._pending: dict[Tcb, None] = {}  # TCBs to poll (an ordered set)
         self._net = Network(self.addr, self.counters, offload=offload,
                             ip_id=self._rng.randrange(0x10000), addrs6=self.addrs6,
-                            mtu=mtu)
+                            mtu=mtu, ip6_id=self._rng.getrandbits(32))
         # The probe: every segment, state change and timer, as ladder events (or None).
         self._prober = HostProbe(self.addr, ignore)
         self._probe: HostProbe | None = None  # `_prober` while a sink is set

@@ -5,7 +5,7 @@ hand TCP datagrams up. Out: an IP header (and its identification) on each segmen
 IPv6 beside it (RFC 8200) for the host's IPv6 addresses: `ip6.parse` validates, walks
 the extension headers and reassembles; ICMPv6 echo is answered and what input refuses
 draws a rate-limited Parameter Problem (`ustack.icmp6`). TCP over IPv6 is not taken
-yet: counted (`drop_ip6_tcp_unsupported`).
+yet: it draws the Parameter Problem of an unrecognized Next Header (`ip6.UPPER_LAYERS`).
 
 With `offload` (a device with checksum and TSO offloads) packets in may come with the
 device's word for their checksum (`ustack.packet.Offloaded`): those are not checksummed
@@ -23,7 +23,8 @@ from ustack.tcp.segment import Segment
 
 class Network:
     def __init__(self, addr: bytes, counters: Counters, *, offload: bool,
-                 ip_id: int, addrs6: tuple[bytes, ...] = (), mtu: int = 1500) -> None:
+                 ip_id: int, addrs6: tuple[bytes, ...] = (), mtu: int = 1500,
+                 ip6_id: int = 0) -> None:
         self.addr = addr
         self.addrs6 = addrs6  # IPv6: none, or the global address and the link-local one
         self.counters = counters  # the host's
@@ -32,6 +33,8 @@ class Network:
         self.fragments6 = ip6.Fragments6()
         self.errors6 = icmp6.RateLimiter()
         self.mtu = mtu
+        # RFC 8200 §4.5 / RFC 7739: a 32-bit Identification, from a random start.
+        self._ip6_id = ip6_id
         self.out: list[Packet] = []  # packets for the link, taken by `Host.poll`
         self._ip_id = ip_id
 
@@ -70,6 +73,8 @@ class Network:
         return None
 
     def _input6(self, packet: bytes | memoryview, verify: bool, now: float) -> None:
+        """IPv6's part of one packet: ICMPv6 echo answered, a Problem answered with an
+        error (at most `icmp6.ERROR_RATE` a second), the rest counted."""
         found = ip6.parse(packet, self.addrs6, self.counters, self.fragments6, now)
         if found is None:
             return
@@ -80,12 +85,10 @@ class Network:
             else:
                 self.counters["icmp6_errors_rate_limited"] += 1
             return
-        if found.proto == ip6.NH_ICMPV6:
-            reply = icmp6.echo_reply(found, self.counters, verify)
-            if reply is not None:
-                self.emit6(found.dst, found.src, ip6.NH_ICMPV6, reply)
-        else:
-            self.counters.drop(DropReason.IP6_TCP_UNSUPPORTED)
+        # Only ICMPv6 comes up so far (`ip6.UPPER_LAYERS`).
+        reply = icmp6.echo_reply(found, self.counters, verify or found.reassembled)
+        if reply is not None:
+            self.emit6(found.dst, found.src, ip6.NH_ICMPV6, reply)
 
     def expire(self, now: float) -> None:
         """Reassemblies that timed out, both families."""
@@ -105,9 +108,9 @@ class Network:
         if ip6.HEADER_LEN + len(payload) <= self.mtu:
             self.out.append(ip6.header(src, dst, next_header, len(payload)) + payload)
             return
-        self._ip_id = (self._ip_id + 1) & 0xFFFF
+        self._ip6_id = (self._ip6_id + 1) & 0xFFFFFFFF
         for fragment in ip6.fragments(src, dst, next_header, payload, self.mtu,
-                                      self._ip_id):
+                                      self._ip6_id):
             self.out.append(fragment)
 
     def emit_segment(self, dst: bytes, seg: Segment) -> None:
