@@ -119,3 +119,12 @@ def test_without_ipv6_the_kernel_side_gets_no_address(netns, start_ustack):
     assert " and fd77::2" not in server.stderr()
     shown = netns.ip("-6", "addr", "show", "dev", "ustack0").stdout
     assert "fd77::1" not in shown
+
+
+def test_tcp_over_ipv6_is_refused_at_once_until_it_is_taken(ustack_server):
+    require_tools("curl")
+    start = time.monotonic()
+    done = ustack_server.ns.run(["curl", "-6", "-sS", "-m", "10", "http://[fd77::2]/"],
+                                timeout=20)
+    assert done.returncode == 7, done.stderr.decode()  # couldn't connect: refused
+    assert time.monotonic() - start < 5

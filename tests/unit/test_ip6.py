@@ -264,3 +264,9 @@ def test_a_reply_bigger_than_the_mtu_leaves_in_fragments_that_reassemble() -> No
         other.receive(p, 0.0)
     assert other.stats()["ip6_reassembled"] == 1
     assert other.stats()["drop_icmp_ignored"] == 1  # an echo reply: nothing to answer
+
+
+def test_below_the_minimum_mtu_a_host_has_no_ipv6() -> None:
+    h = Host("10.77.0.2", mtu=1000, rng=random.Random(0), addrs6=["fd77::2"])
+    assert h.addrs6 == ()
+    assert replies(h, packet(58, echo_request())) == []
