@@ -89,6 +89,16 @@ def random_file(path: Path, size: int) -> str:
     return sha256(data)
 
 
+def nc_echo(ns: Namespace, path: Path, size: int, timeout: float = 60) -> None:
+    """Send ``size`` random bytes (written to ``path``) through ustack's echo service
+    with ``nc`` in ``ns``, and check what comes back by SHA-256."""
+    want = random_file(path, size)
+    with path.open("rb") as stdin:
+        done = ns.run(["nc", "-N", USTACK_ADDR, "7"], stdin=stdin, timeout=timeout)
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(done.stdout) == size and sha256(done.stdout) == want
+
+
 def readline(proc: subprocess.Popen, timeout: float, stream: str = "stdout") -> bytes:
     """The next line of ``proc.stdout`` (or ``stderr``), waiting at most ``timeout`` s."""
     pipe = getattr(proc, stream)

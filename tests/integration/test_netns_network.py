@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .support import USTACK_ADDR, pattern_sha256, random_file, require_tools, sha256
+from .support import USTACK_ADDR, nc_echo, pattern_sha256, require_tools, sha256
 
 pytestmark = pytest.mark.netns
 
@@ -77,12 +77,7 @@ def test_client_on_another_subnet_via_kernel_routing(ustack_server, make_netns, 
     ping = client.run(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", USTACK_ADDR], timeout=15)
     assert ping.returncode == 0, ping.stdout.decode() + ping.stderr.decode()
 
-    src = tmp_path / "in.bin"
-    want = random_file(src, 200_000)
-    with src.open("rb") as stdin:
-        echo = client.run(["nc", "-N", USTACK_ADDR, "7"], stdin=stdin, timeout=30)
-    assert echo.returncode == 0, echo.stderr.decode()
-    assert sha256(echo.stdout) == want
+    nc_echo(client, tmp_path / "in.bin", 200_000, timeout=30)
 
     got = client.run(["curl", "-sS", "--fail", "--max-time", "20",
                       f"http://{USTACK_ADDR}/bytes/1000000"], timeout=30)

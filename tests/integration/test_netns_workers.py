@@ -23,11 +23,10 @@ from .support import (
     USTACK_ADDR,
     curl_bytes,
     file_sha256,
+    nc_echo,
     pattern_sha256,
-    random_file,
     readline,
     require_tools,
-    sha256,
 )
 from .test_netns_link import wait_for
 
@@ -84,12 +83,7 @@ def test_two_workers_serve_echo_http_ping_and_a_crowd_and_sum_their_counters(
     server = start_ustack(netns, args=WORKERS)
     assert PIDS.search(server.stderr()), server.stderr()
     # SHA-256-checked both ways: 3 MB echoed, 10 MB downloaded.
-    src = tmp_path / "in.bin"
-    want = random_file(src, 3_000_000)
-    with src.open("rb") as stdin:
-        done = netns.run(["nc", "-N", USTACK_ADDR, "7"], stdin=stdin, timeout=60)
-    assert done.returncode == 0, done.stderr.decode()
-    assert sha256(done.stdout) == want
+    nc_echo(netns, tmp_path / "in.bin", 3_000_000)
     dst = tmp_path / "down.bin"
     curl_bytes(netns, dst, 10_000_000)
     assert file_sha256(dst) == pattern_sha256(10_000_000)

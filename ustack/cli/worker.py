@@ -30,6 +30,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def worker_main(args: argparse.Namespace, index: int, queue: TunDevice, pipe: int,
                  pcap: str | None) -> int:
+    """The worker's life, in the forked child: serve on `queue`, report over `pipe`,
+    capture into `pcap` (its part); the exit status."""
     _die_with_parent()
     announcer = WorkerAnnouncer(index, queue, pipe, pcap)
     try:
