@@ -9,11 +9,11 @@ it is not listed until its handshake completes.
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ustack.addresses import ntop, pton
 from ustack.tcp.tcb import Tcb
 
 
@@ -52,7 +52,7 @@ def from_dict(data: dict[str, Any]) -> ConnectionInfo:
 def from_tcb(tcb: Tcb, local_addr: str) -> ConnectionInfo:
     return ConnectionInfo(
         local=(local_addr, tcb.local_port),
-        remote=(socket.inet_ntoa(tcb.remote_addr), tcb.remote_port),
+        remote=(ntop(tcb.remote_addr), tcb.remote_port),
         state=tcb.state.value, recv_q=tcb.readable, send_q=tcb.send_buffered,
         srtt=tcb.rtt.srtt, rto=tcb.rtt.rto, cwnd=tcb.cc.cwnd, mss=tcb.snd_mss,
         bytes_acked=tcb.bytes_acked, bytes_received=tcb.bytes_received,
@@ -62,9 +62,15 @@ def from_tcb(tcb: Tcb, local_addr: str) -> ConnectionInfo:
 def from_time_wait(local_addr: str, remote_addr: bytes, remote_port: int, local_port: int,
                    left: float) -> ConnectionInfo:
     return ConnectionInfo(
-        local=(local_addr, local_port), remote=(socket.inet_ntoa(remote_addr), remote_port),
+        local=(local_addr, local_port), remote=(ntop(remote_addr), remote_port),
         state="TIME_WAIT", recv_q=0, send_q=0, srtt=None, rto=None, cwnd=None, mss=None,
         bytes_acked=0, bytes_received=0, retransmits=0, expires=max(left, 0.0))
+
+
+def _order(addr: str) -> tuple[int, bytes]:
+    """IPv4 peers before IPv6 ones, each in numeric order."""
+    packed = pton(addr)
+    return len(packed), packed
 
 
 def rows(addr: bytes, tcbs: Iterable[Tcb],
@@ -72,11 +78,11 @@ def rows(addr: bytes, tcbs: Iterable[Tcb],
     """Every connection as `ss -tan` lists it: TCBs (SYN-RECEIVED to LAST-ACK) and
     TIME-WAIT records (remote address and port, local port, deadline), sorted by local
     port then peer."""
-    local = socket.inet_ntoa(addr)
+    local = ntop(addr)
     found = [from_tcb(tcb, local) for tcb in tcbs]
     found += [from_time_wait(local, remote, port, local_port, deadline - now)
               for remote, port, local_port, deadline in time_waits]
-    found.sort(key=lambda r: (r.local[1], socket.inet_aton(r.remote[0]), r.remote[1]))
+    found.sort(key=lambda r: (r.local[1], _order(r.remote[0]), r.remote[1]))
     return found
 
 

@@ -5,6 +5,7 @@ builds these and knows nothing of how they are shown (`ustack.ladder`)."""
 
 from dataclasses import dataclass
 
+from ustack.addresses import endpoint
 from ustack.tcp.options import Options
 
 
@@ -12,6 +13,10 @@ from ustack.tcp.options import Options
 class Endpoint:
     addr: str
     port: int
+
+    def __str__(self) -> str:
+        """`10.77.0.2:80`, or `[fd77::2]:80`."""
+        return endpoint(self.addr, self.port)
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,8 +217,8 @@ class Stack(AsyncioCalls):
             wall = now + self._pcap.wall_offset
             way = "ustack->peer" if ev.outbound else "peer->ustack"
             self._fault_log.write(
-                f"{wall:.6f} {kind} {way} {ev.src.addr}:{ev.src.port} > {ev.dst.addr}:"
-                f"{ev.dst.port} {flag_names(ev.flags)} seq {ev.seq} len {ev.length}\n")
+                f"{wall:.6f} {kind} {way} {ev.src} > {ev.dst} {flag_names(ev.flags)} "
+                f"seq {ev.seq} len {ev.length}\n")
 
     @property
     def device_created(self) -> bool:

@@ -9,9 +9,9 @@ poll by itself.
 
 import asyncio
 import dataclasses
-import socket
 from typing import Any
 
+from ustack.addresses import ntop
 from ustack.api.dispatch import Dispatch
 from ustack.tcp import events
 from ustack.tcp.states import State
@@ -50,7 +50,7 @@ class Transport(asyncio.Transport):
         self._low = LOW_WATER
         self._linger_zero = False
         local = (local_addr, tcb.local_port)
-        remote = (socket.inet_ntoa(tcb.remote_addr), tcb.remote_port)
+        remote = (ntop(tcb.remote_addr), tcb.remote_port)
         self._extra: dict[str, Any] = {"peername": remote, "sockname": local, "socket": None}
         tcb.nodelay = True  # asyncio sets TCP_NODELAY on every TCP transport; so do we
         self._loop.call_soon(self._connection_made)

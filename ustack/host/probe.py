@@ -2,9 +2,9 @@
 events of `ustack.probe`, for a sink (the ladder's `feed`, a test's list). Sans-IO: the
 host tells it the time (`now`) as it goes."""
 
-import socket
 from collections.abc import Callable
 
+from ustack.addresses import ntop
 from ustack.probe import Endpoint, Event, RecoveryEvent, SegmentEvent, StateEvent, TimerEvent
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import State
@@ -17,7 +17,7 @@ def ignore(event: Event) -> None:
 
 class HostProbe:
     def __init__(self, addr: bytes, sink: Callable[[Event], None]) -> None:
-        self.local = socket.inet_ntoa(addr)
+        self.local = ntop(addr)
         self.sink = sink
         self.now = 0.0
 
@@ -29,13 +29,13 @@ class HostProbe:
 
     def segment(self, src: bytes, dst: bytes, seg: Segment, outbound: bool) -> None:
         self.sink(SegmentEvent(
-            self.now, Endpoint(socket.inet_ntoa(src), seg.src_port),
-            Endpoint(socket.inet_ntoa(dst), seg.dst_port), outbound, seg.flags, seg.seq,
+            self.now, Endpoint(ntop(src), seg.src_port),
+            Endpoint(ntop(dst), seg.dst_port), outbound, seg.flags, seg.seq,
             seg.ack, seg.wnd, len(seg.payload), seg.opts))
 
     def _endpoints(self, tcb: Tcb) -> tuple[Endpoint, Endpoint]:
         return (Endpoint(self.local, tcb.local_port),
-                Endpoint(socket.inet_ntoa(tcb.remote_addr), tcb.remote_port))
+                Endpoint(ntop(tcb.remote_addr), tcb.remote_port))
 
     def state(self, tcb: Tcb, old: State, new: State) -> None:
         # A passive TCB is born of a listener: its first transition leaves LISTEN.
@@ -46,7 +46,7 @@ class HostProbe:
                       timer: bool) -> None:
         """A TIME-WAIT record is gone: its timer expired, a RST or SYN ended it, or it
         never entered the full table."""
-        ends = (Endpoint(self.local, local_port), Endpoint(socket.inet_ntoa(remote), remote_port))
+        ends = (Endpoint(self.local, local_port), Endpoint(ntop(remote), remote_port))
         if timer:
             self.sink(TimerEvent(self.now, *ends, "time_wait"))
         self.sink(StateEvent(self.now, *ends, str(State.TIME_WAIT), str(State.CLOSED)))

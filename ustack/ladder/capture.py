@@ -2,12 +2,12 @@
 the IPv4 packets in their frames, and the TCP segments in those."""
 
 import dataclasses
-import socket
 import struct
 from collections import Counter
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from ustack.addresses import ntop
 from ustack.ip import PROTO_TCP, read_header
 from ustack.ladder.track import conn_key
 from ustack.probe import (
@@ -170,8 +170,8 @@ def _tcp_of_ip(time: float, packet: bytes) -> SegmentEvent | str:
         return "truncated"
     hlen = (packet[ihl + 12] >> 4) * 4  # as declared, whatever was captured of it
     length = max(0, (total if total >= ihl + hlen else len(packet)) - ihl - hlen)
-    return SegmentEvent(time, Endpoint(socket.inet_ntoa(src), seg.src_port),
-                        Endpoint(socket.inet_ntoa(dst), seg.dst_port), False, seg.flags,
+    return SegmentEvent(time, Endpoint(ntop(src), seg.src_port),
+                        Endpoint(ntop(dst), seg.dst_port), False, seg.flags,
                         seg.seq, seg.ack, seg.wnd, length, seg.opts)
 
 

@@ -39,8 +39,7 @@ def svg(events: Sequence[Event], conn: int | None = None) -> str:
         body.append(f'<text x="{_SVG_W // 2}" y="{y}" text-anchor="middle" '
                     f'font-weight="bold">#{n}</text>')
         y += 20
-        for x, name in ((_PEER_X, f"peer {c.peer.addr}:{c.peer.port}"),
-                        (_US_X, f"ustack {c.us.addr}:{c.us.port}")):
+        for x, name in ((_PEER_X, f"peer {c.peer}"), (_US_X, f"ustack {c.us}")):
             body.append(f'<text x="{x}" y="{y}" text-anchor="middle">{escape(name)}</text>')
         y += 10
         life_top = y

@@ -56,8 +56,7 @@ class Ladder:
         tag = f"#{conn.number}"
         out = []
         if new:
-            head = (f"{tag} ── peer {conn.peer.addr}:{conn.peer.port} ⇄ "
-                    f"ustack {conn.us.addr}:{conn.us.port} ──")
+            head = f"{tag} ── peer {conn.peer} ⇄ ustack {conn.us} ──"
             out.append(self._paint(head, "head"))
         lead = f"{tag} {row.dt:9.6f}  "
         if isinstance(ev, SegmentEvent):

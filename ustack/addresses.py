@@ -1,0 +1,25 @@
+"""Addresses as text, either family: the one place that turns the 4 or 16 bytes a
+header carries into what people read (`10.77.0.2`, `fd77::2`), and an endpoint into
+`10.77.0.2:80` or `[fd77::2]:80` (RFC 3986 §3.2.2's brackets, as curl and ss write it)."""
+
+import socket
+
+
+def ntop(addr: bytes) -> str:
+    """`addr` (4 or 16 bytes, as in the IP header) as text (inet_ntop)."""
+    return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
+
+
+def pton(text: str) -> bytes:
+    """The 4 or 16 bytes of an address given as text (inet_pton); ValueError if none."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, text)
+        except OSError:
+            continue
+    raise ValueError(f"{text!r} is not an IP address")
+
+
+def endpoint(addr: str, port: int) -> str:
+    """`10.77.0.2:80`, or `[fd77::2]:80` for an IPv6 address."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
