@@ -9,7 +9,7 @@ it is not listed until its handshake completes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,14 +73,14 @@ def _order(addr: str) -> tuple[int, bytes]:
     return len(packed), packed
 
 
-def rows(addr: bytes, tcbs: Iterable[Tcb],
+def rows(local_for: Callable[[bytes], bytes], tcbs: Iterable[Tcb],
          time_waits: Iterable[tuple[bytes, int, int, float]], now: float) -> list[ConnectionInfo]:
     """Every connection as `ss -tan` lists it: TCBs (SYN-RECEIVED to LAST-ACK) and
     TIME-WAIT records (remote address and port, local port, deadline), sorted by local
-    port then peer."""
-    local = ntop(addr)
-    found = [from_tcb(tcb, local) for tcb in tcbs]
-    found += [from_time_wait(local, remote, port, local_port, deadline - now)
+    port then peer; `local_for` gives our address in a connection with a peer."""
+    found = [from_tcb(tcb, ntop(local_for(tcb.remote_addr))) for tcb in tcbs]
+    found += [from_time_wait(ntop(local_for(remote)), remote, port, local_port,
+                             deadline - now)
               for remote, port, local_port, deadline in time_waits]
     found.sort(key=lambda r: (r.local[1], _order(r.remote[0]), r.remote[1]))
     return found

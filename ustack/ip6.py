@@ -25,10 +25,7 @@ NH_FRAGMENT = 44
 NH_ICMPV6 = 58
 NH_NONE = 59
 NH_DEST_OPTIONS = 60
-# What this host takes above IPv6. TCP over IPv6 is the next step: until then a segment
-# draws the Parameter Problem of an unrecognized Next Header (§4), which a kernel client
-# turns into "connection refused" at once (Linux icmpv6_err_convert) instead of a hang.
-UPPER_LAYERS = frozenset({NH_ICMPV6})
+UPPER_LAYERS = frozenset({NH_TCP, NH_ICMPV6})  # what this host takes above IPv6
 
 # ICMPv6 Parameter Problem codes (RFC 4443 §3.4, RFC 7112 §5).
 ERRONEOUS_FIELD = 0
@@ -46,6 +43,7 @@ MAX_REFUSED = 256  # datagrams remembered as refused (RFC 5722) until their time
 _HEADER = struct.Struct("!IHBB16s16s")
 _LOOPBACK = bytes(15) + b"\x01"
 _V4_MAPPED = bytes(10) + b"\xff\xff"
+_V4_COMPATIBLE = bytes(12)  # ::/96, deprecated (RFC 4291 §2.5.5.1); `::` and `::1` too
 _FRAGMENT = struct.Struct("!BBHI")
 
 
@@ -80,9 +78,10 @@ def is_multicast(addr: bytes) -> bool:
 
 def _bad_source(src: bytes) -> bool:
     """A source no reply may go to (RFC 4291 §2.5.2-2.5.5, RFC 4443 §2.4 (e.6)): the
-    unspecified address, multicast, loopback (never on a link), an IPv4-mapped one."""
-    return (not any(src) or is_multicast(src) or src == _LOOPBACK
-            or src[:12] == _V4_MAPPED)
+    unspecified address, multicast, loopback (never on a link), an IPv4-mapped or
+    IPv4-compatible one (whose TIME-WAIT key would be an IPv4 one's, `timewait.key`)."""
+    return (is_multicast(src) or src[:12] in (_V4_COMPATIBLE, _V4_MAPPED)
+            or src == _LOOPBACK)
 
 
 def header(src: bytes, dst: bytes, next_header: int, payload_len: int,

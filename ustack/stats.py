@@ -34,6 +34,7 @@ class DropReason(StrEnum):
     IP6_FRAGMENT_LIMIT = "drop_ip6_fragment_limit"
     IP6_FRAGMENT_TIMEOUT = "drop_ip6_fragment_timeout"
     IP6_FRAGMENT_EMPTY = "drop_ip6_fragment_empty"
+    IP6_SCOPE_MISMATCH = "drop_ip6_scope_mismatch"
     ICMP_MALFORMED = "drop_icmp_malformed"
     ICMP_BAD_CHECKSUM = "drop_icmp_bad_checksum"
     ICMP_IGNORED = "drop_icmp_ignored"

@@ -33,6 +33,7 @@ TRUSTED = NEEDS_CSUM | DATA_VALID  # the TCP checksum is not ours to verify
 # gso_type
 GSO_NONE = 0
 GSO_TCPV4 = 1
+GSO_TCPV6 = 4
 
 TCP_CSUM_OFFSET = 16  # the checksum field within the TCP header
 
@@ -44,9 +45,10 @@ def header(*, flags: int = 0, gso_type: int = GSO_NONE, hdr_len: int = 0, gso_si
     return _HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
 
 
-def tcp_header(ip_hlen: int, tcp_hlen: int, gso_size: int) -> bytes:
-    """The header for a TCP segment with a partial checksum; `gso_size` 0 = one segment."""
-    return _HDR.pack(NEEDS_CSUM, GSO_TCPV4 if gso_size else GSO_NONE,
+def tcp_header(ip_hlen: int, tcp_hlen: int, gso_size: int, gso_type: int = GSO_TCPV4) -> bytes:
+    """The header for a TCP segment with a partial checksum; `gso_size` 0 = one segment;
+    `gso_type` GSO_TCPV6 for one over IPv6."""
+    return _HDR.pack(NEEDS_CSUM, gso_type if gso_size else GSO_NONE,
                      ip_hlen + tcp_hlen, gso_size, ip_hlen, TCP_CSUM_OFFSET)
 
 
@@ -72,6 +74,8 @@ def frame_header(packet: Packet) -> tuple[bytes, bytes | memoryview]:
     if type(packet) is not Offloaded:
         return NO_OFFLOAD, packet  # type: ignore[return-value]
     ip = packet.ip
+    if ip[0] >> 4 == 6:  # IPv6: a 40-byte header (our TCP segments carry no extensions)
+        return tcp_header(40, (ip[52] >> 4) * 4, packet.gso, GSO_TCPV6), ip
     ip_hlen = (ip[0] & 0x0F) * 4
     tcp_hlen = (ip[ip_hlen + 12] >> 4) * 4
     return tcp_header(ip_hlen, tcp_hlen, packet.gso), ip

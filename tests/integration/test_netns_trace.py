@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from ustack.addresses import endpoint
+
 from .support import REPO, USTACK_ADDR, require_tools
 
 pytestmark = pytest.mark.netns
@@ -30,11 +32,12 @@ def segment_lines(text: str) -> list[str]:
     return out
 
 
-def test_trace_and_pcap_ladders_agree(netns, start_ustack, tmp_path):
+@pytest.mark.parametrize("addr", [USTACK_ADDR, "fd77::2"], ids=["ipv4", "ipv6"])
+def test_trace_and_pcap_ladders_agree(netns, start_ustack, tmp_path, addr):
     require_tools("nc")
     pcap = tmp_path / "run.pcap"
     server = start_ustack(netns, "echo:7", args=["--trace", "--pcap", str(pcap)])
-    done = netns.run(["nc", "-N", USTACK_ADDR, "7"], input=b"ladder\n", timeout=10)
+    done = netns.run(["nc", "-N", addr, "7"], input=b"ladder\n", timeout=10)
     assert done.stdout == b"ladder\n"
     status, _ = server.stop()
     assert status == 0
@@ -47,6 +50,7 @@ def test_trace_and_pcap_ladders_agree(netns, start_ustack, tmp_path):
     ours, theirs = segment_lines(live), segment_lines(tool.stdout)
     assert len(ours) >= 12  # handshake, data both ways, both FINs: two lines a segment
     assert ours == theirs
+    assert f"ustack {endpoint(addr, 7)}" in live
 
 
 TIME = re.compile(r"^#\d+\s+([\d.]+)\s")

@@ -14,6 +14,7 @@ import dpkt
 import pytest
 
 from ustack import icmp6, ip6
+from ustack.checksum import finish, pseudo_words, words
 from ustack.host import Host
 
 OURS = ipaddress.IPv6Address("fd77::2").packed
@@ -216,10 +217,75 @@ def test_an_error_quotes_no_more_than_the_minimum_mtu_allows() -> None:
     assert raw[48:] == data[:icmp6.MAX_INVOKING]
 
 
-def test_tcp_over_ipv6_is_refused_as_an_unrecognized_next_header_until_it_is_taken() -> None:
-    # A kernel client turns this into ECONNREFUSED at once (icmpv6_err_convert).
-    assert problem(host(), packet(ip6.NH_TCP, bytes(20)))[:2] == (
-        ip6.UNRECOGNIZED_NEXT_HEADER, 6)
+def tcp6(flags: int, src: bytes = PEER, dst: bytes = OURS, seq: int = 1000, ack: int = 0,
+         payload: bytes = b"", opts: bytes = b"\x02\x04\x05\xa0") -> bytes:
+    """A TCP segment over IPv6 with a valid checksum (MSS 1440 offered by default)."""
+    seg = dpkt.tcp.TCP(sport=40000, dport=7, seq=seq, ack=ack, flags=flags, win=65535,
+                       opts=opts, data=payload)
+    seg.off = (20 + len(opts)) // 4
+    raw = bytearray(bytes(seg))
+    raw[16:18] = b"\0\0"
+    value = finish(pseudo_words(src + dst, ip6.NH_TCP, len(raw)) + words(bytes(raw)))
+    raw[16:18] = value.to_bytes(2, "big")
+    return packet(ip6.NH_TCP, bytes(raw), src=src, dst=dst)
+
+
+def tcp_ok(raw: bytes) -> dpkt.tcp.TCP:
+    """The TCP segment of an IPv6 packet we sent, its checksum checked."""
+    assert finish(pseudo_words(raw[8:40], ip6.NH_TCP, len(raw) - 40) + words(raw[40:])) == 0
+    return dpkt.tcp.TCP(raw[40:])
+
+
+def test_a_syn_over_ipv6_is_answered_from_the_address_it_was_sent_to() -> None:
+    link_peer = ipaddress.IPv6Address("fe80::1").packed
+    for src, dst in ((PEER, OURS), (link_peer, LINK_LOCAL)):
+        h = host()
+        h.listen(7)
+        [raw] = replies(h, tcp6(dpkt.tcp.TH_SYN, src=src, dst=dst))
+        assert (raw[8:24], raw[24:40], raw[6]) == (dst, src, ip6.NH_TCP)
+        syn_ack = tcp_ok(raw)
+        assert syn_ack.flags == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK and syn_ack.ack == 1001
+        # MSS: the MTU less 60 bytes of headers (RFC 8200's 40 and TCP's 20).
+        assert dict(dpkt.tcp.parse_opts(syn_ack.opts))[dpkt.tcp.TCP_OPT_MSS] == (
+            (1500 - 60).to_bytes(2, "big"))
+
+
+def test_a_connection_over_ipv6_carries_data_and_closes() -> None:
+    h = host()
+    h.listen(7)
+    [raw] = replies(h, tcp6(dpkt.tcp.TH_SYN))
+    iss = tcp_ok(raw).seq
+    replies(h, tcp6(dpkt.tcp.TH_ACK, seq=1001, ack=iss + 1, opts=b""))
+    [conn] = h.connections()
+    listener_conn = conn
+    replies(h, tcp6(dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, seq=1001, ack=iss + 1,
+                    payload=b"hello", opts=b""))
+    assert listener_conn.read() == b"hello"
+    listener_conn.send(b"world")
+    out = [tcp_ok(p) for p in h.poll(0.0)]
+    assert any(seg.data == b"world" for seg in out)
+    info = h.connection_info(0.0)
+    assert info[0].local == ("fd77::2", 7) and info[0].remote == ("fd77::1", 40000)
+
+
+def test_a_peer_crossing_scopes_is_refused_and_a_closed_port_reset() -> None:
+    h = host()
+    h.listen(7)
+    assert replies(h, tcp6(dpkt.tcp.TH_SYN, dst=LINK_LOCAL)) == []  # global to link-local
+    assert h.stats()["drop_ip6_scope_mismatch"] == 1
+    h2 = host()
+    [raw] = replies(h2, tcp6(dpkt.tcp.TH_SYN))  # nothing listens on 7
+    assert tcp_ok(raw).flags & dpkt.tcp.TH_RST
+
+
+def test_time_wait_keys_keep_the_families_apart() -> None:
+    from ustack.tcp import timewait
+
+    v4 = bytes((0, 0, 0, 1))
+    k4, k6 = timewait.key(v4, 1, 2), timewait.key(bytes(15) + b"\x01", 1, 2)
+    assert k4 != k6
+    assert timewait._split(k6) == (bytes(15) + b"\x01", 1, 2)
+    assert timewait._split(k4) == (v4, 1, 2)
 
 
 def test_no_error_answers_an_icmpv6_error_or_a_loopback_source() -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ustack import vnet
-from ustack.checksum import ones_sum
+from ustack.checksum import ones_sum, pseudo_words
 from ustack.link import FaultInjector
 from ustack.link.segmentation import cut
 from ustack.packet import Offloaded
@@ -98,8 +98,29 @@ def test_only_tcp_super_packets_are_cut() -> None:
     udp[9] = 17
     assert len(cut(Offloaded(bytes(udp), True, 1448))) == 1
     assert cut(Offloaded(b"\x45\x00", True, 1448)) == [Offloaded(b"\x45\x00", True, 1448)]
-    v6 = Offloaded(b"\x60" + bytes(5000), True, 1440)
+    v6 = Offloaded(b"\x60" + bytes(5000), True, 1440)  # payload length 0: malformed
     assert cut(v6) == [v6]
+
+
+def test_an_ipv6_super_packet_is_cut_like_tcp6_gso_segment() -> None:
+    src, dst = bytes(15) + b"\x01", bytes(15) + b"\x02"
+    data = bytes(range(256)) * 12  # 3,072 bytes: two whole segments and a part
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 80, 1000, 5, 0x50, 0x19, 512, 0, 0))
+    ip = struct.pack("!IHBB16s16s", 0x6000_0000, 20 + len(data), 6, 64, src, dst)
+    pieces = cut(Offloaded(ip + bytes(tcp) + data, True, 1440))
+    assert [len(p.ip) for p in pieces] == [40 + 20 + 1440] * 2 + [40 + 20 + 192]
+    got = b""
+    for i, piece in enumerate(pieces):
+        raw = bytes(piece.ip)
+        assert struct.unpack_from("!H", raw, 4)[0] == len(raw) - 40  # payload length
+        assert struct.unpack_from("!I", raw, 44)[0] == 1000 + 1440 * i
+        # FIN and PSH on the last piece only (flags 0x19 = FIN|PSH|ACK).
+        assert raw[53] == (0x19 if i == 2 else 0x10)
+        # The pseudo-header sum a device completes (Linux tcp_v6_send_check).
+        assert struct.unpack_from("!H", raw, 56)[0] == pseudo_words(
+            src + dst, 6, len(raw) - 40) % 0xFFFF
+        got += raw[60:]
+    assert got == data
 
 
 @settings(max_examples=500, deadline=None)

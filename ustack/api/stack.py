@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from typing import TextIO
 
+from ustack.addresses import ntop
 from ustack.aio import Driver, clock
 from ustack.api.calls import AsyncioCalls
 from ustack.api.checks import check_own_addr, check_own_addr6
@@ -53,7 +54,7 @@ class Stack(AsyncioCalls):
       an existing device keeps its own addresses.
     - `addr6`, `link_local6`: this stack's IPv6 addresses (default `fd77::2` and
       `fe80::2`, reached from the kernel as `fe80::2%<dev>`); `addr6=None` answers no
-      IPv6. ICMPv6 echo is answered; TCP over IPv6 is not taken yet.
+      IPv6. Servers answer both families; active opens are IPv4 only so far.
     - `kernel_addr6`: the IPv6 address/prefix of the kernel's side of a device the stack
       creates (default `fd77::1/64`; None: none).
     - `mtu`: the device's MTU (default: an existing device's, 1500 for a new one).
@@ -341,7 +342,8 @@ class Stack(AsyncioCalls):
 
     def _transport(self, tcb: Tcb, protocol: asyncio.BaseProtocol) -> Transport:
         """A Transport for `tcb`, which hears its events from now on."""
-        return Transport(tcb, protocol, loop=self.loop, local_addr=self.addr,
+        local = ntop(self._host.local_for(tcb.remote_addr))
+        return Transport(tcb, protocol, loop=self.loop, local_addr=local,
                          dispatch=self._dispatch)
 
     def _close_server(self, listener: Listener) -> None:
@@ -353,6 +355,6 @@ class Stack(AsyncioCalls):
     def _check_local(self, host: str | None) -> None:
         if host is not None and not isinstance(host, str):
             raise TypeError(f"host must be a str or None, not {type(host).__name__}")
-        if host not in (None, "", "0.0.0.0", self.addr):
+        if host not in (None, "", "0.0.0.0", "::", self.addr, self.addr6, self.link_local6):
             raise OSError(99, f"cannot listen on {host}: this stack's address is {self.addr}")
 

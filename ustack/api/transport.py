@@ -49,8 +49,10 @@ class Transport(asyncio.Transport):
         self._high = HIGH_WATER
         self._low = LOW_WATER
         self._linger_zero = False
-        local = (local_addr, tcb.local_port)
-        remote = (ntop(tcb.remote_addr), tcb.remote_port)
+        local: tuple[str | int, ...] = (local_addr, tcb.local_port)
+        remote: tuple[str | int, ...] = (ntop(tcb.remote_addr), tcb.remote_port)
+        if len(tcb.remote_addr) == 16:  # AF_INET6's (host, port, flowinfo, scope_id)
+            local, remote = (*local, 0, 0), (*remote, 0, 0)
         self._extra: dict[str, Any] = {"peername": remote, "sockname": local, "socket": None}
         tcb.nodelay = True  # asyncio sets TCP_NODELAY on every TCP transport; so do we
         self._loop.call_soon(self._connection_made)

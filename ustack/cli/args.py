@@ -34,6 +34,13 @@ def _ipv4(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
 
 
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
 def _own_addr(text: str) -> str:
     try:
         return check_own_addr(text)
@@ -197,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "its own")
         p.add_argument("--addr6", type=_own_addr6, default="fd77::2", metavar="ADDR6",
                        help="ustack's IPv6 address (default fd77::2; it answers fe80::2 "
-                       "on the link too); none: no IPv6. ICMPv6 echo only, so far")
+                       "on the link too); none: no IPv6. serve answers both families")
         p.add_argument("--kernel-addr6", type=_cidr6, default="fd77::1/64",
                        metavar="CIDR6", help="IPv6 address/prefix of the kernel's side "
                        "of a device ustack creates (default fd77::1/64); none: none")
@@ -260,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     ladder = sub.add_parser("ladder", help="draw the ladder of every TCP connection in a "
                             "capture (pcap or pcapng; ustack's --pcap or a tcpdump)")
     ladder.add_argument("file", metavar="FILE", help="pcap or pcapng capture")
-    ladder.add_argument("--us", metavar="ADDR", type=_ipv4,
+    ladder.add_argument("--us", metavar="ADDR", type=_ip,
                         help="ustack's address (default 10.77.0.2 if present, else the side "
                         "that answered the first SYN)")
     ladder.add_argument("--conn", type=_positive, metavar="N",

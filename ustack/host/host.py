@@ -1,4 +1,4 @@
-"""The host: one IPv4 address, its connections, listeners and timers. Sans-IO.
+"""The host: its addresses (IPv4, IPv6), connections, listeners and timers. Sans-IO.
 
 `receive(packet, now)` takes one IP packet from the link (through `Network`, the IP
 layer); `poll(now)` runs the timers that are due and returns every packet to transmit;
@@ -10,7 +10,7 @@ import ipaddress
 import random
 from collections.abc import Callable, Sequence
 
-from ustack import conninfo, ip6
+from ustack import conninfo
 from ustack.conninfo import ConnectionInfo
 from ustack.host import ports
 from ustack.host.network import Network
@@ -28,7 +28,7 @@ from ustack.tcp.states import State
 from ustack.tcp.syncookies import SynCookies
 from ustack.tcp.tcb import Tcb
 
-IP_TCP_HEADERS = 40
+IP_TCP_HEADERS, IP6_TCP_HEADERS = 40, 60  # fixed IP and TCP headers: MSS = MTU - these
 # Data in one TSO super-segment: an IPv4 datagram of at most 64 KB with the largest headers.
 TSO_MAX = segment.SUPER_PAYLOAD_MAX
 
@@ -43,13 +43,10 @@ class Host:
                  buffer_budget: int = autotune.DEFAULT_BUDGET,
                  addrs6: Sequence[str] = ()) -> None:
         self.addr = ipaddress.IPv4Address(addr).packed
-        # IPv6 (ICMPv6 for now; TCP over IPv6 is the next step): its addresses, packed;
-        # none on a link below IPv6's minimum MTU (RFC 8200 §5: 1280).
-        self.addrs6 = tuple(ipaddress.IPv6Address(a).packed for a in addrs6
-                            if mtu >= ip6.MIN_MTU)
         self.mtu = mtu
         self.offload = offload
         self.mss = mtu - IP_TCP_HEADERS  # RFC 9293 §3.7.1: MTU minus fixed headers
+        self.mss6 = mtu - IP6_TCP_HEADERS  # over IPv6 (RFC 8200's 40-byte header)
         self.config = config or TcpConfig()
         self.counters = Counters()
         # Buffer growth of all connections together (Linux tcp_mem): ustack.tcp.autotune.
@@ -65,10 +62,12 @@ class Host:
         self._timers: TimerHeap[Tcb] = TimerHeap()
         self._pending: dict[Tcb, None] = {}  # TCBs to poll (an ordered set)
         self._net = Network(self.addr, self.counters, offload=offload,
-                            ip_id=self._rng.randrange(0x10000), addrs6=self.addrs6,
+                            ip_id=self._rng.randrange(0x10000), addrs6=addrs6,
                             mtu=mtu, ip6_id=self._rng.getrandbits(32))
+        self.addrs6 = self._net.addrs6  # packed; none below MTU 1280
+        self.local_for = self._net.local_for  # our address with a peer, either family
         # The probe: every segment, state change and timer, as ladder events (or None).
-        self._prober = HostProbe(self.addr, ignore)
+        self._prober = HostProbe(self.local_for, ignore)
         self._probe: HostProbe | None = None  # `_prober` while a sink is set
         # For the application (`take_events`): TCBs with events, listeners to accept from.
         self._events: dict[Tcb, None] = {}
@@ -101,18 +100,16 @@ class Host:
             raise ValueError(f"port {port} is not in 1..65535")
         if port in self._listeners:
             raise OSError(98, f"port {port} is already listening")
-        listener = Listener(port, backlog, config or self.config, addr=self.addr,
-                            mss=self.mss, cookies=self._cookies, counters=self.counters)
+        listener = Listener(port, backlog, config or self.config, cookies=self._cookies,
+                            counters=self.counters)
         self._listeners[port] = listener
         return listener
 
     def free_port(self) -> int:
         """An ephemeral port no listener and no connection uses (what `bind` to port 0
         picks, RFC 6056 §3.3.1's range)."""
-        used = {key[2] for key in self._conns}
-        return ports.ephemeral_port(
-            self._rng, lambda port: port not in self._listeners and port not in used, 98,
-            scan=True)
+        used = {key[2] for key in self._conns} | self._listeners.keys()
+        return ports.ephemeral_port(self._rng, lambda port: port not in used, 98, scan=True)
 
     def unlisten(self, listener: Listener) -> None:
         listener.closed = True
@@ -190,7 +187,8 @@ class Host:
     def connection_info(self, now: float) -> list[ConnectionInfo]:
         """Every connection as `ss -tan` lists it: TCBs (SYN-RECEIVED to LAST-ACK) and
         TIME-WAIT records, sorted by local port then peer."""
-        return conninfo.rows(self.addr, self._conns.values(), self._time_wait.entries(), now)
+        return conninfo.rows(self.local_for, self._conns.values(), self._time_wait.entries(),
+                             now)
 
     def time_wait_count(self) -> int:
         """Connections in TIME-WAIT (compact records, see `ustack.tcp.timewait`)."""
@@ -229,7 +227,7 @@ class Host:
             self.counters["tcp_segments_in"] += 1
             if self._probe is not None:  # the ladder shows the wire's segments, not runs
                 self._probe.now = now
-                self._probe.segment(dgram.src, self.addr, seg, outbound=False)
+                self._probe.segment(dgram.src, dgram.dst, seg, outbound=False)
             key = (dgram.src, seg.src_port, seg.dst_port)
             run = runs.get(key)
             if run is not None:
@@ -280,12 +278,15 @@ class Host:
                       iss: int | None = None) -> None:
         """The listener's part (`Listener.on_segment`); the host keeps what it opened."""
 
+        local = self.local_for(src)
+
         def new_tcb(iss: int | None) -> Tcb:
             if iss is None:
-                iss = self._isn(self.addr, seg.dst_port, src, seg.src_port, now)
+                iss = self._isn(local, seg.dst_port, src, seg.src_port, now)
             return self._new_tcb(seg.dst_port, src, seg.src_port, iss, listener.config)
 
-        tcb, reply = listener.on_segment(src, seg, now, new_tcb, iss)
+        tcb, reply = listener.on_segment(src, seg, now, new_tcb, iss, local,
+                                         self.mss if len(src) == 4 else self.mss6)
         if reply is not None:
             if reply.flags & RST:
                 self._send_rst(src, reply)
@@ -384,16 +385,19 @@ class Host:
             self._after_event(tcb, before, now)
 
     def _emit_segment(self, dst: bytes, seg: Segment) -> None:
+        local = self.local_for(dst)
         if self._probe is not None:
-            self._probe.segment(self.addr, dst, seg, outbound=True)
-        self._net.emit_segment(dst, seg)
+            self._probe.segment(local, dst, seg, outbound=True)
+        self._net.emit_segment(local, dst, seg)
 
     # ------------------------------------------------------------ helpers
 
     def _new_tcb(self, local_port: int, remote_addr: bytes, remote_port: int, iss: int,
                  config: TcpConfig) -> Tcb:
-        tcb = Tcb(local_port, remote_port, iss, mss=self.mss, config=config,
-                  remote_addr=remote_addr, ts_offset=self._ts_offsets(self.addr, remote_addr),
+        tcb = Tcb(local_port, remote_port, iss,
+                  mss=self.mss if len(remote_addr) == 4 else self.mss6, config=config,
+                  remote_addr=remote_addr,
+                  ts_offset=self._ts_offsets(self.local_for(remote_addr), remote_addr),
                   counters=self.counters, tso_max=TSO_MAX if self.offload else 0,
                   budget=self.budget)
         tcb.on_wake = self._wake_hook

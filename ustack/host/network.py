@@ -3,9 +3,10 @@
 hand TCP datagrams up. Out: an IP header (and its identification) on each segment.
 
 IPv6 beside it (RFC 8200) for the host's IPv6 addresses: `ip6.parse` validates, walks
-the extension headers and reassembles; ICMPv6 echo is answered and what input refuses
-draws a rate-limited Parameter Problem (`ustack.icmp6`). TCP over IPv6 is not taken
-yet: it draws the Parameter Problem of an unrecognized Next Header (`ip6.UPPER_LAYERS`).
+the extension headers and reassembles; TCP goes up as IPv4's does (the same
+`ip.Datagram`, 16-byte addresses), ICMPv6 echo is answered and what input refuses draws
+a rate-limited Parameter Problem (`ustack.icmp6`). Out, a segment takes the family of
+its peer's address, from our address for that peer (`local_for`).
 
 With `offload` (a device with checksum and TSO offloads) packets in may come with the
 device's word for their checksum (`ustack.packet.Offloaded`): those are not checksummed
@@ -13,6 +14,9 @@ again; outgoing TCP segments leave their checksum, and their cutting into MSS-si
 pieces (TSO), to the device. How the device carries this is the device adapter's
 business (`ustack.tun`, `ustack.vnet`).
 """
+
+import ipaddress
+from collections.abc import Sequence
 
 from ustack import icmp6, ip, ip6
 from ustack.packet import Offloaded, Packet
@@ -23,10 +27,13 @@ from ustack.tcp.segment import Segment
 
 class Network:
     def __init__(self, addr: bytes, counters: Counters, *, offload: bool,
-                 ip_id: int, addrs6: tuple[bytes, ...] = (), mtu: int = 1500,
+                 ip_id: int, addrs6: Sequence[str] = (), mtu: int = 1500,
                  ip6_id: int = 0) -> None:
         self.addr = addr
-        self.addrs6 = addrs6  # IPv6: none, or the global address and the link-local one
+        # IPv6: none, or the global address and the link-local one, packed; none on a
+        # link below IPv6's minimum MTU (RFC 8200 §5: 1280).
+        self.addrs6 = tuple(ipaddress.IPv6Address(a).packed for a in addrs6
+                            if mtu >= ip6.MIN_MTU)
         self.counters = counters  # the host's
         self.offload = offload
         self.fragments = ip.Fragments()
@@ -52,8 +59,7 @@ class Network:
         else:
             raw = packet  # type: ignore[assignment]
         if raw and raw[0] >> 4 == 6:
-            self._input6(raw, verify, now)
-            return None
+            return self._input6(raw, verify, now)
         dgram = ip.parse(raw, self.addr, self.counters)
         if dgram is None:
             return None
@@ -72,23 +78,44 @@ class Network:
             self.counters.drop(DropReason.IP_PROTO_UNSUPPORTED)
         return None
 
-    def _input6(self, packet: bytes | memoryview, verify: bool, now: float) -> None:
-        """IPv6's part of one packet: ICMPv6 echo answered, a Problem answered with an
-        error (at most `icmp6.ERROR_RATE` a second), the rest counted."""
+    def _input6(self, packet: bytes | memoryview, verify: bool,
+                now: float) -> tuple[ip.Datagram, bool] | None:
+        """IPv6's part of one packet: a TCP datagram for the host (as `input`), ICMPv6
+        echo answered, a Problem answered with an error (at most `icmp6.ERROR_RATE` a
+        second), the rest counted."""
         found = ip6.parse(packet, self.addrs6, self.counters, self.fragments6, now)
         if found is None:
-            return
+            return None
         if isinstance(found, ip6.Problem):
             if self.errors6.allow(now):
                 self.counters["icmp6_errors_out"] += 1
                 self.emit6(found.dst, found.src, ip6.NH_ICMPV6, icmp6.parameter_problem(found))
             else:
                 self.counters["icmp6_errors_rate_limited"] += 1
-            return
-        # Only ICMPv6 comes up so far (`ip6.UPPER_LAYERS`).
-        reply = icmp6.echo_reply(found, self.counters, verify or found.reassembled)
+            return None
+        verify = verify or found.reassembled
+        if found.proto == ip6.NH_TCP:
+            if found.dst != self.local_for(found.src):
+                # A connection is keyed by the peer alone (`Host.local_for`): a peer that
+                # crosses scopes (a global source to our link-local address) is refused.
+                self.counters.drop(DropReason.IP6_SCOPE_MISMATCH)
+                return None
+            return ip.Datagram(found.src, found.dst, ip.PROTO_TCP, found.payload), verify
+        reply = icmp6.echo_reply(found, self.counters, verify)
         if reply is not None:
             self.emit6(found.dst, found.src, ip6.NH_ICMPV6, reply)
+        return None
+
+    def local_for(self, remote: bytes) -> bytes:
+        """Our address in a connection with `remote`: the IPv4 one, or over IPv6 the
+        link-local one for a link-local peer (fe80::/10, RFC 4291 §2.5.6) and the global
+        one (the first of `addrs6`) for the rest: what the kernel's source selection
+        (RFC 6724) picks on its side; TCP that crosses them is refused on input."""
+        if len(remote) == 4:
+            return self.addr
+        if remote[0] == 0xFE and remote[1] & 0xC0 == 0x80 and len(self.addrs6) > 1:
+            return self.addrs6[1]
+        return self.addrs6[0] if self.addrs6 else bytes(16)
 
     def expire(self, now: float) -> None:
         """Reassemblies that timed out, both families."""
@@ -102,24 +129,33 @@ class Network:
             return v4 if v6 is None else v6
         return min(v4, v6)
 
-    def emit6(self, src: bytes, dst: bytes, next_header: int, payload: bytes) -> None:
-        """One IPv6 packet from our `src` (the address the peer used) to `dst`; one
-        bigger than the link's MTU in fragments (RFC 8200 §4.5: the source fragments)."""
-        if ip6.HEADER_LEN + len(payload) <= self.mtu:
-            self.out.append(ip6.header(src, dst, next_header, len(payload)) + payload)
+    def emit6(self, src: bytes, dst: bytes, next_header: int, payload: bytes | memoryview,
+              *more: bytes | memoryview, gso: int | None = None) -> None:
+        """One IPv6 packet from our `src` (the address the peer used) to `dst`: with
+        `gso` (not None) as `Offloaded` (a TCP segment the device cuts); one bigger than
+        the link's MTU otherwise in fragments (RFC 8200 §4.5: the source fragments)."""
+        length = len(payload) + sum(len(p) for p in more)
+        if gso is not None or ip6.HEADER_LEN + length <= self.mtu:
+            packet = b"".join((ip6.header(src, dst, next_header, length), payload, *more))
+            self.out.append(packet if gso is None else Offloaded(packet, gso=gso))
             return
+        payload = b"".join((payload, *more))
         self._ip6_id = (self._ip6_id + 1) & 0xFFFFFFFF
         for fragment in ip6.fragments(src, dst, next_header, payload, self.mtu,
                                       self._ip6_id):
             self.out.append(fragment)
 
-    def emit_segment(self, dst: bytes, seg: Segment) -> None:
-        """A TCP segment in an IP packet to `dst`. With offloads its checksum is left
-        partial and the packet goes as `Offloaded`: the device completes the checksum
-        and cuts a TSO segment (`seg.gso`)."""
+    def emit_segment(self, src: bytes, dst: bytes, seg: Segment) -> None:
+        """A TCP segment in an IP packet from our `src` to `dst` (either family). With
+        offloads its checksum is left partial and the packet goes as `Offloaded`: the
+        device completes the checksum and cuts a TSO segment (`seg.gso`)."""
         self.counters["tcp_segments_out"] += 1
-        header, payload = segment.encode(seg, self.addr, dst, partial=self.offload)
-        self.emit(dst, ip.PROTO_TCP, header, payload, gso=seg.gso if self.offload else None)
+        header, payload = segment.encode(seg, src, dst, partial=self.offload)
+        gso = seg.gso if self.offload else None
+        if len(dst) == 4:
+            self.emit(dst, ip.PROTO_TCP, header, payload, gso=gso)
+        else:
+            self.emit6(src, dst, ip6.NH_TCP, header, payload, gso=gso)
 
     def emit(self, dst: bytes, proto: int, *parts: bytes | memoryview,
              gso: int | None = None) -> None:

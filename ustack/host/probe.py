@@ -16,8 +16,9 @@ def ignore(event: Event) -> None:
 
 
 class HostProbe:
-    def __init__(self, addr: bytes, sink: Callable[[Event], None]) -> None:
-        self.local = ntop(addr)
+    def __init__(self, local_for: Callable[[bytes], bytes],
+                 sink: Callable[[Event], None]) -> None:
+        self.local_for = local_for  # the host's: our address in a connection with a peer
         self.sink = sink
         self.now = 0.0
 
@@ -34,7 +35,7 @@ class HostProbe:
             seg.ack, seg.wnd, len(seg.payload), seg.opts))
 
     def _endpoints(self, tcb: Tcb) -> tuple[Endpoint, Endpoint]:
-        return (Endpoint(self.local, tcb.local_port),
+        return (Endpoint(ntop(self.local_for(tcb.remote_addr)), tcb.local_port),
                 Endpoint(ntop(tcb.remote_addr), tcb.remote_port))
 
     def state(self, tcb: Tcb, old: State, new: State) -> None:
@@ -46,7 +47,8 @@ class HostProbe:
                       timer: bool) -> None:
         """A TIME-WAIT record is gone: its timer expired, a RST or SYN ended it, or it
         never entered the full table."""
-        ends = (Endpoint(self.local, local_port), Endpoint(ntop(remote), remote_port))
+        ends = (Endpoint(ntop(self.local_for(remote)), local_port),
+                Endpoint(ntop(remote), remote_port))
         if timer:
             self.sink(TimerEvent(self.now, *ends, "time_wait"))
         self.sink(StateEvent(self.now, *ends, str(State.TIME_WAIT), str(State.CLOSED)))

@@ -122,31 +122,40 @@ def _pcapng_options(buf: bytes, order: str) -> Iterator[tuple[int, bytes]]:
         i += 4 + (length + 3) // 4 * 4
 
 
+_ETHERTYPES = (b"\x08\x00", b"\x86\xdd")  # IPv4, IPv6
+# BSD loopback's address family, in either byte order: AF_INET, and AF_INET6 (24, 28, 30).
+_BSD_FAMILIES = {bytes((f, 0, 0, 0)) for f in (2, 24, 28, 30)} | {
+    bytes((0, 0, 0, f)) for f in (2, 24, 28, 30)}
+
+
 def ip_of_frame(linktype: int, frame: bytes) -> bytes | None:
-    """The IPv4 packet inside a link-layer frame, or None (other protocols, link types)."""
+    """The IP packet (IPv4 or IPv6) inside a link-layer frame, or None (other protocols,
+    link types)."""
     if linktype in RAW_LINKTYPES:
         ip = frame
     elif linktype == 1:  # Ethernet, optional 802.1Q / 802.1ad tags
         i = 12
         while len(frame) >= i + 2 and frame[i:i + 2] in (b"\x81\x00", b"\x88\xa8"):
             i += 4
-        if frame[i:i + 2] != b"\x08\x00":
+        if frame[i:i + 2] not in _ETHERTYPES:
             return None
         ip = frame[i + 2:]
     elif linktype == 113:  # Linux cooked v1: protocol at 14
-        if frame[14:16] != b"\x08\x00":
+        if frame[14:16] not in _ETHERTYPES:
             return None
         ip = frame[16:]
     elif linktype == 276:  # Linux cooked v2: protocol at 0, 20-byte header
-        if frame[0:2] != b"\x08\x00":
+        if frame[0:2] not in _ETHERTYPES:
             return None
         ip = frame[20:]
-    elif linktype == 0:  # BSD loopback: AF_INET (2) in host order
-        if frame[:4] not in (b"\x02\x00\x00\x00", b"\x00\x00\x00\x02"):
+    elif linktype == 0:  # BSD loopback: the address family in host order
+        if frame[:4] not in _BSD_FAMILIES:
             return None
         ip = frame[4:]
     else:
         return None
+    if len(ip) >= 40 and ip[0] >> 4 == 6:
+        return ip
     return ip if len(ip) >= 20 and ip[0] >> 4 == 4 else None
 
 
@@ -156,6 +165,8 @@ def _tcp_of_ip(time: float, packet: bytes) -> SegmentEvent | str:
     sender's capture holds them before its device completes them), the payload's length
     from the IP and TCP headers even when the capture cut the packet short (a TSO
     packet's IP total length is 0: then what was captured)."""
+    if packet[0] >> 4 == 6:
+        return _tcp_of_ip6(time, packet)
     found = read_header(packet)
     if isinstance(found, DropReason):
         return "truncated"
@@ -172,6 +183,28 @@ def _tcp_of_ip(time: float, packet: bytes) -> SegmentEvent | str:
     length = max(0, (total if total >= ihl + hlen else len(packet)) - ihl - hlen)
     return SegmentEvent(time, Endpoint(ntop(src), seg.src_port),
                         Endpoint(ntop(dst), seg.dst_port), False, seg.flags,
+                        seg.seq, seg.ack, seg.wnd, length, seg.opts)
+
+
+def _tcp_of_ip6(time: float, packet: bytes) -> SegmentEvent | str:
+    """`_tcp_of_ip` for an IPv6 packet: past Hop-by-Hop, Routing and Destination
+    options headers; a fragment is skipped."""
+    next_header, offset = packet[6], 40
+    while next_header in (0, 43, 60) and len(packet) >= offset + 2:
+        next_header, offset = packet[offset], offset + 8 * (packet[offset + 1] + 1)
+    if next_header == 44:
+        return "IP fragment"
+    if next_header != PROTO_TCP:
+        return "not TCP"
+    try:
+        seg = segment.read(packet[offset:], lenient=True)
+    except SegmentError:
+        return "truncated"
+    total = 40 + int.from_bytes(packet[4:6], "big")
+    hlen = (packet[offset + 12] >> 4) * 4
+    length = max(0, (total if total >= offset + hlen else len(packet)) - offset - hlen)
+    return SegmentEvent(time, Endpoint(ntop(packet[8:24]), seg.src_port),
+                        Endpoint(ntop(packet[24:40]), seg.dst_port), False, seg.flags,
                         seg.seq, seg.ack, seg.wnd, length, seg.opts)
 
 

@@ -21,13 +21,11 @@ NewTcb = Callable[[int | None], Tcb]
 
 
 class Listener:
-    def __init__(self, port: int, backlog: int, config: TcpConfig, *, addr: bytes,
-                 mss: int, cookies: SynCookies, counters: Counters) -> None:
+    def __init__(self, port: int, backlog: int, config: TcpConfig, *,
+                 cookies: SynCookies, counters: Counters) -> None:
         self.port = port
         self.backlog = max(1, backlog)
         self.config = config  # for the connections it accepts
-        self.addr = addr  # ours, which a cookie covers
-        self.mss = mss  # ours, offered in a cookie's SYN-ACK
         self.cookies = cookies  # the host's: one secret for all its listeners
         self.counters = counters  # the host's
         self.embryonic = 0  # children still in SYN-RECEIVED
@@ -48,17 +46,19 @@ class Listener:
         that would complete a handshake are dropped (Linux sk_acceptq_is_full)."""
         return len(self.accept_queue) >= self.backlog
 
-    def on_segment(self, src: bytes, seg: Segment, now: float,
-                   new_tcb: NewTcb, iss: int | None = None) -> tuple[Tcb | None, Segment | None]:
-        """RFC 9293 §3.10.7.2 for a segment from `src`: the connection it opened, if any
-        (in SYN-RECEIVED, counted as embryonic; or from a SYN cookie, past the
+    def on_segment(self, src: bytes, seg: Segment, now: float, new_tcb: NewTcb,
+                   iss: int | None, local: bytes,
+                   mss: int) -> tuple[Tcb | None, Segment | None]:
+        """RFC 9293 §3.10.7.2 for a segment from `src` to our `local` address (whose
+        family's MSS is `mss`, what a cookie's SYN-ACK offers): the connection it opened,
+        if any (in SYN-RECEIVED, counted as embryonic; or from a SYN cookie, past the
         handshake, for the accept queue unless it closed at once), and what to send
         back (a RST, or a SYN-ACK with a cookie). `iss`: the ISN a SYN that ended a
         TIME-WAIT must use."""
         if seg.flags & RST:
             self.counters.drop(DropReason.TCP_UNEXPECTED)  # "An incoming RST should be ignored"
         elif seg.flags & ACK:
-            taken, tcb = self._cookie_returns(src, seg, now, new_tcb)
+            taken, tcb = self._cookie_returns(src, seg, now, new_tcb, local)
             if not taken:
                 return None, Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0)
             return tcb, None
@@ -68,7 +68,7 @@ class Listener:
                 # peer's SYN retransmission tries again.
                 self.counters.drop(DropReason.TCP_LISTEN_OVERFLOW)
             elif self.syn_queue_full():
-                return None, self._cookie_syn_ack(src, seg, now)
+                return None, self._cookie_syn_ack(src, seg, now, local, mss)
             else:
                 tcb = new_tcb(iss)
                 tcb.open_passive(seg, now)
@@ -79,19 +79,20 @@ class Listener:
             self.counters.drop(DropReason.TCP_UNEXPECTED)
         return None, None
 
-    def _cookie_syn_ack(self, src: bytes, syn: Segment, now: float) -> Segment:
+    def _cookie_syn_ack(self, src: bytes, syn: Segment, now: float, local: bytes,
+                        mss: int) -> Segment:
         """SYN queue full: answer with a SYN cookie and keep nothing (RFC 4987 §3.6)."""
         self.last_cookie_at = now
-        peer_mss = min(syn.opts.mss or DEFAULT_MSS, self.mss)
-        isn = self.cookies.make(self.addr, syn.dst_port, src, syn.src_port, syn.seq,
+        peer_mss = min(syn.opts.mss or DEFAULT_MSS, mss)
+        isn = self.cookies.make(local, syn.dst_port, src, syn.src_port, syn.seq,
                                 peer_mss, now)
         window = min(self.config.rcv_buf, MAX_UNSCALED_WINDOW)  # a SYN's is not scaled
         self.counters["tcp_syncookies_sent"] += 1
         return Segment(syn.dst_port, syn.src_port, isn, seq.add(syn.seq, 1), SYN | ACK,
-                       window, b"", Options(mss=self.mss))
+                       window, b"", Options(mss=mss))
 
     def _cookie_returns(self, src: bytes, ack: Segment, now: float,
-                        new_tcb: NewTcb) -> tuple[bool, Tcb | None]:
+                        new_tcb: NewTcb, local: bytes) -> tuple[bool, Tcb | None]:
         """An ACK for no connection: the end of a SYN-cookie handshake, if it validates.
         Not taken: answer it with a RST (RFC 9293 §3.10.7.2); taken: the connection, or
         none because the accept queue is full (Linux cookie_v4_check, then
@@ -105,7 +106,7 @@ class Listener:
             return False, None
         irs = seq.sub(ack.seq, 1)
         iss = seq.sub(ack.ack, 1)
-        mss = self.cookies.check(self.addr, ack.dst_port, src, ack.src_port, irs, iss, now)
+        mss = self.cookies.check(local, ack.dst_port, src, ack.src_port, irs, iss, now)
         if mss is None:
             self.counters.drop(DropReason.TCP_BAD_COOKIE)
             return False, None

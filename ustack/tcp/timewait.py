@@ -171,12 +171,21 @@ TICK = 0.125  # expiry granularity: a record goes at most this late
 
 
 def key(remote_addr: bytes, remote_port: int, local_port: int) -> int:
-    """The table's key for an IPv4 4-tuple (one small int: a tuple costs four objects)."""
+    """The table's key for a connection (one int: a tuple costs four objects); our
+    address follows from the peer's (`Host.local_for`). An IPv6 peer's key has a bit
+    set past an IPv4 one's, so the families never meet (IPv4-compatible IPv6 sources,
+    which would, are dropped by `ip6.parse`)."""
+    if len(remote_addr) == 16:
+        return (1 << 160 | int.from_bytes(remote_addr, "big")) << 32 | (
+            remote_port << 16 | local_port)
     return int.from_bytes(remote_addr, "big") << 32 | remote_port << 16 | local_port
 
 
 def _split(k: int) -> tuple[bytes, int, int]:
-    return (k >> 32).to_bytes(4, "big"), (k >> 16) & 0xFFFF, k & 0xFFFF
+    addr = k >> 32
+    if addr >> 128:  # IPv6 (the family bit of `key`)
+        return (addr & ((1 << 128) - 1)).to_bytes(16, "big"), (k >> 16) & 0xFFFF, k & 0xFFFF
+    return addr.to_bytes(4, "big"), (k >> 16) & 0xFFFF, k & 0xFFFF
 
 
 class TimeWaitTable:
