@@ -78,7 +78,8 @@ def cmd_echo_many(args) -> int:
 def cmd_listen(args) -> int:
     with open(args.send, "rb") as f:
         payload = f.read()
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in args.bind else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((args.bind, args.port))
     srv.listen(1)

@@ -163,22 +163,25 @@ def test_no_permission_for_tun_exits_2(netns):
 # --- ustack connect ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", [("--no-offload",), ()], ids=["plain", "offload"])
-def test_connect_transfers_1mb_both_ways(netns, tmp_path, extra):
+@pytest.mark.parametrize(("extra", "family"), [(("--no-offload",), 4), ((), 4), ((), 6)],
+                         ids=["plain", "offload", "ipv6"])
+def test_connect_transfers_1mb_both_ways(netns, tmp_path, extra, family):
+    peer, bind, ours_addr = ((KERNEL_ADDR, "0.0.0.0", USTACK_ADDR) if family == 4
+                             else ("fd77::1", "::", "fd77::2"))
     ours = tmp_path / "ours.bin"
     theirs = tmp_path / "theirs.bin"
     ours_sha = random_file(ours, 1_000_000)
     theirs_sha = random_file(theirs, 1_000_000)
-    # The listener binds 0.0.0.0: 10.77.0.1 appears when ustack creates its device.
+    # The listener binds 0.0.0.0 (or ::): the address appears when ustack creates its device.
     listener = netns.popen(
         [sys.executable, str(NSCLIENT), "listen", "--port", "5001", "--send", str(theirs),
-         "--timeout", "30"],
+         "--timeout", "30", "--bind", bind],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     assert readline(listener, 10) == b"listening\n"
     start = time.monotonic()
     with ours.open("rb") as stdin:
-        done = netns.run([*USTACK, "connect", *extra, KERNEL_ADDR, "5001"], stdin=stdin,
+        done = netns.run([*USTACK, "connect", *extra, peer, "5001"], stdin=stdin,
                          timeout=60)
     took = time.monotonic() - start
     err = done.stderr.decode(errors="replace")
@@ -189,7 +192,7 @@ def test_connect_transfers_1mb_both_ways(netns, tmp_path, extra):
     out, lerr = listener.communicate(timeout=30)
     assert listener.returncode == 0, lerr.decode()
     got = json.loads(out.splitlines()[-1])
-    assert got["peer"][0] == USTACK_ADDR, got
+    assert got["peer"][0] == ours_addr, got
     assert got["recv_error"] is None and got["send_error"] is None, got
     assert got["received_len"] == 1_000_000, got
     assert got["received_sha256"] == ours_sha

@@ -336,3 +336,18 @@ def test_below_the_minimum_mtu_a_host_has_no_ipv6() -> None:
     h = Host("10.77.0.2", mtu=1000, rng=random.Random(0), addrs6=["fd77::2"])
     assert h.addrs6 == ()
     assert replies(h, packet(58, echo_request())) == []
+
+
+def test_an_active_open_over_ipv6_comes_from_the_address_for_that_peer() -> None:
+    for remote, ours in (("fd77::1", OURS), ("fe80::1", LINK_LOCAL)):
+        h = host()
+        tcb = h.connect(remote, 80, 0.0)
+        [raw] = h.poll(0.0)
+        syn = tcp_ok(raw)
+        assert raw[8:24] == ours and syn.flags == dpkt.tcp.TH_SYN
+        assert syn.sport == tcb.local_port
+        assert dict(dpkt.tcp.parse_opts(syn.opts))[dpkt.tcp.TCP_OPT_MSS] == (
+            (1500 - 60).to_bytes(2, "big"))
+    bare = Host("10.77.0.2", rng=random.Random(0))
+    with pytest.raises(OSError, match="no IPv6 address"):
+        bare.connect("fd77::1", 80, 0.0)

@@ -57,12 +57,14 @@ def check_port(port: object, server: bool = False) -> int:
 
 
 def check_host(host: object) -> str:
-    """The peer's address: an IPv4 literal. ustack does no name resolution (it has no
-    resolver of its own, and the host's would answer for the kernel's network)."""
+    """The peer's address: an IPv4 or IPv6 literal (a link-local one may carry its zone,
+    `fe80::1%ustack0`, which a stack on one link does not need). ustack does no name
+    resolution (it has no resolver of its own, and the host's would answer for the
+    kernel's network)."""
     if not isinstance(host, str):
-        raise TypeError(f"host must be a str (an IPv4 address), not {type(host).__name__}")
+        raise TypeError(f"host must be a str (an IP address), not {type(host).__name__}")
     try:
-        return str(ipaddress.IPv4Address(host.strip()))
+        return str(ipaddress.ip_address(host.strip().split("%", 1)[0]))
     except ValueError:
-        raise ValueError(f"{host!r} is not an IPv4 address: ustack does not resolve host "
-                         "names; give the peer's address, e.g. 10.77.0.1") from None
+        raise ValueError(f"{host!r} is not an IP address: ustack does not resolve host "
+                         "names; give the peer's address, e.g. 10.77.0.1 or fd77::1") from None

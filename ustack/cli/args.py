@@ -27,13 +27,6 @@ STDIN_CHUNK = 64 * 1024
 TLS_SERVICES = {"https": ("http", 443)}
 
 
-def _ipv4(text: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
-
-
 def _ip(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
@@ -289,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
                          help="give up connecting after SECONDS (default: the SYN "
                          "retransmissions run out, about two minutes)")
-    connect.add_argument("host", type=_ipv4, metavar="HOST",
-                         help="the peer's IPv4 address (no names are resolved), e.g. "
-                         "10.77.0.1 for the kernel's side of the device")
+    connect.add_argument("host", type=_ip, metavar="HOST",
+                         help="the peer's IPv4 or IPv6 address (no names are resolved), "
+                         "e.g. 10.77.0.1 or fd77::1 for the kernel's side of the device")
     connect.add_argument("port", type=_port, metavar="PORT", help="the peer's port (1..65535)")
     return parser
 

@@ -127,7 +127,8 @@ class Host:
     def connect(self, remote: str, remote_port: int, now: float,
                 config: TcpConfig | None = None) -> Tcb:
         """Active OPEN from a random ephemeral port (RFC 6056 §3.3.1, Algorithm 1)."""
-        remote_addr = ipaddress.IPv4Address(remote).packed
+        remote_addr = ipaddress.ip_address(remote).packed
+        local = self.local_for(remote_addr)  # OSError for IPv6 on a host without it
         if self._probe is not None:
             self._probe.now = now
         port = ports.ephemeral_port(
@@ -135,7 +136,7 @@ class Host:
                                      and port not in self._listeners
                                      and timewait.key(remote_addr, remote_port, port)
                                      not in self._time_wait), 99)
-        iss = self._isn(self.addr, port, remote_addr, remote_port, now)
+        iss = self._isn(local, port, remote_addr, remote_port, now)
         tcb = self._new_tcb(port, remote_addr, remote_port, iss, config or self.config)
         tcb.open_active(now)
         self._conns[(remote_addr, remote_port, port)] = tcb
@@ -339,8 +340,6 @@ class Host:
     def _send_rst(self, dst: bytes, rst: Segment) -> None:
         self.counters["rst_out"] += 1
         self._emit_segment(dst, rst)
-
-    # ------------------------------------------------------------- timers
 
     def next_deadline(self) -> float | None:
         timer = self._timers.next_deadline()

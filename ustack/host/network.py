@@ -15,6 +15,7 @@ pieces (TSO), to the device. How the device carries this is the device adapter's
 business (`ustack.tun`, `ustack.vnet`).
 """
 
+import errno
 import ipaddress
 from collections.abc import Sequence
 
@@ -115,7 +116,9 @@ class Network:
             return self.addr
         if remote[0] == 0xFE and remote[1] & 0xC0 == 0x80 and len(self.addrs6) > 1:
             return self.addrs6[1]
-        return self.addrs6[0] if self.addrs6 else bytes(16)
+        if not self.addrs6:  # only an active open can ask: input takes no IPv6 here
+            raise OSError(errno.ENETUNREACH, "this stack has no IPv6 address")
+        return self.addrs6[0]
 
     def expire(self, now: float) -> None:
         """Reassemblies that timed out, both families."""
