@@ -218,9 +218,9 @@ def test_an_error_quotes_no_more_than_the_minimum_mtu_allows() -> None:
 
 
 def tcp6(flags: int, src: bytes = PEER, dst: bytes = OURS, seq: int = 1000, ack: int = 0,
-         payload: bytes = b"", opts: bytes = b"\x02\x04\x05\xa0") -> bytes:
+         payload: bytes = b"", opts: bytes = b"\x02\x04\x05\xa0", sport: int = 40000) -> bytes:
     """A TCP segment over IPv6 with a valid checksum (MSS 1440 offered by default)."""
-    seg = dpkt.tcp.TCP(sport=40000, dport=7, seq=seq, ack=ack, flags=flags, win=65535,
+    seg = dpkt.tcp.TCP(sport=sport, dport=7, seq=seq, ack=ack, flags=flags, win=65535,
                        opts=opts, data=payload)
     seg.off = (20 + len(opts)) // 4
     raw = bytearray(bytes(seg))
@@ -351,3 +351,13 @@ def test_an_active_open_over_ipv6_comes_from_the_address_for_that_peer() -> None
     bare = Host("10.77.0.2", rng=random.Random(0))
     with pytest.raises(OSError, match="no IPv6 address"):
         bare.connect("fd77::1", 80, 0.0)
+
+
+def test_each_connection_has_one_nonzero_flow_label() -> None:
+    h = host()
+    h.listen(7)
+    labels = set()
+    for port in (40000, 40001):
+        raw = replies(h, tcp6(dpkt.tcp.TH_SYN, sport=port))
+        labels.add(int.from_bytes(raw[0][1:4], "big") & 0xFFFFF)
+    assert len(labels) == 2 and 0 not in labels  # RFC 6437: per flow, uniform

@@ -43,6 +43,7 @@ class Network:
         self.mtu = mtu
         # RFC 8200 §4.5 / RFC 7739: a 32-bit Identification, from a random start.
         self._ip6_id = ip6_id
+        self._flow_secret = ip6_id.to_bytes(4, "big")  # random too: flow labels
         self.out: list[Packet] = []  # packets for the link, taken by `Host.poll`
         self._ip_id = ip_id
 
@@ -133,13 +134,15 @@ class Network:
         return min(v4, v6)
 
     def emit6(self, src: bytes, dst: bytes, next_header: int, payload: bytes | memoryview,
-              *more: bytes | memoryview, gso: int | None = None) -> None:
-        """One IPv6 packet from our `src` (the address the peer used) to `dst`: with
-        `gso` (not None) as `Offloaded` (a TCP segment the device cuts); one bigger than
-        the link's MTU otherwise in fragments (RFC 8200 §4.5: the source fragments)."""
+              *more: bytes | memoryview, gso: int | None = None, flow: int = 0) -> None:
+        """One IPv6 packet from our `src` (the address the peer used) to `dst` with flow
+        label `flow`: with `gso` (not None) as `Offloaded` (a TCP segment the device
+        cuts); one bigger than the link's MTU otherwise in fragments (RFC 8200 §4.5:
+        the source fragments)."""
         length = len(payload) + sum(len(p) for p in more)
         if gso is not None or ip6.HEADER_LEN + length <= self.mtu:
-            packet = b"".join((ip6.header(src, dst, next_header, length), payload, *more))
+            packet = b"".join((ip6.header(src, dst, next_header, length, flow), payload,
+                               *more))
             self.out.append(packet if gso is None else Offloaded(packet, gso=gso))
             return
         payload = b"".join((payload, *more))
@@ -158,7 +161,10 @@ class Network:
         if len(dst) == 4:
             self.emit(dst, ip.PROTO_TCP, header, payload, gso=gso)
         else:
-            self.emit6(src, dst, ip6.NH_TCP, header, payload, gso=gso)
+            # RFC 6437 §3: one flow label per connection, from a hash of its 4-tuple with
+            # a secret (this process's str/bytes hash seed), uniform over 20 bits.
+            flow = hash((self._flow_secret, dst, seg.src_port, seg.dst_port)) & 0xFFFFF
+            self.emit6(src, dst, ip6.NH_TCP, header, payload, gso=gso, flow=flow)
 
     def emit(self, dst: bytes, proto: int, *parts: bytes | memoryview,
              gso: int | None = None) -> None:
