@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ustack.addresses import ntop, pton
+from ustack.addresses import endpoint, ntop, pton
 from ustack.tcp.tcb import Tcb
 
 
@@ -87,9 +87,12 @@ def rows(local_for: Callable[[bytes], bytes], tcbs: Iterable[Tcb],
 
 
 def format_table(rows: list[ConnectionInfo]) -> list[str]:
-    """The rows as `ss -tin` lays them out, one line each, with a header line."""
-    lines = [f"{'State':<12} {'Recv-Q':>7} {'Send-Q':>7} {'Local':<21} {'Peer':<21} "
-             "details"]
+    """The rows as `ss -tin` lays them out, one line each, with a header line; endpoints
+    as `10.77.0.2:80` or `[fd77::2]:80`, their columns as wide as the widest."""
+    width = max([21] + [len(endpoint(*r.local)) for r in rows]
+                + [len(endpoint(*r.remote)) for r in rows])
+    lines = [f"{'State':<12} {'Recv-Q':>7} {'Send-Q':>7} {'Local':<{width}} "
+             f"{'Peer':<{width}} details"]
     for r in rows:
         details = []
         if r.srtt is not None:
@@ -104,7 +107,7 @@ def format_table(rows: list[ConnectionInfo]) -> list[str]:
             details.append(f"retrans:{r.retransmits}")
         if r.expires is not None:
             details.append(f"timer:({r.expires:.1f}s)")
-        local, remote = f"{r.local[0]}:{r.local[1]}", f"{r.remote[0]}:{r.remote[1]}"
-        lines.append(f"{r.state:<12} {r.recv_q:>7} {r.send_q:>7} {local:<21} {remote:<21} "
-                     + " ".join(details))
+        local, remote = endpoint(*r.local), endpoint(*r.remote)
+        lines.append(f"{r.state:<12} {r.recv_q:>7} {r.send_q:>7} {local:<{width}} "
+                     f"{remote:<{width}} " + " ".join(details))
     return lines

@@ -78,8 +78,8 @@ def is_multicast(addr: bytes) -> bool:
 
 def _bad_source(src: bytes) -> bool:
     """A source no reply may go to (RFC 4291 §2.5.2-2.5.5, RFC 4443 §2.4 (e.6)): the
-    unspecified address, multicast, loopback (never on a link), an IPv4-mapped or
-    IPv4-compatible one (whose TIME-WAIT key would be an IPv4 one's, `timewait.key`)."""
+    unspecified address, multicast, loopback (never on a link), an IPv4-mapped one, an
+    IPv4-compatible one (deprecated, RFC 4291 §2.5.5.1)."""
     return (is_multicast(src) or src[:12] in (_V4_COMPATIBLE, _V4_MAPPED)
             or src == _LOOPBACK)
 

@@ -10,8 +10,9 @@ each other large TCP segments and leave the TCP checksum to the other side:
   other than NONE marks a super-packet of up to 64 KB, which is simply a large segment.
 * ustack -> kernel: every TCP segment goes out with `NEEDS_CSUM` (`csum_start` at the
   TCP header, `csum_offset` 16, the field holding the pseudo-header sum), and a segment
-  with more data than one MSS carries `GSO_TCPV4` with `gso_size` = data per segment, so
-  the kernel cuts it into MSS-sized segments (each with a copy of the headers).
+  with more data than one MSS carries `GSO_TCPV4` (`GSO_TCPV6` over IPv6) with
+  `gso_size` = data per segment, so the kernel cuts it into MSS-sized segments (each
+  with a copy of the headers).
 
 The layout is `struct virtio_net_hdr` (10 bytes) in the host's byte order, as the kernel
 expects of a legacy TUN (no TUNSETVNETLE/BE): linux/virtio_net.h.

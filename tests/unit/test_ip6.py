@@ -361,3 +361,14 @@ def test_each_connection_has_one_nonzero_flow_label() -> None:
         raw = replies(h, tcp6(dpkt.tcp.TH_SYN, sport=port))
         labels.add(int.from_bytes(raw[0][1:4], "big") & 0xFFFFF)
     assert len(labels) == 2 and 0 not in labels  # RFC 6437: per flow, uniform
+
+
+def test_a_peer_without_the_mss_option_gets_ipv6s_default_and_rows_bracket_it() -> None:
+    h = host()
+    h.listen(7)
+    replies(h, tcp6(dpkt.tcp.TH_SYN, opts=b""))
+    [conn] = h.connections()
+    assert conn.snd_mss == 1220  # RFC 9293 MUST-15 over IPv6: 1280 - 60
+    from ustack.conninfo import format_table
+    lines = format_table(h.connection_info(0.0))
+    assert "[fd77::2]:7" in lines[1] and "[fd77::1]:40000" in lines[1]

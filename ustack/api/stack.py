@@ -9,6 +9,7 @@ its asyncio-style calls are in `ustack.api.calls`.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -355,6 +356,13 @@ class Stack(AsyncioCalls):
     def _check_local(self, host: str | None) -> None:
         if host is not None and not isinstance(host, str):
             raise TypeError(f"host must be a str or None, not {type(host).__name__}")
-        if host not in (None, "", "0.0.0.0", "::", self.addr, self.addr6, self.link_local6):
-            raise OSError(99, f"cannot listen on {host}: this stack's address is {self.addr}")
+        # A listener takes its port on every address of the stack, both families.
+        ours = [a for a in (self.addr, self.addr6, self.link_local6) if a]
+        if host in (None, "", "0.0.0.0", "::"):
+            return
+        with contextlib.suppress(ValueError):  # a name: refused below as it stands
+            host = str(ipaddress.ip_address(host))
+        if host not in ours:
+            raise OSError(99, f"cannot listen on {host}: this stack's addresses are "
+                              f"{', '.join(ours)}")
 

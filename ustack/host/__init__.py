@@ -1,4 +1,4 @@
-"""The host layer: one IPv4 address, its connections, listeners and timers (sans-IO).
+"""The host layer: its addresses (IPv4, IPv6), connections, listeners and timers (sans-IO).
 
 `host.py` (the `Host`: demultiplexing, the IP and TCP input and output paths, polling),
 `timerheap.py` (one heap of connections by their earliest deadline), `probe.py` (the

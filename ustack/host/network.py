@@ -1,4 +1,4 @@
-"""The network layer of a host: IPv4 in and out for one address (RFC 791, RFC 1122
+"""The network layer of a host: IPv4 in and out for its address (RFC 791, RFC 1122
 §3.3). In: parse and validate (`ip.parse`), reassemble fragments, answer ICMP echo,
 hand TCP datagrams up. Out: an IP header (and its identification) on each segment.
 

@@ -1,5 +1,5 @@
 """Captures as ladder events: pcap and pcapng files (`--pcap`'s, tcpdump's, Wireshark's),
-the IPv4 packets in their frames, and the TCP segments in those."""
+the IP packets (IPv4 and IPv6) in their frames, and the TCP segments in those."""
 
 import dataclasses
 import struct
@@ -165,8 +165,8 @@ def _tcp_of_ip(time: float, packet: bytes) -> SegmentEvent | str:
     sender's capture holds them before its device completes them), the payload's length
     from the IP and TCP headers even when the capture cut the packet short (a TSO
     packet's IP total length is 0: then what was captured)."""
-    if packet[0] >> 4 == 6:
-        return _tcp_of_ip6(time, packet)
+    if packet and packet[0] >> 4 == 6:
+        return _tcp_of_ip6(time, packet) if len(packet) >= 40 else "truncated"
     found = read_header(packet)
     if isinstance(found, DropReason):
         return "truncated"
@@ -232,7 +232,7 @@ def capture_events(f: BinaryIO, us: str | None = None) -> tuple[list[SegmentEven
     for time, linktype, frame in read_capture(f):
         ip = ip_of_frame(linktype, frame)
         if ip is None:
-            skipped["not IPv4" if linktype in (0, 1, 12, 101, 113, 228, 276)
+            skipped["not IP" if linktype in (0, 1, 12, 101, 113, 228, 276)
                     else f"link type {linktype}"] += 1
             continue
         pkt = _tcp_of_ip(time, ip)

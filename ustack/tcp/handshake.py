@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ustack.tcp import receive, seq
-from ustack.tcp.options import DEFAULT_MSS, TIMESTAMP_SPACE
+from ustack.tcp.options import DEFAULT_MSS, DEFAULT_MSS6, TIMESTAMP_SPACE
 from ustack.tcp.rcvwnd import MAX_UNSCALED_WINDOW
 from ustack.tcp.segment import Segment
 from ustack.tcp.states import State
@@ -68,9 +68,11 @@ def set_irs(tcb: Tcb, irs: int) -> None:
 
 
 def set_peer_mss(tcb: Tcb, mss: int | None) -> None:
-    # MUST-15/16: 536 without the option; never above what we can receive in one piece.
+    # MUST-15/16: 536 without the option (1220 over IPv6); never above what we can
+    # receive in one piece.
     # A floor, as Linux's tcp_min_snd_mss: a tiny MSS (leaving no room for data next
     # to options) would stall the connection or split it into 1-byte segments.
-    wanted = mss if mss is not None else DEFAULT_MSS
+    wanted = mss if mss is not None else (
+        DEFAULT_MSS if len(tcb.remote_addr) == 4 else DEFAULT_MSS6)
     tcb.snd_mss = max(MIN_SND_MSS, min(wanted, tcb.rcv_mss))
     tcb.cc.set_mss(tcb.snd_mss)

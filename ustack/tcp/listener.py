@@ -10,7 +10,7 @@ from collections.abc import Callable
 from ustack.stats import Counters, DropReason
 from ustack.tcp import seq
 from ustack.tcp.config import TcpConfig
-from ustack.tcp.options import DEFAULT_MSS, Options
+from ustack.tcp.options import DEFAULT_MSS, DEFAULT_MSS6, Options
 from ustack.tcp.rcvwnd import MAX_UNSCALED_WINDOW
 from ustack.tcp.segment import ACK, RST, SYN, Segment
 from ustack.tcp.syncookies import COOKIE_LIFETIME, SynCookies
@@ -83,7 +83,7 @@ class Listener:
                         mss: int) -> Segment:
         """SYN queue full: answer with a SYN cookie and keep nothing (RFC 4987 §3.6)."""
         self.last_cookie_at = now
-        peer_mss = min(syn.opts.mss or DEFAULT_MSS, mss)
+        peer_mss = min(syn.opts.mss or (DEFAULT_MSS if len(src) == 4 else DEFAULT_MSS6), mss)
         isn = self.cookies.make(local, syn.dst_port, src, syn.src_port, syn.seq,
                                 peer_mss, now)
         window = min(self.config.rcv_buf, MAX_UNSCALED_WINDOW)  # a SYN's is not scaled

@@ -18,6 +18,7 @@ KIND_SACK = 5
 KIND_TIMESTAMP = 8
 
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1, MUST-15: assumed when no MSS option arrives
+DEFAULT_MSS6 = 1220  # the same over IPv6: its minimum MTU 1280 less 60 (MUST-15)
 MAX_WSCALE = 14  # RFC 7323 §2.3: a larger shift is used as 14
 TIMESTAMP_SPACE = 12  # NOP, NOP, kind 8, length 10: what a timestamp costs every segment
 

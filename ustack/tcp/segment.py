@@ -127,7 +127,9 @@ def encode(seg: Segment, src: bytes, dst: bytes,
     """Wire form of `seg` as (header with options and checksum, payload).
 
     `partial`: the checksum field holds only the pseudo-header sum, for a device that
-    completes it (checksum offload, `ustack.vnet.NEEDS_CSUM`), as Linux's tcp_v4_send_check."""
+    completes it (checksum offload, `ustack.vnet.NEEDS_CSUM`), as Linux's
+    tcp_v4_send_check and tcp_v6_send_check (the same sum over IPv6's pseudo-header,
+    RFC 8200 §8.1)."""
     opts = options.encode(seg.opts) if seg.opts is not NO_OPTIONS else b""
     hlen = HEADER_LEN + len(opts)
     payload = seg.payload

@@ -172,11 +172,10 @@ TICK = 0.125  # expiry granularity: a record goes at most this late
 
 def key(remote_addr: bytes, remote_port: int, local_port: int) -> int:
     """The table's key for a connection (one int: a tuple costs four objects); our
-    address follows from the peer's (`Host.local_for`). An IPv6 peer's key has a bit
-    set past an IPv4 one's, so the families never meet (IPv4-compatible IPv6 sources,
-    which would, are dropped by `ip6.parse`)."""
+    address follows from the peer's (`Network.local_for`). An IPv6 peer's key has a bit
+    set past any IPv4 one's (bit 128 of the address part), so the families never meet."""
     if len(remote_addr) == 16:
-        return (1 << 160 | int.from_bytes(remote_addr, "big")) << 32 | (
+        return (1 << 128 | int.from_bytes(remote_addr, "big")) << 32 | (
             remote_port << 16 | local_port)
     return int.from_bytes(remote_addr, "big") << 32 | remote_port << 16 | local_port
 
