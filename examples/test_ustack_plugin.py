@@ -16,15 +16,30 @@ import urllib.request
 import pytest
 
 
-def test_blocking_socket_echo(ustack_host):
-    with socket.create_connection((ustack_host.addr, 7), timeout=5) as s:
-        s.sendall(b"hello, ustack")
+def echo(addr: str, data: bytes) -> bytes:
+    """`data` through ustack's echo service at `addr`, with a blocking kernel socket."""
+    with socket.create_connection((addr, 7), timeout=5) as s:
+        assert s.getpeername()[0] == addr
+        s.sendall(data)
         got = b""
-        while len(got) < 13:
+        while len(got) < len(data):
             chunk = s.recv(100)
             assert chunk, "echo closed early"
             got += chunk
-    assert got == b"hello, ustack"
+    return got
+
+
+def test_blocking_socket_echo(ustack_host):
+    assert echo(ustack_host.addr, b"hello, ustack") == b"hello, ustack"
+
+
+def test_the_same_over_ipv6(ustack_host):
+    # ustack_host.addr6 is None where the namespace has IPv6 off: skip, as a test would.
+    if ustack_host.addr6 is None:
+        pytest.skip("no IPv6 in this namespace")
+    assert echo(ustack_host.addr6, b"hello over IPv6") == b"hello over IPv6"
+    with urllib.request.urlopen(f"http://[{ustack_host.addr6}]/", timeout=10) as response:
+        assert response.read() == b"hello from ustack\n"
 
 
 def test_urllib_http(ustack_host):

@@ -139,6 +139,9 @@ class UstackHost:
     startup_seconds: float = 0.0
     stack: Any = None  # ustack.Stack, running on `loop` in the stack's thread
     loop: asyncio.AbstractEventLoop | None = None
+    # IPv6 (None where the namespace has it off): ustack's and the kernel side's address.
+    addr6: str | None = None
+    kernel_addr6: str | None = None
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = RUN_TIMEOUT) -> T:
         """Run `coro` on the stack's event loop; return its result (or raise its error)."""
@@ -252,6 +255,9 @@ class _Runner:
                                           backlog=BACKLOG)
             host.stack = stack
             host.loop = loop
+            if stack.addr6 and not stack.ipv6_refused:
+                host.addr6 = stack.addr6
+                host.kernel_addr6 = (stack.kernel_addr6 or "").split("/")[0] or None
             self.stop_event = asyncio.Event()
             self.ready.set()
             await self.stop_event.wait()

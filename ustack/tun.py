@@ -43,6 +43,7 @@ OFFLOAD_NAMES = ("checksum", "TSO")
 TX_QUEUE_LEN = 10000
 MAX_QUEUES = 256  # linux/if_tun.h MAX_TAP_QUEUES
 DEFAULT_KERNEL_ADDR6 = "fd77::1/64"  # ustack is fd77::2 (and fe80::2) on the same link
+KERNEL_LINK_LOCAL6 = "fe80::1/64"
 GSO_MAX = 65535  # an IPv4 super-packet is one datagram: its total length is 16 bits
 
 
@@ -308,8 +309,10 @@ def _configure(name: str, kernel_addr: str, mtu: int) -> None:
 
 
 def _configure6(name: str, kernel_addr6: str) -> str | None:
-    """The kernel side's IPv6 address on a new device (no duplicate address detection: a
-    TUN has one neighbour, ustack, which answers other addresses); why not, or None."""
+    """The kernel side's IPv6 addresses on a new device: `kernel_addr6`, and the
+    link-local `fe80::1/64` (a TUN may get none of its own, and ustack's `fe80::2` needs
+    a link-local peer), without duplicate address detection (a TUN has one neighbour,
+    ustack, which answers other addresses); why not, or None."""
     ip = shutil.which("ip")
     disabled = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
     try:
@@ -318,15 +321,16 @@ def _configure6(name: str, kernel_addr6: str) -> str | None:
                 return "IPv6 is disabled in this network namespace"
     except OSError:  # no such entry: no IPv6 here, or the MTU is below 1280
         return "the device has no IPv6 (a kernel without it, or an MTU below 1280)"
-    try:
-        done = subprocess.run([ip or "ip", "-6", "addr", "add", kernel_addr6, "dev", name,
-                               "nodad"], capture_output=True, text=True, timeout=10,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"ip -6 addr add {kernel_addr6}: {e}"
-    if done.returncode != 0:
-        detail = done.stderr.strip().splitlines()[-1:] or ["failed"]
-        return f"ip -6 addr add {kernel_addr6}: {detail[0]}"
+    for addr in (kernel_addr6, KERNEL_LINK_LOCAL6):
+        try:
+            done = subprocess.run([ip or "ip", "-6", "addr", "add", addr, "dev", name,
+                                   "nodad"], capture_output=True, text=True, timeout=10,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"ip -6 addr add {addr}: {e}"
+        if done.returncode != 0:
+            detail = done.stderr.strip().splitlines()[-1:] or ["failed"]
+            return f"ip -6 addr add {addr}: {detail[0]}"
     return None
 
 

@@ -93,15 +93,18 @@ else
     ip addr add "$cidr" dev "$name"
     echo "$prog: $name has address $cidr"
 fi
-# IPv6 beside it, where the namespace has it on (no duplicate address detection: the one
-# neighbour on a TUN is ustack).
+# IPv6 beside it, where the namespace has it on: HOST_CIDR6 and the link-local fe80::1/64
+# (a TUN may get no link-local address of its own; ustack answers fe80::2), without
+# duplicate address detection (the one neighbour on a TUN is ustack).
 if [[ $(cat "/proc/sys/net/ipv6/conf/$name/disable_ipv6" 2>/dev/null || echo 1) == 0 ]]; then
-    if ip -6 -o addr show dev "$name" | grep -qF " inet6 $cidr6 "; then
-        echo "$prog: $name already has $cidr6"
-    else
-        ip -6 addr add "$cidr6" dev "$name" nodad
-        echo "$prog: $name has address $cidr6"
-    fi
+    for a in "$cidr6" fe80::1/64; do
+        if ip -6 -o addr show dev "$name" | grep -qF " inet6 $a "; then
+            echo "$prog: $name already has $a"
+        else
+            ip -6 addr add "$a" dev "$name" nodad
+            echo "$prog: $name has address $a"
+        fi
+    done
 fi
 # A deeper queue toward ustack than TUN's default 500: a burst of more packets than that
 # (1000 clients closing at once) would otherwise be dropped before ustack can read it.
