@@ -273,24 +273,39 @@ def _problem(view: memoryview, code: int, pointer: int, src: bytes, dst: bytes,
 
 def _error_allowed(view: memoryview) -> bool:
     """Whether a packet may draw an ICMPv6 error: not if, past its extension headers,
-    it is an ICMPv6 error message or too short to tell (Linux ipv6_skip_exthdr)."""
-    next_header, offset = view[6], HEADER_LEN
-    for _ in range(MAX_EXTENSION_HEADERS):
-        if next_header == NH_FRAGMENT:
-            if len(view) < offset + _FRAGMENT.size:
-                return False
-            if int.from_bytes(view[offset + 2:offset + 4], "big") & 0xFFF8:
-                return True  # a later fragment: no upper-layer header to look at
-            next_header, offset = view[offset], offset + _FRAGMENT.size
-        elif next_header in (NH_HOP_BY_HOP, NH_DEST_OPTIONS, NH_ROUTING):
-            if len(view) < offset + 2:
-                return False
-            next_header, offset = view[offset], offset + 8 * (view[offset + 1] + 1)
-        else:
-            break
+    it is an ICMPv6 error message or too short to tell (Linux is_ineligible). A later
+    fragment (`skip_extensions` stops at its Fragment header) has no upper layer to
+    look at: allowed."""
+    next_header, offset = skip_extensions(view, view[6], HEADER_LEN)
+    if offset < 0:
+        return False
     if next_header != NH_ICMPV6:
         return True
     return len(view) > offset and view[offset] >= 128  # informational, not an error
+
+
+def skip_extensions(data: bytes | memoryview, next_header: int, offset: int,
+                    through_fragments: bool = True) -> tuple[int, int]:
+    """Past the extension headers that start at `offset` with type `next_header`
+    (Linux ipv6_skip_exthdr), without validating them: the type of the first header
+    that is none, and its offset. A first fragment's Fragment header is passed, a later
+    one's stops the walk (no upper-layer header follows it), and with
+    `through_fragments` False any stops it; a chain `data` cuts short gives offset -1.
+    At most MAX_EXTENSION_HEADERS are passed."""
+    for _ in range(MAX_EXTENSION_HEADERS):
+        if next_header == NH_FRAGMENT and through_fragments:
+            if len(data) < offset + _FRAGMENT.size:
+                return next_header, -1
+            if int.from_bytes(data[offset + 2:offset + 4], "big") & 0xFFF8:
+                return next_header, offset
+            next_header, offset = data[offset], offset + _FRAGMENT.size
+        elif next_header in (NH_HOP_BY_HOP, NH_DEST_OPTIONS, NH_ROUTING):
+            if len(data) < offset + 2:
+                return next_header, -1
+            next_header, offset = data[offset], offset + 8 * (data[offset + 1] + 1)
+        else:
+            break
+    return next_header, offset
 
 
 class _Partial:

@@ -384,7 +384,8 @@ class Host:
             self._after_event(tcb, before, now)
 
     def _emit_segment(self, dst: bytes, seg: Segment) -> None:
-        local = self.addr if len(dst) == 4 else self._net.local_for(dst)  # a native call
+        # `local_for`'s IPv4 case inline: no call per segment on the IPv4 path.
+        local = self.addr if len(dst) == 4 else self._net.local_for(dst)
         if self._probe is not None:
             self._probe.segment(local, dst, seg, outbound=True)
         self._net.emit_segment(local, dst, seg)

@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 from ustack.addresses import ntop
 from ustack.ip import PROTO_TCP, read_header
+from ustack.ip6 import NH_FRAGMENT, skip_extensions
 from ustack.ladder.track import conn_key
 from ustack.probe import (
     Endpoint,
@@ -189,12 +190,10 @@ def _tcp_of_ip(time: float, packet: bytes) -> SegmentEvent | str:
 def _tcp_of_ip6(time: float, packet: bytes) -> SegmentEvent | str:
     """`_tcp_of_ip` for an IPv6 packet: past Hop-by-Hop, Routing and Destination
     options headers; a fragment is skipped."""
-    next_header, offset = packet[6], 40
-    while next_header in (0, 43, 60) and len(packet) >= offset + 2:
-        next_header, offset = packet[offset], offset + 8 * (packet[offset + 1] + 1)
-    if next_header == 44:
+    next_header, offset = skip_extensions(packet, packet[6], 40, through_fragments=False)
+    if next_header == NH_FRAGMENT:
         return "IP fragment"
-    if next_header != PROTO_TCP:
+    if next_header != PROTO_TCP or offset < 0:
         return "not TCP"
     try:
         seg = segment.read(packet[offset:], lenient=True)
