@@ -48,7 +48,7 @@ fi
 remove_built
 cd "$dir"
 # The sans-IO core and the network layer: what runs per segment.
-modules=(ustack/tcp/*.py ustack/host/*.py ustack/ip.py ustack/ip6.py ustack/icmp6.py
+modules=(ustack/tcp/*.py ustack/host/*.py ustack/ip.py ustack/ip6.py ustack/icmp6.py ustack/pmtu.py
          ustack/checksum.py ustack/packet.py ustack/stats.py)
 log=$dir/build/compile.log
 mkdir -p "$dir/build"

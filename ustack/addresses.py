@@ -23,3 +23,14 @@ def pton(text: str) -> bytes:
 def endpoint(addr: str, port: int) -> str:
     """`10.77.0.2:80`, or `[fd77::2]:80` for an IPv6 address."""
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def scope_id(interface: str | None) -> int:
+    """The zone index of a link-local address on `interface` (if_nametoindex: what an
+    AF_INET6 socket's 4-tuple carries, `fe80::1%ustack0`), or 0 without one."""
+    if not interface:
+        return 0
+    try:
+        return socket.if_nametoindex(interface)
+    except OSError:
+        return 0

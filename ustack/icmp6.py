@@ -4,8 +4,10 @@ for (Parameter Problem), rate-limited; checksums over the IPv6 pseudo-header.
 Neighbour Discovery and MLD (RFC 4861, RFC 3810) are not needed on a TUN, a layer-3
 link with no link-layer addresses to resolve: their messages (which the kernel sends to
 multicast addresses, dropped before they get here) and any that reach us are counted
-and ignored. Error messages received are counted; ustack keeps no per-flow state from
-them yet (a Packet Too Big lowers no path MTU).
+and ignored. Error messages received are counted; a Packet Too Big is read into a
+`ustack.pmtu.TooBig` for the host to act on (path MTU discovery, RFC 8201); the others
+change nothing (for TCP a hard error would be a Destination Unreachable, which RFC 5461
+counsels treating as soft: the retransmission timer decides).
 """
 
 import struct
@@ -13,6 +15,7 @@ import struct
 from ustack.checksum import finish, pseudo_words, words
 from ustack.ip6 import HEADER_LEN as IP6_HEADER_LEN
 from ustack.ip6 import MIN_MTU, NH_ICMPV6, Datagram6, Problem
+from ustack.pmtu import TooBig, quote
 from ustack.stats import Counters, DropReason
 
 DESTINATION_UNREACHABLE = 1
@@ -35,9 +38,11 @@ def checksum(src: bytes, dst: bytes, message: bytes | memoryview) -> int:
     return finish(pseudo_words(src + dst, NH_ICMPV6, len(message)) + words(message))
 
 
-def echo_reply(dgram: Datagram6, counters: Counters, verify: bool = True) -> bytes | None:
-    """The ICMPv6 message answering an echo request, or None (counted) for anything
-    else; `verify=False` when the device vouches for the checksum."""
+def receive(dgram: Datagram6, counters: Counters,
+            verify: bool = True) -> bytes | TooBig | None:
+    """One ICMPv6 message: the message answering an echo request, a Packet Too Big's
+    report (`TooBig`), or None (counted) for anything else; `verify=False` when the
+    device vouches for the checksum."""
     data = dgram.payload
     if len(data) < 4:
         counters.drop(DropReason.ICMP_MALFORMED)
@@ -48,7 +53,13 @@ def echo_reply(dgram: Datagram6, counters: Counters, verify: bool = True) -> byt
         return None
     kind, code = data[0], data[1]
     if kind < 128:
-        counters["icmp6_errors_in"] += 1  # no state to change yet (see the module)
+        counters["icmp6_errors_in"] += 1
+        if kind == PACKET_TOO_BIG and code == 0 and len(data) >= 8:
+            # §3.2: the MTU, then as much of our packet as fitted.
+            found = quote(data[8:], int.from_bytes(data[4:8], "big"))
+            if found is not None:
+                return found
+            counters.drop(DropReason.ICMP_MALFORMED)
         return None
     if kind != ECHO_REQUEST or code != 0 or len(data) < 8:
         counters.drop(DropReason.ICMP_IGNORED)

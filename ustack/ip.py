@@ -1,4 +1,5 @@
-"""IPv4 (RFC 791) validation and building, and ICMP echo (RFC 792).
+"""IPv4 (RFC 791) validation and building, ICMP echo (RFC 792), and the ICMP error
+that path MTU discovery reads (RFC 1191).
 
 Every packet that is not for us, or not well formed, is dropped with a named
 reason; nothing here raises on bad input.
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import dpkt
 
 from ustack.checksum import finish, ones_sum
+from ustack.pmtu import TooBig, quote
 from ustack.stats import Counters, DropReason
 
 PROTO_ICMP = 1
@@ -23,6 +25,7 @@ _OFFSET_MASK = 0x1FFF
 
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
+ICMP_UNREACHABLE, ICMP_FRAG_NEEDED = 3, 4  # type, and its code "fragmentation needed"
 
 
 _OPT_EOL = 0
@@ -217,15 +220,29 @@ def header(src: bytes, dst: bytes, proto: int, payload_len: int, ident: int) -> 
                         dst)
 
 
-def echo_reply(dgram: Datagram, counters: Counters, verify: bool = True) -> bytes | None:
-    """The ICMP payload answering an echo request, or None (counted) for anything else.
-    `verify=False` when the device vouches for the checksum (`ustack.vnet.TRUSTED`)."""
+def icmp_receive(dgram: Datagram, counters: Counters,
+                 verify: bool = True) -> bytes | TooBig | None:
+    """One ICMP message: the payload answering an echo request, a Fragmentation
+    Needed's report (`ustack.pmtu.TooBig`, RFC 1191: our packets carry DF), or None
+    (counted) for anything else. `verify=False` when the device vouches for the checksum
+    (`ustack.vnet.TRUSTED`)."""
     data = dgram.payload
     if len(data) < 8:
         counters.drop(DropReason.ICMP_MALFORMED)
         return None
     if verify and ones_sum(data):
         counters.drop(DropReason.ICMP_BAD_CHECKSUM)
+        return None
+    if data[0] == ICMP_UNREACHABLE:
+        counters["icmp_errors_in"] += 1
+        mtu = int.from_bytes(data[6:8], "big")
+        # RFC 1191 §4: the next hop's MTU in the low 16 bits of the unused field; a
+        # router from before it says 0, and we do not guess (Linux no longer does).
+        if data[1] == ICMP_FRAG_NEEDED and mtu:
+            found = quote(data[8:], mtu)
+            if found is not None:
+                return found
+            counters.drop(DropReason.ICMP_MALFORMED)
         return None
     icmp = dpkt.icmp.ICMP(bytes(data))
     if icmp.type != ICMP_ECHO_REQUEST or icmp.code != 0:

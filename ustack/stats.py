@@ -38,6 +38,8 @@ class DropReason(StrEnum):
     ICMP_MALFORMED = "drop_icmp_malformed"
     ICMP_BAD_CHECKSUM = "drop_icmp_bad_checksum"
     ICMP_IGNORED = "drop_icmp_ignored"
+    ICMP_NO_CONNECTION = "drop_icmp_no_connection"  # an error quoting no connection of ours
+    ICMP_OUT_OF_WINDOW = "drop_icmp_out_of_window"  # quoting no sequence in flight (RFC 5927)
     TCP_MALFORMED = "drop_tcp_malformed"
     TCP_BAD_CHECKSUM = "drop_tcp_bad_checksum"
     TCP_BAD_OPTIONS = "drop_tcp_bad_options"

@@ -7,11 +7,12 @@ import errno
 import ssl as _ssl
 from collections.abc import Awaitable, Callable
 
+from ustack.addresses import pton
 from ustack.aio import Driver, clock
 from ustack.api import tls
 from ustack.api.checks import check_host, check_port
 from ustack.api.dispatch import Dispatch
-from ustack.api.server import Server
+from ustack.api.server import Server, socket_names
 from ustack.api.transport import Transport
 from ustack.host import Host
 from ustack.tcp import events
@@ -36,11 +37,12 @@ class AsyncioCalls:
     _driver: Driver
     _dispatch: Dispatch
     _servers: dict[Listener, Server]
+    _scope_id: int
 
     def _check_running(self) -> None:
         raise NotImplementedError
 
-    def _check_local(self, host: str | None) -> None:
+    def _check_local(self, host: str | None) -> list[str]:
         raise NotImplementedError
 
     def _close_server(self, listener: Listener) -> None:
@@ -60,7 +62,7 @@ class AsyncioCalls:
         listener's connections their own settings (default: the stack's `tcp`). A port
         already listening raises `OSError(errno.EADDRINUSE)`, as `bind()` does; port 0
         listens on a free ephemeral port (`server.sockets[0].getsockname()`)."""
-        self._check_local(host)
+        local = self._check_local(host)
         if port is None:
             raise ValueError("a port is required (0 for any free port)")
         port = check_port(port, server=True)
@@ -74,14 +76,16 @@ class AsyncioCalls:
                 ssl_handshake_timeout=ssl_handshake_timeout,
                 ssl_shutdown_timeout=ssl_shutdown_timeout)
         try:
-            listener = self._host.listen(port, backlog, config=tcp)
+            listener = self._host.listen(port, backlog, config=tcp,
+                                         local=[pton(a) for a in local])
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise OSError(errno.EADDRINUSE, f"[Errno {errno.EADDRINUSE}] error while "
                               f"attempting to bind on address ({host or self.addr!r}, "
                               f"{port}): address already in use") from None
             raise
-        server = Server(listener, protocol_factory, loop=self.loop, addr=self.addr,
+        server = Server(listener, protocol_factory, loop=self.loop,
+                        names=socket_names(host, local, port, self._scope_id),
                         on_close=self._close_server)
         self._servers[listener] = server
         return server

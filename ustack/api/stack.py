@@ -11,13 +11,14 @@ its asyncio-style calls are in `ustack.api.calls`.
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import ipaddress
 import os
 import time
 from collections import Counter
 from typing import TextIO
 
-from ustack.addresses import ntop
+from ustack.addresses import ntop, scope_id
 from ustack.aio import Driver, clock
 from ustack.api.calls import AsyncioCalls
 from ustack.api.checks import check_own_addr, check_own_addr6
@@ -112,6 +113,7 @@ class Stack(AsyncioCalls):
         self.linger = linger  # on exit: how long closed connections may keep sending
         self._device: TunDevice | None = None
         self._device_counters: Counter[str] = Counter()  # kept after the device closes
+        self._scope_id = 0  # the device's interface index: the zone of link-local peers
         self._servers: dict[Listener, Server] = {}
         self._dispatch = Dispatch(self._callback_failed)  # who hears each connection's events
         self.pcap = pcap
@@ -149,6 +151,7 @@ class Stack(AsyncioCalls):
                 raise
         self._device = device
         self._device_counters = device.counters
+        self._scope_id = scope_id(getattr(device, "name", None))
         self.mtu = self._device.mtu
         offload = getattr(self._device, "offload", False)
         self._host = Host(self.addr, mtu=self.mtu, config=self.tcp, offload=offload,
@@ -345,7 +348,7 @@ class Stack(AsyncioCalls):
         """A Transport for `tcb`, which hears its events from now on."""
         local = ntop(self._host.local_for(tcb.remote_addr))
         return Transport(tcb, protocol, loop=self.loop, local_addr=local,
-                         dispatch=self._dispatch)
+                         dispatch=self._dispatch, scope_id=self._scope_id)
 
     def _close_server(self, listener: Listener) -> None:
         """`Server.close`: stop listening; what waits unaccepted is reset at once."""
@@ -353,16 +356,23 @@ class Stack(AsyncioCalls):
         self._servers.pop(listener, None)
         self._driver.flush()
 
-    def _check_local(self, host: str | None) -> None:
+    def _check_local(self, host: str | None) -> list[str]:
+        """Our addresses a listener on `host` takes, as bind(2) after asyncio's
+        `create_server`: None or "" both families (asyncio makes a socket for each),
+        "0.0.0.0" IPv4 only, "::" IPv6 only (asyncio sets IPV6_V6ONLY), an address of
+        ours only that one (a link-local one may carry its zone: `fe80::2%ustack0`)."""
         if host is not None and not isinstance(host, str):
             raise TypeError(f"host must be a str or None, not {type(host).__name__}")
-        # A listener takes its port on every address of the stack, both families.
-        ours = [a for a in (self.addr, self.addr6, self.link_local6) if a]
-        if host in (None, "", "0.0.0.0", "::"):
-            return
+        v6 = [a for a in (self.addr6, self.link_local6) if a]
+        ours = [self.addr, *v6]
+        if not host:
+            return ours
+        if host == "0.0.0.0" or (host == "::" and v6):
+            return [self.addr] if host == "0.0.0.0" else v6
         with contextlib.suppress(ValueError):  # a name: refused below as it stands
-            host = str(ipaddress.ip_address(host))
+            host = str(ipaddress.ip_address(host.split("%", 1)[0]))
         if host not in ours:
-            raise OSError(99, f"cannot listen on {host}: this stack's addresses are "
-                              f"{', '.join(ours)}")
+            raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {host}: this stack's "
+                          f"addresses are {', '.join(ours)}")
+        return [host]
 

@@ -32,7 +32,7 @@ class Transport(asyncio.Transport):
 
     def __init__(self, tcb: Tcb, protocol: asyncio.BaseProtocol, *,
                  loop: asyncio.AbstractEventLoop, local_addr: str,
-                 dispatch: Dispatch) -> None:
+                 dispatch: Dispatch, scope_id: int = 0) -> None:
         super().__init__()
         self._tcb = tcb
         self._protocol = protocol
@@ -52,7 +52,10 @@ class Transport(asyncio.Transport):
         local: tuple[str | int, ...] = (local_addr, tcb.local_port)
         remote: tuple[str | int, ...] = (ntop(tcb.remote_addr), tcb.remote_port)
         if len(tcb.remote_addr) == 16:  # AF_INET6's (host, port, flowinfo, scope_id)
-            local, remote = (*local, 0, 0), (*remote, 0, 0)
+            # A link-local pair's zone is the device's interface (RFC 4007 §6).
+            addr = tcb.remote_addr
+            zone = scope_id if addr[0] == 0xFE and addr[1] & 0xC0 == 0x80 else 0
+            local, remote = (*local, 0, zone), (*remote, 0, zone)
         self._extra: dict[str, Any] = {"peername": remote, "sockname": local, "socket": None}
         tcb.nodelay = True  # asyncio sets TCP_NODELAY on every TCP transport; so do we
         self._loop.call_soon(self._connection_made)

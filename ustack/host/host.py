@@ -1,41 +1,38 @@
 """The host: its addresses (IPv4, IPv6), connections, listeners and timers. Sans-IO.
 
 `receive(packet, now)` takes one IP packet from the link (through `Network`, the IP
-layer); `poll(now)` runs the timers that are due and returns every packet to transmit;
-`next_deadline()` says when to call `poll` again; `take_events()` what happened for the
-application. Nothing here reads a clock or touches a device.
+layer; then `Demux`, its part in demux.py); `poll(now)` runs the timers that are due
+and returns every packet to transmit; `next_deadline()` says when to call `poll` again;
+`take_events()` what happened for the application. Nothing here reads a clock or touches a device.
 """
 
 import ipaddress
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ustack import conninfo
 from ustack.conninfo import ConnectionInfo
 from ustack.host import ports
+from ustack.host.demux import IP6_TCP_HEADERS, IP_TCP_HEADERS, ConnKey, Demux
 from ustack.host.network import Network
 from ustack.host.probe import HostProbe, ignore
 from ustack.host.timerheap import TimerHeap
 from ustack.packet import Packet
 from ustack.probe import Event
-from ustack.stats import Counters, DropReason
-from ustack.tcp import autotune, closed, gro, segment, timewait
+from ustack.stats import Counters
+from ustack.tcp import autotune, segment, timewait
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.isn import IsnGenerator, IsnSource, TsOffsets
 from ustack.tcp.listener import Listener
-from ustack.tcp.segment import RST, Segment, SegmentError
+from ustack.tcp.segment import RST, Segment
 from ustack.tcp.states import State
 from ustack.tcp.syncookies import SynCookies
 from ustack.tcp.tcb import Tcb
 
-IP_TCP_HEADERS, IP6_TCP_HEADERS = 40, 60  # fixed IP and TCP headers: MSS = MTU - these
 # Data in one TSO super-segment: an IPv4 datagram of at most 64 KB with the largest headers.
 TSO_MAX = segment.SUPER_PAYLOAD_MAX
 
-ConnKey = tuple[bytes, int, int]  # (remote address, remote port, local port)
-
-
-class Host:
+class Host(Demux):
     def __init__(self, addr: str, *, mtu: int = 1500, isn: IsnSource | None = None,
                  rng: random.Random | None = None, config: TcpConfig | None = None,
                  cookies: SynCookies | None = None, offload: bool = False,
@@ -57,7 +54,7 @@ class Host:
         self._cookies = cookies or SynCookies()
         self._time_wait = timewait.TimeWaitTable(max_time_wait)
         self._conns: dict[ConnKey, Tcb] = {}
-        self._listeners: dict[int, Listener] = {}
+        self._listeners = ports.Listeners()
         self._parent: dict[Tcb, Listener] = {}  # embryonic children of listeners
         self._timers: TimerHeap[Tcb] = TimerHeap()
         self._pending: dict[Tcb, None] = {}  # TCBs to poll (an ordered set)
@@ -65,6 +62,7 @@ class Host:
                             ip_id=self._rng.randrange(0x10000), addrs6=addrs6,
                             mtu=mtu, ip6_id=self._rng.getrandbits(32))
         self.addrs6 = self._net.addrs6  # packed; none below MTU 1280
+        self._net.on_too_big = self._too_big
         self.local_for = self._net.local_for  # our address with a peer, either family
         # The probe: every segment, state change and timer, as ladder events (or None).
         self._prober = HostProbe(self.local_for, ignore)
@@ -95,26 +93,28 @@ class Host:
     def msl(self) -> float:
         return self.config.msl
 
-    def listen(self, port: int, backlog: int = 128, config: TcpConfig | None = None) -> Listener:
+    def listen(self, port: int, backlog: int = 128, config: TcpConfig | None = None,
+               local: Iterable[bytes] | None = None) -> Listener:
+        """LISTEN on `port` at our `local` addresses (packed; default: all, both
+        families); OSError(EADDRINUSE) where another listener has the port."""
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is not in 1..65535")
-        if port in self._listeners:
-            raise OSError(98, f"port {port} is already listening")
         listener = Listener(port, backlog, config or self.config, cookies=self._cookies,
-                            counters=self.counters)
-        self._listeners[port] = listener
+                            counters=self.counters,
+                            local=frozenset((self.addr, *self.addrs6) if local is None
+                                            else local))
+        self._listeners.add(listener)
         return listener
 
     def free_port(self) -> int:
         """An ephemeral port no listener and no connection uses (what `bind` to port 0
         picks, RFC 6056 §3.3.1's range)."""
-        used = {key[2] for key in self._conns} | self._listeners.keys()
+        used = {key[2] for key in self._conns} | self._listeners.ports()
         return ports.ephemeral_port(self._rng, lambda port: port not in used, 98, scan=True)
 
     def unlisten(self, listener: Listener) -> None:
         listener.closed = True
-        if self._listeners.get(listener.port) is listener:
-            del self._listeners[listener.port]
+        self._listeners.remove(listener)
         for child, parent in list(self._parent.items()):
             if parent is listener:
                 child.abort()
@@ -137,7 +137,7 @@ class Host:
                                      and timewait.key(remote_addr, remote_port, port)
                                      not in self._time_wait), 99)
         iss = self._isn(local, port, remote_addr, remote_port, now)
-        tcb = self._new_tcb(port, remote_addr, remote_port, iss, config or self.config)
+        tcb = self._new_tcb(port, remote_addr, remote_port, iss, config or self.config, now)
         tcb.open_active(now)
         self._conns[(remote_addr, remote_port, port)] = tcb
         self._user_call(tcb)  # the SYN goes out on the next poll
@@ -198,149 +198,6 @@ class Host:
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
 
-    # ---------------------------------------------------------- packets in
-
-    def receive(self, packet: Packet, now: float) -> None:
-        """Take one IP packet from the link."""
-        self.receive_batch((packet,), now)
-
-    def receive_batch(self, packets: Sequence[Packet], now: float,
-                      start: int = 0) -> int:
-        """Take packets[start:] from the link, one connection's consecutive data segments
-        coalesced into one (`ustack.tcp.gro`). Returns the index after the last packet
-        taken: len(packets), or less when a listener's accept queue filled (the driver
-        lets the application accept, then calls again from there; `take_accepting`).
-        Nothing is held back between calls."""
-        runs: dict[ConnKey, gro.Run] = {}
-        i, n = start, len(packets)
-        while i < n:
-            packet = packets[i]
-            i += 1
-            found = self._net.input(packet, now)
-            if found is None:
-                continue
-            dgram, verify = found
-            try:
-                seg = segment.decode(dgram.src, dgram.dst, dgram.payload, verify)
-            except SegmentError as e:
-                self.counters.drop(DropReason[e.reason])
-                continue
-            self.counters["tcp_segments_in"] += 1
-            if self._probe is not None:  # the ladder shows the wire's segments, not runs
-                self._probe.now = now
-                self._probe.segment(dgram.src, dgram.dst, seg, outbound=False)
-            key = (dgram.src, seg.src_port, seg.dst_port)
-            run = runs.get(key)
-            if run is not None:
-                if run.extend(seg):
-                    self.counters["tcp_gro_merged"] += 1
-                    continue
-                del runs[key]
-                self._tcp_input(key, run.segment(), now)
-            if gro.starts_run(seg):
-                tcb = self._conns.get(key)
-                if (tcb is not None and tcb.state is State.ESTABLISHED
-                        and (tcb.sack_ok or seg.seq == tcb.rcv_nxt)):
-                    runs[key] = gro.Run(seg)
-                    continue
-            self._tcp_input(key, seg, now)
-            if self.accept_queue_full:
-                break
-        for key, run in runs.items():
-            self._tcp_input(key, run.segment(), now)
-        return i
-
-    def _tcp_input(self, key: ConnKey, seg: Segment, now: float) -> None:
-        """One segment (or run) for its connection, a TIME-WAIT record or a listener."""
-        src = key[0]
-        tcb = self._conns.get(key)
-        if tcb is not None:
-            before = tcb.state
-            # The listener it came from (in SYN-RECEIVED) may have no room for it.
-            parent = self._parent.get(tcb) if before is State.SYN_RCVD else None
-            full = parent is not None and parent.accept_queue_full()
-            reason = tcb.on_segment(seg, now, accept_queue_full=full)
-            if reason is not None:
-                self.counters.drop(reason)
-            self._after_event(tcb, before, now)
-            return
-        iss = None
-        if self._time_wait:
-            taken, iss = self._time_wait_input(src, seg, now)
-            if taken:
-                return
-        listener = self._listeners.get(seg.dst_port)
-        if listener is not None and not listener.closed:
-            self._listen_input(listener, src, seg, now, iss)
-        else:
-            self._reset_closed(src, seg)
-
-    def _listen_input(self, listener: Listener, src: bytes, seg: Segment, now: float,
-                      iss: int | None = None) -> None:
-        """The listener's part (`Listener.on_segment`); the host keeps what it opened."""
-
-        local = self.local_for(src)
-
-        def new_tcb(iss: int | None) -> Tcb:
-            if iss is None:
-                iss = self._isn(local, seg.dst_port, src, seg.src_port, now)
-            return self._new_tcb(seg.dst_port, src, seg.src_port, iss, listener.config)
-
-        tcb, reply = listener.on_segment(src, seg, now, new_tcb, iss, local,
-                                         self.mss if len(src) == 4 else self.mss6)
-        if reply is not None:
-            if reply.flags & RST:
-                self._send_rst(src, reply)
-            else:
-                self._emit_segment(src, reply)
-        if tcb is None:
-            return
-        self._conns[(src, seg.src_port, seg.dst_port)] = tcb
-        self._pending[tcb] = None  # its SYN-ACK, or (from a cookie) what it owes
-        if tcb.state is State.SYN_RCVD:
-            self._parent[tcb] = listener  # embryonic until it leaves SYN-RECEIVED
-            return
-        if tcb.state is not State.CLOSED:  # from a SYN cookie: past the handshake already
-            self._queue_accepted(listener, tcb)
-
-    def _time_wait_input(self, src: bytes, seg: Segment,
-                         now: float) -> tuple[bool, int | None]:
-        """A segment for a connection in TIME-WAIT (Linux tcp_timewait_state_process):
-        whether it was taken here, and for a SYN that opens a new incarnation (RFC 6191:
-        the record is gone, the listener takes the SYN) the ISN it must use."""
-        k = timewait.key(src, seg.src_port, seg.dst_port)
-        tw = self._time_wait.get(k)
-        if tw is None:
-            return False, None
-        listener = self._listeners.get(seg.dst_port)
-        # Without a listener a SYN cannot open anything: it is answered as any segment
-        # in TIME-WAIT is (Linux: TCP_TW_SYN without a listener falls through to an ACK).
-        listener_ts = None if listener is None or listener.closed else listener.config.timestamps
-        outcome, reply, reason = timewait.on_segment(tw, seg, now, self.counters, listener_ts)
-        if reason is not None:
-            self.counters.drop(reason)
-        if reply is not None:
-            self._emit_segment(src, reply)
-        if outcome is timewait.Outcome.KEEP:
-            self._time_wait.put(k, tw)
-            return True, None
-        self._time_wait.remove(k)
-        if self._probe is not None:
-            self._probe.time_wait_end(src, tw.remote_port, tw.local_port, timer=False)
-        if outcome is timewait.Outcome.CLOSE:
-            return True, None
-        return False, timewait.reopen_iss(tw)
-
-    def _reset_closed(self, src: bytes, seg: Segment) -> None:
-        self.counters.drop(DropReason.TCP_NO_LISTENER)
-        rst = closed.reset_for(seg)
-        if rst is not None:
-            self._send_rst(src, rst)
-
-    def _send_rst(self, dst: bytes, rst: Segment) -> None:
-        self.counters["rst_out"] += 1
-        self._emit_segment(dst, rst)
-
     def next_deadline(self) -> float | None:
         timer = self._timers.next_deadline()
         for other in (self._net.next_deadline(), self._time_wait.next_deadline()):
@@ -393,14 +250,15 @@ class Host:
     # ------------------------------------------------------------ helpers
 
     def _new_tcb(self, local_port: int, remote_addr: bytes, remote_port: int, iss: int,
-                 config: TcpConfig) -> Tcb:
-        tcb = Tcb(local_port, remote_port, iss,
-                  mss=self.mss if len(remote_addr) == 4 else self.mss6, config=config,
+                 config: TcpConfig, now: float) -> Tcb:
+        headers = IP_TCP_HEADERS if len(remote_addr) == 4 else IP6_TCP_HEADERS
+        tcb = Tcb(local_port, remote_port, iss, mss=self.mtu - headers, config=config,
                   remote_addr=remote_addr,
                   ts_offset=self._ts_offsets(self.local_for(remote_addr), remote_addr),
                   counters=self.counters, tso_max=TSO_MAX if self.offload else 0,
                   budget=self.budget)
         tcb.on_wake = self._wake_hook
+        tcb.path_mss = self._net.path_mtu.get(remote_addr, now) - headers  # RFC 8201 §5.2
         if self._probe is not None:
             self._probe.watch(tcb)
         return tcb

@@ -1,6 +1,8 @@
 """The network layer of a host: IPv4 in and out for its address (RFC 791, RFC 1122
 §3.3). In: parse and validate (`ip.parse`), reassemble fragments, answer ICMP echo,
-hand TCP datagrams up. Out: an IP header (and its identification) on each segment.
+hand TCP datagrams up, and an ICMP error saying a TCP segment of ours was too big for
+the path to the host (`on_too_big`; `ustack.pmtu`). Out: an IP header (and its
+identification) on each segment.
 
 IPv6 beside it (RFC 8200) for the host's IPv6 addresses: `ip6.parse` validates, walks
 the extension headers and reassembles; TCP goes up as IPv4's does (the same
@@ -17,10 +19,11 @@ business (`ustack.tun`, `ustack.vnet`).
 
 import errno
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ustack import icmp6, ip, ip6
 from ustack.packet import Offloaded, Packet
+from ustack.pmtu import PathMtu, TooBig
 from ustack.stats import Counters, DropReason
 from ustack.tcp import segment
 from ustack.tcp.segment import Segment
@@ -41,6 +44,9 @@ class Network:
         self.fragments6 = ip6.Fragments6()
         self.errors6 = icmp6.RateLimiter()
         self.mtu = mtu
+        self.path_mtu = PathMtu(mtu)  # per destination, once a router said less
+        # The host's: a TCP segment of ours was too big for the path (its to validate).
+        self.on_too_big: Callable[[TooBig, float], None] | None = None
         # RFC 8200 §4.5 / RFC 7739: a 32-bit Identification, from a random start.
         self._ip6_id = ip6_id
         self._flow_secret = ip6_id.to_bytes(4, "big")  # random too: flow labels
@@ -73,9 +79,11 @@ class Network:
         if dgram.proto == ip.PROTO_TCP:
             return dgram, verify
         if dgram.proto == ip.PROTO_ICMP:
-            reply = ip.echo_reply(dgram, self.counters, verify)
-            if reply is not None:
+            reply = ip.icmp_receive(dgram, self.counters, verify)
+            if type(reply) is bytes:
                 self.emit(dgram.src, ip.PROTO_ICMP, reply)
+            elif isinstance(reply, TooBig):
+                self._too_big(reply, now)
         else:
             self.counters.drop(DropReason.IP_PROTO_UNSUPPORTED)
         return None
@@ -103,10 +111,24 @@ class Network:
                 self.counters.drop(DropReason.IP6_SCOPE_MISMATCH)
                 return None
             return ip.Datagram(found.src, found.dst, ip.PROTO_TCP, found.payload), verify
-        reply = icmp6.echo_reply(found, self.counters, verify)
-        if reply is not None:
+        reply = icmp6.receive(found, self.counters, verify)
+        if type(reply) is bytes:
             self.emit6(found.dst, found.src, ip6.NH_ICMPV6, reply)
+        elif isinstance(reply, TooBig):
+            self._too_big(reply, now)
         return None
+
+    def _too_big(self, report: TooBig, now: float) -> None:
+        """A router could not forward a packet of ours (`ustack.pmtu`): a TCP segment's
+        report goes to the host, which checks it against the connection; one for any
+        other packet (an echo reply, which keeps no state to check against) changes
+        nothing, as one that quotes a packet we did not send."""
+        self.counters["icmp_too_big_in"] += 1
+        if (report.proto != ip.PROTO_TCP or self.on_too_big is None
+                or (report.src != self.addr and report.src not in self.addrs6)):
+            self.counters.drop(DropReason.ICMP_IGNORED)
+            return
+        self.on_too_big(report, now)
 
     def local_for(self, remote: bytes) -> bytes:
         """Our address in a connection with `remote`: the IPv4 one, or over IPv6 the

@@ -55,6 +55,17 @@ class _Undoable:
             setattr(self, name, value)
 
 
+def resize(cc: Controller, mss: int) -> None:
+    """The segment size changed mid-connection (the path's MTU fell): the window and
+    ssthresh keep their count of segments, as Linux's do (it counts them in packets,
+    tcp_sync_mss), not their bytes, which in smaller segments would be a burst the path
+    never carried. CUBIC's own state is in segments already."""
+    cc.cwnd = max(mss, cc.cwnd * mss // cc.mss)
+    if cc.ssthresh != NO_SSTHRESH:
+        cc.ssthresh = max(2 * mss, cc.ssthresh * mss // cc.mss)
+    cc.mss = mss
+
+
 def _slow_start_growth(cc: "NewReno | Cubic", acked: int, ack: int | None, snd_nxt: int,
                        sample: float | None, cwnd_limited: bool) -> float:
     """Bytes this ACK adds in slow start; HyStart++ watches the initial one (RFC 9406)."""

@@ -69,10 +69,10 @@ def set_irs(tcb: Tcb, irs: int) -> None:
 
 def set_peer_mss(tcb: Tcb, mss: int | None) -> None:
     # MUST-15/16: 536 without the option (1220 over IPv6); never above what we can
-    # receive in one piece.
+    # receive in one piece, nor what a path MTU we learned allows (RFC 8201 §5.2).
     # A floor, as Linux's tcp_min_snd_mss: a tiny MSS (leaving no room for data next
     # to options) would stall the connection or split it into 1-byte segments.
     wanted = mss if mss is not None else (
         DEFAULT_MSS if len(tcb.remote_addr) == 4 else DEFAULT_MSS6)
-    tcb.snd_mss = max(MIN_SND_MSS, min(wanted, tcb.rcv_mss))
+    tcb.snd_mss = max(MIN_SND_MSS, min(wanted, tcb.rcv_mss, tcb.path_mss))
     tcb.cc.set_mss(tcb.snd_mss)

@@ -22,8 +22,12 @@ NewTcb = Callable[[int | None], Tcb]
 
 class Listener:
     def __init__(self, port: int, backlog: int, config: TcpConfig, *,
-                 cookies: SynCookies, counters: Counters) -> None:
+                 cookies: SynCookies, counters: Counters,
+                 local: frozenset[bytes] = frozenset()) -> None:
         self.port = port
+        # Our addresses it takes connections on (packed; either family), as bind(2)'s
+        # address picks them: all of the host's, one family's, or one.
+        self.local = local
         self.backlog = max(1, backlog)
         self.config = config  # for the connections it accepts
         self.cookies = cookies  # the host's: one secret for all its listeners

@@ -6,6 +6,7 @@ ends the segment's processing: None, or the `DropReason` it was dropped for."""
 from __future__ import annotations
 
 import enum
+import errno
 from typing import TYPE_CHECKING
 
 from ustack.stats import DropReason
@@ -88,7 +89,7 @@ def syn_sent(tcb: Tcb, seg: Segment, now: float) -> DropReason | None:
     # Second: the RST bit; acceptable only with an ACK of our SYN (RFC 5961 §3.2).
     if seg.flags & RST:
         if seg.flags & ACK:
-            tcb._close(ConnectionRefusedError("connection refused"))
+            tcb._close(ConnectionRefusedError(errno.ECONNREFUSED, "connection refused"))
             return None
         return DropReason.TCP_NOT_ACCEPTABLE
     # Fourth: the SYN bit.
@@ -203,7 +204,8 @@ def second_check_rst(tcb: Tcb, seg: Segment, now: float) -> Verdict:
     state = tcb.state
     if state is State.SYN_RCVD:
         # Passive: back to LISTEN, i.e. this embryonic TCB just goes away.
-        tcb._close(None if tcb.passive else ConnectionRefusedError("connection refused"))
+        tcb._close(None if tcb.passive
+                   else ConnectionRefusedError(errno.ECONNREFUSED, "connection refused"))
     elif state in (State.CLOSING, State.LAST_ACK):
         tcb._close(None)
     else:

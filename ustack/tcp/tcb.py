@@ -53,18 +53,18 @@ RTO_AFTER_SYN_TIMEOUT = 3.0  # RFC 6298 (5.7)
 # Every variable, the TCB's __slots__: it has no __dict__, which was half of an idle
 # connection's memory (3.3 of 6.6 KB, issue 17). A variable not named here cannot be set.
 _VARIABLES = """
-    _ack_delayed _ack_now _budget _challenge_count _challenge_second _consecutive_rtos
-    _cwnd_limited _cwnd_usage_seq _dsack _dsack_undo _dupacks _dupacks_rcv_nxt _dupacks_sent
-    _eifel _fin_queued _fin_seq _flight _force_one _full_segments_unacked _growth_refused
-    _high_rxt _keepalive_probes _last_rcv _max_flight _now _ooo _oow_ack_at _outbox _pace_at
-    _pace_backlog _pace_wait _persist_backoff _probe_owed _prr _rack _rcv_adv _rcv_buf
-    _rcv_buf_locked _rcv_claimed _rcv_len _rcv_mss_seen _rcv_space _recover _retries _snd_buf
-    _snd_buf_cap _snd_buf_seq _snd_claimed _syn_owed _syn_timed_out _tlp _tlp_due _tlp_owed
-    _ts_offset bytes_acked bytes_received cc config counters error events fin_received
-    in_recovery irs iss last_ack_sent local_port max_snd_wnd nodelay on_recovery on_state_change
-    on_timer_fired on_wake orphaned passive rcv_buf_size rcv_mss rcv_nxt rcv_wscale remote_addr
-    remote_port retransmits rtt sack_ok scoreboard snd_buf_size snd_mss snd_nxt snd_una snd_wl1
-    snd_wl2 snd_wnd snd_wscale state time_wait timers ts_ok ts_recent tso_max wscale_ok
+    _ack_delayed _ack_now _budget _challenge_count _challenge_second _consecutive_rtos _cwnd_limited
+    _cwnd_usage_seq _dsack _dsack_undo _dupacks _dupacks_rcv_nxt _dupacks_sent _eifel _fin_queued
+    _fin_seq _flight _force_one _full_segments_unacked _growth_refused _high_rxt _keepalive_probes
+    _last_rcv _max_flight _now _ooo _oow_ack_at _outbox _pace_at _pace_backlog _pace_wait
+    _persist_backoff _probe_owed _prr _rack _rcv_adv _rcv_buf _rcv_buf_locked _rcv_claimed _rcv_len
+    _rcv_mss_seen _rcv_space _recover _retries _snd_buf _snd_buf_cap _snd_buf_seq _snd_claimed
+    _syn_owed _syn_timed_out _tlp _tlp_due _tlp_owed _ts_offset bytes_acked bytes_received cc config
+    counters error events fin_received in_recovery irs iss last_ack_sent local_port max_snd_wnd
+    nodelay on_recovery on_state_change on_timer_fired on_wake orphaned passive path_mss
+    rcv_buf_size rcv_mss rcv_nxt rcv_wscale remote_addr remote_port retransmits rtt sack_ok
+    scoreboard snd_buf_size snd_mss snd_nxt snd_una snd_wl1 snd_wl2 snd_wnd snd_wscale state
+    time_wait timers ts_ok ts_recent tso_max wscale_ok
 """
 
 
@@ -132,6 +132,7 @@ class Tcb:
         # MSS: ours (sent in our SYN) and the effective send MSS (MUST-16).
         self.rcv_mss = mss
         self.snd_mss = DEFAULT_MSS
+        self.path_mss = mss  # what the path's MTU allows (`ustack.tcp.pathmtu`)
         self._rcv_mss_seen = DEFAULT_MSS  # largest segment received: "full-sized"
         # Negotiated options (RFC 7323, RFC 2018): offered in our SYN, kept if echoed.
         # The scale must let the window reach the largest the buffer may grow to.
