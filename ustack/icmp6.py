@@ -1,5 +1,6 @@
 """ICMPv6 (RFC 4443) for a host on a TUN: echo replies, the errors IPv6 input calls
-for (Parameter Problem), rate-limited; checksums over the IPv6 pseudo-header.
+for (Parameter Problem; Time Exceeded when a reassembly times out), rate-limited;
+checksums over the IPv6 pseudo-header.
 
 Neighbour Discovery and MLD (RFC 4861, RFC 3810) are not needed on a TUN, a layer-3
 link with no link-layer addresses to resolve: their messages (which the kernel sends to
@@ -72,13 +73,24 @@ def receive(dgram: Datagram6, counters: Counters,
     return reply[:2] + value.to_bytes(2, "big") + body
 
 
+def error(kind: int, code: int, field: int, invoking: bytes, src: bytes, dst: bytes) -> bytes:
+    """An error message (§2.1) from `src` to `dst`: its type, code and 32-bit field, then
+    as much of the invoking packet as fits in the minimum MTU (§2.4 (c))."""
+    message = _ERROR_HEAD.pack(kind, code, 0, field) + invoking[:MAX_INVOKING]
+    value = checksum(src, dst, message)
+    return message[:2] + value.to_bytes(2, "big") + message[4:]
+
+
 def parameter_problem(problem: Problem) -> bytes:
     """The Parameter Problem message (§3.4) for a refused packet, from the address it was
     sent to, back to its source."""
-    invoking = problem.packet[:MAX_INVOKING]
-    message = _ERROR_HEAD.pack(PARAMETER_PROBLEM, problem.code, 0, problem.pointer) + invoking
-    value = checksum(problem.dst, problem.src, message)
-    return message[:2] + value.to_bytes(2, "big") + message[4:]
+    return error(PARAMETER_PROBLEM, problem.code, problem.pointer, problem.packet,
+                 problem.dst, problem.src)
+
+
+def time_exceeded(invoking: bytes, src: bytes, dst: bytes) -> bytes:
+    """Time Exceeded, code 1 (§3.3: fragment reassembly time exceeded), from `src`."""
+    return error(TIME_EXCEEDED, 1, 0, invoking, src, dst)
 
 
 class RateLimiter:

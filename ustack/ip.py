@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import dpkt
 
-from ustack.checksum import finish, ones_sum
+from ustack.checksum import finish, ones_sum, words
 from ustack.pmtu import TooBig, quote
 from ustack.stats import Counters, DropReason
 
@@ -26,6 +26,7 @@ _OFFSET_MASK = 0x1FFF
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 ICMP_UNREACHABLE, ICMP_FRAG_NEEDED = 3, 4  # type, and its code "fragmentation needed"
+ICMP_TIME_EXCEEDED, ICMP_REASSEMBLY_TIME = 11, 1
 
 
 _OPT_EOL = 0
@@ -126,13 +127,14 @@ def parse(packet: bytes | memoryview, our_addr: bytes, counters: Counters) -> Da
 
 
 class _Partial:
-    __slots__ = ("deadline", "held", "pieces", "total")
+    __slots__ = ("deadline", "head", "held", "pieces", "total")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.pieces: dict[int, bytes] = {}
         self.total: int | None = None  # known once the last fragment (MF=0) arrives
         self.held = 0
+        self.head = b""  # fragment zero's header and first 8 bytes, once it came
 
 
 class Fragments:
@@ -147,8 +149,10 @@ class Fragments:
         self._partial: dict[tuple[bytes, bytes, int, int], _Partial] = {}
         self.held = 0
 
-    def add(self, d: Datagram, now: float, counters: Counters) -> Datagram | None:
-        """Take one fragment; the whole datagram when this one completes it."""
+    def add(self, d: Datagram, now: float, counters: Counters,
+            head: bytes = b"") -> Datagram | None:
+        """Take one fragment (with `head`, fragment zero's IP header and first 8 bytes
+        of data, for a Time Exceeded); the whole datagram when this one completes it."""
         key = (d.src, d.dst, d.proto, d.ident)
         partial = self._partial.get(key)
         if partial is None:
@@ -180,6 +184,8 @@ class Fragments:
             self._discard(key, counters, DropReason.IP_FRAGMENT_LIMIT)
             return None
         partial.pieces[d.offset] = bytes(d.payload)
+        if head:
+            partial.head = head
         partial.held += len(d.payload)
         self.held += len(d.payload)
         if partial.total is None or partial.held != partial.total:
@@ -190,11 +196,19 @@ class Fragments:
         counters["ip_reassembled"] += 1
         return Datagram(d.src, d.dst, d.proto, memoryview(payload), d.ident)
 
-    def expire(self, now: float, counters: Counters) -> None:
+    def expire(self, now: float, counters: Counters) -> list[bytes]:
+        """Datagrams not completed within the timeout are dropped (counted). Returns the
+        head of each whose fragment zero came: it is owed a Time Exceeded (RFC 1122
+        §3.3.2, a MUST)."""
         if not self._partial:
-            return
+            return []
+        heads = []
         for key in [k for k, p in self._partial.items() if p.deadline <= now]:
+            head = self._partial[key].head
             self._discard(key, counters, DropReason.IP_FRAGMENT_TIMEOUT)
+            if head:
+                heads.append(head)
+        return heads
 
     def next_deadline(self) -> float | None:
         if not self._partial:
@@ -254,3 +268,20 @@ def icmp_receive(dgram: Datagram, counters: Counters,
     # never leave an ICMP checksum to the device)
     counters["icmp_echo_replies"] += 1
     return bytes(icmp)
+
+
+def error_head(packet: bytes | memoryview) -> bytes:
+    """What an ICMP error about `packet` quotes (RFC 792: its IP header and the first 64
+    bits of its data), or b"" where none may be sent: about an ICMP message other than
+    an echo request, lest errors answer errors (RFC 1122 §3.2.2)."""
+    ihl = (packet[0] & 0x0F) * 4
+    if packet[9] == PROTO_ICMP and (len(packet) <= ihl or packet[ihl] != ICMP_ECHO_REQUEST):
+        return b""
+    return bytes(packet[:ihl + 8])
+
+
+def time_exceeded(head: bytes) -> bytes:
+    """The ICMP Time Exceeded message, code 1 (fragment reassembly time exceeded,
+    RFC 792), quoting `head` (`error_head`)."""
+    message = struct.pack("!BBHI", ICMP_TIME_EXCEEDED, ICMP_REASSEMBLY_TIME, 0, 0) + head
+    return message[:2] + finish(words(message)).to_bytes(2, "big") + message[4:]

@@ -230,7 +230,12 @@ def _fragment(view: memoryview, offset: int, src: bytes, dst: bytes, hop_limit: 
     if start == 0 and not _chain_complete(data, next_header):
         # RFC 7112 §5: the first fragment must hold the whole header chain.
         return _problem(view, INCOMPLETE_CHAIN, 0, src, dst, counters)
-    whole = fragments.add((src, dst, ident), start, more, next_header, data, now, counters)
+    counters["ip6_fragments_in"] += 1  # Linux's Ip6ReasmReqds
+    # RFC 4443 §2.4 (c): an error quotes as much as fits in the minimum MTU.
+    head = (bytes(view[:MIN_MTU - HEADER_LEN - 8]) if start == 0 and _error_allowed(view)
+            else b"")
+    whole = fragments.add((src, dst, ident), start, more, next_header, data, now, counters,
+                          head)
     if whole is None:
         return None
     first_next, payload = whole
@@ -309,7 +314,7 @@ def skip_extensions(data: bytes | memoryview, next_header: int, offset: int,
 
 
 class _Partial:
-    __slots__ = ("deadline", "first_next", "held", "pieces", "total")
+    __slots__ = ("deadline", "first_next", "head", "held", "pieces", "total")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -317,6 +322,7 @@ class _Partial:
         self.total: int | None = None  # known once the last fragment (M=0) arrives
         self.first_next: int | None = None  # the first fragment's Next Header
         self.held = 0
+        self.head = b""  # the first fragment as an ICMPv6 error would quote it
 
 
 class Fragments6:
@@ -332,9 +338,11 @@ class Fragments6:
         self.held = 0
 
     def add(self, key: tuple[bytes, bytes, int], start: int, more: bool, next_header: int,
-            data: memoryview, now: float, counters: Counters) -> tuple[int, bytes] | None:
-        """Take one fragment; (the first fragment's Next Header, the whole data) once
-        this one completes the datagram."""
+            data: memoryview, now: float, counters: Counters,
+            head: bytes = b"") -> tuple[int, bytes] | None:
+        """Take one fragment (with `head`, the first fragment as a Time Exceeded would
+        quote it); (the first fragment's Next Header, the whole data) once this one
+        completes the datagram."""
         if key in self._refused:
             counters.drop(DropReason.IP6_FRAGMENT_OVERLAP)
             return None
@@ -365,6 +373,7 @@ class Fragments6:
             partial.total = end
         if start == 0:
             partial.first_next = next_header
+            partial.head = head
         partial.pieces[start] = bytes(data)
         partial.held += len(data)
         self.held += len(data)
@@ -383,16 +392,22 @@ class Fragments6:
         self._refused[key] = partial.deadline
         counters.drop(DropReason.IP6_FRAGMENT_OVERLAP)
 
-    def expire(self, now: float, counters: Counters) -> None:
+    def expire(self, now: float, counters: Counters) -> list[tuple[bytes, bytes, bytes]]:
         """Datagrams not completed within the timeout are dropped (counted); refused
-        ones are forgotten."""
+        ones are forgotten. Returns (source, destination, quote) for each whose first
+        fragment came: it is owed a Time Exceeded (§4.5: "should be sent")."""
         if self._refused:
             for key in [k for k, until in self._refused.items() if until <= now]:
                 del self._refused[key]
         if not self._partial:
-            return
+            return []
+        owed = []
         for key in [k for k, p in self._partial.items() if p.deadline <= now]:
+            head = self._partial[key].head
             self._discard(key, counters, DropReason.IP6_FRAGMENT_TIMEOUT)
+            if head:
+                owed.append((key[0], key[1], head))
+        return owed
 
     def next_deadline(self) -> float | None:
         """The earliest timeout of a partial or refused datagram, or None."""

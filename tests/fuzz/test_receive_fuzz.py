@@ -154,3 +154,68 @@ def test_mutated_ipv6_packets_never_raise_and_reassembly_stays_bounded(data) -> 
     h.poll(0.0)
     h.poll(100.0)  # past every reassembly timeout
     assert h.next_deadline() is None or h.connections()
+
+
+def _seeds6_more() -> list[bytes]:
+    """Beyond `_seeds6`: a SYN and a data segment to the listener, a Packet Too Big
+    quoting one of ours, a routing header type 0, an unknown next header."""
+    import struct
+
+    from tests.unit.test_ip6 import OURS, PEER, ext, packet, tcp6
+    from tests.unit.test_path_mtu import too_big6
+    from ustack import ip6
+
+    syn = tcp6(0x02)
+    # The start of a segment of ours to the peer's port 40000, for the quote.
+    ours = packet(ip6.NH_TCP, struct.pack("!HHI", 7, 40000, 1) + bytes(1200), src=OURS,
+                  dst=PEER)
+    return [syn, tcp6(0x18, payload=b"data" * 30), too_big6(1280, ours),
+            packet(ip6.NH_ROUTING, bytes((ip6.NH_TCP, 0, 0, 1)) + bytes(4) + syn[40:]),
+            packet(200, ext(ip6.NH_TCP, b"") + syn[40:])]
+
+
+def _fix_checksum6(data: bytearray) -> bytes:
+    """The TCP or ICMPv6 checksum of an unfragmented packet made valid again (so that
+    mutations reach past the checksum), when its header chain is readable."""
+    from ustack import ip6
+    from ustack.checksum import finish, pseudo_words, words
+
+    nxt, off = ip6.skip_extensions(data, data[6], 40, through_fragments=False)
+    field = {ip6.NH_TCP: 16, ip6.NH_ICMPV6: 2}.get(nxt)
+    if field is None or off < 0 or len(data) < off + field + 2:
+        return bytes(data)
+    data[off + field:off + field + 2] = b"\0\0"
+    value = finish(pseudo_words(bytes(data[8:40]), nxt, len(data) - off)
+                   + words(bytes(data[off:])))
+    data[off + field:off + field + 2] = value.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_100k_mutated_ipv6_packets_each_leave_a_count() -> None:
+    """Every IPv6 packet, however mutated, is counted for what became of it: a named
+    drop, a TCP segment or ICMPv6 message taken, a fragment held, an error answered."""
+    rng = random.Random(20261203)
+    h = Host("10.77.0.2", rng=random.Random(0), addrs6=["fd77::2", "fe80::2"])
+    h.listen(7)
+    seeds = [bytearray(s) for s in _seeds6() + _seeds6_more()]
+    now, silent = 0.0, []
+    for i in range(100_000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(0, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if i % 2:
+            data = bytearray(_fix_checksum6(data))
+        if i % 7 == 0:
+            data = data[:rng.randrange(len(data) + 1)]
+        before = dict(h.counters)
+        h.receive(bytes(data), now)
+        moved = {k for k, v in h.counters.items() if before.get(k) != v} - {
+            "packets_in", "ip6_in"}
+        if not moved:
+            silent.append(bytes(data))
+        if i % 64 == 0:
+            now += 0.5
+            h.poll(now)
+    assert h.stats()["packets_in"] == 100_000
+    assert not silent, f"{len(silent)} packets left no count, e.g. {silent[0].hex()}"
+    assert len(h.connections()) <= 2 * 128 + 16  # the backlog bounds SYN-RECEIVED

@@ -12,6 +12,8 @@ from ustack.tcp.tcb import Tcb
 
 A_ADDR = "10.9.0.1"
 B_ADDR = "10.9.0.2"
+A_ADDR6 = "fd09::1"
+B_ADDR6 = "fd09::2"
 
 
 @dataclass
@@ -42,12 +44,14 @@ class Pair:
     # kernel passes it between two such devices (a super-packet, its checksum vouched
     # for), and the wire's injector cuts it into wire segments.
     offload: bool = False
+    # Over IPv6: `transfer` connects to B's IPv6 address (both hosts have one either way).
+    ipv6: bool = False
 
     def __post_init__(self) -> None:
         self.a = Host(A_ADDR, rng=random.Random(self.seed + 1), config=self.config,
-                      offload=self.offload)
+                      offload=self.offload, addrs6=[A_ADDR6])
         self.b = Host(B_ADDR, rng=random.Random(self.seed + 2), config=self.config,
-                      offload=self.offload)
+                      offload=self.offload, addrs6=[B_ADDR6])
         self.now = 0.0
         self.wire = self.faults.injector(self.seed)
         # What the wire let through at once (no delay), per receiving host.
@@ -90,7 +94,7 @@ def transfer(pair: Pair, up: bytes, down: bytes, chunk: int = 4096,
              limit: float = 3600.0) -> tuple[bytes, bytes, Tcb, Tcb]:
     """A sends `up` and closes; B answers with `down` and closes. Returns what each got."""
     listener = pair.b.listen(5000)
-    client = pair.a.connect(B_ADDR, 5000, pair.now)
+    client = pair.a.connect(B_ADDR6 if pair.ipv6 else B_ADDR, 5000, pair.now)
     server: Tcb | None = None
     got_a, got_b = bytearray(), bytearray()
     up_left, down_left = memoryview(up), memoryview(down)

@@ -63,8 +63,27 @@ def test_incomplete_datagrams_time_out() -> None:
     h = Host("10.77.0.2")
     h.receive(fragment(b"a" * 1000, 0, True), 5.0)
     assert h.next_deadline() == 5.0 + FRAGMENT_TIMEOUT
-    h.poll(5.0 + FRAGMENT_TIMEOUT)
+    assert h.poll(5.0 + FRAGMENT_TIMEOUT) == []  # an ICMP error only quotes an echo request
     assert h.stats()["drop_ip_fragment_timeout"] == 1 and h.next_deadline() is None
+
+
+@pytest.mark.parametrize("zero", [True, False])
+def test_a_timeout_with_fragment_zero_sends_time_exceeded(zero: bool) -> None:
+    # RFC 1122 §3.3.2: "MUST be discarded and an ICMP Time Exceeded message sent to the
+    # source host (if fragment zero has been received)".
+    h = Host("10.77.0.2")
+    first = fragment(echo_request(1000)[:1000], 0, True)
+    h.receive(first if zero else fragment(b"b" * 16, 1000, True), 0.0)
+    out = [dpkt.ip.IP(p) for p in h.poll(FRAGMENT_TIMEOUT)]
+    if not zero:
+        assert out == [] and h.stats()["drop_ip_fragment_timeout"] == 1
+        return
+    [error] = out
+    assert (error.src, error.dst, error.p) == (US, PEER, 1)
+    assert (error.data.type, error.data.code) == (11, 1)
+    assert dpkt.in_cksum(bytes(error.data)) == 0
+    assert bytes(error.data)[8:] == first[:28]  # its header and first 8 bytes of data
+    assert h.stats()["icmp_errors_out"] == 1
 
 
 def test_partial_datagrams_are_bounded() -> None:

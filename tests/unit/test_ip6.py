@@ -192,12 +192,17 @@ def test_fragment_lengths_and_first_fragments_are_checked() -> None:
         ip6.ERRONEOUS_FIELD, 42)
 
 
-def test_a_partial_datagram_times_out() -> None:
+def test_a_partial_datagram_times_out_and_its_source_hears_it() -> None:
     h = host()
-    replies(h, fragment(58, 0, True, 9, echo_request(bytes(600))[:512]))
+    first = fragment(58, 0, True, 9, echo_request(bytes(600))[:512])
+    replies(h, first, fragment(58, 1024, True, 10, bytes(16)))  # 10: no first fragment
     assert h.next_deadline() == pytest.approx(ip6.FRAGMENT_TIMEOUT)
-    h.poll(ip6.FRAGMENT_TIMEOUT)
-    assert h.stats()["drop_ip6_fragment_timeout"] == 1
+    # RFC 8200 §4.5: Time Exceeded, code 1, to the source of the first fragment only.
+    [raw] = [bytes(p) for p in h.poll(ip6.FRAGMENT_TIMEOUT)]
+    assert (raw[8:24], raw[24:40], raw[6]) == (OURS, PEER, ip6.NH_ICMPV6)
+    assert (raw[40], raw[41]) == (icmp6.TIME_EXCEEDED, 1) and raw[48:] == first
+    assert icmp6.checksum(OURS, PEER, raw[40:]) == 0
+    assert h.stats()["drop_ip6_fragment_timeout"] == 2
     assert h.next_deadline() is None
 
 

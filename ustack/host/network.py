@@ -42,7 +42,7 @@ class Network:
         self.offload = offload
         self.fragments = ip.Fragments()
         self.fragments6 = ip6.Fragments6()
-        self.errors6 = icmp6.RateLimiter()
+        self.errors = icmp6.RateLimiter()  # the ICMP errors we send, both families
         self.mtu = mtu
         self.path_mtu = PathMtu(mtu)  # per destination, once a router said less
         # The host's: a TCP segment of ours was too big for the path (its to validate).
@@ -72,7 +72,8 @@ class Network:
         if dgram is None:
             return None
         if dgram.more or dgram.offset:
-            dgram = self.fragments.add(dgram, now, self.counters)
+            head = ip.error_head(raw) if not dgram.offset else b""
+            dgram = self.fragments.add(dgram, now, self.counters, head)
             if dgram is None:
                 return None
             verify = True
@@ -97,11 +98,7 @@ class Network:
         if found is None:
             return None
         if isinstance(found, ip6.Problem):
-            if self.errors6.allow(now):
-                self.counters["icmp6_errors_out"] += 1
-                self.emit6(found.dst, found.src, ip6.NH_ICMPV6, icmp6.parameter_problem(found))
-            else:
-                self.counters["icmp6_errors_rate_limited"] += 1
+            self._error6(found.dst, found.src, icmp6.parameter_problem(found), now)
             return None
         verify = verify or found.reassembled
         if found.proto == ip6.NH_TCP:
@@ -144,9 +141,24 @@ class Network:
         return self.addrs6[0]
 
     def expire(self, now: float) -> None:
-        """Reassemblies that timed out, both families."""
-        self.fragments.expire(now, self.counters)
-        self.fragments6.expire(now, self.counters)
+        """Reassemblies that timed out, both families: each whose first fragment came is
+        answered with a Time Exceeded (RFC 1122 §3.3.2, RFC 8200 §4.5), rate-limited."""
+        for head in self.fragments.expire(now, self.counters):
+            if self.errors.allow(now):
+                self.counters["icmp_errors_out"] += 1
+                self.emit(head[12:16], ip.PROTO_ICMP, ip.time_exceeded(head))
+            else:
+                self.counters["icmp_errors_rate_limited"] += 1
+        for src, dst, head in self.fragments6.expire(now, self.counters):
+            self._error6(dst, src, icmp6.time_exceeded(head, dst, src), now)
+
+    def _error6(self, src: bytes, dst: bytes, message: bytes, now: float) -> None:
+        """An ICMPv6 error from our `src`, at most `icmp6.ERROR_RATE` a second (§2.4 (f))."""
+        if self.errors.allow(now):
+            self.counters["icmp6_errors_out"] += 1
+            self.emit6(src, dst, ip6.NH_ICMPV6, message)
+        else:
+            self.counters["icmp6_errors_rate_limited"] += 1
 
     def next_deadline(self) -> float | None:
         """The earliest reassembly timeout, or None (the common case)."""
