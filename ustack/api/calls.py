@@ -59,9 +59,12 @@ class AsyncioCalls:
                             tcp: TcpConfig | None = None) -> Server:
         """Mirrors `loop.create_server`; with `ssl` every connection is TLS (the
         handshake runs before the protocol's `connection_made`). `tcp` gives this
-        listener's connections their own settings (default: the stack's `tcp`). A port
-        already listening raises `OSError(errno.EADDRINUSE)`, as `bind()` does; port 0
-        listens on a free ephemeral port (`server.sockets[0].getsockname()`)."""
+        listener's connections their own settings (default: the stack's `tcp`). `host`
+        as asyncio binds it: None or "" both families (a `Server.sockets` entry each),
+        "0.0.0.0" IPv4 only, "::" IPv6 only, an address of the stack only that one
+        (else `OSError(errno.EADDRNOTAVAIL)`). A port already listening on one of those
+        addresses raises `OSError(errno.EADDRINUSE)`, as `bind()` does; port 0 listens
+        on a free ephemeral port (`server.sockets[0].getsockname()`)."""
         local = self._check_local(host)
         if port is None:
             raise ValueError("a port is required (0 for any free port)")

@@ -56,7 +56,8 @@ class Stack(AsyncioCalls):
       an existing device keeps its own addresses.
     - `addr6`, `link_local6`: this stack's IPv6 addresses (default `fd77::2` and
       `fe80::2`, reached from the kernel as `fe80::2%<dev>`); `addr6=None` answers no
-      IPv6. Servers answer both families; active opens are IPv4 only so far.
+      IPv6. Servers take the families their `host` names (as asyncio's), and
+      `open_connection` reaches either.
     - `kernel_addr6`: the IPv6 address/prefix of the kernel's side of a device the stack
       creates (default `fd77::1/64`; None: none).
     - `mtu`: the device's MTU (default: an existing device's, 1500 for a new one).
