@@ -77,8 +77,9 @@ printf '%s\n' "$out"
 if [[ $out == hello ]]; then ok "echoed"; else bad "echo returned '$out'"; fi
 sleep 0.2  # the last ACK
 echo "ustack's ladder of that connection (the kernel closed first: CLOSE_WAIT, LAST_ACK):"
-tail -n "+$((before + 1))" "$WORK/serve.log"
-if tail -n "+$((before + 1))" "$WORK/serve.log" | grep -q "LAST_ACK"; then
+ladder=$(tail -n "+$((before + 1))" "$WORK/serve.log")
+printf '%s\n' "$ladder"
+if [[ $ladder == *LAST_ACK* ]]; then
     ok "ladder shows the passive close"
 else
     bad "no LAST_ACK in the ladder"

@@ -49,8 +49,11 @@ command -v ip >/dev/null 2>&1 || die "the 'ip' command is missing (apt-get insta
 [[ -c /dev/net/tun ]] || die "/dev/net/tun is missing (modprobe tun)"
 
 exists() { ip link show dev "$name" >/dev/null 2>&1; }
-is_tun() { ip -d link show dev "$name" 2>/dev/null | grep -q ' tun type tun '; }
-is_multi_queue() { ip -d link show dev "$name" 2>/dev/null | grep -q ' multi_queue '; }
+# Each test reads a command's whole output first: `cmd | grep -q` under pipefail fails
+# at random when grep exits at its match before cmd has written the rest (SIGPIPE).
+shows() { [[ $1 == *"$2"* ]]; }
+is_tun() { shows "$(ip -d link show dev "$name" 2>/dev/null)" ' tun type tun '; }
+is_multi_queue() { shows "$(ip -d link show dev "$name" 2>/dev/null)" ' multi_queue '; }
 
 if ((down)); then
     if ! exists; then
@@ -87,7 +90,7 @@ else
     fi
 fi
 
-if ip -4 -o addr show dev "$name" | grep -qF " inet $cidr "; then
+if shows "$(ip -4 -o addr show dev "$name")" " inet $cidr "; then
     echo "$prog: $name already has $cidr"
 else
     ip addr add "$cidr" dev "$name"
@@ -98,7 +101,7 @@ fi
 # duplicate address detection (the one neighbour on a TUN is ustack).
 if [[ $(cat "/proc/sys/net/ipv6/conf/$name/disable_ipv6" 2>/dev/null || echo 1) == 0 ]]; then
     for a in "$cidr6" fe80::1/64; do
-        if ip -6 -o addr show dev "$name" | grep -qF " inet6 $a "; then
+        if shows "$(ip -6 -o addr show dev "$name")" " inet6 $a "; then
             echo "$prog: $name already has $a"
         else
             ip -6 addr add "$a" dev "$name" nodad
