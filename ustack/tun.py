@@ -269,10 +269,14 @@ def _open_error(name: str, e: OSError, existed: bool, multi_queue: bool = False)
             mode = oct(os.stat(TUN_PATH).st_mode & 0o777)[2:]
             return (f"no permission to open {TUN_PATH} (mode {mode}): run as root, or have "
                     f"root make it usable as distributions ship it: chmod 0666 {TUN_PATH}")
-        how = ("ask root to create it for you: sudo ustack setup-tun" if not existed
-               else "it belongs to another user; root can recreate it for you: "
-                    "sudo ustack setup-tun --down, then sudo ustack setup-tun")
-        return f"no permission to open TUN device {name}: run as root or {how}"
+        if existed:
+            return (f"no permission to open TUN device {name}: it belongs to another user; "
+                    "root can make it yours: sudo ustack setup-tun --down, then sudo ustack "
+                    "setup-tun")
+        return (f"no permission to create TUN device {name}: run ustack in a private "
+                "network of its own, no root needed (ustack sandbox --serve echo:7 -- CMD), "
+                "or have root make a device yours (sudo ustack setup-tun, or ip tuntap add "
+                f"{name} mode tun user $USER)")
     if e.errno == errno.EBUSY:
         return (f"TUN device {name} is in use by another process; give this one a device "
                 "and addresses of its own, e.g. --dev ustack1 --addr 10.78.0.2 "

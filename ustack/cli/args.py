@@ -232,30 +232,52 @@ def build_parser() -> argparse.ArgumentParser:
         link_opts.add_argument("--seed", type=_seed, default=None, metavar="N",
                                help="seed of the fault injector (default: random, logged)")
 
-    serve = sub.add_parser("serve", help="serve echo, discard, chargen, http, https",
-                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    device_options(serve)
-    serve.add_argument("--backlog", type=_backlog, default=services.BACKLOG,
+    def service_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backlog", type=_backlog, default=services.BACKLOG,
                        help="listen backlog: SYN queue and accept queue of each service "
                        f"(default {services.BACKLOG}, what a kernel server gets: Linux's "
                        "somaxconn)")
+        tls_opts = p.add_argument_group(
+            "TLS", "the certificate of https (the http service over TLS); one of "
+            "--cert or --self-signed is required with https")
+        cert_source = tls_opts.add_mutually_exclusive_group()
+        cert_source.add_argument("--cert", metavar="FILE",
+                                 help="certificate chain (PEM); may also hold the key")
+        tls_opts.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
+        cert_source.add_argument("--self-signed", action="store_true",
+                                 help="make a throwaway self-signed certificate for --addr "
+                                 "(needs the openssl command)")
+
+    serve = sub.add_parser("serve", help="serve echo, discard, chargen, http, https",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    device_options(serve)
+    service_options(serve)
     serve.add_argument("--workers", type=_workers, default=1, metavar="N",
                        help="N worker processes, one per queue of a multi-queue TUN "
                        "(the kernel hands each flow to one queue), under a supervisor that "
                        "restarts a worker that dies; default 1: one process")
-    tls_opts = serve.add_argument_group(
-        "TLS", "the certificate of https (the http service over TLS); one of "
-        "--cert or --self-signed is required with https")
-    cert_source = tls_opts.add_mutually_exclusive_group()
-    cert_source.add_argument("--cert", metavar="FILE",
-                             help="certificate chain (PEM); may also hold the key")
-    tls_opts.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
-    cert_source.add_argument("--self-signed", action="store_true",
-                             help="make a throwaway self-signed certificate for --addr "
-                             "(needs the openssl command)")
     serve.add_argument("services", nargs="*", type=_service, metavar="SERVICE[:PORT]",
                        help="echo (7), discard (9), chargen (19), http (80), https (443); "
                        "default echo:7")
+
+    sandbox = sub.add_parser(
+        "sandbox", help="a private network of its own, no root needed: ustack serving in "
+        "it and a command run inside (default: your shell)",
+        usage="ustack sandbox [options] [--serve SERVICE[:PORT] ...] [-- CMD ...]",
+        description="A new network namespace (and, without root, a new user namespace in "
+        "which you are root over it alone) with ustack serving on a TUN inside; CMD runs "
+        "there with the same view and everything goes when it exits. The exit status is "
+        "CMD's. Example: ustack sandbox --trace --serve echo:7 http:80 -- curl "
+        "http://10.77.0.2/", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    device_options(sandbox)
+    service_options(sandbox)
+    sandbox.add_argument("--serve", dest="services", nargs="+", type=_service, default=[],
+                         metavar="SERVICE[:PORT]", help="the services (as serve's; default "
+                         "echo:7)")
+    sandbox.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD",
+                         help="what runs inside (default: $SHELL)")
+    sandbox.set_defaults(workers=1)
 
     ladder = sub.add_parser("ladder", help="draw the ladder of every TCP connection in a "
                             "capture (pcap or pcapng; ustack's --pcap or a tcpdump)")

@@ -1,5 +1,6 @@
 """What each `ustack` subcommand does: `serve` (in `ustack.cli.serve`; across processes,
-`ustack.cli.supervisor` and `ustack.cli.worker`), `connect`, `ladder`, `setup-tun`."""
+`ustack.cli.supervisor` and `ustack.cli.worker`), `sandbox` (`ustack.cli.sandbox`),
+`connect`, `ladder`, `setup-tun`."""
 
 import argparse
 import asyncio
@@ -13,6 +14,7 @@ from typing import Any
 
 from ustack import link
 from ustack.api import Stack, tls
+from ustack.cli import sandbox
 from ustack.cli.args import (
     CONNECTING_NOTICE,
     DEFAULT_KERNEL_ADDR,
@@ -45,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     args.kernel_addr_given = args.kernel_addr is not None
     args.kernel_addr = args.kernel_addr or DEFAULT_KERNEL_ADDR
     problem = _addr_problem(args.addr, args.kernel_addr)
-    if problem is None and args.command == "serve":
+    if problem is None and args.command in ("serve", "sandbox"):
         problem = services_problem(args)
     if problem is not None:
         log(problem)
         return EXIT_USAGE
-    if args.command == "serve":
+    if args.command in ("serve", "sandbox"):
         try:
             args.sslcontext = server_tls(args)
         except (tls.TlsSetupError, ValueError) as e:
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_heap()  # process-wide: the command may, the library does not
     if args.command == "serve" and args.workers > 1:
         return supervise(args)  # forks the workers before any event loop exists
+    if args.command == "sandbox":
+        return sandbox_command(args)
     command = serve if args.command == "serve" else connect
     try:
         return run_loop(command(args), args.loop)
@@ -67,6 +71,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def sandbox_command(args: argparse.Namespace) -> int:
+    """`ustack sandbox`: into a network of its own, serve there, run the command."""
+    if args.cmd and args.cmd[0] == "--":
+        args.cmd = args.cmd[1:]
+    problem = sandbox.enter(args)
+    if problem is not None:
+        log(f"sandbox: {problem}")
+        return EXIT_USAGE
+    announcer = sandbox.SandboxAnnouncer(args.cmd)
+    try:
+        run_loop(serve(args, announcer), args.loop)
+    except (TunError, link.CaptureError) as e:
+        log(str(e))
+        return EXIT_USAGE
+    return announcer.status
 
 
 def ladder_command(args: argparse.Namespace) -> int:
