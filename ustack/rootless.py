@@ -1,25 +1,26 @@
-"""The pytest plugin without root: the body of a test that uses `ustack_host` runs in a
-forked child, in a user and network namespace of its own (`ustack.userns`), where the
-stack's TUN device and the test's kernel sockets live; the test's outcome comes back to
-pytest's process and is reported there as any test's.
+"""The pytest plugin without root: a test that uses `ustack_host` runs whole (setup,
+call, teardown) in a forked child, in a user and network namespace of its own
+(`ustack.userns`) where it is root, so the fixture works there as it does for root; its
+reports come back to pytest's process and are logged there as any test's, as
+pytest-forked does it.
 
 Why a child: a process that has entered a new user namespace cannot enter the host's
 network namespace again, and `unshare(CLONE_NEWUSER)` needs a single-threaded process.
 The fork leaves pytest's process where it was: tests that do not use the fixture run on
-the host's network as before. Fixtures are set up and torn down in pytest's process as
-usual (their values are the child's too, copied by the fork); only the call runs in the
-child. Its output reaches pytest's capture (the child writes to the same descriptors),
-and a failure comes back as its report text.
+the host's network as before. The child's output reaches pytest's capture (it writes to
+the same descriptors); what it set up (a module's fixtures too) goes with it.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import pickle
 import sys
-from collections.abc import Callable
 
 import pytest
+from _pytest.runner import pytest_runtest_teardown as teardown_collectors
+from _pytest.runner import runtestprotocol
 
 from ustack import userns
 
@@ -62,16 +63,29 @@ def _probe_userns() -> str | None:
     return userns.problem(OSError(err, os.strerror(err)))
 
 
-def call_in_child(body: Callable[[], None], test_path: str) -> None:
-    """Run `body` (the test's call) in a forked child inside a new user and network
-    namespace; then pass, or raise what it raised: a skip or xfail as such, any other
-    exception as a failure with the child's report of it (its traceback from the first
-    frame in `test_path`, the test's file)."""
+def run_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """`pytest_runtest_protocol` for `item`: its setup, call and teardown run in a forked
+    child inside a new user and network namespace; the reports come back and are logged
+    here as pytest logs any test's."""
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for report in _reports_from_child(item, nextitem):
+        ihook.pytest_runtest_logreport(report=report)
+    # What the child set up went with it. This process still holds the collectors
+    # (modules, classes) earlier tests set up here, and drops those the next test does
+    # not need, as the test's own teardown would have.
+    teardown_collectors(item, nextitem)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+
+def _reports_from_child(item: pytest.Item,
+                        nextitem: pytest.Item | None) -> list[pytest.TestReport]:
+    config = item.config
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        _child(body, write, test_path)
+        _child(item, nextitem, write)
     os.close(write)
     with os.fdopen(read, "rb") as f:
         said = f.read()
@@ -79,44 +93,33 @@ def call_in_child(body: Callable[[], None], test_path: str) -> None:
     if not said:
         how = (f"was killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                else f"exited with status {os.waitstatus_to_exitcode(status)}")
-        pytest.fail(f"the test's process (in its own user and network namespace) {how} "
-                    "before it reported", pytrace=False)
-    outcome = json.loads(said)
-    kind, text = outcome["kind"], outcome["text"]
-    if kind == "skip":
-        pytest.skip(text)
-    if kind == "xfail":
-        pytest.xfail(text)
-    if kind != "passed":
-        pytest.fail(text, pytrace=False)
+        return [pytest.TestReport(item.nodeid, item.location, {}, "failed",
+                                  f"the test's process (in its own user and network "
+                                  f"namespace) {how} before it reported", "call")]
+    # pickle, not JSON: a skip's report holds a tuple that must stay one (and both ends
+    # are this same program).
+    return [config.hook.pytest_report_from_serializable(config=config, data=data)
+            for data in pickle.loads(said)]
 
 
-def _child(body: Callable[[], None], write: int, test_path: str) -> None:
-    """The forked child: never returns (os._exit, past pytest's own exit handling)."""
-    outcome = {"kind": "passed", "text": ""}
+def _child(item: pytest.Item, nextitem: pytest.Item | None, write: int) -> None:
+    """The forked child: never returns (os._exit, past pytest's own exit handling).
+    Where no namespace can be made here, the fixture says why (it sees a non-root
+    user: `problem`)."""
+    code = 0
     try:
-        try:
+        with contextlib.suppress(OSError):
             userns.enter()
-        except OSError as exc:
-            pytest.fail(f"ustack_host without root: {userns.problem(exc)}", pytrace=False)
-        body()
-    except pytest.skip.Exception as exc:
-        outcome = {"kind": "skip", "text": str(exc.msg)}
-    except pytest.xfail.Exception as exc:
-        outcome = {"kind": "xfail", "text": str(exc.msg)}
-    except pytest.fail.Exception as exc:
-        text = (str(pytest.ExceptionInfo.from_exception(exc).getrepr(style="short"))
-                if exc.pytrace else str(exc.msg))
-        outcome = {"kind": "failed", "text": text}
-    except BaseException as exc:  # the test's failure, reported as pytest would have
-        info = pytest.ExceptionInfo.from_exception(exc)
-        info.traceback = info.traceback.cut(path=test_path)  # from the test's own frame
-        outcome = {"kind": "failed", "text": str(info.getrepr(style="short", chain=True))}
-    try:
+        reports = runtestprotocol(item, log=False, nextitem=nextitem)
+        config = item.config
+        data = pickle.dumps([config.hook.pytest_report_to_serializable(config=config,
+                                                                          report=report)
+                             for report in reports])
         sys.stdout.flush()
         sys.stderr.flush()
-        data = json.dumps(outcome).encode()
         while data:
             data = data[os.write(write, data):]
+    except BaseException:  # reported by the parent as a death without a report
+        code = 1
     finally:
-        os._exit(0)
+        os._exit(code)

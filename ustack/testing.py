@@ -19,10 +19,10 @@ device whose kernel side is `kernel_addr` (/24 unless the marker gives a prefix)
 no namespace may be created but the process is root (a container under Docker's default
 seccomp profile) the process's own namespace, private to the container, is used instead.
 
-Without root (`ustack.rootless`) the test's call runs in a forked child inside a user and
-network namespace of its own, where the stack runs too; where the system allows no
-unprivileged user namespace, or `/dev/net/tun` is closed to the user, the test is skipped
-with the reason and how to allow it (failed under USTACK_REQUIRE_NETNS=1).
+Without root (`ustack.rootless`) such a test runs whole in a forked child inside a user
+and network namespace of its own, root there; where the system allows no unprivileged
+user namespace, or `/dev/net/tun` is closed to the user, it is skipped with the reason and
+how to allow it (failed under USTACK_REQUIRE_NETNS=1).
 
 Every packet is captured to a pcap and every connection drawn as a ladder; when the test
 fails both are kept and their paths added to the report, otherwise they are deleted.
@@ -284,9 +284,6 @@ class _Runner:
 
 _HOST = pytest.StashKey[UstackHost]()
 _FAILED = pytest.StashKey[bool]()
-# Without root: the options of the stack the test's child starts, and the child's mark.
-_DEFERRED = pytest.StashKey[Options]()
-_IN_CHILD = pytest.StashKey[bool]()
 
 
 def _precheck() -> None:
@@ -329,35 +326,33 @@ def _private_namespace() -> Iterator[int | None]:
         os.close(orig)
 
 
-def _start(runner: _Runner) -> None:
-    try:
-        runner.start()
-    except Exception as exc:
-        from ustack.tun import TunError
-        if isinstance(exc, TunError):
-            skip_or_fail(f"ustack_host cannot open its TUN device: {exc}")
-        raise
-
-
 @pytest.fixture
 def ustack_host(request: pytest.FixtureRequest) -> Iterator[UstackHost]:
     """A private network with a running ustack; see the module's docstring."""
     opts = _options(request.node.get_closest_marker("ustack"))
     _precheck()
-    if rootless.wanted():
-        yield from _rootless_host(request, opts)
-        return
+    if rootless.wanted():  # reached only where no user namespace could be made
+        skip_or_fail(f"ustack_host without root: {rootless.problem()}")
     t0 = time.perf_counter()
     with _private_namespace() as ns_fd:
         workdir = tempfile.mkdtemp(prefix="ustack-")
         keep = False
         try:
             dev = "ustack0" if ns_fd is not None else f"ustk{os.getpid()}"[:15]
-            host = _new_host(opts, workdir, private=ns_fd is not None)
+            host = UstackHost(addr=opts.addr, kernel_addr=opts.kernel_addr.split("/")[0],
+                              pcap_path=os.path.join(workdir, "capture.pcap"),
+                              ladder_path=os.path.join(workdir, "ladder.txt"),
+                              private_netns=ns_fd is not None)
             with open(host.ladder_path, "w", encoding="utf-8") as trace_file:
                 runner = _Runner(host, opts, dev, ns_fd, trace_file)
                 try:
-                    _start(runner)
+                    try:
+                        runner.start()
+                    except Exception as exc:
+                        from ustack.tun import TunError
+                        if isinstance(exc, TunError):
+                            skip_or_fail(f"ustack_host cannot open its TUN device: {exc}")
+                        raise
                     host.startup_seconds = time.perf_counter() - t0
                     request.node.stash[_HOST] = host
                     yield host
@@ -372,54 +367,15 @@ def ustack_host(request: pytest.FixtureRequest) -> Iterator[UstackHost]:
                 shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _new_host(opts: Options, workdir: str, private: bool) -> UstackHost:
-    return UstackHost(addr=opts.addr, kernel_addr=opts.kernel_addr.split("/")[0],
-                      pcap_path=os.path.join(workdir, "capture.pcap"),
-                      ladder_path=os.path.join(workdir, "ladder.txt"), private_netns=private)
-
-
-def _rootless_host(request: pytest.FixtureRequest, opts: Options) -> Iterator[UstackHost]:
-    """`ustack_host` without root: the stack starts in the test's child, with the call
-    (`pytest_pyfunc_call`); this only prepares its place and keeps its files."""
-    problem = rootless.problem()
-    if problem is not None:
-        skip_or_fail(f"ustack_host without root: {problem}")
-    workdir = tempfile.mkdtemp(prefix="ustack-")
-    try:
-        host = _new_host(opts, workdir, private=True)
-        request.node.stash[_HOST] = host
-        request.node.stash[_DEFERRED] = opts
-        yield host
-        if opts.trace and os.path.exists(host.ladder_path):
-            with open(host.ladder_path, encoding="utf-8") as f:
-                sys.stderr.write(f"ustack ladder ({host.ladder_path}):\n{f.read()}")
-    finally:
-        if not request.node.stash.get(_FAILED, False):
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
 @pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Without root, the call of a test with `ustack_host` runs in a child in its own
-    user and network namespace, the stack beside it (`ustack.rootless`)."""
-    opts = pyfuncitem.stash.get(_DEFERRED, None)
-    if opts is None or pyfuncitem.stash.get(_IN_CHILD, False):
-        return None  # pytest's own call (in the child: the test itself)
-    host = pyfuncitem.stash[_HOST]
-
-    def call() -> None:
-        pyfuncitem.stash[_IN_CHILD] = True
-        t0 = time.perf_counter()
-        with open(host.ladder_path, "w", encoding="utf-8") as trace_file:
-            runner = _Runner(host, opts, "ustack0", None, trace_file)
-            _start(runner)
-            host.startup_seconds = time.perf_counter() - t0
-            try:
-                pyfuncitem.ihook.pytest_pyfunc_call(pyfuncitem=pyfuncitem)
-            finally:
-                runner.stop()
-
-    rootless.call_in_child(call, str(pyfuncitem.path))
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """Without root, a test that uses `ustack_host` runs in a forked child in its own
+    user and network namespace (`ustack.rootless`); where none can be made, as usual
+    (its fixture then skips, saying why)."""
+    if (not rootless.wanted() or "ustack_host" not in getattr(item, "fixturenames", ())
+            or rootless.problem() is not None):
+        return None
+    rootless.run_protocol(item, nextitem)
     return True
 
 

@@ -151,6 +151,27 @@ def test_serve_without_root_says_where_to_go(work):
 PLAIN = '''
 import os, socket
 
+import pytest
+
+
+@pytest.fixture
+def shouting(ustack_host):
+    """A fixture that serves on the stack before the test runs."""
+    async def shout(reader, writer):
+        writer.write((await reader.readline()).upper())
+        writer.close()
+
+    server = ustack_host.run(ustack_host.stack.start_server(shout, port=8000))
+    yield ustack_host.addr
+    ustack_host.call(server.close)
+
+
+@pytest.mark.ustack(services=[])
+def test_a_fixture_may_use_the_stack(shouting):
+    with socket.create_connection((shouting, 8000), timeout=5) as s:
+        s.sendall(b"hi\\n")
+        assert s.makefile("rb").readline() == b"HI\\n"
+
 def test_a_plain_test_is_on_the_hosts_network():
     # The runner (root) listens on the host's 127.0.0.1 and sends a token.
     with socket.create_connection(("127.0.0.1", int(os.environ["HOST_PORT"])), timeout=5) as s:
@@ -202,6 +223,7 @@ def test_the_plugin_without_root(work):
     assert done.returncode == 1, out
     assert "1 failed" in done.stdout and "skipped" not in done.stdout, out
     assert "PASSED test_plain.py::test_a_plain_test_is_on_the_hosts_network" in done.stdout, out
+    assert "PASSED test_plain.py::test_a_fixture_may_use_the_stack" in done.stdout, out
     assert "assert b'ping' == b'pong'" in done.stdout, out  # the child's own report
     examples = [line for line in done.stdout.splitlines() if line.startswith("PASSED test_")
                 and "test_plain" not in line]
