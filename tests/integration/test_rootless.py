@@ -184,6 +184,13 @@ def test_a_failure_in_the_child_is_reported_with_its_files(ustack_host):
 '''
 
 
+def readme_plugin_example() -> str:
+    """The Python block of the README's section on the plugin."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Testing your own client against ustack"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def _token_server() -> tuple[socket.socket, str, threading.Thread]:
     server = socket.create_server(("127.0.0.1", 0))
     token = os.urandom(8).hex()
@@ -203,12 +210,13 @@ def _token_server() -> tuple[socket.socket, str, threading.Thread]:
 
 
 def test_the_plugin_without_root(work):
-    """The README's plugin examples pass as an ordinary user (not skipped: CI's
+    """The README's plugin examples (and examples/) pass as an ordinary user (not skipped: CI's
     USTACK_REQUIRE_NETNS=1 would fail them), a test without the fixture reaches the host's
     127.0.0.1 in the same run, and a failing test is reported with the child's traceback,
     its pcap and ladder kept."""
     for example in (REPO / "examples").glob("test_*.py"):
         shutil.copy(example, work / example.name)
+    (work / "test_readme.py").write_text(readme_plugin_example())
     (work / "test_plain.py").write_text(PLAIN)
     server, token, thread = _token_server()
     try:
@@ -228,6 +236,7 @@ def test_the_plugin_without_root(work):
     examples = [line for line in done.stdout.splitlines() if line.startswith("PASSED test_")
                 and "test_plain" not in line]
     assert len(examples) >= 5, out
+    assert sum("PASSED test_readme.py::" in line for line in examples) == 4, out
     pcap = next(line.split(": ", 1)[1] for line in done.stdout.splitlines()
                 if line.startswith("pcap: "))
     assert os.path.getsize(pcap) > 0, out
