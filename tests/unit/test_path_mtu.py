@@ -20,12 +20,13 @@ from tests.unit.test_ip6 import OURS, PEER, host, packet, tcp6, tcp_ok
 from ustack import icmp6, ip6, pmtu
 from ustack.checksum import finish, words
 from ustack.host import Host
+from ustack.tcp.tcb import Tcb
 
 ROUTER = bytes.fromhex("fd77" + "00" * 13 + "fe")
 DATA = bytes(range(256)) * 80  # 20480 bytes: a flight of ten 1440-byte segments
 
 
-def established6(h: Host, sport: int = 40000) -> tuple[object, int]:
+def established6(h: Host, sport: int = 40000) -> tuple[Tcb, int]:
     """A connection from PEER's `sport` to port 7, MSS 1440 both ways."""
     h.receive(tcp6(dpkt.tcp.TH_SYN, sport=sport), 0.0)
     iss = tcp_ok(bytes(h.poll(0.0)[0])).seq
@@ -44,12 +45,17 @@ def sent(h: Host, now: float = 0.0) -> list[bytes]:
     return [bytes(p) for p in h.poll(now)]
 
 
-def test_a_packet_too_big_in_window_shrinks_the_segments_and_resends_them() -> None:
+def flight6() -> tuple[Host, Tcb, int, list[bytes]]:
+    """A host with one IPv6 connection that has just sent its first flight of DATA."""
     h = host()
     h.listen(7)
     conn, iss = established6(h)
     conn.send(DATA)
-    first = sent(h)
+    return h, conn, iss, sent(h)
+
+
+def test_a_packet_too_big_in_window_shrinks_the_segments_and_resends_them() -> None:
+    h, conn, iss, first = flight6()
     assert [len(tcp_ok(p).data) for p in first] == [1440] * 10
     cwnd = conn.cc.cwnd
     h.receive(too_big6(1400, first[3]), 0.1)
@@ -70,11 +76,7 @@ def test_a_packet_too_big_in_window_shrinks_the_segments_and_resends_them() -> N
 
 
 def test_a_quote_outside_the_flight_no_connection_or_a_larger_mtu_changes_nothing() -> None:
-    h = host()
-    h.listen(7)
-    conn, iss = established6(h)
-    conn.send(DATA)
-    first = sent(h)
+    h, conn, iss, first = flight6()
     forged = bytearray(first[0])
     forged[44:48] = (iss + 1 + 20000).to_bytes(4, "big")  # beyond SND.NXT
     h.receive(too_big6(1280, bytes(forged)), 0.1)
@@ -92,22 +94,14 @@ def test_a_quote_outside_the_flight_no_connection_or_a_larger_mtu_changes_nothin
 
 
 def test_the_path_mtu_never_falls_below_ipv6s_minimum() -> None:
-    h = host()
-    h.listen(7)
-    conn, _ = established6(h)
-    conn.send(DATA)
-    first = sent(h)
+    h, conn, _, first = flight6()
     h.receive(too_big6(576, first[0]), 0.1)
     assert all(len(tcp_ok(p).data) <= 1280 - 60 for p in sent(h, 0.1))
     assert conn.snd_mss == 1220
 
 
 def test_a_bad_checksum_or_a_short_quote_is_dropped() -> None:
-    h = host()
-    h.listen(7)
-    conn, _ = established6(h)
-    conn.send(DATA)
-    first = sent(h)
+    h, conn, _, first = flight6()
     bad = bytearray(too_big6(1280, first[0]))
     bad[-1] ^= 1
     h.receive(bytes(bad), 0.1)
