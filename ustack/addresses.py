@@ -20,6 +20,11 @@ def pton(text: str) -> bytes:
     raise ValueError(f"{text!r} is not an IP address")
 
 
+def is_link_local(addr: bytes) -> bool:
+    """fe80::/10 (RFC 4291 §2.5.6), of 16 packed bytes; never an IPv4 address."""
+    return len(addr) == 16 and addr[0] == 0xFE and addr[1] & 0xC0 == 0x80
+
+
 def endpoint(addr: str, port: int) -> str:
     """`10.77.0.2:80`, or `[fd77::2]:80` for an IPv6 address."""
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

@@ -43,6 +43,10 @@ TIMERS_HELD_MAX = 2.0
 
 
 class Device(Protocol):
+    """A TUN's interface (`ustack.tun.TunDevice`): the loop watches its file descriptor.
+    A device with `attach(loop, deliver)` (and `detach()`) instead hands the driver its
+    packets itself (`ustack.devices`: a memory link, a packet link, a framed stream)."""
+
     def fileno(self) -> int: ...
     def read_batch(self) -> list[Packet]: ...
     def write(self, packet: Packet) -> bool: ...
@@ -72,14 +76,22 @@ class Driver:
             self.kick_later()
 
     def start(self) -> None:
-        self.loop.add_reader(self.device.fileno(), self._on_readable)
+        attach = getattr(self.device, "attach", None)
+        if attach is not None:
+            attach(self.loop, self._on_packets)
+        else:
+            self.loop.add_reader(self.device.fileno(), self._on_readable)
 
     def stop(self) -> None:
         """No more reads, steps or timers: the device may be closed after this (a step
         scheduled before, or a user call after, finds the driver stopped)."""
         self._stopped = True
         self.host.on_wake = None
-        self.loop.remove_reader(self.device.fileno())
+        detach = getattr(self.device, "detach", None)
+        if detach is not None:
+            detach()
+        else:
+            self.loop.remove_reader(self.device.fileno())
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -119,16 +131,31 @@ class Driver:
         drained = self._read(now) < MAX_BATCH
         self._step(now, timers=drained)
 
+    def _on_packets(self, batch: list[Packet]) -> None:
+        """A device that hands its packets over (`attach`) brought a batch."""
+        if self._stopped:
+            return
+        now = clock()
+        self._take(batch, now)
+        self._step(now)
+
     def _read(self, now: float) -> int:
         """Hand the host every packet the device holds now (one batch); how many."""
+        read_batch = getattr(self.device, "read_batch", None)
+        if read_batch is None:
+            return 0  # a device that hands its packets over has none waiting here
+        batch = read_batch()
+        self._take(batch, now)
+        return len(batch)
+
+    def _take(self, batch: list[Packet], now: float) -> None:
+        """A batch from the device, through the link middleware, to the host."""
         pipeline = self.pipeline
-        batch = self.device.read_batch()
         if pipeline is None:
             self._receive(batch, now)
         else:
             rx = pipeline.rx
             self._receive([passed for packet in batch for passed in rx(packet, now)], now)
-        return len(batch)
 
     def _receive(self, packets: list[Packet], now: float) -> None:
         """Hand the host a batch; when a listener's accept queue fills in mid-batch, the

@@ -14,8 +14,7 @@ counsels treating as soft: the retransmission timer decides).
 import struct
 
 from ustack.checksum import finish, pseudo_words, words
-from ustack.ip6 import HEADER_LEN as IP6_HEADER_LEN
-from ustack.ip6 import MIN_MTU, NH_ICMPV6, Datagram6, Problem
+from ustack.ip6 import NH_ICMPV6, QUOTE_MAX, Datagram6, Problem
 from ustack.pmtu import TooBig, quote
 from ustack.stats import Counters, DropReason
 
@@ -26,8 +25,7 @@ PARAMETER_PROBLEM = 4
 ECHO_REQUEST = 128
 ECHO_REPLY = 129
 
-# An error carries as much of the invoking packet as fits in the minimum MTU (§2.4 (c)).
-MAX_INVOKING = MIN_MTU - IP6_HEADER_LEN - 8
+MAX_INVOKING = QUOTE_MAX  # what an error carries of the invoking packet (§2.4 (c))
 ERROR_RATE = 10.0  # errors per second on average (§2.4 (f): rate-limited; Linux: 1/s/peer)
 ERROR_BURST = 10.0
 
@@ -55,13 +53,14 @@ def receive(dgram: Datagram6, counters: Counters,
     kind, code = data[0], data[1]
     if kind < 128:
         counters["icmp6_errors_in"] += 1
-        if kind == PACKET_TOO_BIG and code == 0 and len(data) >= 8:
-            # §3.2: the MTU, then as much of our packet as fitted.
-            found = quote(data[8:], int.from_bytes(data[4:8], "big"))
-            if found is not None:
-                return found
+        if kind != PACKET_TOO_BIG:
+            return None
+        # §3.2: the MTU, then as much of our packet as fitted.
+        found = quote(data[8:], int.from_bytes(data[4:8], "big"), 6) if (
+            code == 0 and len(data) >= 8) else None
+        if found is None:
             counters.drop(DropReason.ICMP_MALFORMED)
-        return None
+        return found
     if kind != ECHO_REQUEST or code != 0 or len(data) < 8:
         counters.drop(DropReason.ICMP_IGNORED)
         return None

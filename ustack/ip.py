@@ -27,6 +27,9 @@ ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 ICMP_UNREACHABLE, ICMP_FRAG_NEEDED = 3, 4  # type, and its code "fragmentation needed"
 ICMP_TIME_EXCEEDED, ICMP_REASSEMBLY_TIME = 11, 1
+# The error messages (RFC 792, RFC 1122 §3.2.2): unreachable, source quench, redirect,
+# time exceeded, parameter problem. Counted; only Fragmentation Needed changes anything.
+ICMP_ERRORS = frozenset({ICMP_UNREACHABLE, 4, 5, ICMP_TIME_EXCEEDED, 12})
 
 
 _OPT_EOL = 0
@@ -247,17 +250,17 @@ def icmp_receive(dgram: Datagram, counters: Counters,
     if verify and ones_sum(data):
         counters.drop(DropReason.ICMP_BAD_CHECKSUM)
         return None
-    if data[0] == ICMP_UNREACHABLE:
+    if data[0] in ICMP_ERRORS:
         counters["icmp_errors_in"] += 1
         mtu = int.from_bytes(data[6:8], "big")
         # RFC 1191 §4: the next hop's MTU in the low 16 bits of the unused field; a
         # router from before it says 0, and we do not guess (Linux no longer does).
-        if data[1] == ICMP_FRAG_NEEDED and mtu:
-            found = quote(data[8:], mtu)
-            if found is not None:
-                return found
+        if data[0] != ICMP_UNREACHABLE or data[1] != ICMP_FRAG_NEEDED or not mtu:
+            return None
+        found = quote(data[8:], mtu, 4)
+        if found is None:
             counters.drop(DropReason.ICMP_MALFORMED)
-        return None
+        return found
     icmp = dpkt.icmp.ICMP(bytes(data))
     if icmp.type != ICMP_ECHO_REQUEST or icmp.code != 0:
         counters.drop(DropReason.ICMP_IGNORED)

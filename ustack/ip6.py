@@ -17,6 +17,9 @@ from ustack.stats import Counters, DropReason
 HEADER_LEN = 40
 HOP_LIMIT = 64  # what we send with (RFC 8200 §3 leaves it to the host; Linux's default)
 MIN_MTU = 1280  # RFC 8200 §5: every link carries this much
+# An ICMPv6 error carries as much of the invoking packet as fits in the minimum MTU
+# (RFC 4443 §2.4 (c)): past its own IPv6 header and 8 bytes of ICMPv6 header.
+QUOTE_MAX = MIN_MTU - HEADER_LEN - 8
 
 NH_HOP_BY_HOP = 0
 NH_TCP = 6
@@ -231,9 +234,7 @@ def _fragment(view: memoryview, offset: int, src: bytes, dst: bytes, hop_limit: 
         # RFC 7112 §5: the first fragment must hold the whole header chain.
         return _problem(view, INCOMPLETE_CHAIN, 0, src, dst, counters)
     counters["ip6_fragments_in"] += 1  # Linux's Ip6ReasmReqds
-    # RFC 4443 §2.4 (c): an error quotes as much as fits in the minimum MTU.
-    head = (bytes(view[:MIN_MTU - HEADER_LEN - 8]) if start == 0 and _error_allowed(view)
-            else b"")
+    head = bytes(view[:QUOTE_MAX]) if start == 0 and _error_allowed(view) else b""
     whole = fragments.add((src, dst, ident), start, more, next_header, data, now, counters,
                           head)
     if whole is None:

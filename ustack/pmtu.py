@@ -10,7 +10,12 @@ blind attacker would otherwise shrink a connection's segments), and `PathMtu` th
 remembers the destination's MTU so that connections opened to it meanwhile start with
 segments that fit. An estimate is never raised by a message (RFC 8201 §4: "MUST NOT
 increase") but ages out after `EXPIRES` (§4: "SHOULD NOT [try] less than 5 minutes";
-Linux's mtu_expires, 10 minutes), after which the link's MTU is tried again.
+Linux's mtu_expires, 10 minutes), after which connections opened to the destination
+try the link's MTU again (one already open keeps its smaller segments: unlike Linux's
+tcp_current_mss, nothing raises a connection's MSS again).
+
+Below 552 bytes an IPv4 path is not followed: segments keep DF at that size, so a path
+narrower still loses them (Linux clears DF there instead; not done here).
 
 Never below IPv6's minimum link MTU (RFC 8201 §4: 1280; no atomic fragments below it,
 RFC 8021), nor below Linux's net.ipv4.route.min_pmtu for IPv4 (552; RFC 1191's 68 would
@@ -21,9 +26,9 @@ import struct
 from dataclasses import dataclass
 
 from ustack.ip6 import HEADER_LEN as IP6_HEADER_LEN
-from ustack.ip6 import skip_extensions
+from ustack.ip6 import MIN_MTU, skip_extensions
 
-MIN_MTU6 = 1280
+MIN_MTU6 = MIN_MTU  # IPv6's minimum link MTU
 MIN_MTU4 = 552
 EXPIRES = 600.0  # seconds an estimate holds
 MAX_ENTRIES = 4096  # destinations remembered; the oldest is forgotten first
@@ -47,25 +52,25 @@ class TooBig:
     mtu: int
 
 
-def quote(invoking: bytes | memoryview, mtu: int) -> TooBig | None:
+def quote(invoking: bytes | memoryview, mtu: int, version: int) -> TooBig | None:
     """The `TooBig` for an error message quoting `invoking` (the IP packet as we sent
-    it) with next-hop MTU `mtu`, or None when the quote is too short to name a flow or
-    is no IP packet."""
-    if len(invoking) < 20:
+    it) with next-hop MTU `mtu`, or None when the quote is too short to name a flow, or
+    is no packet of the message's own IP `version` (an ICMPv6 message speaks of IPv6
+    packets, an ICMP one of IPv4's)."""
+    if len(invoking) < 20 or invoking[0] >> 4 != version:
         return None
-    version = invoking[0] >> 4
     if version == 6:
         if len(invoking) < IP6_HEADER_LEN:
             return None
         src, dst = bytes(invoking[8:24]), bytes(invoking[24:40])
         proto, offset = skip_extensions(invoking, invoking[6], IP6_HEADER_LEN)
         floor = MIN_MTU6
-    elif version == 4:
+    else:
         offset = (invoking[0] & 0x0F) * 4
+        if offset < 20:
+            return None  # no IPv4 header is shorter
         src, dst, proto = bytes(invoking[12:16]), bytes(invoking[16:20]), invoking[9]
         floor = MIN_MTU4
-    else:
-        return None
     if offset < 0 or len(invoking) < offset + _PORTS_SEQ.size:
         return None
     src_port, dst_port, seq = _PORTS_SEQ.unpack_from(invoking, offset)

@@ -8,12 +8,15 @@ Why a child: a process that has entered a new user namespace cannot enter the ho
 network namespace again, and `unshare(CLONE_NEWUSER)` needs a single-threaded process.
 The fork leaves pytest's process where it was: tests that do not use the fixture run on
 the host's network as before. The child's output reaches pytest's capture (it writes to
-the same descriptors); what it set up (a module's fixtures too) goes with it.
+the same descriptors). A wider-scoped fixture such a test uses first is set up in the
+child and finalized there; one set up before is the parent's, finalized by it alone.
+
+pytest has no public interface for running a test's protocol elsewhere: this drives its
+runner (`_pytest.runner`, and the session's setup state), as pytest-forked does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import sys
@@ -56,9 +59,11 @@ def _probe_userns() -> str | None:
     os.close(write)
     with os.fdopen(read, "rb") as f:
         said = f.read()
-    os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)
     if not said:
-        return None
+        return None if status == 0 else (
+            f"a child trying a user namespace ended with status {status} before it said "
+            "why")
     err = int(said)
     return userns.problem(OSError(err, os.strerror(err)))
 
@@ -71,10 +76,14 @@ def run_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     for report in _reports_from_child(item, nextitem):
         ihook.pytest_runtest_logreport(report=report)
-    # What the child set up went with it. This process still holds the collectors
-    # (modules, classes) earlier tests set up here, and drops those the next test does
-    # not need, as the test's own teardown would have.
-    teardown_collectors(item, nextitem)
+    # This process still holds the collectors (modules, classes) earlier tests set up
+    # here: it drops those the next test does not need, as the test's own teardown
+    # would have; a finalizer's error is this test's teardown error.
+    call = pytest.CallInfo.from_call(lambda: teardown_collectors(item, nextitem),
+                                     when="teardown")
+    if call.excinfo is not None:
+        ihook.pytest_runtest_logreport(report=ihook.pytest_runtest_makereport(item=item,
+                                                                              call=call))
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
 
@@ -105,12 +114,21 @@ def _reports_from_child(item: pytest.Item,
 def _child(item: pytest.Item, nextitem: pytest.Item | None, write: int) -> None:
     """The forked child: never returns (os._exit, past pytest's own exit handling).
     Where no namespace can be made here, the fixture says why (it sees a non-root
-    user: `problem`)."""
+    user, and `problem` this child's reason)."""
     code = 0
     try:
-        with contextlib.suppress(OSError):
+        try:
             userns.enter()
-        reports = runtestprotocol(item, log=False, nextitem=nextitem)
+        except OSError as exc:
+            _probed[:] = [userns.problem(exc)]
+        # The collectors this process inherited are the parent's to finalize (it does,
+        # in `run_protocol`): their finalizers go from this copy of pytest's setup
+        # state. What this child sets up (a module's fixture first used here) it
+        # finalizes itself, down to the session, before it goes.
+        state = item.session._setupstate
+        for node, (_, failed) in list(state.stack.items()):
+            state.stack[node] = ([], failed)
+        reports = runtestprotocol(item, log=False, nextitem=None)
         config = item.config
         data = pickle.dumps([config.hook.pytest_report_to_serializable(config=config,
                                                                           report=report)

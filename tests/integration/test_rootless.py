@@ -253,3 +253,61 @@ def test_without_user_namespaces_the_reason_is_named(work):
     sandbox = as_nobody([*USTACK, "sandbox", "--", "true"], work, userns_limit=0)
     assert sandbox.returncode == 2, _out(sandbox)
     assert "user.max_user_namespaces=0" in sandbox.stderr, _out(sandbox)
+
+
+WIDER = '''
+import os
+import pytest
+
+def note(text):
+    with open(os.environ["FIXTURE_LOG"], "a") as f:
+        f.write(text + "\\n")
+
+@pytest.fixture(scope="module")
+def shared():
+    note("up " + str(os.getpid()))
+    yield
+    note("down " + str(os.getpid()))
+
+def test_plain_first(shared):
+    pass
+
+def test_forked_uses_it(shared, ustack_host):
+    pass
+
+def test_plain_after(shared):
+    pass
+'''
+
+FORKED_FIRST = '''
+from test_wider import note, shared  # noqa: F401
+
+def test_forked_first(shared, ustack_host):
+    pass
+
+def test_plain_then(shared):
+    pass
+'''
+
+
+def test_wider_fixtures_are_finalized_once_where_they_were_set_up(work):
+    """A module fixture the parent set up is the parent's alone to finalize (a forked
+    test's child does not); one a forked test sets up first is finalized in its child,
+    and set up again for a later test in the parent."""
+    (work / "test_wider.py").write_text(WIDER)
+    (work / "test_wider_b.py").write_text(FORKED_FIRST)
+    log = work / "fixtures.log"
+    done = as_nobody([sys.executable, "-m", "pytest", "-p", "ustack.testing", "-p",
+                      "no:cacheprovider", "-q", "--rootdir", str(work), "test_wider.py",
+                      "test_wider_b.py"], work,
+                     USTACK_REQUIRE_NETNS="1", PYTHONPATH=f"{REPO}:{work}",
+                     FIXTURE_LOG=str(log))
+    assert done.returncode == 0 and "5 passed" in done.stdout, _out(done)
+    events = [line.split() for line in log.read_text().splitlines()]
+    parent = events[0][1]
+    assert [e[0] for e in events] == ["up", "down", "up", "down", "up", "down"], events
+    # test_wider.py: up and down once, both in pytest's process.
+    assert events[0][1] == events[1][1] == parent, events
+    # test_wider_b.py: up and down in the forked test's child, then again in pytest's.
+    assert events[2][1] == events[3][1] != parent, events
+    assert events[4][1] == events[5][1] == parent, events

@@ -148,3 +148,21 @@ def test_ipv4_fragmentation_needed_lowers_the_mss_the_same_way(mtu: int, mss: in
     assert all(len(p.data.data) <= mss for p in again)
     assert bool(again) == (mtu != 0)
     assert socket.inet_ntoa(dpkt.ip.IP(first[0]).dst) == PEER4
+
+
+def test_a_quote_of_the_other_family_or_a_short_header_names_nothing() -> None:
+    v6 = packet(ip6.NH_TCP, struct.pack("!HHI", 7, 40000, 1) + bytes(12), src=OURS,
+                dst=PEER)
+    assert pmtu.quote(v6, 1280, 6) is not None
+    assert pmtu.quote(v6, 1280, 4) is None  # an ICMPv4 message quoting IPv6
+    v4 = bytes([0x45]) + bytes(8) + bytes([6]) + bytes(10) + struct.pack("!HHI", 7, 1, 2)
+    assert pmtu.quote(v4, 1000, 4) is not None and pmtu.quote(v4, 1000, 6) is None
+    assert pmtu.quote(bytes([0x44]) + v4[1:], 1000, 4) is None  # IHL 4: no IPv4 header
+
+
+def test_a_window_kept_for_undo_does_not_bring_the_old_size_back() -> None:
+    h, conn, _, first = flight6()
+    conn._eifel = object()  # as after a retransmission timeout: a snapshot to put back
+    conn._dsack_undo = object()
+    h.receive(too_big6(1280, first[0]), 0.1)
+    assert conn.snd_mss == 1220 and conn._eifel is None and conn._dsack_undo is None

@@ -1,11 +1,10 @@
 """`Server`: the asyncio.Server interface over one ustack listener."""
 
 import asyncio
-import ipaddress
 import socket
 from collections.abc import Callable
 
-from ustack.addresses import endpoint
+from ustack.addresses import endpoint, is_link_local, pton
 from ustack.tcp.listener import Listener
 
 SocketName = tuple[str, int] | tuple[str, int, int, int]  # AF_INET's, AF_INET6's
@@ -40,8 +39,7 @@ def socket_names(host: str | None, local: list[str], port: int,
     else:
         names = local
     return [(a, port) if ":" not in a
-            else (a, port, 0, scope_id if ipaddress.IPv6Address(a).is_link_local else 0)
-            for a in names]
+            else (a, port, 0, scope_id if is_link_local(pton(a)) else 0) for a in names]
 
 
 class Server:

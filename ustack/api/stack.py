@@ -16,7 +16,7 @@ import ipaddress
 import os
 import time
 from collections import Counter
-from typing import TextIO
+from typing import Any, TextIO
 
 from ustack.addresses import ntop, scope_id
 from ustack.aio import Driver, clock
@@ -78,8 +78,14 @@ class Stack(AsyncioCalls):
       `offload=False` turns them off (one segment per packet on the TUN, as in a
       capture of a real link). With faults on, the injector acts per wire segment.
     - `device`: a device already open to run on instead of opening `dev` (one queue of
-      `TunDevice.open_queues`, as each worker of `ustack serve --workers N` runs on one);
-      the stack closes it on exit, as it would its own.
+      `TunDevice.open_queues`, as each worker of `ustack serve --workers N` runs on one),
+      or a link without a TUN (`ustack.devices`: `MemoryLink` between two stacks in one
+      process, `PacketLink` for a tunnel the application drives, `StreamLink` over a
+      byte stream); the stack closes it on exit, as it would its own. A link that is
+      lost (a stream that ends) closes the stack: `link_error` says why.
+    - `verify_checksums`: on by default; off for a link that authenticates every
+      packet itself (a tunnel over TLS), where the TCP and ICMP checksums of packets
+      in are not computed again.
 
     `stack.faults(...)` puts a seeded fault injector on the link. The link middleware
     sits device - pcap - faults - host, so the capture is what the kernel's side sent
@@ -93,10 +99,13 @@ class Stack(AsyncioCalls):
                  tcp: TcpConfig | None = None,
                  pcap: str | os.PathLike[str] | None = None,
                  trace: TextIO | None = None, offload: bool = True,
-                 device: TunDevice | None = None, addr6: str | None = "fd77::2",
+                 device: Any = None, addr6: str | None = "fd77::2",
                  link_local6: str | None = "fe80::2",
-                 kernel_addr6: str | None = DEFAULT_KERNEL_ADDR6) -> None:
+                 kernel_addr6: str | None = DEFAULT_KERNEL_ADDR6,
+                 verify_checksums: bool = True) -> None:
         self.dev = device.name if device is not None else dev
+        self.verify_checksums = verify_checksums
+        self.link_error: Exception | None = None  # why the link was lost, if it was
         self._given_device = device
         self.addr = check_own_addr(addr)
         self.kernel_addr = str(ipaddress.IPv4Interface(kernel_addr))
@@ -129,12 +138,15 @@ class Stack(AsyncioCalls):
         self._phase = "new"  # then "running" (inside `async with`), then "closed"
         self._ladder: Ladder | None = None
         self._fault_log: TextIO | None = None  # <pcap>.faults, once a fault happened
+        self._closing: asyncio.Task[None] | None = None  # `close` or a lost link started it
+        self._closed: asyncio.Future[None] | None = None  # done once closed
 
     async def __aenter__(self) -> "Stack":
         if self._phase != "new":
             raise RuntimeError("this Stack has already run: make a new Stack for each "
                                "`async with`")
         self.loop = asyncio.get_running_loop()
+        self._closed = self.loop.create_future()
         device = self._open_device()
         if isinstance(device, TunDevice):
             # A stack the kernel cannot reach would say nothing and answer nothing.
@@ -156,7 +168,8 @@ class Stack(AsyncioCalls):
         self.mtu = self._device.mtu
         offload = getattr(self._device, "offload", False)
         self._host = Host(self.addr, mtu=self.mtu, config=self.tcp, offload=offload,
-                          addrs6=[a for a in (self.addr6, self.link_local6) if a])
+                          addrs6=[a for a in (self.addr6, self.link_local6) if a],
+                          verify_checksums=self.verify_checksums)
         self._ladder = None
         if self.trace is not None:
             isatty = getattr(self.trace, "isatty", lambda: False)
@@ -166,7 +179,40 @@ class Stack(AsyncioCalls):
                               pipeline_of([self._pcap, self._faults]))
         self._driver.start()
         self._phase = "running"
+        lost = getattr(device, "lost", None)
+        if isinstance(lost, asyncio.Future):
+            lost.add_done_callback(self._on_link_lost)
         return self
+
+    async def ready(self) -> None:
+        """Returns once this stack's addresses are usable: at once on a TUN or a memory
+        link, once the stream is open on a `StreamLink` (its LinkLost if it cannot be)."""
+        self._check_running()
+        ready = getattr(self._device, "ready", None)
+        if ready is not None:
+            await ready()
+
+    def _on_link_lost(self, lost: "asyncio.Future[Exception | None]") -> None:
+        """The link ended (a stream closed, or could not be framed): the stack closes,
+        and every reader and writer of its connections hears so."""
+        if lost.cancelled():
+            return
+        self.link_error = lost.result()
+        if self._phase == "running":
+            self._closing = self.loop.create_task(self.aclose())
+
+    def close(self) -> None:
+        """Start closing (as `aclose`, without waiting): every connection is reset and
+        whoever waits on one hears it; `await stack.wait_closed()` for the end."""
+        if self._phase == "running" and self._closing is None:
+            self._closing = self.loop.create_task(self.aclose())
+
+    async def wait_closed(self) -> None:
+        """Returns once the stack has closed (`close`, `aclose`, or a lost link)."""
+        if self._closed is None:
+            raise RuntimeError("this Stack is not started: use it inside "
+                               "`async with Stack(...) as stack:`")
+        await asyncio.shield(self._closed)
 
     def _check_running(self) -> None:
         """The asyncio calls need a running stack: a clear error, not a hang."""
@@ -176,7 +222,7 @@ class Stack(AsyncioCalls):
         if self._phase == "closed":
             raise RuntimeError("this Stack is closed (its `async with` has ended)")
 
-    def _open_device(self) -> TunDevice:
+    def _open_device(self) -> Any:
         """Open the link (a TUN device). Tests override this to run the stack over an
         in-memory device with TunDevice's `fileno`, `read_batch`, `write`, `close`, `mtu`
         and `counters`."""
@@ -285,6 +331,8 @@ class Stack(AsyncioCalls):
             self._fault_log = None
         self._device.close()
         self._device = None
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         await asyncio.sleep(0)  # let connection_lost callbacks run
 
     def connections(self) -> list[ConnectionInfo]:

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from ustack.addresses import ntop
+from ustack.addresses import is_link_local, ntop
 from ustack.api.dispatch import Dispatch
 from ustack.tcp import events
 from ustack.tcp.states import State
@@ -53,8 +53,7 @@ class Transport(asyncio.Transport):
         remote: tuple[str | int, ...] = (ntop(tcb.remote_addr), tcb.remote_port)
         if len(tcb.remote_addr) == 16:  # AF_INET6's (host, port, flowinfo, scope_id)
             # A link-local pair's zone is the device's interface (RFC 4007 §6).
-            addr = tcb.remote_addr
-            zone = scope_id if addr[0] == 0xFE and addr[1] & 0xC0 == 0x80 else 0
+            zone = scope_id if is_link_local(tcb.remote_addr) else 0
             local, remote = (*local, 0, zone), (*remote, 0, zone)
         self._extra: dict[str, Any] = {"peername": remote, "sockname": local, "socket": None}
         tcb.nodelay = True  # asyncio sets TCP_NODELAY on every TCP transport; so do we

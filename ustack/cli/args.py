@@ -13,6 +13,10 @@ from ustack.tun import MAX_QUEUES
 
 EXIT_OK, EXIT_CONNECTION, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_KERNEL_ADDR = "10.77.0.1/24"
+# ustack's own addresses: on a TUN, and for `connect --link` (the other end of a `serve
+# --link`, whose addresses are the first pair).
+DEFAULT_ADDRS = {False: ("10.77.0.2", "fd77::2", "fe80::2"),
+                 True: ("10.77.0.1", "fd77::1", "fe80::1")}
 CONNECTING_NOTICE = 1.0  # seconds before `connect` says it is still trying
 EPILOG = """\
 ustack needs CAP_NET_ADMIN (root) to create its TUN device, or a device made for your
@@ -41,11 +45,11 @@ def _own_addr(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _own_addr6(text: str) -> str | None:
+def _own_addr6(text: str) -> str:
     if text.lower() == "none":
-        return None
+        return ""  # no IPv6 (None is "not given": the default for the command)
     try:
-        return check_own_addr6(text, "--addr6")
+        return check_own_addr6(text, "--addr6") or ""
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -58,6 +62,18 @@ def _cidr6(text: str) -> str | None:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv6 address/prefix") from None
     return str(iface)
+
+
+def _link(text: str) -> tuple[str, str, int]:
+    """`tcp-listen:HOST:PORT` or `tcp:HOST:PORT` (an IPv6 HOST in brackets)."""
+    kind, _, rest = text.partition(":")
+    host, _, port = rest.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if kind not in ("tcp-listen", "tcp") or not host or not port.isdigit() or not (
+            0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r}: give tcp-listen:HOST:PORT or "
+                                         "tcp:HOST:PORT, e.g. tcp-listen:127.0.0.1:9000")
+    return kind, host, int(port)
 
 
 def _dev(text: str) -> str:
@@ -185,19 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
                         version=f"ustack {ustack.__version__}{core}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def device_options(p: argparse.ArgumentParser) -> None:
+    def device_options(p: argparse.ArgumentParser, links: bool = False) -> None:
         p.add_argument("--dev", type=_dev, default="ustack0",
                        help="TUN device name (default ustack0); created if missing")
-        p.add_argument("--addr", type=_own_addr, default="10.77.0.2",
-                       help="ustack's IPv4 address (default 10.77.0.2): the kernel must "
-                       "route it to the device")
+        if links:
+            p.add_argument("--link", type=_link, metavar="tcp-listen:HOST:PORT|tcp:HOST:PORT",
+                           help="no TUN: IP packets back to back over a kernel TCP "
+                           "connection, listening for one peer or connecting to it (no "
+                           "root needed; MTU 16000 unless --mtu)")
+        p.add_argument("--addr", type=_own_addr, default=None,
+                       help="ustack's IPv4 address (default 10.77.0.2; 10.77.0.1 for "
+                       "connect over --link): the kernel must route it to the device")
         p.add_argument("--kernel-addr", type=_cidr, default=None,
                        help="address/prefix of the kernel's side of a device ustack "
                        f"creates (default {DEFAULT_KERNEL_ADDR}); an existing device keeps "
                        "its own")
-        p.add_argument("--addr6", type=_own_addr6, default="fd77::2", metavar="ADDR6",
-                       help="ustack's IPv6 address (default fd77::2; it answers fe80::2 "
-                       "on the link too); none: no IPv6. serve answers both families")
+        p.add_argument("--addr6", type=_own_addr6, default=None, metavar="ADDR6",
+                       help="ustack's IPv6 address (default fd77::2, fd77::1 for connect "
+                       "over --link; it answers fe80::2 or fe80::1 on the link too); none: "
+                       "no IPv6. serve answers both families")
         p.add_argument("--kernel-addr6", type=_cidr6, default="fd77::1/64",
                        metavar="CIDR6", help="IPv6 address/prefix of the kernel's side "
                        "of a device ustack creates (default fd77::1/64); none: none")
@@ -250,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve echo, discard, chargen, http, https",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    device_options(serve)
+    device_options(serve, links=True)
     service_options(serve)
     serve.add_argument("--workers", type=_workers, default=1, metavar="N",
                        help="N worker processes, one per queue of a multi-queue TUN "
@@ -300,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect = sub.add_parser("connect", help="open a connection: stdin to it, it to stdout",
                              epilog=EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    device_options(connect)
+    device_options(connect, links=True)
     connect.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
                          help="give up connecting after SECONDS (default: the SYN "
                          "retransmissions run out, about two minutes)")

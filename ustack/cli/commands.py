@@ -17,6 +17,7 @@ from ustack.api import Stack, tls
 from ustack.cli import sandbox
 from ustack.cli.args import (
     CONNECTING_NOTICE,
+    DEFAULT_ADDRS,
     DEFAULT_KERNEL_ADDR,
     EXIT_CONNECTION,
     EXIT_INTERRUPTED,
@@ -46,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return setup_tun(args.setup_args)
     args.kernel_addr_given = args.kernel_addr is not None
     args.kernel_addr = args.kernel_addr or DEFAULT_KERNEL_ADDR
-    problem = _addr_problem(args.addr, args.kernel_addr)
+    over_link = getattr(args, "link", None) is not None
+    _own_addresses(args, over_link and args.command == "connect")
+    problem = None if over_link else _addr_problem(args.addr, args.kernel_addr)
+    if over_link and getattr(args, "workers", 1) > 1:
+        problem = "--workers N runs on the queues of a TUN; a --link is one stream"
     if problem is None and args.command in ("serve", "sandbox"):
         problem = services_problem(args)
     if problem is not None:
@@ -87,6 +92,8 @@ def sandbox_command(args: argparse.Namespace) -> int:
     except (TunError, link.CaptureError) as e:
         log(str(e))
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before the command started (then Ctrl-C is its)
+        return EXIT_INTERRUPTED
     return announcer.status
 
 
@@ -136,6 +143,18 @@ def setup_tun(argv: list[str]) -> int:
         return subprocess.run(["bash", str(script), *argv], env=env, check=False).returncode
 
 
+def _own_addresses(args: argparse.Namespace, peer_side: bool) -> None:
+    """The defaults of --addr and --addr6: ustack's addresses on a TUN (whose other side
+    is the kernel's), or for `connect --link` the other end's of `serve --link`, so the
+    two work together as they come."""
+    addr, addr6, args.link_local6 = DEFAULT_ADDRS[peer_side]
+    args.addr = args.addr or addr
+    args.addr6 = (addr6 if args.addr6 is None else args.addr6) or None  # "none": no IPv6
+    if getattr(args, "link", None):
+        kind, host, port = args.link
+        args.dev = f"{kind}:{host}:{port}"
+
+
 def _addr_problem(addr: str, kernel_addr: str) -> str | None:
     """What makes --addr unusable beside --kernel-addr, or None."""
     iface = ipaddress.IPv4Interface(kernel_addr)
@@ -169,6 +188,7 @@ async def _netcat(stack: Stack, host: str, port: int, timeout: float | None = No
     loop = asyncio.get_running_loop()
     notice = loop.call_later(CONNECTING_NOTICE, log, f"connecting to {host}:{port}…")
     try:
+        await asyncio.wait_for(stack.ready(), timeout)  # a --link: its stream is open
         reader, writer = await asyncio.wait_for(stack.open_connection(host, port), timeout)
     finally:
         notice.cancel()

@@ -10,6 +10,8 @@ from typing import Any
 
 from ustack import tun
 from ustack.api import Stack
+from ustack.devices.stream import DEFAULT_MTU as STREAM_MTU
+from ustack.devices.stream import StreamLink
 from ustack.tcp.config import TcpConfig
 
 
@@ -44,8 +46,13 @@ def make_stack(args: argparse.Namespace, **given: Any) -> Stack:
     options: dict[str, Any] = dict(
         kernel_addr=args.kernel_addr, mtu=args.mtu, pcap=args.pcap, addr6=args.addr6,
         kernel_addr6=args.kernel_addr6 if args.addr6 else None,
-        tcp=TcpConfig(congestion=args.congestion),
+        link_local6=args.link_local6, tcp=TcpConfig(congestion=args.congestion),
         trace=sys.stderr if args.trace else None, offload=args.offload)
+    link = getattr(args, "link", None)
+    if link is not None:  # no TUN: packets over a kernel TCP connection
+        kind, host, port = link
+        opener = StreamLink.listen if kind == "tcp-listen" else StreamLink.connect
+        options["device"] = opener(host, port, mtu=args.mtu or STREAM_MTU)
     options.update(given)
     stack = Stack(args.dev, args.addr, **options)
     delay_ms, jitter_ms = args.delay

@@ -76,7 +76,19 @@ class SandboxAnnouncer(Announcer):
         # The terminal's Ctrl-C reaches the command (same process group): it decides.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, proc.send_signal, sig)
-        code = await proc.wait()
+            loop.add_signal_handler(sig, _pass_on, proc, sig)
+        try:
+            code = await proc.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            if proc.returncode is None:  # the stack failed under it: it goes too
+                proc.kill()
+                await proc.wait()
         self.status = code if code >= 0 else 128 - code  # a signal N: 128 + N
         stop.set()
+
+
+def _pass_on(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    if proc.returncode is None:
+        proc.send_signal(sig)

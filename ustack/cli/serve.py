@@ -13,7 +13,7 @@ from typing import Any
 
 from ustack import compiled_core, conninfo, services
 from ustack.api import Stack, tls
-from ustack.cli.args import EXIT_OK, TLS_SERVICES
+from ustack.cli.args import DEFAULT_ADDRS, EXIT_OK, TLS_SERVICES
 from ustack.cli.common import (
     format_stats,
     log,
@@ -66,7 +66,13 @@ async def serve(args: argparse.Namespace, announcer: Announcer | None = None) ->
                 await stack.create_server(services.protocol_factory(name), None, port,
                                           backlog=args.backlog)
         announcer.serving(args, stack, stop)
-        await stop.wait()
+        # Until stopped, or until the link is lost (a --link's stream ended).
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(stack.wait_closed())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
+    if stack.link_error is not None:
+        log(f"link lost: {stack.link_error}", announcer.who)
     announcer.stopped(stack)
     return EXIT_OK
 
@@ -137,9 +143,10 @@ def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     if not args.self_signed:
         raise ValueError("https needs a certificate: give --cert FILE [--key FILE], "
                          "or --self-signed")
+    addr = args.addr or DEFAULT_ADDRS[False][0]  # before `main` completes the defaults
     with tempfile.TemporaryDirectory(prefix="ustack-tls-") as tmp:
         # The context keeps the certificate and key in memory; the files can go.
-        cert, key = tls.self_signed_certificate(tmp, addresses=[args.addr])
+        cert, key = tls.self_signed_certificate(tmp, addresses=[addr])
         context = tls.server_context(cert, key)
-    log(f"self-signed certificate for {args.addr} (valid 1 day)")
+    log(f"self-signed certificate for {addr} (valid 1 day)")
     return context

@@ -28,6 +28,11 @@ IP_TCP_HEADERS, IP6_TCP_HEADERS = 40, 60  # fixed IP and TCP headers: MSS = MTU 
 ConnKey = tuple[bytes, int, int]  # (remote address, remote port, local port)
 
 
+def headers(remote: bytes) -> int:
+    """The fixed IP and TCP headers towards `remote`, which MSS = MTU - these."""
+    return IP_TCP_HEADERS if len(remote) == 4 else IP6_TCP_HEADERS
+
+
 class Demux:
     # What `Host` provides.
     counters: Counters
@@ -195,8 +200,7 @@ class Demux:
         if tcb is None:
             self.counters.drop(DropReason.ICMP_NO_CONNECTION)
             return
-        headers = IP_TCP_HEADERS if len(report.dst) == 4 else IP6_TCP_HEADERS
-        reason = pathmtu.too_big(tcb, report.seq, report.mtu - headers)
+        reason = pathmtu.too_big(tcb, report.seq, report.mtu - headers(report.dst))
         if reason is not None:
             self.counters.drop(reason)
             return

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ustack import conninfo
 from ustack.conninfo import ConnectionInfo
 from ustack.host import ports
-from ustack.host.demux import IP6_TCP_HEADERS, IP_TCP_HEADERS, ConnKey, Demux
+from ustack.host.demux import IP6_TCP_HEADERS, IP_TCP_HEADERS, ConnKey, Demux, headers
 from ustack.host.network import Network
 from ustack.host.probe import HostProbe, ignore
 from ustack.host.timerheap import TimerHeap
@@ -38,7 +38,7 @@ class Host(Demux):
                  cookies: SynCookies | None = None, offload: bool = False,
                  max_time_wait: int = timewait.MAX_RECORDS,
                  buffer_budget: int = autotune.DEFAULT_BUDGET,
-                 addrs6: Sequence[str] = ()) -> None:
+                 addrs6: Sequence[str] = (), verify_checksums: bool = True) -> None:
         self.addr = ipaddress.IPv4Address(addr).packed
         self.mtu = mtu
         self.offload = offload
@@ -60,7 +60,8 @@ class Host(Demux):
         self._pending: dict[Tcb, None] = {}  # TCBs to poll (an ordered set)
         self._net = Network(self.addr, self.counters, offload=offload,
                             ip_id=self._rng.randrange(0x10000), addrs6=addrs6,
-                            mtu=mtu, ip6_id=self._rng.getrandbits(32))
+                            mtu=mtu, ip6_id=self._rng.getrandbits(32),
+                            verify=verify_checksums)
         self.addrs6 = self._net.addrs6  # packed; none below MTU 1280
         self._net.on_too_big = self._too_big
         self.local_for = self._net.local_for  # our address with a peer, either family
@@ -251,14 +252,14 @@ class Host(Demux):
 
     def _new_tcb(self, local_port: int, remote_addr: bytes, remote_port: int, iss: int,
                  config: TcpConfig, now: float) -> Tcb:
-        headers = IP_TCP_HEADERS if len(remote_addr) == 4 else IP6_TCP_HEADERS
-        tcb = Tcb(local_port, remote_port, iss, mss=self.mtu - headers, config=config,
+        fixed = headers(remote_addr)
+        tcb = Tcb(local_port, remote_port, iss, mss=self.mtu - fixed, config=config,
                   remote_addr=remote_addr,
                   ts_offset=self._ts_offsets(self.local_for(remote_addr), remote_addr),
                   counters=self.counters, tso_max=TSO_MAX if self.offload else 0,
                   budget=self.budget)
         tcb.on_wake = self._wake_hook
-        tcb.path_mss = self._net.path_mtu.get(remote_addr, now) - headers  # RFC 8201 §5.2
+        tcb.path_mss = self._net.path_mtu.get(remote_addr, now) - fixed  # RFC 8201 §5.2
         if self._probe is not None:
             self._probe.watch(tcb)
         return tcb

@@ -22,6 +22,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 
 from ustack import icmp6, ip, ip6
+from ustack.addresses import is_link_local
 from ustack.packet import Offloaded, Packet
 from ustack.pmtu import PathMtu, TooBig
 from ustack.stats import Counters, DropReason
@@ -32,7 +33,7 @@ from ustack.tcp.segment import Segment
 class Network:
     def __init__(self, addr: bytes, counters: Counters, *, offload: bool,
                  ip_id: int, addrs6: Sequence[str] = (), mtu: int = 1500,
-                 ip6_id: int = 0) -> None:
+                 ip6_id: int = 0, verify: bool = True) -> None:
         self.addr = addr
         # IPv6: none, or the global address and the link-local one, packed; none on a
         # link below IPv6's minimum MTU (RFC 8200 §5: 1280).
@@ -40,6 +41,9 @@ class Network:
                             if mtu >= ip6.MIN_MTU)
         self.counters = counters  # the host's
         self.offload = offload
+        # Off: the link authenticates every packet (a tunnel over TLS); no TCP or ICMP
+        # checksum is computed on input (IPv4's header checksum still is: 20 bytes).
+        self.verify = verify
         self.fragments = ip.Fragments()
         self.fragments6 = ip6.Fragments6()
         self.errors = icmp6.RateLimiter()  # the ICMP errors we send, both families
@@ -57,12 +61,12 @@ class Network:
         """IP's part of one packet: a TCP datagram for this host and whether its checksum
         is still to be verified; None when IP dropped it or another protocol took it."""
         self.counters["packets_in"] += 1
-        verify = True
+        verify = self.verify
         raw: bytes | memoryview
         if type(packet) is Offloaded:
             # The kernel made this packet: a partial or already verified checksum is not
             # ours to check.
-            verify = not packet.csum_ok
+            verify = self.verify and not packet.csum_ok
             raw = packet.ip
         else:
             raw = packet  # type: ignore[assignment]
@@ -76,7 +80,7 @@ class Network:
             dgram = self.fragments.add(dgram, now, self.counters, head)
             if dgram is None:
                 return None
-            verify = True
+            verify = self.verify
         if dgram.proto == ip.PROTO_TCP:
             return dgram, verify
         if dgram.proto == ip.PROTO_ICMP:
@@ -98,9 +102,9 @@ class Network:
         if found is None:
             return None
         if isinstance(found, ip6.Problem):
-            self._error6(found.dst, found.src, icmp6.parameter_problem(found), now)
+            self._error(found.dst, found.src, icmp6.parameter_problem(found), now)
             return None
-        verify = verify or found.reassembled
+        verify = verify or (found.reassembled and self.verify)
         if found.proto == ip6.NH_TCP:
             if found.dst != self.local_for(found.src):
                 # A connection is keyed by the peer alone (`Host.local_for`): a peer that
@@ -121,8 +125,9 @@ class Network:
         other packet (an echo reply, which keeps no state to check against) changes
         nothing, as one that quotes a packet we did not send."""
         self.counters["icmp_too_big_in"] += 1
-        if (report.proto != ip.PROTO_TCP or self.on_too_big is None
-                or (report.src != self.addr and report.src not in self.addrs6)):
+        ours = report.src == self.addr or report.src in self.addrs6
+        if (report.proto != ip.PROTO_TCP or self.on_too_big is None or not ours
+                or report.src != self.local_for(report.dst)):
             self.counters.drop(DropReason.ICMP_IGNORED)
             return
         self.on_too_big(report, now)
@@ -134,7 +139,7 @@ class Network:
         (RFC 6724) picks on its side; TCP that crosses them is refused on input."""
         if len(remote) == 4:
             return self.addr
-        if remote[0] == 0xFE and remote[1] & 0xC0 == 0x80 and len(self.addrs6) > 1:
+        if is_link_local(remote) and len(self.addrs6) > 1:
             return self.addrs6[1]
         if not self.addrs6:  # only an active open can ask: input takes no IPv6 here
             raise OSError(errno.ENETUNREACH, "this stack has no IPv6 address")
@@ -144,21 +149,22 @@ class Network:
         """Reassemblies that timed out, both families: each whose first fragment came is
         answered with a Time Exceeded (RFC 1122 §3.3.2, RFC 8200 §4.5), rate-limited."""
         for head in self.fragments.expire(now, self.counters):
-            if self.errors.allow(now):
-                self.counters["icmp_errors_out"] += 1
-                self.emit(head[12:16], ip.PROTO_ICMP, ip.time_exceeded(head))
-            else:
-                self.counters["icmp_errors_rate_limited"] += 1
+            self._error(self.addr, head[12:16], ip.time_exceeded(head), now)
         for src, dst, head in self.fragments6.expire(now, self.counters):
-            self._error6(dst, src, icmp6.time_exceeded(head, dst, src), now)
+            self._error(dst, src, icmp6.time_exceeded(head, dst, src), now)
 
-    def _error6(self, src: bytes, dst: bytes, message: bytes, now: float) -> None:
-        """An ICMPv6 error from our `src`, at most `icmp6.ERROR_RATE` a second (§2.4 (f))."""
-        if self.errors.allow(now):
-            self.counters["icmp6_errors_out"] += 1
-            self.emit6(src, dst, ip6.NH_ICMPV6, message)
+    def _error(self, src: bytes, dst: bytes, message: bytes, now: float) -> None:
+        """An ICMP or ICMPv6 error (by the family of `dst`) from our `src`, at most
+        `icmp6.ERROR_RATE` a second for both (RFC 4443 §2.4 (f); RFC 1812 §4.3.2.8)."""
+        family = "icmp" if len(dst) == 4 else "icmp6"
+        if not self.errors.allow(now):
+            self.counters[f"{family}_errors_rate_limited"] += 1
+            return
+        self.counters[f"{family}_errors_out"] += 1
+        if len(dst) == 4:
+            self.emit(dst, ip.PROTO_ICMP, message)
         else:
-            self.counters["icmp6_errors_rate_limited"] += 1
+            self.emit6(src, dst, ip6.NH_ICMPV6, message)
 
     def next_deadline(self) -> float | None:
         """The earliest reassembly timeout, or None (the common case)."""

@@ -34,6 +34,10 @@ def too_big(tcb: Tcb, seq_no: int, mss: int) -> DropReason | None:
         return None  # our segments fit already (an old message, or one for the SYN)
     tcb.snd_mss = mss
     congestion.resize(tcb.cc, mss - (TIMESTAMP_SPACE if tcb.ts_ok else 0))
+    # A window kept to be put back (a spurious timeout's or recovery's undo) holds the
+    # old segment size: it may not come back (Linux tcp_simple_retransmit zeroes
+    # undo_marker).
+    tcb._eifel = tcb._dsack_undo = None
     # tcp_simple_retransmit: whatever went out in segments larger than the new size was
     # dropped on the way (a TSO super-segment too: the device cut it at the old size).
     limit = output.mss_payload(tcb)

@@ -1,0 +1,169 @@
+"""IP packets back to back over a byte stream (`ustack.devices.framing`): what tunnels
+carry over TLS or TCP. `StreamLink` runs over any asyncio stream pair, or opens one: a
+kernel TCP connection to a peer (`connect`), or the first one a listening socket accepts
+(`listen`) — two processes, or two machines, each with its own stack, no TUN and no root.
+
+A packet that frames but is bad inside is the stack's to drop and count; the stream goes
+on. A stream that cannot be framed, or that ends, ends the link: `lost` (a future) holds
+why (None for a clean end), and the stack that uses it closes (`Stack` watches it), so no
+reader or writer waits for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ustack.devices.base import Inbox
+from ustack.devices.framing import Framer, FramingError
+from ustack.packet import Packet
+
+DEFAULT_MTU = 16000  # what the iOS developer tunnel uses
+READ_SIZE = 256 * 1024
+HIGH_WATER = 4 << 20  # bytes the stream may hold unsent before packets are dropped
+Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+class LinkLost(ConnectionError):
+    """The stream under a link ended or could not be framed."""
+
+
+class StreamLink:
+    """A device for `Stack(device=...)` over a stream of framed packets."""
+
+    offload = False
+
+    def __init__(self, opener: Opener, *, mtu: int = DEFAULT_MTU, name: str = "stream",
+                 queue: int = 4096) -> None:
+        if not 68 <= mtu <= 65535:
+            raise ValueError(f"mtu {mtu} is not in 68..65535")
+        self.mtu, self.name = mtu, name
+        self.counters: Counter[str] = Counter()
+        self.inbox = Inbox(self.counters, queue)
+        self.detach = self.inbox.detach
+        self._opener = opener
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connected: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[LinkLost | None] | None = None
+        self.closed = False
+
+    @classmethod
+    def over(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+             **kwargs: object) -> StreamLink:
+        """Over a stream already open (a TLS connection, a pipe, a socketpair)."""
+        async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return reader, writer
+
+        return cls(opened, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def connect(cls, host: str, port: int, **kwargs: object) -> StreamLink:
+        """Over a kernel TCP connection to host:port (opened when the stack starts)."""
+        async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection(host, port)
+
+        return cls(opened, name=f"tcp:{host}:{port}", **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def listen(cls, host: str, port: int, **kwargs: object) -> StreamLink:
+        """Over the first kernel TCP connection accepted on host:port (the listening
+        socket opens when the stack starts and closes at that first connection)."""
+        async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            first: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+                asyncio.get_running_loop().create_future())
+
+            def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                if first.done():
+                    writer.close()  # one peer per link
+                else:
+                    first.set_result((reader, writer))
+
+            server = await asyncio.start_server(accepted, host, port)
+            try:
+                return await first
+            finally:
+                server.close()
+
+        return cls(opened, name=f"tcp-listen:{host}:{port}", **kwargs)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ the stack's side
+
+    def attach(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[list[Packet]], None],
+               ) -> None:
+        self.inbox.attach(loop, deliver)
+        self._connected = loop.create_future()
+        self.lost = loop.create_future()
+        self._task = loop.create_task(self._run())
+
+    async def ready(self) -> None:
+        """Returns once the stream is open (LinkLost if it could not be)."""
+        assert self._connected is not None and self.lost is not None
+        either: list[asyncio.Future[Any]] = [self._connected, self.lost]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not self._connected.done():
+            raise self.lost.result() or LinkLost(f"{self.name}: the stream ended")
+
+    def write(self, packet: Packet) -> bool:
+        """The packet onto the stream (its own length frames it); dropped and counted
+        while the stream is not open, or holds more than HIGH_WATER bytes unsent."""
+        writer = self._writer
+        if writer is None or self.closed:
+            self.counters["tx_dropped_link_down"] += 1
+            return False
+        if writer.transport.get_write_buffer_size() > HIGH_WATER:
+            self.counters["tx_dropped_queue_full"] += 1
+            return False
+        writer.write(packet)  # type: ignore[arg-type]
+        self.counters["tx_packets"] += 1
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self.inbox.clear()
+        if self._task is not None:
+            self._task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+
+    # ---------------------------------------------------------------- internals
+
+    async def _run(self) -> None:
+        """Open the stream, then frame what it brings until it ends."""
+        assert self._connected is not None
+        try:
+            reader, self._writer = await self._opener()
+        except OSError as e:
+            return self._lose(LinkLost(f"{self.name}: {e.strerror or e}"))
+        self._connected.set_result(None)
+        framer = Framer()
+        try:
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    break
+                for packet in framer.feed(data):
+                    self.inbox.put(packet)
+        except FramingError as e:
+            return self._lose(LinkLost(f"{self.name}: not a stream of IP packets {e}"))
+        except OSError as e:
+            return self._lose(LinkLost(f"{self.name}: {e.strerror or e}"))
+        if framer.pending:
+            self._lose(LinkLost(f"{self.name}: the stream ended inside a packet"))
+        else:
+            self._lose(None if self.closed else LinkLost(f"{self.name}: the peer closed "
+                                                         "the stream"))
+
+    def _lose(self, why: LinkLost | None) -> None:
+        if why is not None:
+            self.counters["link_lost"] += 1
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(why)
