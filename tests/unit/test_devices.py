@@ -272,8 +272,8 @@ def test_closing_a_stack_wakes_every_reader_and_writer(how: str) -> None:
         (ra, wa), (rb, wb) = await socket_streams()
         async with pair(StreamLink.over(ra, wa), StreamLink.over(rb, wb)) as (a, b):
             await b.start_server(lambda r, w: asyncio.sleep(60), port=9)  # never reads
-            reader, _ = await a.open_connection(B["addr"], 7)
-            _, sink = await a.open_connection(B["addr"], 9)
+            reader, _writer = await a.open_connection(B["addr"], 7)  # kept: open
+            _sink_reader, sink = await a.open_connection(B["addr"], 9)
             sink.write(b"x" * (8 << 20))  # more than any window: drain must wait
             waiting: list[Callable[[], Awaitable[Any]]] = [
                 lambda: reader.read(10), sink.drain]
