@@ -85,3 +85,15 @@ def test_any_header_bytes_decode_or_fail_cleanly(raw: bytes) -> None:
     except SegmentError:
         return
     assert 20 <= len(raw) - len(seg.payload) <= 60
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=3000))
+def test_the_little_endian_residue_is_the_big_endian_sum(data: bytes) -> None:
+    """`checksum.residue` (the receive path's reading) equals the word sum `words`
+    gives, and dpkt's checksum of the same bytes."""
+    from ustack.checksum import finish, residue, words
+
+    assert residue(data) % 0xFFFF == words(data) % 0xFFFF
+    # Equal in ones' complement, where 0 and 0xffff are one value (RFC 1071).
+    assert (finish(residue(data)) - dpkt.in_cksum(data)) % 0xFFFF == 0

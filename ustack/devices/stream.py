@@ -46,6 +46,8 @@ class StreamLink:
         self.detach = self.inbox.detach
         self._opener = opener
         self._writer: asyncio.StreamWriter | None = None
+        self._out: list[bytes] = []  # packets of this loop turn, written together
+        self._out_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self._connected: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[LinkLost | None] | None = None
@@ -114,12 +116,22 @@ class StreamLink:
         if writer is None or self.closed:
             self.counters["tx_dropped_link_down"] += 1
             return False
-        if writer.transport.get_write_buffer_size() > HIGH_WATER:
+        if self._out_bytes + writer.transport.get_write_buffer_size() > HIGH_WATER:
             self.counters["tx_dropped_queue_full"] += 1
             return False
-        writer.write(packet)  # type: ignore[arg-type]
+        # A step's packets go to the stream together, on the loop's next turn: one
+        # system call for them all, not one each.
+        self._out.append(bytes(packet))  # type: ignore[arg-type]
+        self._out_bytes += len(packet)
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
         self.counters["tx_packets"] += 1
         return True
+
+    def _flush(self) -> None:
+        out, self._out, self._out_bytes = self._out, [], 0
+        if self._writer is not None and not self.closed and out:
+            self._writer.write(b"".join(out))
 
     def close(self) -> None:
         self.closed = True

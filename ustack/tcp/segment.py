@@ -9,7 +9,7 @@ of RFC 9293 §3.1 with one reduction each.
 import struct
 from dataclasses import dataclass, field
 
-from ustack.checksum import finish, pseudo_words, words
+from ustack.checksum import finish, pseudo_words, residue, words
 from ustack.tcp import options
 from ustack.tcp.options import OptionError, Options
 
@@ -87,7 +87,7 @@ def decode(src: bytes, dst: bytes, data: bytes | memoryview, verify: bool = True
     if size < HEADER_LEN:
         raise SegmentError("TCP_MALFORMED")
     # MUST-3 over the pseudo-header and the segment, with one reduction.
-    if verify and (words(data) + pseudo_words(src + dst, PROTO_TCP, size)) % 0xFFFF:
+    if verify and (residue(data) + pseudo_words(src + dst, PROTO_TCP, size)) % 0xFFFF:
         raise SegmentError("TCP_BAD_CHECKSUM")
     seg = read(data)
     if seg.flags & SYN and seg.flags & (RST | FIN):
@@ -140,5 +140,5 @@ def encode(seg: Segment, src: bytes, dst: bytes,
         return _HEADER.pack(*fields, pseudo % 0xFFFF, 0) + opts, payload
     # One reduction over pseudo-header, header and data; the header's length is a
     # multiple of 4, so the data's words line up after it.
-    total = pseudo + words(_HEADER.pack(*fields, 0, 0) + opts) + words(payload)
+    total = pseudo + words(_HEADER.pack(*fields, 0, 0) + opts) + residue(payload)
     return _HEADER.pack(*fields, finish(total), 0) + opts, payload
