@@ -24,7 +24,8 @@ def resolve(prefix: str) -> object:
         return asyncio.StreamWriter
     if prefix in ("asyncio", "ustack"):
         return importlib.import_module(prefix)
-    for package in ("ustack.tcp", "ustack.host", "ustack.api", "ustack.cli", "ustack"):
+    for package in ("ustack.tcp", "ustack.host", "ustack.api", "ustack.cli", "ustack.devices",
+                    "ustack"):
         try:
             return importlib.import_module(f"{package}.{prefix}")
         except ModuleNotFoundError:

@@ -289,3 +289,24 @@ def test_closing_a_stack_wakes_every_reader_and_writer(how: str) -> None:
             await a.wait_closed()
 
     run(main())
+
+
+def test_capture_and_trace_work_on_a_link_as_on_a_tun(tmp_path: Path) -> None:
+    import io
+
+    from ustack.ladder import capture_events
+
+    async def main() -> io.StringIO:
+        trace = io.StringIO()
+        link = MemoryLink()
+        async with Stack(device=link.a, pcap=tmp_path / "a.pcap", trace=trace, linger=0.2,
+                         **A) as a, Stack(device=link.b, linger=0.2, **B) as b:
+            await b.start_server(echo, port=7)
+            assert await through_echo(a, B["addr6"], DATA[:10_000]) == DATA[:10_000]
+        return trace
+
+    trace = run(main())
+    assert "SYN" in trace.getvalue() and "[fd09::2]:7" in trace.getvalue()
+    with open(tmp_path / "a.pcap", "rb") as f:
+        events, _ = capture_events(f, A["addr6"])
+    assert events

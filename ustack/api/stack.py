@@ -179,6 +179,13 @@ class Stack(AsyncioCalls):
                               pipeline_of([self._pcap, self._faults]))
         self._driver.start()
         self._phase = "running"
+        started = getattr(device, "started", None)
+        if started is not None:  # a link with a start of its own (a socket that listens)
+            try:
+                await started()
+            except BaseException:
+                await self.aclose()
+                raise
         lost = getattr(device, "lost", None)
         if isinstance(lost, asyncio.Future):
             lost.add_done_callback(self._on_link_lost)

@@ -29,6 +29,7 @@ from ustack.cli.args import (
 from ustack.cli.common import log, log_faults, make_stack, on_signals, run_loop, warn_kernel_addr
 from ustack.cli.serve import serve, server_tls, services_problem
 from ustack.cli.supervisor import supervise
+from ustack.devices import LinkLost
 from ustack.heap import keep_freed_heap
 from ustack.tun import TunError
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     command = serve if args.command == "serve" else connect
     try:
         return run_loop(command(args), args.loop)
-    except (TunError, link.CaptureError) as e:
+    except (TunError, link.CaptureError, LinkLost) as e:
         log(str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -51,6 +51,8 @@ class StreamLink:
         self._task: asyncio.Task[None] | None = None
         self._connected: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[LinkLost | None] | None = None
+        self._bound: asyncio.Future[None] | None = None
+        self.waits_for_peer = False  # `listen`: started once its socket listens
         self.closed = False
 
     @classmethod
@@ -73,7 +75,10 @@ class StreamLink:
     @classmethod
     def listen(cls, host: str, port: int, **kwargs: object) -> StreamLink:
         """Over the first kernel TCP connection accepted on host:port (the listening
-        socket opens when the stack starts and closes at that first connection)."""
+        socket opens as the stack starts, which waits for it, and closes at that first
+        connection)."""
+        link: StreamLink
+
         async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             first: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
                 asyncio.get_running_loop().create_future())
@@ -85,12 +90,15 @@ class StreamLink:
                     first.set_result((reader, writer))
 
             server = await asyncio.start_server(accepted, host, port)
+            link._set(link._bound)
             try:
                 return await first
             finally:
                 server.close()
 
-        return cls(opened, name=f"tcp-listen:{host}:{port}", **kwargs)  # type: ignore[arg-type]
+        link = cls(opened, name=f"tcp-listen:{host}:{port}", **kwargs)  # type: ignore[arg-type]
+        link.waits_for_peer = True
+        return link
 
     # ------------------------------------------------------------ the stack's side
 
@@ -98,16 +106,32 @@ class StreamLink:
                ) -> None:
         self.inbox.attach(loop, deliver)
         self._connected = loop.create_future()
+        self._bound = loop.create_future()
         self.lost = loop.create_future()
+        if not self.waits_for_peer:
+            self._set(self._bound)
         self._task = loop.create_task(self._run())
+
+    async def started(self) -> None:
+        """Returns once the link has started: at once, or for `listen` once its socket
+        listens (LinkLost if it cannot, as for an address in use)."""
+        await self._either(self._bound)
 
     async def ready(self) -> None:
         """Returns once the stream is open (LinkLost if it could not be)."""
-        assert self._connected is not None and self.lost is not None
-        either: list[asyncio.Future[Any]] = [self._connected, self.lost]
+        await self._either(self._connected)
+
+    async def _either(self, future: asyncio.Future[None] | None) -> None:
+        assert future is not None and self.lost is not None
+        either: list[asyncio.Future[Any]] = [future, self.lost]
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not self._connected.done():
+        if not future.done():
             raise self.lost.result() or LinkLost(f"{self.name}: the stream ended")
+
+    @staticmethod
+    def _set(future: asyncio.Future[None] | None) -> None:
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def write(self, packet: Packet) -> bool:
         """The packet onto the stream (its own length frames it); dropped and counted
@@ -152,7 +176,7 @@ class StreamLink:
             reader, self._writer = await self._opener()
         except OSError as e:
             return self._lose(LinkLost(f"{self.name}: {e.strerror or e}"))
-        self._connected.set_result(None)
+        self._set(self._connected)
         framer = Framer()
         try:
             while True:
