@@ -116,7 +116,8 @@ def test_two_stacks_in_one_process_over_both_families(offload: bool) -> None:
     run(main())
 
 
-def test_http_tls_and_aiohttp_between_two_stacks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loss", [0.0, 0.05], ids=["clean", "5%-loss"])
+def test_http_tls_and_aiohttp_between_two_stacks(tmp_path: Path, loss: float) -> None:
     web = pytest.importorskip("aiohttp.web")
     cert, key = tls.self_signed_certificate(tmp_path, addresses=[B["addr"]])
     server_tls = tls.server_context(cert, key)
@@ -128,6 +129,9 @@ def test_http_tls_and_aiohttp_between_two_stacks(tmp_path: Path) -> None:
     async def main() -> None:
         link = MemoryLink()
         async with pair(link.a, link.b) as (a, b):
+            if loss:
+                a.faults(loss=loss, seed=5)
+                b.faults(loss=loss, seed=6)
             await b.create_server(protocol_factory("http"), port=80)
             reply = await through_echo(a, B["addr"], b"GET /bytes/5000 HTTP/1.1\r\nHost: b\r\n"
                                        b"Connection: close\r\n\r\n", port=80)
@@ -245,6 +249,22 @@ def test_junk_on_the_stream_ends_the_link_and_wakes_its_connections() -> None:
             assert "not a stream of IP packets" in str(b.link_error)
             assert "neither IPv4 nor IPv6" in str(b.link_error)
             assert all(tcb.state.name == "CLOSED" for tcb in served)
+
+    run(main())
+
+
+def test_a_packet_split_across_writes_of_the_stream_arrives_whole() -> None:
+    async def main() -> None:
+        (ra, wa), (rb, wb) = await socket_streams()
+        async with pair(StreamLink.over(ra, wa), StreamLink.over(rb, wb)) as (a, b):
+            await a.ready()
+            syn = tcp_packet("10.9.0.7", B["addr"], 7, bad_checksum=False)
+            wa.write(syn[:13])
+            await wa.drain()
+            await asyncio.sleep(0.05)  # b has read the first part alone
+            wa.write(syn[13:])
+            await asyncio.sleep(0.05)
+            assert b.stats()["passive_opens"] == 1
 
     run(main())
 
