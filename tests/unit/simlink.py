@@ -4,7 +4,7 @@ import random
 from dataclasses import dataclass, field
 
 from ustack.host import Host
-from ustack.link import FaultInjector
+from ustack.link import FaultInjector, Pipeline, Stage
 from ustack.packet import Offloaded, Packet
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.states import State
@@ -46,6 +46,8 @@ class Pair:
     offload: bool = False
     # Over IPv6: `transfer` connects to B's IPv6 address (both hosts have one either way).
     ipv6: bool = False
+    # More of the link: a stage between the hosts beside the faults (a `Shaper`).
+    stage: Stage | None = None
 
     def __post_init__(self) -> None:
         self.a = Host(A_ADDR, rng=random.Random(self.seed + 1), config=self.config,
@@ -53,7 +55,9 @@ class Pair:
         self.b = Host(B_ADDR, rng=random.Random(self.seed + 2), config=self.config,
                       offload=self.offload, addrs6=[B_ADDR6])
         self.now = 0.0
-        self.wire = self.faults.injector(self.seed)
+        injector = self.faults.injector(self.seed)
+        self.wire: Stage = (injector if self.stage is None
+                            else Pipeline([self.stage, injector]))
         # What the wire let through at once (no delay), per receiving host.
         self._arrived: dict[Host, list[Packet]] = {}
 

@@ -23,14 +23,14 @@ from ustack.aio import Driver, clock
 from ustack.api.calls import AsyncioCalls
 from ustack.api.checks import check_own_addr, check_own_addr6
 from ustack.api.dispatch import Dispatch
+from ustack.api.middleware import LinkControls
 from ustack.api.server import Server
 from ustack.api.transport import Transport
 from ustack.conninfo import ConnectionInfo
 from ustack.host import Host
 from ustack.ip6 import MIN_MTU
-from ustack.ladder import Ladder, fault_event, flag_names
-from ustack.link import FAULT_COUNTERS, TX, FaultInjector, PcapWriter, pipeline_of
-from ustack.packet import Packet, ip_of
+from ustack.ladder import Ladder
+from ustack.link import FaultInjector, PcapWriter, Shaper
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.listener import Listener
 from ustack.tcp.states import State
@@ -41,7 +41,7 @@ from ustack.tun import DEFAULT_KERNEL_ADDR6, TunDevice, TunError, route_problem
 _FLUSHING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 
 
-class Stack(AsyncioCalls):
+class Stack(AsyncioCalls, LinkControls):
     """A ustack host on a TUN device: `async with Stack(...) as stack:`; its methods
     mirror asyncio's (`start_server`, `open_connection`, `create_server`,
     `create_connection`, `start_tls`). One `async with` per Stack.
@@ -135,6 +135,8 @@ class Stack(AsyncioCalls):
         self._pcap: PcapWriter | None = None
         self._faults: FaultInjector | None = None
         self._fault_totals: Counter[str] = Counter()  # of injectors since replaced
+        self._shaper: Shaper | None = None
+        self._shaper_totals: Counter[str] = Counter()  # of shapers since replaced
         self._phase = "new"  # then "running" (inside `async with`), then "closed"
         self._ladder: Ladder | None = None
         self._fault_log: TextIO | None = None  # <pcap>.faults, once a fault happened
@@ -176,7 +178,7 @@ class Stack(AsyncioCalls):
             self._ladder = Ladder(self.trace, color=isatty())
             self._host.probe = self._ladder.feed
         self._driver = Driver(self._host, self._device, self.loop, self._on_events,
-                              pipeline_of([self._pcap, self._faults]))
+                              self._pipeline())
         self._driver.start()
         self._phase = "running"
         started = getattr(device, "started", None)
@@ -238,47 +240,6 @@ class Stack(AsyncioCalls):
         return TunDevice.open(self.dev, kernel_addr=self.kernel_addr, mtu=self._mtu,
                               offload=self.offload, kernel_addr6=self.kernel_addr6)
 
-    def faults(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
-               corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
-               seed: int | None = None) -> int | None:
-        """Put a seeded fault injector on the link, in both directions, replacing any
-        before it; with no arguments (or all zero) remove it. Probabilities are fractions
-        (0.05 = 5%). Returns the seed in use (log it to replay a run), or None when no
-        faults are on. May be called before the stack starts or while it runs; packets
-        the old injector held back are sent on, not lost."""
-        injector = FaultInjector(loss=loss, dup=dup, reorder=reorder, corrupt=corrupt,
-                                 delay_ms=delay_ms, jitter_ms=jitter_ms, seed=seed)
-        injector.probe = self._on_fault
-        new = injector if injector.active else None
-        old, self._faults = self._faults, new
-        if self._device is not None:  # running: the driver exists
-            self._driver.set_pipeline(pipeline_of([self._pcap, new]))
-        if old is not None:
-            self._fault_totals.update(old.counters)
-        return new.seed if new is not None else None
-
-    def _on_fault(self, kind: str, direction: int, packet: Packet, now: float) -> None:
-        """The fault injector dropped, duplicated or corrupted `packet`: into the ladder
-        (`--trace`), and beside the capture in `<pcap>.faults` (a classic pcap has no
-        room for a comment), one line each."""
-        if self._ladder is None and self._pcap is None:
-            return
-        ev = fault_event(kind, bytes(ip_of(packet)),
-                         direction == TX, now)
-        if ev is None:
-            return
-        if self._ladder is not None:
-            self._ladder.feed(ev)
-        if self._pcap is not None and self.pcap is not None:
-            if self._fault_log is None:
-                self._fault_log = open(f"{os.fspath(self.pcap)}.faults", "w",  # noqa: SIM115
-                                       encoding="utf-8")
-            wall = now + self._pcap.wall_offset
-            way = "ustack->peer" if ev.outbound else "peer->ustack"
-            self._fault_log.write(
-                f"{wall:.6f} {kind} {way} {ev.src} > {ev.dst} {flag_names(ev.flags)} "
-                f"seq {ev.seq} len {ev.length}\n")
-
     @property
     def device_created(self) -> bool:
         """Did this stack create its TUN device (and configure the kernel's side with
@@ -304,11 +265,6 @@ class Stack(AsyncioCalls):
     def offload_refused(self) -> str | None:
         """Why the device took no offloads though they were asked for; else None."""
         return getattr(self._device, "offload_refused", None)
-
-    @property
-    def fault_injector(self) -> FaultInjector | None:
-        """The fault injector in use, if any (its `.seed`, `.describe()`, `.counters`)."""
-        return self._faults
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -356,14 +312,7 @@ class Stack(AsyncioCalls):
         (and final) after the stack is closed."""
         stats = self._host.stats()
         stats.update(self._device_counters)
-        if self._faults is not None or self._fault_totals:
-            faults = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
-            faults.update(self._fault_totals)
-            if self._faults is not None:
-                faults.update(self._faults.counters)
-            stats.update(faults)
-        if self._pcap is not None:
-            stats.update(self._pcap.counters)
+        stats.update(self._link_counters())
         return stats
 
     # --------------------------------------------------------- core events

@@ -4,10 +4,12 @@ one clear sentence (exit status 2) rather than a traceback."""
 import argparse
 import ipaddress
 import os
+from typing import Any
 
 import ustack
 from ustack import link, services
 from ustack.api import check_own_addr, check_own_addr6
+from ustack.link.shaper import parse_gemodel, parse_queue, parse_rate
 from ustack.tcp import congestion
 from ustack.tun import MAX_QUEUES
 
@@ -142,18 +144,18 @@ def _service(text: str) -> tuple[str, int]:
                                          if name in TLS_SERVICES else message) from None
 
 
-def _probability(text: str) -> float:
-    try:
-        return link.parse_probability(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _via(parse: Any) -> Any:
+    """An argparse type from a parser that raises ValueError with the message."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
 
 
-def _delay(text: str) -> tuple[float, float]:
-    try:
-        return link.parse_delay(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_probability = _via(link.parse_probability)
+_delay = _via(link.parse_delay)
 
 
 def _seed(text: str) -> int:
@@ -253,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
                                help="delay every packet by MS milliseconds, +- JITTER_MS")
         link_opts.add_argument("--seed", type=_seed, default=None, metavar="N",
                                help="seed of the fault injector (default: random, logged)")
+        link_opts.add_argument("--rate", type=_via(parse_rate), default=None,
+                               metavar="RATE", help="shape each direction to RATE (50mbit, "
+                               "1gbit; IP bytes) behind a FIFO queue (--queue)")
+        link_opts.add_argument("--queue", type=_via(parse_queue), default=(1000, None),
+                               metavar="N|Nkb", help="the shaper's queue: N packets "
+                               "(default 1000) or N bytes (150000b, 64kb); tail drop")
+        link_opts.add_argument("--gemodel", type=_via(parse_gemodel), default=None,
+                               metavar="P,R[,1-H[,1-K]]", help="bursty loss by the "
+                               "Gilbert-Elliott model, as netem's loss gemodel")
 
     def service_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--backlog", type=_backlog, default=services.BACKLOG,

@@ -58,6 +58,10 @@ def make_stack(args: argparse.Namespace, **given: Any) -> Stack:
     delay_ms, jitter_ms = args.delay
     stack.faults(loss=args.loss, dup=args.dup, reorder=args.reorder, corrupt=args.corrupt,
                  delay_ms=delay_ms, jitter_ms=jitter_ms, seed=args.seed)
+    if args.rate is not None or args.gemodel is not None:
+        packets, nbytes = args.queue
+        stack.shape(args.rate or 1e12, queue=packets, queue_bytes=nbytes,
+                    gemodel=args.gemodel, seed=args.seed)
     return stack
 
 
@@ -65,6 +69,8 @@ def log_faults(stack: Stack, who: str = "ustack") -> None:
     """The line that lets a lossy run be replayed: `ustack: faults loss=0.05 ... seed=N`."""
     if stack.fault_injector is not None:
         log("faults " + stack.fault_injector.describe(), who)
+    if stack.shaper is not None:
+        log("shaping " + stack.shaper.describe(), who)
 
 
 def warn_kernel_addr(args: argparse.Namespace, dev: str, created: bool) -> None:
