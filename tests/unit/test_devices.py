@@ -306,6 +306,11 @@ def test_closing_a_stack_wakes_every_reader_and_writer(how: str) -> None:
                 wb.close()  # the other end of a's stream goes away
             done, _ = await asyncio.wait(tasks, timeout=5)
             assert len(done) == 2, "a reader or writer was left waiting"
+            # Each hears an error, not an orderly end: why the stack went away.
+            errors = [task.exception() for task in tasks]
+            assert all(isinstance(e, ConnectionError) for e in errors), errors
+            if how == "lost link":
+                assert all(isinstance(e, LinkLost) for e in errors), errors
             await a.wait_closed()
 
     run(main())

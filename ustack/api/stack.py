@@ -281,8 +281,12 @@ class Stack(AsyncioCalls, LinkControls):
         while self.loop.time() < deadline and any(
                 tcb.state in _FLUSHING for tcb in self._host.connections()):
             await asyncio.sleep(0.005)
+        # Whoever still waits on a connection hears why it ends (a kernel socket whose
+        # network went away reports an error, not an orderly end).
+        gone = self.link_error or ConnectionAbortedError(errno.ECONNABORTED,
+                                                         "the stack was closed")
         for tcb in self._host.connections():
-            tcb.abort()
+            tcb.abort(gone)
         self._driver.flush()
         self._driver.drain_tx()  # what the fault injector delays still goes out
         self._dispatch.close_all()

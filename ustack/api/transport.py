@@ -92,7 +92,10 @@ class Transport(asyncio.Transport):
                 keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
                 if not keep_open:
                     self.close()
-        self._maybe_resume_protocol()
+        if tcb.error is None:
+            # A connection that fails leaves a paused writer paused: its drain() raises
+            # the error (asyncio's connection_lost wakes only paused writers with it).
+            self._maybe_resume_protocol()
         if tcb.state is State.CLOSED or (self._closing and tcb.state in _DONE_AFTER_CLOSE):
             if not self._closing and self._undelivered():
                 # Reading is paused with bytes (or the EOF) still held: a kernel socket

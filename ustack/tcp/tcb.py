@@ -335,11 +335,11 @@ class Tcb:
             self._queue_fin()
         self._wake()
 
-    def abort(self) -> None:
-        """ABORT call (§3.10.5): <SEQ=SND.NXT><CTL=RST> in synchronized states."""
+    def abort(self, error: Exception | None = None) -> None:
+        """ABORT (§3.10.5): <SEQ=SND.NXT><CTL=RST> if synchronized; the user hears `error`."""
         if self.state not in (State.CLOSED, State.SYN_SENT, State.TIME_WAIT):
             self._outbox.append(output.segment(self, RST, seq_no=self.snd_nxt))
-        self._close(None)
+        self._close(error)
         self._wake()
 
     def _wake(self) -> None:
