@@ -9,7 +9,7 @@ a plain kernel TCP connection (Linux's TCP is the reference: the link's own carr
 
 No root, no namespace: only 127.0.0.1. Checksums are verified on input unless
 `--trust` (the stack's verify_checksums=False). Prints one line per run and direction:
-MB/s for ustack and for the kernel, their ratio, and each process's CPU seconds.
+MB/s for ustack and for the kernel, their ratio, and the client process's CPU seconds.
 """
 
 from __future__ import annotations

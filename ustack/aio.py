@@ -105,12 +105,18 @@ class Driver:
         Safe from inside an application callback: the host hears of it on a later step."""
         old, self.pipeline = self.pipeline, pipeline
         if old is not None:
-            rx, tx = old.drain(clock())
+            # Only the stages that go are emptied: one kept (a shaper while the faults
+            # change) keeps its queue and its schedule.
+            kept = {id(stage) for stage in pipeline.stages} if pipeline is not None else set()
             write = self.device.write
-            for packet in tx:
-                write(packet)
-            if rx:
-                self.loop.call_soon(self._receive_held, rx)
+            for stage in old.stages:
+                if id(stage) in kept:
+                    continue
+                rx, tx = stage.drain(clock())
+                for packet in tx:
+                    write(packet)
+                if rx:
+                    self.loop.call_soon(self._receive_held, rx)
         self.kick_later()  # a step soon re-arms the timer for the new pipeline
 
     def _receive_held(self, packets: list[Packet]) -> None:

@@ -18,12 +18,13 @@ def words(data: Buffer) -> int:
 
 
 def residue(data: Buffer) -> int:
-    """`data`'s 16-bit words summed, reduced mod 0xffff (`words(data) % 0xffff`, the
-    same value), from the little-endian reading, which C converts ~20 % faster for a
-    large segment: in ones' complement the little-endian reading is 256 times the
-    big-endian one (RFC 1071 §2 (B): byte-order independence; 256 * 256 = 65536 = 1 mod
-    0xffff), so 256 times it again is the big-endian sum. Reduced before anything is
-    added: no second integer as long as the data is made."""
+    """`data`'s 16-bit words summed, congruent to `words(data)` mod 0xffff (not reduced:
+    callers add the pseudo-header and reduce once), from the little-endian reading,
+    which C converts ~20 % faster for a large segment: in ones' complement the
+    little-endian reading is 256 times the big-endian one (RFC 1071 §2 (B): byte-order
+    independence; 256 * 256 = 65536 = 1 mod 0xffff), so 256 times it again is the
+    big-endian sum. Reduced before it is shifted: no second integer as long as the
+    data is made."""
     return (int.from_bytes(data, "little") % 0xFFFF) << 8
 
 

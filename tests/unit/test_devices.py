@@ -335,3 +335,29 @@ def test_capture_and_trace_work_on_a_link_as_on_a_tun(tmp_path: Path) -> None:
     with open(tmp_path / "a.pcap", "rb") as f:
         events, _ = capture_events(f, A["addr6"])
     assert events
+
+
+def test_two_readers_of_a_packet_link_both_hear_its_close() -> None:
+    async def main() -> None:
+        link = PacketLink()
+        waiting = [asyncio.create_task(link.get()) for _ in range(2)]
+        await asyncio.sleep(0)
+        link.close()
+        for task in waiting:
+            with pytest.raises(Exception, match="closed"):
+                await asyncio.wait_for(task, 2)
+
+    run(main())
+
+
+def test_closing_twice_at_once_is_one_close() -> None:
+    async def main() -> None:
+        link = MemoryLink()
+        async with pair(link.a, link.b) as (a, _):
+            _, writer = await a.open_connection(B["addr"], 7)
+            writer.close()  # in FIN-WAIT-1: the close lingers a moment
+            a.close()
+            await a.aclose()  # the second waits for the first; neither fails
+            assert a.link_error is None
+
+    run(main())

@@ -20,6 +20,7 @@ from tests.unit.test_ip6 import OURS, PEER, host, packet, tcp6, tcp_ok
 from ustack import icmp6, ip6, pmtu
 from ustack.checksum import finish, words
 from ustack.host import Host
+from ustack.tcp.eifel import DsackUndo, Eifel
 from ustack.tcp.tcb import Tcb
 
 ROUTER = bytes.fromhex("fd77" + "00" * 13 + "fe")
@@ -162,7 +163,8 @@ def test_a_quote_of_the_other_family_or_a_short_header_names_nothing() -> None:
 
 def test_a_window_kept_for_undo_does_not_bring_the_old_size_back() -> None:
     h, conn, _, first = flight6()
-    conn._eifel = object()  # as after a retransmission timeout: a snapshot to put back
-    conn._dsack_undo = object()
+    # As after a retransmission timeout and a recovery: windows kept to be put back.
+    conn._eifel = Eifel(conn.snd_una, conn.cc.snapshot())
+    conn._dsack_undo = DsackUndo(conn.snd_una, conn.cc.snapshot())
     h.receive(too_big6(1280, first[0]), 0.1)
     assert conn.snd_mss == 1220 and conn._eifel is None and conn._dsack_undo is None

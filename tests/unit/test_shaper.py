@@ -127,3 +127,35 @@ def test_a_stack_shapes_its_link_and_counts() -> None:
     assert took >= len(DATA) * 8 / 20e6
     assert stats["shaper_delayed"] > 1000 and "shaper_queue_dropped" in stats
     assert "shaper_ge_dropped" in stats
+
+
+def test_a_kept_shaper_keeps_its_queue_when_the_faults_change() -> None:
+    """Replacing the fault injector rebuilds the pipeline: the shaper in it keeps what it
+    queued and its schedule (only replaced stages are emptied)."""
+    import asyncio
+
+    from tests.unit.test_devices import A
+    from ustack.api import Stack
+    from ustack.devices import MemoryLink
+
+    async def main() -> None:
+        link = MemoryLink()
+        async with Stack(device=link.a, linger=0, **A) as a:
+            a.shape(1e6, queue=100)  # 1 mbit/s: a 1500-byte packet takes 12 ms
+            shaper = a.shaper
+            assert shaper is not None
+            for _ in range(5):
+                shaper.tx(bytes([0x45]) + bytes(1499), a.loop.time())
+            queued = shaper.departures(TX)
+            a.faults(loss=0.01, seed=1)
+            assert a.shaper is shaper and shaper.departures(TX) == queued
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_loss_alone_needs_no_rate_and_each_direction_has_its_own_chain() -> None:
+    shaper = Shaper(None, gemodel=(0.5, 0.5, 1.0, 0.0), seed=4)
+    packet = bytes([0x45]) + bytes(99)
+    passed = sum(len(shaper.tx(packet, 0.0)) for _ in range(2000))
+    assert 800 < passed < 1200 and shaper.departures(TX) == []  # nothing waits
+    assert "rate" not in shaper.describe() and "gemodel=0.5,0.5,1,0" in shaper.describe()

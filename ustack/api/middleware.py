@@ -44,10 +44,10 @@ class LinkControls:
         """Shape the link, per direction (`ustack.link.Shaper`): a rate in bits per second
         counting IP bytes behind a FIFO of `queue` packets (or `queue_bytes` bytes; tail
         drop, counted as `shaper_queue_dropped`), and Gilbert–Elliott loss `gemodel` =
-        (p, r, 1-h, 1-k) as netem's `loss gemodel`. `rate_bps=None` removes the shaper.
-        Returns the seed of its losses (None without a shaper)."""
+        (p, r, 1-h, 1-k) as netem's `loss gemodel`, one model per direction. Neither a
+        rate nor a gemodel: no shaper. Returns the seed of its losses (None without)."""
         new = None
-        if rate_bps is not None:
+        if rate_bps is not None or gemodel is not None:
             new = Shaper(rate_bps, queue, queue_bytes, gemodel, seed, directions)
         old, self._shaper = self._shaper, new
         if old is not None:

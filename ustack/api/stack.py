@@ -87,9 +87,10 @@ class Stack(AsyncioCalls, LinkControls):
       packet itself (a tunnel over TLS), where the TCP and ICMP checksums of packets
       in are not computed again.
 
-    `stack.faults(...)` puts a seeded fault injector on the link. The link middleware
-    sits device - pcap - faults - host, so the capture is what the kernel's side sent
-    and received (see `ustack.link`). Errors at the start: `TunError` (the device, its
+    `stack.faults(...)` puts a seeded fault injector on the link, `stack.shape(...)` a
+    rate, a queue and bursty loss. The link middleware sits device - pcap - shaper -
+    faults - host, so the capture is what the kernel's side sent and received (see
+    `ustack.link`). Errors at the start: `TunError` (the device, its
     permissions, an address the kernel cannot reach), `ustack.link.CaptureError`.
     """
 
@@ -207,8 +208,7 @@ class Stack(AsyncioCalls, LinkControls):
         if lost.cancelled():
             return
         self.link_error = lost.result()
-        if self._phase == "running":
-            self._closing = self.loop.create_task(self.aclose())
+        self.close()
 
     def close(self) -> None:
         """Start closing (as `aclose`, without waiting): every connection is reset and
@@ -273,6 +273,10 @@ class Stack(AsyncioCalls, LinkControls):
         """Stop listening; let closed connections deliver what they still hold (up to
         `linger` seconds), reset the rest, release the device."""
         if self._device is None:
+            return
+        if self._phase == "closed":  # another close is under way: its end is ours
+            if self._closed is not None:
+                await asyncio.shield(self._closed)
             return
         self._phase = "closed"
         for server in list(self._servers.values()):

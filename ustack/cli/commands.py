@@ -188,9 +188,12 @@ async def connect(args: argparse.Namespace) -> int:
 async def _netcat(stack: Stack, host: str, port: int, timeout: float | None = None) -> int:
     loop = asyncio.get_running_loop()
     notice = loop.call_later(CONNECTING_NOTICE, log, f"connecting to {host}:{port}…")
+    async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        await stack.ready()  # a --link: its stream is open
+        return await stack.open_connection(host, port)
+
     try:
-        await asyncio.wait_for(stack.ready(), timeout)  # a --link: its stream is open
-        reader, writer = await asyncio.wait_for(stack.open_connection(host, port), timeout)
+        reader, writer = await asyncio.wait_for(opened(), timeout)  # one --timeout for both
     finally:
         notice.cancel()
 

@@ -60,8 +60,8 @@ def make_stack(args: argparse.Namespace, **given: Any) -> Stack:
                  delay_ms=delay_ms, jitter_ms=jitter_ms, seed=args.seed)
     if args.rate is not None or args.gemodel is not None:
         packets, nbytes = args.queue
-        stack.shape(args.rate or 1e12, queue=packets, queue_bytes=nbytes,
-                    gemodel=args.gemodel, seed=args.seed)
+        stack.shape(args.rate, queue=packets, queue_bytes=nbytes, gemodel=args.gemodel,
+                    seed=args.seed)
     return stack
 
 

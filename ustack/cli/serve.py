@@ -13,7 +13,7 @@ from typing import Any
 
 from ustack import compiled_core, conninfo, services
 from ustack.api import Stack, tls
-from ustack.cli.args import DEFAULT_ADDRS, EXIT_OK, TLS_SERVICES
+from ustack.cli.args import DEFAULT_ADDRS, EXIT_CONNECTION, EXIT_OK, TLS_SERVICES
 from ustack.cli.common import (
     format_stats,
     log,
@@ -57,6 +57,9 @@ async def serve(args: argparse.Namespace, announcer: Announcer | None = None) ->
     stop = asyncio.Event()
     async with make_stack(args, **announcer.stack_options(args)) as stack:
         log_faults(stack, announcer.who)
+        link = getattr(args, "link", None)
+        if link is not None and link[0] == "tcp":
+            await stack.ready()  # a link this side opens: serve once it is open
         for name, port in args.services or DEFAULT_SERVICES:
             if name in TLS_SERVICES:
                 plain, _ = TLS_SERVICES[name]
@@ -71,9 +74,11 @@ async def serve(args: argparse.Namespace, announcer: Announcer | None = None) ->
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiting in waits:
             waiting.cancel()
+    announcer.stopped(stack)
     if stack.link_error is not None:
         log(f"link lost: {stack.link_error}", announcer.who)
-    announcer.stopped(stack)
+        # The peer's orderly end of the stream is the service's end; anything else fails.
+        return EXIT_OK if getattr(stack.link_error, "orderly", False) else EXIT_CONNECTION
     return EXIT_OK
 
 

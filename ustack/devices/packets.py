@@ -38,7 +38,7 @@ class PacketLink:
         self.attach = self.inbox.attach  # the stack's driver takes what `feed` brings
         self.detach = self.inbox.detach
         self._out: deque[bytes] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self.closed = False
 
     # ------------------------------------------------------------ the stack's side
@@ -51,7 +51,11 @@ class PacketLink:
         data = bytes(packet)  # type: ignore[arg-type]
         self.counters["tx_packets"] += 1
         if self.on_packet is not None:
-            self.on_packet(data)
+            try:
+                self.on_packet(data)
+            except Exception:  # the application's callback: counted, the stack goes on
+                self.counters["tx_error_on_packet"] += 1
+                return False
             return True
         if len(self._out) >= self.queue:
             self.counters["tx_dropped_queue_full"] += 1
@@ -81,8 +85,13 @@ class PacketLink:
         while not self._out:
             if self.closed:
                 raise LinkClosed("the packet link is closed")
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
         return self._out.popleft()
 
     def get_nowait(self) -> bytes | None:
@@ -101,6 +110,7 @@ class PacketLink:
     # ---------------------------------------------------------------- internals
 
     def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

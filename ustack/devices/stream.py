@@ -28,7 +28,12 @@ Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter
 
 
 class LinkLost(ConnectionError):
-    """The stream under a link ended or could not be framed."""
+    """The stream under a link ended or could not be framed; `orderly` when the peer
+    ended it between two packets (a clean end of the link, not a failure)."""
+
+    def __init__(self, message: str, orderly: bool = False) -> None:
+        super().__init__(message)
+        self.orderly = orderly
 
 
 class StreamLink:
@@ -37,7 +42,7 @@ class StreamLink:
     offload = False
 
     def __init__(self, opener: Opener, *, mtu: int = DEFAULT_MTU, name: str = "stream",
-                 queue: int = 4096) -> None:
+                 queue: int = 1 << 16) -> None:
         if not 68 <= mtu <= 65535:
             raise ValueError(f"mtu {mtu} is not in 68..65535")
         self.mtu, self.name = mtu, name
@@ -158,6 +163,7 @@ class StreamLink:
             self._writer.write(b"".join(out))
 
     def close(self) -> None:
+        self._flush()  # the stack's last packets (its resets) still go
         self.closed = True
         self.inbox.clear()
         if self._task is not None:
@@ -176,6 +182,8 @@ class StreamLink:
             reader, self._writer = await self._opener()
         except OSError as e:
             return self._lose(LinkLost(f"{self.name}: {e.strerror or e}"))
+        except Exception as e:
+            return self._lose(LinkLost(f"{self.name}: {e!r}"))
         self._set(self._connected)
         framer = Framer()
         try:
@@ -189,17 +197,20 @@ class StreamLink:
             return self._lose(LinkLost(f"{self.name}: not a stream of IP packets {e}"))
         except OSError as e:
             return self._lose(LinkLost(f"{self.name}: {e.strerror or e}"))
+        except Exception as e:  # whatever ends the stream ends the link: nobody waits
+            return self._lose(LinkLost(f"{self.name}: {e!r}"))
         if framer.pending:
             self._lose(LinkLost(f"{self.name}: the stream ended inside a packet"))
         else:
             self._lose(None if self.closed else LinkLost(f"{self.name}: the peer closed "
-                                                         "the stream"))
+                                                         "the stream", orderly=True))
 
     def _lose(self, why: LinkLost | None) -> None:
         if why is not None:
             self.counters["link_lost"] += 1
-        if self._writer is not None:
+        writer, self._writer = self._writer, None  # nothing more goes to a lost stream
+        if writer is not None:
             with contextlib.suppress(Exception):
-                self._writer.close()
+                writer.close()
         if self.lost is not None and not self.lost.done():
             self.lost.set_result(why)

@@ -17,13 +17,14 @@ middleware: `fault_injector.rs`, `pcap_writer.rs`, `tracer.rs`):
 A `Pipeline` is itself a stage, so pipelines nest. Stage 0 is the one closest to the
 device: inbound packets go through the stages in order, outbound ones in reverse.
 
-The order that `ustack.api.Stack` builds is device - pcap - faults - host (as smoltcp's
-`examples/utils.rs` stacks them: the pcap writer wraps the device, the fault injector
-wraps both). The capture then shows what crossed the TUN, i.e. what the kernel's side
-sent and received, exactly as `tcpdump -i ustack0` in the namespace would: an inbound
-packet the injector drops is in the capture (the kernel did send it) but the host never
-saw it; an outbound packet it drops is not (the kernel never got it); corrupted packets
-appear as ustack sent them on receive, and corrupted as the kernel got them on transmit.
+The order that `ustack.api.Stack` builds is device - pcap - shaper - faults - host (as
+smoltcp's `examples/utils.rs` stacks them: the pcap writer wraps the device, the fault
+injector wraps both; the shaper is the bottleneck's queue on the wire side of them). The
+capture then shows what crossed the TUN, i.e. what the kernel's side sent and received,
+exactly as `tcpdump -i ustack0` in the namespace would: an inbound packet the injector
+drops is in the capture (the kernel did send it) but the host never saw it; an outbound
+packet it drops is not (the kernel never got it); corrupted packets appear as ustack
+sent them on receive, and corrupted as the kernel got them on transmit.
 """
 
 from ustack.link.faults import (

@@ -13,6 +13,7 @@ shaped on its own. Seeded: the same packets at the same `now`s meet the same los
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections import Counter, deque
@@ -52,26 +53,26 @@ class GilbertElliott:
         return (self.r * self.loss_good + self.p * self.loss_bad) / (self.p + self.r)
 
     def lose(self) -> bool:
-        """One packet: whether it is lost; then the state moves (netem's order: the
-        transition first, then the loss in the new state)."""
+        """One packet: whether it is lost, by the state it finds; then the state moves
+        (netem's loss_gilb_ell)."""
         rng = self._rng
-        if self.bad:
-            if rng.random() < self.r:
-                self.bad = False
-        elif rng.random() < self.p:
-            self.bad = True
-        return rng.random() < (self.loss_bad if self.bad else self.loss_good)
+        bad = self.bad
+        if rng.random() < (self.r if bad else self.p):
+            self.bad = not bad
+        return rng.random() < (self.loss_bad if bad else self.loss_good)
 
 
 class Shaper(Stage):
     """A rate and a queue per direction ("rx" toward the host, "tx" toward the device),
-    and Gilbert–Elliott loss before the queue if `gemodel` (p, r, 1-h, 1-k) is given."""
+    and Gilbert–Elliott loss before the queue if `gemodel` (p, r, 1-h, 1-k) is given,
+    one model per direction (as one netem per interface); `rate_bps=None`: loss only,
+    no queue."""
 
-    def __init__(self, rate_bps: float, queue: int = DEFAULT_QUEUE,
+    def __init__(self, rate_bps: float | None, queue: int = DEFAULT_QUEUE,
                  queue_bytes: int | None = None,
                  gemodel: tuple[float, float, float, float] | None = None,
                  seed: int | None = None, directions: str = "both") -> None:
-        if rate_bps <= 0:
+        if rate_bps is not None and not 0 < rate_bps < math.inf:
             raise ValueError(f"rate must be positive, not {rate_bps}")
         if queue < 1 or (queue_bytes is not None and queue_bytes < 1):
             raise ValueError("the queue must hold at least one packet")
@@ -81,8 +82,11 @@ class Shaper(Stage):
         self.queue = queue
         self.queue_bytes = queue_bytes
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
-        rng = random.Random(self.seed)
-        self.gemodel = GilbertElliott(*gemodel, rng=rng) if gemodel else None
+        # Seeded apart from a fault injector given the same seed.
+        rng = random.Random(f"shaper:{self.seed}")
+        self.gemodel = gemodel
+        self._loss = tuple(GilbertElliott(*gemodel, rng=random.Random(rng.random()))
+                           for _ in (RX, TX)) if gemodel else None
         self._on = (directions in ("both", "rx"), directions in ("both", "tx"))
         self.counters: Counter[str] = Counter(dict.fromkeys(SHAPER_COUNTERS, 0))
         # Per direction: (departure, packet) in order, the bytes they hold, and when the
@@ -92,12 +96,13 @@ class Shaper(Stage):
         self._free_at = [0.0, 0.0]
 
     def describe(self) -> str:
-        parts = [f"rate={self.rate_bps / 1e6:g}mbit", f"queue={self.queue}"]
-        if self.queue_bytes is not None:
-            parts.append(f"queue_bytes={self.queue_bytes}")
+        parts = []
+        if self.rate_bps is not None:
+            parts += [f"rate={self.rate_bps / 1e6:g}mbit", f"queue={self.queue}"]
+            if self.queue_bytes is not None:
+                parts.append(f"queue_bytes={self.queue_bytes}")
         if self.gemodel is not None:
-            g = self.gemodel
-            parts.append(f"gemodel={g.p:g},{g.r:g},{g.loss_bad:g},{g.loss_good:g}")
+            parts.append("gemodel=" + ",".join(f"{x:g}" for x in self.gemodel))
         return " ".join([*parts, f"seed={self.seed}"])
 
     def departures(self, d: int) -> list[float]:
@@ -116,13 +121,16 @@ class Shaper(Stage):
         out: Packets = []
         self._release(d, now, out)  # what has left by now goes on, and takes no room
         for piece in cut(packet):
-            self._enqueue(d, piece, now)
+            if self._loss is not None and self._loss[d].lose():
+                self.counters["shaper_ge_dropped"] += 1
+            elif self.rate_bps is None:
+                out.append(piece)
+            else:
+                self._enqueue(d, piece, now)
         return out
 
     def _enqueue(self, d: int, packet: Packet, now: float) -> None:
-        if self.gemodel is not None and self.gemodel.lose():
-            self.counters["shaper_ge_dropped"] += 1
-            return
+        assert self.rate_bps is not None
         fifo = self._fifo[d]
         size = len(ip_of(packet))
         if len(fifo) >= self.queue or (self.queue_bytes is not None
@@ -160,6 +168,7 @@ class Shaper(Stage):
         for fifo in self._fifo:
             fifo.clear()
         self._bytes = [0, 0]
+        self._free_at = [now, now]  # the link is free: what was queued went at once
         return rx, tx
 
 
@@ -181,8 +190,8 @@ def parse_rate(text: str) -> float:
         value = float(number) * scale
     except ValueError:
         raise ValueError(f"{text!r} is not a rate (e.g. 50mbit, 1gbit, 800kbit)") from None
-    if not value > 0:
-        raise ValueError(f"rate {text!r} must be positive")
+    if not 0 < value < math.inf:
+        raise ValueError(f"rate {text!r} must be positive and finite")
     return value
 
 
