@@ -178,6 +178,11 @@ class UstackHost:
         """The stack's counters (`Stack.stats()`)."""
         return self.call(self.stack.stats)
 
+    def rule(self, rule: str) -> Any:
+        """Add a fault that knows TCP (`Stack.rule`: e.g. "drop flags=SA count=2");
+        returns the Rule, whose `fired` counts its firings."""
+        return self.call(self.stack.rule, rule)
+
     def faults(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
                corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
                seed: int | None = None) -> int | None:

@@ -21,6 +21,7 @@ from ustack.link import (
     Shaper,
     pipeline_of,
 )
+from ustack.link.rules import RULE_COUNTERS, Rule, TcpRules, parse_rule
 from ustack.packet import Packet, ip_of
 
 
@@ -32,6 +33,8 @@ class LinkControls:
     _fault_totals: Counter[str]
     _shaper: Shaper | None
     _shaper_totals: Counter[str]
+    _rules: TcpRules | None
+    _rule_totals: Counter[str]
     _ladder: Ladder | None
     _fault_log: TextIO | None
     _driver: Driver
@@ -105,8 +108,33 @@ class LinkControls:
         """The shaper in use, if any (its `.describe()`, `.counters`)."""
         return self._shaper
 
+    def rule(self, rule: str | Rule) -> Rule:
+        """Add a fault that knows TCP (`ustack.link.rules`): `"drop flags=SA count=2
+        port=80"`, `"corrupt offset=100000 dir=rx"`, `"blackhole after=1000000"`. Each
+        firing shows in the ladder and the `.faults` log beside a capture, and counts
+        (`rule_fired`). Returns the Rule (its `fired` says how often it did)."""
+        added = parse_rule(rule) if isinstance(rule, str) else rule
+        if self._rules is None:
+            self._rules = TcpRules([])
+            self._rules.probe = self._on_fault
+            self._replace_pipeline()
+        self._rules.rules.append(added)
+        return added
+
+    @property
+    def rules(self) -> list[Rule]:
+        """The rules in force, in order."""
+        return list(self._rules.rules) if self._rules is not None else []
+
+    def clear_rules(self) -> None:
+        """No more rules (their counts stay in `stats()`)."""
+        if self._rules is not None:
+            self._rule_totals.update(self._rules.counters)
+            self._rules = None
+            self._replace_pipeline()
+
     def _pipeline(self) -> Pipeline | None:
-        return pipeline_of([self._pcap, self._shaper, self._faults])
+        return pipeline_of([self._pcap, self._shaper, self._faults, self._rules])
 
     def _replace_pipeline(self) -> None:
         if self._device is not None:  # running: the driver exists
@@ -116,7 +144,8 @@ class LinkControls:
         """The capture's, fault injectors' and shapers' counters (those replaced too)."""
         counters: Counter[str] = Counter()
         for current, totals, names in ((self._faults, self._fault_totals, FAULT_COUNTERS),
-                                       (self._shaper, self._shaper_totals, SHAPER_COUNTERS)):
+                                       (self._shaper, self._shaper_totals, SHAPER_COUNTERS),
+                                       (self._rules, self._rule_totals, RULE_COUNTERS)):
             if current is not None or totals:
                 counters.update(dict.fromkeys(names, 0))
                 counters.update(totals)

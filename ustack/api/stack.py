@@ -31,6 +31,7 @@ from ustack.host import Host
 from ustack.ip6 import MIN_MTU
 from ustack.ladder import Ladder
 from ustack.link import FaultInjector, PcapWriter, Shaper
+from ustack.link.rules import TcpRules
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.listener import Listener
 from ustack.tcp.states import State
@@ -138,6 +139,8 @@ class Stack(AsyncioCalls, LinkControls):
         self._fault_totals: Counter[str] = Counter()  # of injectors since replaced
         self._shaper: Shaper | None = None
         self._shaper_totals: Counter[str] = Counter()  # of shapers since replaced
+        self._rules: TcpRules | None = None  # faults that know TCP (`rule`)
+        self._rule_totals: Counter[str] = Counter()
         self._phase = "new"  # then "running" (inside `async with`), then "closed"
         self._ladder: Ladder | None = None
         self._fault_log: TextIO | None = None  # <pcap>.faults, once a fault happened

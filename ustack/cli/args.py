@@ -9,6 +9,7 @@ from typing import Any
 import ustack
 from ustack import link, services
 from ustack.api import check_own_addr, check_own_addr6
+from ustack.link.rules import parse_rule
 from ustack.link.shaper import parse_gemodel, parse_queue, parse_rate
 from ustack.tcp import congestion
 from ustack.tun import MAX_QUEUES
@@ -264,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
         link_opts.add_argument("--gemodel", type=_via(parse_gemodel), default=None,
                                metavar="P,R[,1-H[,1-K]]", help="bursty loss by the "
                                "Gilbert-Elliott model, as netem's loss gemodel")
+        link_opts.add_argument("--rule", type=_via(parse_rule), action="append", default=[],
+                               metavar="RULE", help="a fault that knows TCP, e.g. 'drop "
+                               "flags=SA count=2 port=80', 'corrupt offset=100000', "
+                               "'blackhole after=1000000' (repeatable)")
 
     def service_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--backlog", type=_backlog, default=services.BACKLOG,

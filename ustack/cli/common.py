@@ -62,6 +62,8 @@ def make_stack(args: argparse.Namespace, **given: Any) -> Stack:
         packets, nbytes = args.queue
         stack.shape(args.rate, queue=packets, queue_bytes=nbytes, gemodel=args.gemodel,
                     seed=args.seed)
+    for rule in args.rule:
+        stack.rule(rule)
     return stack
 
 
@@ -71,6 +73,8 @@ def log_faults(stack: Stack, who: str = "ustack") -> None:
         log("faults " + stack.fault_injector.describe(), who)
     if stack.shaper is not None:
         log("shaping " + stack.shaper.describe(), who)
+    for rule in stack.rules:
+        log("rule " + rule.describe(), who)
 
 
 def warn_kernel_addr(args: argparse.Namespace, dev: str, created: bool) -> None:

@@ -1,0 +1,66 @@
+"""Faults that know TCP (`ustack.link.rules`) on the simulated link (virtual clock): two
+SYN-ACKs dropped and the handshake still completes, the segment carrying a byte offset
+corrupted once and the stream still intact, a connection black-holed past N bytes
+never finishes; and rules that cannot be, refused with why."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.unit.simlink import Faults, Pair, transfer
+from ustack.link.rules import Rule, TcpRules, parse_rule
+
+DATA = random.Random(3).randbytes(300_000)
+
+
+def run(*rules: str, limit: float = 600.0) -> tuple[Pair, bytes, TcpRules, list[str]]:
+    stage = TcpRules([parse_rule(r) for r in rules], seed=1)
+    fired: list[str] = []
+    stage.probe = lambda kind, d, packet, now: fired.append(kind)
+    pair = Pair(Faults(delay=0.002), seed=4, stage=stage)
+    _, got_up, _, _ = transfer(pair, DATA, b"", limit=limit)
+    return pair, got_up, stage, fired
+
+
+def test_two_syn_acks_dropped_then_the_handshake_completes() -> None:
+    pair, got, stage, fired = run("drop flags=SA count=2 port=5000")
+    assert got == DATA
+    assert fired == ["dropped (drop flags=SA port=5000 count=2)"] * 2
+    assert stage.rules[0].fired == 2 and stage.counters["rule_fired"] == 2
+    assert pair.b.stats()["tcp_rto"] >= 2  # the server's SYN-ACK timer resent it twice
+
+
+def test_the_segment_carrying_a_byte_is_corrupted_once() -> None:
+    pair, got, _, fired = run("corrupt offset=100000 dir=tx")
+    assert got == DATA and fired == ["corrupted (corrupt offset=100000 dir=tx)"]
+    assert pair.b.stats()["drop_tcp_bad_checksum"] == 1  # the receiver caught it
+
+
+def test_a_black_hole_past_n_bytes_stalls_the_connection() -> None:
+    _, got, stage, fired = run("blackhole after=50000", limit=30.0)
+    assert 0 < len(got) <= 50_000 + 1460 and got == DATA[:len(got)]
+    assert stage.rules[0].fired == 1 and len(fired) > 5  # every later packet of it
+    assert all(kind.startswith("dropped") for kind in fired)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("", "an empty rule"),
+    ("explode flags=S", "one of drop, corrupt, blackhole"),
+    ("drop flags=SX", "letters of S, A, F, R"),
+    ("drop port=http", "is not a number"),
+    ("drop colour=red", "is not one of"),
+    ("blackhole", "takes after=BYTES"),
+    ("drop after=10", "only blackhole"),
+    ("drop dir=up", "rx, tx or both"),
+])
+def test_rules_that_cannot_be_are_refused(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_rule(text)
+
+
+def test_a_rule_reads_back_as_written() -> None:
+    assert parse_rule("drop flags=SA count=2 port=80").describe() == (
+        "drop flags=SA port=80 count=2")
+    assert Rule("blackhole", after=10, port=80).describe() == "blackhole port=80 after=10"

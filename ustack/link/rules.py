@@ -1,0 +1,208 @@
+"""Faults that know TCP (packetdrill's kind of precision on a live link): rules that pick
+segments by their flags, port, direction, place among the matching ones, or the stream
+byte they carry, and drop or corrupt them a given number of times; or black-hole a
+connection once a number of its payload bytes have crossed (the client sees a timeout,
+not a close). Sans-IO; every firing is told to `probe` (the stack's ladder and capture
+log) and counted.
+
+A rule is one line, as the command line takes it:
+
+    drop flags=SA count=2 port=80     the first two SYN-ACKs of port 80
+    drop flags=S nth=3                the third SYN (and only it)
+    corrupt offset=100000 dir=rx      the segment carrying stream byte 100000, inbound
+    blackhole after=1000000 port=80   every packet of a connection past its first MB
+
+`flags` are TCP's S, A, F, R matched exactly (PSH and the ECN bits aside): "S" is a SYN
+without ACK, "SA" a SYN-ACK, "FA" a FIN with its ACK, "A" a bare ACK (with or without
+data). `dir` is rx (toward ustack), tx (from it) or both (default). `nth` is the first
+matching segment that fires (default 1); `count` how many fire from there (default 1;
+0: every one). `offset` counts from the first byte after the SYN of that direction.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ustack.link.faults import flip_bit
+from ustack.link.segmentation import cut
+from ustack.link.stage import RX, TX, Packets, Stage
+from ustack.packet import Packet, ip_of
+
+ACTIONS = ("drop", "corrupt", "blackhole")
+_FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "A": 0x10}
+_MATCHED_BITS = 0x17  # S, A, F, R
+RULE_COUNTERS = ("rule_fired",)
+
+
+@dataclass
+class Rule:
+    """One rule (see the module's docstring for the fields' meaning)."""
+
+    action: str
+    flags: str | None = None
+    port: int | None = None
+    direction: str = "both"
+    nth: int = 1
+    count: int = 1
+    offset: int | None = None
+    after: int | None = None
+    matched: int = field(default=0, compare=False)  # matching segments seen so far
+    fired: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"rule action {self.action!r}: one of {', '.join(ACTIONS)}")
+        if self.flags is not None and (not self.flags
+                                       or set(self.flags.upper()) - set(_FLAG_BITS)):
+            raise ValueError(f"rule flags {self.flags!r}: letters of S, A, F, R")
+        if self.direction not in ("both", "rx", "tx"):
+            raise ValueError(f"rule dir {self.direction!r}: rx, tx or both")
+        if self.nth < 1 or self.count < 0:
+            raise ValueError("rule nth must be >= 1 and count >= 0")
+        if (self.action == "blackhole") != (self.after is not None):
+            raise ValueError("blackhole takes after=BYTES, and only blackhole does")
+
+    @property
+    def want(self) -> int | None:
+        """The flag bits to match exactly, or None."""
+        if self.flags is None:
+            return None
+        return sum(_FLAG_BITS[c] for c in set(self.flags.upper()))
+
+    def describe(self) -> str:
+        parts = [self.action]
+        for name in ("flags", "port", "nth", "count", "offset", "after"):
+            value = getattr(self, name)
+            if value is not None and not (name == "nth" and value == 1) and not (
+                    name == "count" and value == 1):
+                parts.append(f"{name}={value}")
+        if self.direction != "both":
+            parts.append(f"dir={self.direction}")
+        return " ".join(parts)
+
+
+def parse_rule(text: str) -> Rule:
+    """`drop flags=SA count=2 port=80` as a Rule; ValueError saying what is wrong."""
+    words = text.split()
+    if not words:
+        raise ValueError("an empty rule: give e.g. 'drop flags=SA count=2 port=80'")
+    kwargs: dict[str, object] = {}
+    for word in words[1:]:
+        name, sep, value = word.partition("=")
+        if not sep or name not in ("flags", "port", "dir", "nth", "count", "offset", "after"):
+            raise ValueError(f"rule {text!r}: {word!r} is not one of flags=, port=, dir=, "
+                             "nth=, count=, offset=, after=")
+        if name in ("flags", "dir"):
+            kwargs["direction" if name == "dir" else name] = value
+        elif value.isdecimal():
+            kwargs[name] = int(value)
+        else:
+            raise ValueError(f"rule {text!r}: {name}={value!r} is not a number")
+    return Rule(words[0], **kwargs)  # type: ignore[arg-type]
+
+
+_TCP = struct.Struct("!HHII")
+
+
+class TcpRules(Stage):
+    """The rules as a link stage, per wire segment (a super-packet is cut first)."""
+
+    def __init__(self, rules: list[Rule], seed: int = 0) -> None:
+        self.rules = rules
+        self._rng = random.Random(seed)  # which bit a corruption flips
+        self.counters: Counter[str] = Counter(dict.fromkeys(RULE_COUNTERS, 0))
+        self.probe: Callable[[str, int, Packet, float], None] | None = None
+        self._isn: dict[tuple[bytes, int, bytes, int], int] = {}  # per direction's sender
+        self._bytes: Counter[tuple[bytes, int, bytes, int]] = Counter()  # per connection
+        self._holes: set[tuple[bytes, int, bytes, int]] = set()  # black-holed connections
+
+    def rx(self, packet: Packet, now: float) -> Packets:
+        return self._each(RX, packet, now)
+
+    def tx(self, packet: Packet, now: float) -> Packets:
+        return self._each(TX, packet, now)
+
+    def _each(self, d: int, packet: Packet, now: float) -> Packets:
+        out: Packets = []
+        for piece in cut(packet):
+            kept = self._apply(d, piece, now)
+            if kept is not None:
+                out.append(kept)
+        return out
+
+    def _apply(self, d: int, packet: Packet, now: float) -> Packet | None:
+        tcp = _tcp(bytes(ip_of(packet)))
+        if tcp is None:
+            return packet
+        src, dst, sport, dport, seq, flags, payload = tcp
+        sender = (src, sport, dst, dport)
+        conn = min(sender, (dst, dport, src, sport))  # one key for both directions
+        if flags & 0x02:
+            self._isn[sender] = seq
+        if conn in self._holes:
+            self._fire("dropped (black hole)", d, packet, now)
+            return None
+        self._bytes[conn] += payload
+        for rule in self.rules:
+            if rule.count and rule.fired >= rule.count:
+                continue
+            if rule.direction != "both" and (rule.direction == "rx") != (d == RX):
+                continue
+            if rule.port is not None and rule.port not in (sport, dport):
+                continue
+            if rule.action == "blackhole":
+                if self._bytes[conn] >= (rule.after or 0):
+                    rule.fired += 1
+                    self._holes.add(conn)
+                    self._fire(f"dropped ({rule.describe()})", d, packet, now)
+                    return None
+                continue
+            want = rule.want
+            if want is not None and flags & _MATCHED_BITS != want:
+                continue
+            if rule.offset is not None:
+                isn = self._isn.get(sender)
+                start = (seq - (isn + 1)) % (1 << 32) if isn is not None else None
+                if start is None or not start <= rule.offset < start + payload:
+                    continue
+            rule.matched += 1
+            if rule.matched < rule.nth:
+                continue
+            rule.fired += 1
+            if rule.action == "drop":
+                self._fire(f"dropped ({rule.describe()})", d, packet, now)
+                return None
+            corrupted = flip_bit(packet, self._rng)
+            self._fire(f"corrupted ({rule.describe()})", d, packet, now)
+            return corrupted
+        return packet
+
+    def _fire(self, kind: str, d: int, packet: Packet, now: float) -> None:
+        self.counters["rule_fired"] += 1
+        if self.probe is not None:
+            self.probe(kind, d, packet, now)
+
+
+def _tcp(ip: bytes) -> tuple[bytes, bytes, int, int, int, int, int] | None:
+    """(src, dst, sport, dport, seq, flags, payload length) of a TCP packet, or None."""
+    if not ip:
+        return None
+    if ip[0] >> 4 == 4 and len(ip) >= 20 and ip[9] == 6:
+        ihl = (ip[0] & 0x0F) * 4
+        src, dst, start = ip[12:16], ip[16:20], ihl
+        total = int.from_bytes(ip[2:4], "big")
+    elif ip[0] >> 4 == 6 and len(ip) >= 40 and ip[6] == 6:
+        src, dst, start = ip[8:24], ip[24:40], 40
+        total = 40 + int.from_bytes(ip[4:6], "big")
+    else:
+        return None
+    if len(ip) < start + 20:
+        return None
+    sport, dport, seq, _ = _TCP.unpack_from(ip, start)
+    header = (ip[start + 12] >> 4) * 4
+    return src, dst, sport, dport, seq, ip[start + 13], max(0, min(total, len(ip)) - start
+                                                              - header)
