@@ -102,3 +102,12 @@ def test_own_handler_on_the_stack(ustack_host):
     with socket.create_connection((ustack_host.addr, 8000), timeout=5) as s:
         s.sendall(b"shout\n")
         assert s.makefile("rb").readline() == b"SHOUT\n"
+
+
+@pytest.mark.ustack(rules=["drop flags=SA count=1 port=7"], rate_bps=20e6, queue=100)
+def test_a_dropped_syn_ack_and_a_bottleneck(ustack_host):
+    # The first SYN-ACK is lost: the kernel's SYN is retransmitted (after 1 s), then the
+    # connection works as before, through a 20 mbit/s link with a 100-packet queue.
+    assert echo(ustack_host.addr, b"x" * 100_000) == b"x" * 100_000
+    assert ustack_host.stats()["rule_fired"] == 1
+    assert ustack_host.stats()["shaper_delayed"] > 0

@@ -58,8 +58,10 @@ RUN_TIMEOUT = 30.0  # default for `run(coro)`
 _MARKER_DOC = (
     "ustack(services=['echo:7', 'http:80'], loss=0, dup=0, reorder=0, corrupt=0, "
     "delay_ms=0, jitter_ms=0, seed=1, mtu=1500, trace=False, addr='10.77.0.2', "
-    "kernel_addr='10.77.0.1/24'): configure the ustack_host fixture (every keyword "
-    "optional; kernel_addr with or without a prefix, /24 by default)"
+    "kernel_addr='10.77.0.1/24', rate_bps=None, queue=1000, gemodel=None, rules=()): "
+    "configure the ustack_host fixture (every keyword optional; kernel_addr with or "
+    "without a prefix, /24 by default; rate_bps, queue and gemodel as Stack.shape, rules "
+    "as Stack.rule)"
 )
 
 T = TypeVar("T")
@@ -78,6 +80,10 @@ class Options:
     mtu: int = 1500
     offload: bool = True  # checksum and TSO offloads, as `Stack(offload=...)`
     trace: bool = False
+    rate_bps: float | None = None  # shaping, as `Stack.shape`
+    queue: int = 1000
+    gemodel: tuple[float, float, float, float] | None = None
+    rules: tuple[str, ...] = ()  # faults that know TCP, as `Stack.rule`
     addr: str = "10.77.0.2"
     kernel_addr: str = "10.77.0.1/24"  # the kernel's side of the device, address/prefix
 
@@ -99,11 +105,10 @@ def _options(marker: pytest.Mark | None) -> Options:
         raise pytest.UsageError(f"@pytest.mark.ustack: unknown keyword(s) {', '.join(unknown)} "
                                 f"(known: {', '.join(sorted(known))})")
     kwargs = dict(marker.kwargs)
-    if "services" in kwargs:
-        services = kwargs["services"]
-        if isinstance(services, str):
-            services = [services]
-        kwargs["services"] = tuple(services)
+    for name in ("services", "rules"):
+        if name in kwargs:
+            value = kwargs[name]
+            kwargs[name] = (value,) if isinstance(value, str) else tuple(value)
     if "kernel_addr" in kwargs:
         kwargs["kernel_addr"] = _interface(kwargs["kernel_addr"])
     return Options(**kwargs)
@@ -258,6 +263,9 @@ class _Runner:
                       mtu=opts.mtu, pcap=host.pcap_path, trace=self.trace_file,
                       offload=opts.offload)
         stack.faults(**opts.fault_kwargs())
+        stack.shape(opts.rate_bps, queue=opts.queue, gemodel=opts.gemodel, seed=opts.seed)
+        for rule in opts.rules:
+            stack.rule(rule)
         await stack.__aenter__()
         try:
             for name, port in specs:

@@ -44,3 +44,13 @@ def test_a_black_hole_makes_curl_time_out(netns, start_ustack):
     assert got.returncode == 28, (got.returncode, got.stderr.decode())  # a timeout
     server.stop()
     assert "rule_fired=" in server.stderr()
+
+
+def test_a_reset_injected_after_100_kb_makes_curl_fail(netns, start_ustack):
+    require_tools("curl")
+    server = start_ustack(netns, "http:80", args=["--rule", "reset after=100000 dir=tx"])
+    got = netns.run(["curl", "-sS", "--max-time", "10", "-o", "/dev/null",
+                     "http://10.77.0.2/bytes/1000000"], timeout=20)
+    assert got.returncode == 56, (got.returncode, got.stderr.decode())  # reset by peer
+    server.stop()
+    assert "rule_fired=1" in server.stderr()

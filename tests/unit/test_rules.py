@@ -47,12 +47,12 @@ def test_a_black_hole_past_n_bytes_stalls_the_connection() -> None:
 
 @pytest.mark.parametrize(("text", "words"), [
     ("", "an empty rule"),
-    ("explode flags=S", "one of drop, corrupt, blackhole"),
+    ("explode flags=S", "one of drop, corrupt, blackhole, reset"),
     ("drop flags=SX", "letters of S, A, F, R"),
     ("drop port=http", "is not a number"),
     ("drop colour=red", "is not one of"),
-    ("blackhole", "takes after=BYTES"),
-    ("drop after=10", "only blackhole"),
+    ("blackhole", "take after=BYTES"),
+    ("drop after=10", "only they do"),
     ("drop dir=up", "rx, tx or both"),
 ])
 def test_rules_that_cannot_be_are_refused(text: str, words: str) -> None:
@@ -64,3 +64,13 @@ def test_a_rule_reads_back_as_written() -> None:
     assert parse_rule("drop flags=SA count=2 port=80").describe() == (
         "drop flags=SA port=80 count=2")
     assert Rule("blackhole", after=10, port=80).describe() == "blackhole port=80 after=10"
+
+
+def test_a_reset_injected_after_n_bytes_ends_the_connection() -> None:
+    pair, got, stage, fired = run("reset after=100000 dir=tx", limit=30.0)
+    assert 100_000 <= len(got) < len(DATA) and got == DATA[:len(got)]
+    assert fired == ["reset injected (reset after=100000 dir=tx)"]
+    assert stage.rules[0].fired == 1
+    # The server took it at once (its sequence number is exactly RCV.NXT): reset.
+    assert pair.b.stats()["tcp_rst_in"] == 1
+    assert "tcp_challenge_acks" not in pair.b.stats()

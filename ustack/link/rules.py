@@ -11,6 +11,7 @@ A rule is one line, as the command line takes it:
     drop flags=S nth=3                the third SYN (and only it)
     corrupt offset=100000 dir=rx      the segment carrying stream byte 100000, inbound
     blackhole after=1000000 port=80   every packet of a connection past its first MB
+    reset after=100000 dir=tx         a RST from ustack once 100 kB have crossed
 
 `flags` are TCP's S, A, F, R matched exactly (PSH and the ECN bits aside): "S" is a SYN
 without ACK, "SA" a SYN-ACK, "FA" a FIN with its ACK, "A" a bare ACK (with or without
@@ -27,12 +28,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ustack import ip as ip4
+from ustack import ip6
 from ustack.link.faults import flip_bit
 from ustack.link.segmentation import cut
 from ustack.link.stage import RX, TX, Packets, Stage
 from ustack.packet import Packet, ip_of
+from ustack.tcp.segment import ACK, RST, Segment, encode
 
-ACTIONS = ("drop", "corrupt", "blackhole")
+ACTIONS = ("drop", "corrupt", "blackhole", "reset")
 _FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "A": 0x10}
 _MATCHED_BITS = 0x17  # S, A, F, R
 RULE_COUNTERS = ("rule_fired",)
@@ -63,8 +67,8 @@ class Rule:
             raise ValueError(f"rule dir {self.direction!r}: rx, tx or both")
         if self.nth < 1 or self.count < 0:
             raise ValueError("rule nth must be >= 1 and count >= 0")
-        if (self.action == "blackhole") != (self.after is not None):
-            raise ValueError("blackhole takes after=BYTES, and only blackhole does")
+        if (self.action in ("blackhole", "reset")) != (self.after is not None):
+            raise ValueError("blackhole and reset take after=BYTES, and only they do")
 
     @property
     def want(self) -> int | None:
@@ -119,6 +123,7 @@ class TcpRules(Stage):
         self._isn: dict[tuple[bytes, int, bytes, int], int] = {}  # per direction's sender
         self._bytes: Counter[tuple[bytes, int, bytes, int]] = Counter()  # per connection
         self._holes: set[tuple[bytes, int, bytes, int]] = set()  # black-holed connections
+        self._reset: bytes | None = None  # a RST to send right after the current packet
 
     def rx(self, packet: Packet, now: float) -> Packets:
         return self._each(RX, packet, now)
@@ -132,6 +137,9 @@ class TcpRules(Stage):
             kept = self._apply(d, piece, now)
             if kept is not None:
                 out.append(kept)
+                if self._reset is not None:  # a RST right behind it, the same way
+                    out.append(self._reset)
+                    self._reset = None
         return out
 
     def _apply(self, d: int, packet: Packet, now: float) -> Packet | None:
@@ -154,13 +162,17 @@ class TcpRules(Stage):
                 continue
             if rule.port is not None and rule.port not in (sport, dport):
                 continue
-            if rule.action == "blackhole":
-                if self._bytes[conn] >= (rule.after or 0):
-                    rule.fired += 1
-                    self._holes.add(conn)
-                    self._fire(f"dropped ({rule.describe()})", d, packet, now)
-                    return None
-                continue
+            if rule.action in ("blackhole", "reset"):
+                if self._bytes[conn] < (rule.after or 0):
+                    continue
+                rule.fired += 1
+                if rule.action == "reset":
+                    self._reset = _reset_after(bytes(ip_of(packet)), tcp)
+                    self._fire(f"reset injected ({rule.describe()})", d, self._reset, now)
+                    return packet
+                self._holes.add(conn)
+                self._fire(f"dropped ({rule.describe()})", d, packet, now)
+                return None
             want = rule.want
             if want is not None and flags & _MATCHED_BITS != want:
                 continue
@@ -206,3 +218,19 @@ def _tcp(ip: bytes) -> tuple[bytes, bytes, int, int, int, int, int] | None:
     header = (ip[start + 12] >> 4) * 4
     return src, dst, sport, dport, seq, ip[start + 13], max(0, min(total, len(ip)) - start
                                                               - header)
+
+
+def _reset_after(ip: bytes, tcp: tuple[bytes, bytes, int, int, int, int, int]) -> bytes:
+    """A RST from the sender of `ip` to its receiver with the sequence number the
+    receiver expects next (this packet's end), so that it is taken at once (RFC 9293
+    §3.10.7.4, RFC 5961 §3.2: a RST exactly at RCV.NXT resets)."""
+    src, dst, sport, dport, seq, flags, payload = tcp
+    end = (seq + payload + (1 if flags & 0x03 else 0)) % (1 << 32)
+    start = (ip[0] & 0x0F) * 4 if ip[0] >> 4 == 4 else 40
+    ack = int.from_bytes(ip[start + 8:start + 12], "big")
+    seg = Segment(sport, dport, end, ack, RST | ACK, 0)
+    header, data = encode(seg, src, dst)
+    length = len(header) + len(data)
+    if len(src) == 4:
+        return ip4.header(src, dst, ip4.PROTO_TCP, length, 0) + header + data
+    return ip6.header(src, dst, ip6.NH_TCP, length) + header + data
