@@ -54,3 +54,22 @@ def test_a_reset_injected_after_100_kb_makes_curl_fail(netns, start_ustack):
     assert got.returncode == 56, (got.returncode, got.stderr.decode())  # reset by peer
     server.stop()
     assert "rule_fired=1" in server.stderr()
+
+
+def test_a_zero_window_holds_the_kernels_upload_back(netns, start_ustack, tmp_path):
+    import time
+
+    from .support import random_file
+
+    require_tools("nc")
+    server = start_ustack(netns, "echo:7", args=["--rule",
+                                                 "zerowindow ms=1000 after=100000"])
+    want = random_file(tmp_path / "up.bin", 1_000_000)
+    start = time.monotonic()
+    with (tmp_path / "up.bin").open("rb") as stdin:
+        echo = netns.run(["nc", "-N", "10.77.0.2", "7"], stdin=stdin, timeout=30)
+    took = time.monotonic() - start
+    assert echo.returncode == 0 and sha256(echo.stdout) == want, echo.stderr.decode()
+    assert took >= 1.0, took  # the kernel waited out the zero window, probing it
+    server.stop()
+    assert "rule_fired=1" in server.stderr()

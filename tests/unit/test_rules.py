@@ -15,13 +15,16 @@ from ustack.link.rules import Rule, TcpRules, parse_rule
 DATA = random.Random(3).randbytes(300_000)
 
 
-def run(*rules: str, limit: float = 600.0) -> tuple[Pair, bytes, TcpRules, list[str]]:
+def run(*rules: str, limit: float = 600.0,
+        down: bool = False) -> tuple[Pair, bytes, TcpRules, list[str]]:
+    """DATA from A ("ustack": its packets are the stage's tx) to B, or from B (`down`)."""
     stage = TcpRules([parse_rule(r) for r in rules], seed=1)
     fired: list[str] = []
     stage.probe = lambda kind, d, packet, now: fired.append(kind)
     pair = Pair(Faults(delay=0.002), seed=4, stage=stage)
-    _, got_up, _, _ = transfer(pair, DATA, b"", limit=limit)
-    return pair, got_up, stage, fired
+    got_down, got_up, _, _ = transfer(pair, b"" if down else DATA, DATA if down else b"",
+                                      limit=limit)
+    return pair, got_down if down else got_up, stage, fired
 
 
 def test_two_syn_acks_dropped_then_the_handshake_completes() -> None:
@@ -52,7 +55,8 @@ def test_a_black_hole_past_n_bytes_stalls_the_connection() -> None:
     ("drop port=http", "is not a number"),
     ("drop colour=red", "is not one of"),
     ("blackhole", "take after=BYTES"),
-    ("drop after=10", "only they do"),
+    ("drop after=10", "for blackhole, reset and zerowindow only"),
+    ("zerowindow", "takes ms=MILLISECONDS"),
     ("drop dir=up", "rx, tx or both"),
 ])
 def test_rules_that_cannot_be_are_refused(text: str, words: str) -> None:
@@ -74,3 +78,11 @@ def test_a_reset_injected_after_n_bytes_ends_the_connection() -> None:
     # The server took it at once (its sequence number is exactly RCV.NXT): reset.
     assert pair.b.stats()["tcp_rst_in"] == 1
     assert "tcp_challenge_acks" not in pair.b.stats()
+
+
+def test_a_zero_window_for_a_while_holds_the_sender_back() -> None:
+    pair, got, _, fired = run("zerowindow ms=300 after=50000", down=True)
+    assert got == DATA  # B's data to A, held back while A said its window was 0
+    assert fired == ["window zeroed for 300 ms (zerowindow after=50000 ms=300)"]
+    assert pair.now >= 0.3
+    assert pair.b.stats()["tcp_window_probes"] >= 1  # B probed the closed window (MUST-36)

@@ -12,6 +12,7 @@ A rule is one line, as the command line takes it:
     corrupt offset=100000 dir=rx      the segment carrying stream byte 100000, inbound
     blackhole after=1000000 port=80   every packet of a connection past its first MB
     reset after=100000 dir=tx         a RST from ustack once 100 kB have crossed
+    zerowindow ms=500 after=100000    ustack advertises a zero window for 0.5 s
 
 `flags` are TCP's S, A, F, R matched exactly (PSH and the ECN bits aside): "S" is a SYN
 without ACK, "SA" a SYN-ACK, "FA" a FIN with its ACK, "A" a bare ACK (with or without
@@ -33,10 +34,10 @@ from ustack import ip6
 from ustack.link.faults import flip_bit
 from ustack.link.segmentation import cut
 from ustack.link.stage import RX, TX, Packets, Stage
-from ustack.packet import Packet, ip_of
+from ustack.packet import Offloaded, Packet, ip_of
 from ustack.tcp.segment import ACK, RST, Segment, encode
 
-ACTIONS = ("drop", "corrupt", "blackhole", "reset")
+ACTIONS = ("drop", "corrupt", "blackhole", "reset", "zerowindow")
 _FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "A": 0x10}
 _MATCHED_BITS = 0x17  # S, A, F, R
 RULE_COUNTERS = ("rule_fired",)
@@ -54,6 +55,7 @@ class Rule:
     count: int = 1
     offset: int | None = None
     after: int | None = None
+    ms: int | None = None  # zerowindow: for how long
     matched: int = field(default=0, compare=False)  # matching segments seen so far
     fired: int = field(default=0, compare=False)
 
@@ -67,8 +69,13 @@ class Rule:
             raise ValueError(f"rule dir {self.direction!r}: rx, tx or both")
         if self.nth < 1 or self.count < 0:
             raise ValueError("rule nth must be >= 1 and count >= 0")
-        if (self.action in ("blackhole", "reset")) != (self.after is not None):
-            raise ValueError("blackhole and reset take after=BYTES, and only they do")
+        if (self.action in ("blackhole", "reset")) and self.after is None:
+            raise ValueError("blackhole and reset take after=BYTES")
+        if self.after is not None and self.action not in ("blackhole", "reset",
+                                                          "zerowindow"):
+            raise ValueError("after=BYTES is for blackhole, reset and zerowindow only")
+        if (self.action == "zerowindow") != (self.ms is not None):
+            raise ValueError("zerowindow takes ms=MILLISECONDS, and only it does")
 
     @property
     def want(self) -> int | None:
@@ -79,7 +86,7 @@ class Rule:
 
     def describe(self) -> str:
         parts = [self.action]
-        for name in ("flags", "port", "nth", "count", "offset", "after"):
+        for name in ("flags", "port", "nth", "count", "offset", "after", "ms"):
             value = getattr(self, name)
             if value is not None and not (name == "nth" and value == 1) and not (
                     name == "count" and value == 1):
@@ -97,9 +104,10 @@ def parse_rule(text: str) -> Rule:
     kwargs: dict[str, object] = {}
     for word in words[1:]:
         name, sep, value = word.partition("=")
-        if not sep or name not in ("flags", "port", "dir", "nth", "count", "offset", "after"):
+        if not sep or name not in ("flags", "port", "dir", "nth", "count", "offset", "after",
+                                   "ms"):
             raise ValueError(f"rule {text!r}: {word!r} is not one of flags=, port=, dir=, "
-                             "nth=, count=, offset=, after=")
+                             "nth=, count=, offset=, after=, ms=")
         if name in ("flags", "dir"):
             kwargs["direction" if name == "dir" else name] = value
         elif value.isdecimal():
@@ -124,6 +132,7 @@ class TcpRules(Stage):
         self._bytes: Counter[tuple[bytes, int, bytes, int]] = Counter()  # per connection
         self._holes: set[tuple[bytes, int, bytes, int]] = set()  # black-holed connections
         self._reset: bytes | None = None  # a RST to send right after the current packet
+        self._zero_until: dict[tuple[bytes, int, bytes, int], float] = {}  # per connection
 
     def rx(self, packet: Packet, now: float) -> Packets:
         return self._each(RX, packet, now)
@@ -151,6 +160,10 @@ class TcpRules(Stage):
         conn = min(sender, (dst, dport, src, sport))  # one key for both directions
         if flags & 0x02:
             self._isn[sender] = seq
+        if d == TX and conn in self._zero_until:
+            if now < self._zero_until[conn]:
+                return _zero_window(packet)
+            del self._zero_until[conn]
         if conn in self._holes:
             self._fire("dropped (black hole)", d, packet, now)
             return None
@@ -162,6 +175,14 @@ class TcpRules(Stage):
                 continue
             if rule.port is not None and rule.port not in (sport, dport):
                 continue
+            if rule.action == "zerowindow":
+                if d != TX or self._bytes[conn] < (rule.after or 0):
+                    continue  # ustack's side: its own segments' window
+                rule.fired += 1
+                self._zero_until[conn] = now + (rule.ms or 0) / 1000
+                self._fire(f"window zeroed for {rule.ms} ms ({rule.describe()})", d, packet,
+                           now)
+                return _zero_window(packet)
             if rule.action in ("blackhole", "reset"):
                 if self._bytes[conn] < (rule.after or 0):
                     continue
@@ -234,3 +255,23 @@ def _reset_after(ip: bytes, tcp: tuple[bytes, bytes, int, int, int, int, int]) -
     if len(src) == 4:
         return ip4.header(src, dst, ip4.PROTO_TCP, length, 0) + header + data
     return ip6.header(src, dst, ip6.NH_TCP, length) + header + data
+
+
+def _zero_window(packet: Packet) -> Packet:
+    """`packet` (an outgoing TCP segment) advertising a window of 0. A full checksum is
+    updated for the change (RFC 1624's incremental update); an offloaded one holds only
+    the pseudo-header's sum, which the window is no part of."""
+    ip = bytearray(ip_of(packet))
+    start = (ip[0] & 0x0F) * 4 if ip[0] >> 4 == 4 else 40
+    window = int.from_bytes(ip[start + 14:start + 16], "big")
+    if not window:
+        return packet
+    ip[start + 14:start + 16] = b"\0\0"
+    if type(packet) is Offloaded:
+        return Offloaded(bytes(ip), csum_ok=packet.csum_ok, gso=packet.gso)
+    # HC' = ~(~HC + ~m + m'), m' = 0: in ones' complement, adding ~m removes m.
+    old = int.from_bytes(ip[start + 16:start + 18], "big")
+    total = (~old & 0xFFFF) + (~window & 0xFFFF)
+    total = (total & 0xFFFF) + (total >> 16)
+    ip[start + 16:start + 18] = (~total & 0xFFFF).to_bytes(2, "big")
+    return bytes(ip)
