@@ -41,6 +41,7 @@ ACTIONS = ("drop", "corrupt", "blackhole", "reset", "zerowindow")
 _FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "A": 0x10}
 _MATCHED_BITS = 0x17  # S, A, F, R
 RULE_COUNTERS = ("rule_fired",)
+MAX_TRACKED = 65536  # connections whose first sequence number and byte count are kept
 
 
 @dataclass
@@ -160,6 +161,9 @@ class TcpRules(Stage):
         conn = min(sender, (dst, dport, src, sport))  # one key for both directions
         if flags & 0x02:
             self._isn[sender] = seq
+            for table in (self._isn, self._bytes):  # bounded: the oldest go first
+                if len(table) > MAX_TRACKED:
+                    del table[next(iter(table))]
         if d == TX and conn in self._zero_until:
             if now < self._zero_until[conn]:
                 return _zero_window(packet)
