@@ -66,6 +66,9 @@ class Driver:
         self._in_step = False
         self._stopped = False
         self._timers_ran = clock()  # when due timers last ran (they wait for a drained device)
+        # A TUN's batch read; None for a device that hands its packets over (`attach`).
+        self._read_batch: Callable[[], list[Packet]] | None = getattr(device, "read_batch",
+                                                                      None)
         host.on_wake = self._on_wake
 
     def _on_wake(self) -> None:
@@ -147,10 +150,9 @@ class Driver:
 
     def _read(self, now: float) -> int:
         """Hand the host every packet the device holds now (one batch); how many."""
-        read_batch = getattr(self.device, "read_batch", None)
-        if read_batch is None:
+        if self._read_batch is None:
             return 0  # a device that hands its packets over has none waiting here
-        batch = read_batch()
+        batch = self._read_batch()
         self._take(batch, now)
         return len(batch)
 

@@ -29,15 +29,15 @@ ConnKey = tuple[bytes, int, int]  # (remote address, remote port, local port)
 
 
 def headers(remote: bytes) -> int:
-    """The fixed IP and TCP headers towards `remote`, which MSS = MTU - these."""
+    """The fixed IP and TCP headers towards `remote`: MSS = MTU - these (RFC 9293
+    §3.7.1; RFC 8200's 40-byte header over IPv6)."""
     return IP_TCP_HEADERS if len(remote) == 4 else IP6_TCP_HEADERS
 
 
 class Demux:
     # What `Host` provides.
     counters: Counters
-    mss: int
-    mss6: int
+    mtu: int
     accept_queue_full: bool
     _net: Network
     _probe: HostProbe | None
@@ -149,7 +149,7 @@ class Demux:
             return self._new_tcb(seg.dst_port, src, seg.src_port, iss, listener.config, now)
 
         tcb, reply = listener.on_segment(src, seg, now, new_tcb, iss, local,
-                                         self.mss if len(src) == 4 else self.mss6)
+                                         self.mtu - headers(src))
         if reply is not None:
             if reply.flags & RST:
                 self._send_rst(src, reply)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ustack import conninfo
 from ustack.conninfo import ConnectionInfo
 from ustack.host import ports
-from ustack.host.demux import IP6_TCP_HEADERS, IP_TCP_HEADERS, ConnKey, Demux, headers
+from ustack.host.demux import ConnKey, Demux, headers
 from ustack.host.network import Network
 from ustack.host.probe import HostProbe, ignore
 from ustack.host.timerheap import TimerHeap
@@ -42,8 +42,6 @@ class Host(Demux):
         self.addr = ipaddress.IPv4Address(addr).packed
         self.mtu = mtu
         self.offload = offload
-        self.mss = mtu - IP_TCP_HEADERS  # RFC 9293 §3.7.1: MTU minus fixed headers
-        self.mss6 = mtu - IP6_TCP_HEADERS  # over IPv6 (RFC 8200's 40-byte header)
         self.config = config or TcpConfig()
         self.counters = Counters()
         # Buffer growth of all connections together (Linux tcp_mem): ustack.tcp.autotune.
