@@ -324,11 +324,13 @@ class ImpairedPath:
     """The two namespaces, the relay between them, both servers."""
 
     def __init__(self, ustack_cc: str, kernel_cc: str, control: str,
-                 stats: bool = False, ustack_args: tuple[str, ...] = ()) -> None:
+                 stats: bool = False, ustack_args: tuple[str, ...] = (),
+                 profile: str | None = None) -> None:
         self.client = Netns("c")
         self.router = Netns("r")
         self.control = control
         self.stats = stats  # print ustack's counters after each of its transfers
+        self.profile = profile
         try:
             c, r = self.client, self.router
             py = sys.executable
@@ -346,7 +348,8 @@ class ImpairedPath:
                         str(RELAY_QUEUE), "up"])
             c.output(["ip", "route", "add", "default", "via", ROUTER])
             r.output(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            self.ustack, _ = r.start([py, "-m", "ustack", "serve", "--congestion", ustack_cc,
+            cprofile = ["-m", "cProfile", "-o", profile] if profile else []
+            self.ustack, _ = r.start([py, *cprofile, "-m", "ustack", "serve", "--congestion", ustack_cc,
                                       "--addr", US, *ustack_args, f"http:{HTTP}",
                                       f"discard:{DISCARD}"],
                                      "ustack: serving")
@@ -432,6 +435,10 @@ class ImpairedPath:
         return (self.router if sender == "router" else self.client).retrans()
 
     def close(self) -> None:
+        ustack = getattr(self, "ustack", None)
+        if self.profile and ustack is not None and ustack.poll() is None:
+            ustack.send_signal(signal.SIGINT)  # a clean exit writes the profile
+            ustack.wait(20)
         if self.relay.poll() is None:
             self.relay.terminate()
             self.relay.wait(5)
@@ -455,7 +462,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         # sends; when the client sends, theirs does not matter (CUBIC for both).
         ustack_cc = cc if direction == "download" else "cubic"
         path = ImpairedPath(ustack_cc, KERNEL_CC[cc] if direction == "download" else "cubic",
-                            args.control, args.stats, tuple(args.ustack_arg))
+                            args.control, args.stats, tuple(args.ustack_arg), args.profile)
         try:
             for reorder in args.reorder:
                 for loss in args.loss:
@@ -520,6 +527,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "--ustack-arg=--no-offload")
     p.add_argument("--stats", action="store_true",
                    help="print ustack's counters (its SIGUSR1 line) after each of its transfers")
+    p.add_argument("--profile", metavar="FILE",
+                   help="run ustack serve under cProfile (one cell: the last one's wins), "
+                        "write FILE and print its top functions by layer")
     p.add_argument("--kernel-server", metavar="CC", help=argparse.SUPPRESS)
     p.add_argument("--client", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--relay", nargs=3, help=argparse.SUPPRESS)
@@ -556,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("lossbench: stopped", file=sys.stderr)
             return 130
+    if args.profile:
+        from benchkit.report import print_profile
+        print_profile(args.profile)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
