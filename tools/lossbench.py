@@ -349,9 +349,9 @@ class ImpairedPath:
             c.output(["ip", "route", "add", "default", "via", ROUTER])
             r.output(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
             cprofile = ["-m", "cProfile", "-o", profile] if profile else []
-            self.ustack, _ = r.start([py, *cprofile, "-m", "ustack", "serve", "--congestion", ustack_cc,
-                                      "--addr", US, *ustack_args, f"http:{HTTP}",
-                                      f"discard:{DISCARD}"],
+            self.ustack, _ = r.start([py, *cprofile, "-m", "ustack", "serve",
+                                      "--congestion", ustack_cc, "--addr", US, *ustack_args,
+                                      f"http:{HTTP}", f"discard:{DISCARD}"],
                                      "ustack: serving")
             _, line = r.start([py, str(Path(__file__).resolve()), "--kernel-server",
                                kernel_cc], "ready")

@@ -11,6 +11,8 @@ import pytest
 
 from tests.unit.simlink import Faults, Pair, transfer
 from ustack.link.rules import Rule, TcpRules, parse_rule
+from ustack.link.stage import RX, TX
+from ustack.link.track import Conn
 
 DATA = random.Random(3).randbytes(300_000)
 
@@ -54,7 +56,10 @@ def test_a_black_hole_past_n_bytes_stalls_the_connection() -> None:
     ("drop flags=SX", "letters of S, A, F, R"),
     ("drop port=http", "is not a number"),
     ("drop colour=red", "is not one of"),
-    ("blackhole", "take after=BYTES"),
+    ("blackhole", "takes after=BYTES"),
+    ("reset", "after=BYTES, state=STATE or both"),
+    ("reset state=OPEN", "one of LISTEN"),
+    ("drop final=syn", "handshake or close"),
     ("drop after=10", "for blackhole, reset and zerowindow only"),
     ("zerowindow", "takes ms=MILLISECONDS"),
     ("drop dir=up", "rx, tx or both"),
@@ -86,3 +91,61 @@ def test_a_zero_window_for_a_while_holds_the_sender_back() -> None:
     assert fired == ["window zeroed for 300 ms (zerowindow after=50000 ms=300)"]
     assert pair.now >= 0.3
     assert pair.b.stats()["tcp_window_probes"] >= 1  # B probed the closed window (MUST-36)
+
+
+def test_the_handshakes_final_ack_dropped_the_data_carries_it() -> None:
+    _, got, stage, fired = run("drop final=handshake dir=tx")
+    assert got == DATA and fired == ["dropped (drop final=handshake dir=tx)"]
+    assert stage.rules[0].fired == 1
+
+
+def test_the_closes_final_ack_dropped_the_fin_is_sent_again() -> None:
+    pair, got, _, fired = run("drop final=close dir=tx")
+    assert got == DATA and fired == ["dropped (drop final=close dir=tx)"]
+    # B, in LAST-ACK, resent its FIN (a tail loss probe, RFC 8985 §7); A, in TIME-WAIT,
+    # answered it, and B closed (`transfer` waits for that).
+    assert pair.b.stats()["tcp_retransmitted_segments"] == 1
+
+
+def test_a_reset_into_a_given_state_aborts_it() -> None:
+    # A sends nothing and closes at once: it sits in FIN-WAIT-2 while B's data comes.
+    pair, got, _, fired = run("reset state=FIN-WAIT-2 dir=rx", limit=30.0, down=True)
+    assert len(got) < len(DATA) and got == DATA[:len(got)]
+    assert fired == ["reset injected (reset state=FIN-WAIT-2 dir=rx)"]
+    assert pair.a.stats()["tcp_rst_in"] == 1
+
+
+def _states(steps: list[tuple[int, int, int, int, int]]) -> list[tuple[str, str | None]]:
+    """(ustack's state, final ACK or None) after each (direction, seq, ack, flags, len)."""
+    conn = Conn()
+    out = []
+    for d, s, a, f, n in steps:
+        final = conn.see(d, s, a, f, n)
+        out.append((conn.state(), final))
+    return out
+
+
+S, SA, A_, FA = 0x02, 0x12, 0x10, 0x11
+
+
+def test_the_tracker_follows_a_passive_open_and_a_passive_close() -> None:
+    assert _states([
+        (RX, 100, 0, S, 0), (TX, 500, 101, SA, 0), (RX, 101, 501, A_, 0),
+        (RX, 101, 501, A_, 10), (RX, 111, 501, FA, 0), (TX, 501, 112, FA, 0),
+        (RX, 112, 502, A_, 0),
+    ]) == [("LISTEN", None), ("SYN-RECEIVED", None), ("ESTABLISHED", "handshake"),
+           ("ESTABLISHED", None), ("CLOSE-WAIT", None), ("LAST-ACK", None),
+           ("CLOSED", "close")]
+
+
+def test_the_tracker_follows_an_active_open_and_close_and_a_simultaneous_one() -> None:
+    opening = [(TX, 500, 0, S, 0), (RX, 100, 501, SA, 0), (TX, 501, 101, A_, 0)]
+    assert _states([*opening, (TX, 501, 101, FA, 0), (RX, 101, 502, A_, 0),
+                    (RX, 101, 502, FA, 0), (TX, 502, 102, A_, 0)]) == [
+        ("SYN-SENT", None), ("ESTABLISHED", None), ("ESTABLISHED", "handshake"),
+        ("FIN-WAIT-1", None), ("FIN-WAIT-2", None), ("TIME-WAIT", None),
+        ("TIME-WAIT", "close")]
+    both = _states([*opening, (TX, 501, 101, FA, 0), (RX, 101, 501, FA, 0),
+                    (TX, 502, 102, A_, 0), (RX, 102, 502, A_, 0)])
+    assert [s for s, _ in both[3:]] == ["FIN-WAIT-1", "CLOSING", "CLOSING", "TIME-WAIT"]
+    assert _states([*opening, (RX, 101, 501, 0x14, 0)])[-1] == ("CLOSED", None)  # RST

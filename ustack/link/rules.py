@@ -9,16 +9,25 @@ A rule is one line, as the command line takes it:
 
     drop flags=SA count=2 port=80     the first two SYN-ACKs of port 80
     drop flags=S nth=3                the third SYN (and only it)
+    drop final=handshake dir=rx       the peer's ACK that completes the handshake
+    drop final=close                  the last ACK of a close (its FIN is sent again)
     corrupt offset=100000 dir=rx      the segment carrying stream byte 100000, inbound
     blackhole after=1000000 port=80   every packet of a connection past its first MB
     reset after=100000 dir=tx         a RST from ustack once 100 kB have crossed
+    reset state=CLOSE-WAIT dir=rx     a RST to ustack once its side is in CLOSE-WAIT
     zerowindow ms=500 after=100000    ustack advertises a zero window for 0.5 s
 
 `flags` are TCP's S, A, F, R matched exactly (PSH and the ECN bits aside): "S" is a SYN
 without ACK, "SA" a SYN-ACK, "FA" a FIN with its ACK, "A" a bare ACK (with or without
-data). `dir` is rx (toward ustack), tx (from it) or both (default). `nth` is the first
-matching segment that fires (default 1); `count` how many fire from there (default 1;
-0: every one). `offset` counts from the first byte after the SYN of that direction.
+data). `final` picks a final ACK: the one that completes the three-way handshake, or the
+one that acknowledges the second FIN of a close (`ustack.link.track`). `state` matches
+while ustack's side of the connection is in that RFC 9293 state, as the wire shows it
+once the segment has arrived (LISTEN, SYN-SENT, SYN-RECEIVED, ESTABLISHED, FIN-WAIT-1,
+FIN-WAIT-2, CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT). `dir` is rx (toward ustack), tx
+(from it) or both (default). `nth` is the first matching segment that fires (default 1);
+`count` how many fire from there (default 1; 0: every one). `offset` counts from the
+first byte after the SYN of that direction. A RST is injected right behind the segment
+that fires, from that segment's sender, at the sequence number its receiver expects.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from ustack import ip6
 from ustack.link.faults import flip_bit
 from ustack.link.segmentation import cut
 from ustack.link.stage import RX, TX, Packets, Stage
+from ustack.link.track import FINAL_ACKS, STATES, Conn
 from ustack.packet import Offloaded, Packet, ip_of
 from ustack.tcp.segment import ACK, RST, Segment, encode
 
@@ -57,6 +67,8 @@ class Rule:
     offset: int | None = None
     after: int | None = None
     ms: int | None = None  # zerowindow: for how long
+    state: str | None = None  # ustack's side's state (RFC 9293 §3.3.2)
+    final: str | None = None  # "handshake" or "close": that final ACK
     matched: int = field(default=0, compare=False)  # matching segments seen so far
     fired: int = field(default=0, compare=False)
 
@@ -70,8 +82,16 @@ class Rule:
             raise ValueError(f"rule dir {self.direction!r}: rx, tx or both")
         if self.nth < 1 or self.count < 0:
             raise ValueError("rule nth must be >= 1 and count >= 0")
-        if (self.action in ("blackhole", "reset")) and self.after is None:
-            raise ValueError("blackhole and reset take after=BYTES")
+        if self.state is not None:
+            self.state = self.state.upper()
+            if self.state not in STATES:
+                raise ValueError(f"rule state {self.state!r}: one of {', '.join(STATES)}")
+        if self.final is not None and self.final not in FINAL_ACKS:
+            raise ValueError(f"rule final {self.final!r}: handshake or close")
+        if self.action == "blackhole" and self.after is None:
+            raise ValueError("blackhole takes after=BYTES")
+        if self.action == "reset" and self.after is None and self.state is None:
+            raise ValueError("reset takes after=BYTES, state=STATE or both")
         if self.after is not None and self.action not in ("blackhole", "reset",
                                                           "zerowindow"):
             raise ValueError("after=BYTES is for blackhole, reset and zerowindow only")
@@ -87,7 +107,8 @@ class Rule:
 
     def describe(self) -> str:
         parts = [self.action]
-        for name in ("flags", "port", "nth", "count", "offset", "after", "ms"):
+        for name in ("flags", "final", "state", "port", "nth", "count", "offset", "after",
+                     "ms"):
             value = getattr(self, name)
             if value is not None and not (name == "nth" and value == 1) and not (
                     name == "count" and value == 1):
@@ -95,6 +116,9 @@ class Rule:
         if self.direction != "both":
             parts.append(f"dir={self.direction}")
         return " ".join(parts)
+
+
+_WORDS = ("flags", "final", "state", "port", "dir", "nth", "count", "offset", "after", "ms")
 
 
 def parse_rule(text: str) -> Rule:
@@ -105,11 +129,10 @@ def parse_rule(text: str) -> Rule:
     kwargs: dict[str, object] = {}
     for word in words[1:]:
         name, sep, value = word.partition("=")
-        if not sep or name not in ("flags", "port", "dir", "nth", "count", "offset", "after",
-                                   "ms"):
-            raise ValueError(f"rule {text!r}: {word!r} is not one of flags=, port=, dir=, "
-                             "nth=, count=, offset=, after=, ms=")
-        if name in ("flags", "dir"):
+        if not sep or name not in _WORDS:
+            raise ValueError(f"rule {text!r}: {word!r} is not one of "
+                             + ", ".join(f"{w}=" for w in _WORDS))
+        if name in ("flags", "dir", "state", "final"):
             kwargs["direction" if name == "dir" else name] = value
         elif value.isdecimal():
             kwargs[name] = int(value)
@@ -129,8 +152,7 @@ class TcpRules(Stage):
         self._rng = random.Random(seed)  # which bit a corruption flips
         self.counters: Counter[str] = Counter(dict.fromkeys(RULE_COUNTERS, 0))
         self.probe: Callable[[str, int, Packet, float], None] | None = None
-        self._isn: dict[tuple[bytes, int, bytes, int], int] = {}  # per direction's sender
-        self._bytes: Counter[tuple[bytes, int, bytes, int]] = Counter()  # per connection
+        self._conns: dict[tuple[bytes, int, bytes, int], Conn] = {}  # by `_key`
         self._holes: set[tuple[bytes, int, bytes, int]] = set()  # black-holed connections
         self._reset: bytes | None = None  # a RST to send right after the current packet
         self._zero_until: dict[tuple[bytes, int, bytes, int], float] = {}  # per connection
@@ -156,22 +178,22 @@ class TcpRules(Stage):
         tcp = _tcp(bytes(ip_of(packet)))
         if tcp is None:
             return packet
-        src, dst, sport, dport, seq, flags, payload = tcp
-        sender = (src, sport, dst, dport)
-        conn = min(sender, (dst, dport, src, sport))  # one key for both directions
-        if flags & 0x02:
-            self._isn[sender] = seq
-            for table in (self._isn, self._bytes):  # bounded: the oldest go first
-                if len(table) > MAX_TRACKED:
-                    del table[next(iter(table))]
-        if d == TX and conn in self._zero_until:
-            if now < self._zero_until[conn]:
+        src, dst, sport, dport, seq, ack, flags, payload = tcp
+        key = min((src, sport, dst, dport), (dst, dport, src, sport))  # both directions
+        conn = self._conns.get(key)
+        if conn is None:
+            if len(self._conns) >= MAX_TRACKED:  # bounded: the oldest goes first
+                del self._conns[next(iter(self._conns))]
+            conn = self._conns[key] = Conn()
+        final = conn.see(d, seq, ack, flags, payload)
+        if d == TX and key in self._zero_until:
+            if now < self._zero_until[key]:
                 return _zero_window(packet)
-            del self._zero_until[conn]
-        if conn in self._holes:
+            del self._zero_until[key]
+        if key in self._holes:
             self._fire("dropped (black hole)", d, packet, now)
             return None
-        self._bytes[conn] += payload
+        state = None
         for rule in self.rules:
             if rule.count and rule.fired >= rule.count:
                 continue
@@ -179,31 +201,36 @@ class TcpRules(Stage):
                 continue
             if rule.port is not None and rule.port not in (sport, dport):
                 continue
+            if rule.state is not None:
+                state = state or conn.state()
+                if state != rule.state:
+                    continue
+            if rule.final is not None and rule.final != final:
+                continue
             if rule.action == "zerowindow":
-                if d != TX or self._bytes[conn] < (rule.after or 0):
+                if d != TX or conn.bytes < (rule.after or 0):
                     continue  # ustack's side: its own segments' window
                 rule.fired += 1
-                self._zero_until[conn] = now + (rule.ms or 0) / 1000
+                self._zero_until[key] = now + (rule.ms or 0) / 1000
                 self._fire(f"window zeroed for {rule.ms} ms ({rule.describe()})", d, packet,
                            now)
                 return _zero_window(packet)
             if rule.action in ("blackhole", "reset"):
-                if self._bytes[conn] < (rule.after or 0):
+                if conn.bytes < (rule.after or 0):
                     continue
                 rule.fired += 1
                 if rule.action == "reset":
                     self._reset = _reset_after(bytes(ip_of(packet)), tcp)
                     self._fire(f"reset injected ({rule.describe()})", d, self._reset, now)
                     return packet
-                self._holes.add(conn)
+                self._holes.add(key)
                 self._fire(f"dropped ({rule.describe()})", d, packet, now)
                 return None
             want = rule.want
             if want is not None and flags & _MATCHED_BITS != want:
                 continue
             if rule.offset is not None:
-                isn = self._isn.get(sender)
-                start = (seq - (isn + 1)) % (1 << 32) if isn is not None else None
+                start = conn.offset(d, seq)
                 if start is None or not start <= rule.offset < start + payload:
                     continue
             rule.matched += 1
@@ -224,8 +251,12 @@ class TcpRules(Stage):
             self.probe(kind, d, packet, now)
 
 
-def _tcp(ip: bytes) -> tuple[bytes, bytes, int, int, int, int, int] | None:
-    """(src, dst, sport, dport, seq, flags, payload length) of a TCP packet, or None."""
+_Tcp = tuple[bytes, bytes, int, int, int, int, int, int]
+
+
+def _tcp(ip: bytes) -> _Tcp | None:
+    """(src, dst, sport, dport, seq, ack, flags, payload length) of a TCP packet, or
+    None."""
     if not ip:
         return None
     if ip[0] >> 4 == 4 and len(ip) >= 20 and ip[9] == 6:
@@ -239,20 +270,18 @@ def _tcp(ip: bytes) -> tuple[bytes, bytes, int, int, int, int, int] | None:
         return None
     if len(ip) < start + 20:
         return None
-    sport, dport, seq, _ = _TCP.unpack_from(ip, start)
+    sport, dport, seq, ack = _TCP.unpack_from(ip, start)
     header = (ip[start + 12] >> 4) * 4
-    return src, dst, sport, dport, seq, ip[start + 13], max(0, min(total, len(ip)) - start
-                                                              - header)
+    return (src, dst, sport, dport, seq, ack, ip[start + 13],
+            max(0, min(total, len(ip)) - start - header))
 
 
-def _reset_after(ip: bytes, tcp: tuple[bytes, bytes, int, int, int, int, int]) -> bytes:
+def _reset_after(ip: bytes, tcp: _Tcp) -> bytes:
     """A RST from the sender of `ip` to its receiver with the sequence number the
     receiver expects next (this packet's end), so that it is taken at once (RFC 9293
     §3.10.7.4, RFC 5961 §3.2: a RST exactly at RCV.NXT resets)."""
-    src, dst, sport, dport, seq, flags, payload = tcp
+    src, dst, sport, dport, seq, ack, flags, payload = tcp
     end = (seq + payload + (1 if flags & 0x03 else 0)) % (1 << 32)
-    start = (ip[0] & 0x0F) * 4 if ip[0] >> 4 == 4 else 40
-    ack = int.from_bytes(ip[start + 8:start + 12], "big")
     seg = Segment(sport, dport, end, ack, RST | ACK, 0)
     header, data = encode(seg, src, dst)
     length = len(header) + len(data)
