@@ -4,7 +4,8 @@ how a client (here the kernel's own sockets) survives it. Run with
     python -m pytest -p ustack.testing examples/test_fault_catalog.py
 
 The marker (`@pytest.mark.ustack(...)`) sets the link up before the test starts;
-`ustack_host.rule(...)`, `.faults(...)` and `.stack.shape(...)` change it mid-test.
+`ustack_host.rule(...)`, `.faults(...)`, `.preset(...)` and `.stack.shape(...)` change it
+mid-test.
 """
 
 import socket
@@ -41,6 +42,34 @@ def test_bursty_loss(ustack_host):
     assert ustack_host.stats()["shaper_ge_dropped"] > 0
 
 
+@pytest.mark.ustack(delay_ms=20, jitter_ms=10, distribution="pareto", correlation=0.25)
+def test_a_late_tail(ustack_host):
+    # 20 ms each way, jitter with a Pareto tail (a few packets much later than the rest)
+    # and each packet's lateness correlated with the last's, as netem's
+    # `delay 20ms 10ms 25% distribution pareto`. Jitter alone reorders packets.
+    start = time.monotonic()
+    assert fetch(ustack_host.addr, "/bytes/200000") == BODY
+    assert time.monotonic() - start >= 0.04  # at least one round trip of the delay
+    assert ustack_host.stats()["fault_delayed"] > 0
+
+
+@pytest.mark.ustack(reorder=0.5, reorder_gap=4, seed=2)
+def test_reordering_with_a_gap(ustack_host):
+    # At most one packet in four is held back until the next overtakes it (netem's
+    # `reorder 50% gap 4`): the receiver sees holes that fill a packet later.
+    assert fetch(ustack_host.addr, "/bytes/200000") == BODY
+    assert ustack_host.stats()["fault_reordered"] > 0
+
+
+@pytest.mark.ustack(preset="3g", seed=3)
+def test_a_named_link(ustack_host):
+    # A 3G link (1.5 mbit, 50 ms each way with jitter, a little loss); also "wifi" and
+    # "satellite" (`ustack.link.presets` says what numbers each one is).
+    start = time.monotonic()
+    assert fetch(ustack_host.addr, "/bytes/50000") == BODY[:50000]
+    assert time.monotonic() - start >= 50_000 * 8 / 1.5e6
+
+
 @pytest.mark.ustack(rules=["drop flags=SA count=2 port=80"])
 def test_lost_syn_acks(ustack_host):
     # The first two SYN-ACKs never arrive: a SYN or SYN-ACK is sent again, then it works.
@@ -59,6 +88,23 @@ def test_a_corrupted_segment(ustack_host):
 def test_a_reset_mid_response(ustack_host):
     with pytest.raises(ConnectionResetError):
         fetch(ustack_host.addr, "/bytes/200000")
+
+
+@pytest.mark.ustack(rules=["reset state=ESTABLISHED dir=tx port=80"])
+def test_a_reset_in_a_given_state(ustack_host):
+    # A RST from ustack's side behind its first segment in ESTABLISHED (states by RFC
+    # 9293's names, as the wire shows them; LISTEN to TIME-WAIT).
+    with pytest.raises(ConnectionResetError):
+        fetch(ustack_host.addr, "/bytes/200000")
+
+
+@pytest.mark.ustack(rules=["drop final=handshake dir=rx port=80", "drop final=close port=80"])
+def test_lost_final_acks(ustack_host):
+    # The ACK that completes the handshake is lost (the request carries it again), and
+    # the last ACK of the close (its FIN is sent again and answered).
+    assert fetch(ustack_host.addr, "/bytes/1000") == BODY[:1000]
+    time.sleep(0.5)  # the close's FIN goes again about a round trip later
+    assert ustack_host.stats()["rule_fired"] == 2
 
 
 @pytest.mark.ustack(rules=["blackhole after=50000 port=80"])

@@ -57,11 +57,13 @@ RUN_TIMEOUT = 30.0  # default for `run(coro)`
 
 _MARKER_DOC = (
     "ustack(services=['echo:7', 'http:80'], loss=0, dup=0, reorder=0, corrupt=0, "
-    "delay_ms=0, jitter_ms=0, seed=1, mtu=1500, trace=False, addr='10.77.0.2', "
-    "kernel_addr='10.77.0.1/24', rate_bps=None, queue=1000, gemodel=None, rules=()): "
-    "configure the ustack_host fixture (every keyword optional; kernel_addr with or "
-    "without a prefix, /24 by default; rate_bps, queue and gemodel as Stack.shape, rules "
-    "as Stack.rule)"
+    "delay_ms=0, jitter_ms=0, distribution='uniform', correlation=0, reorder_gap=0, "
+    "seed=1, mtu=1500, trace=False, addr='10.77.0.2', kernel_addr='10.77.0.1/24', "
+    "rate_bps=None, queue=1000, gemodel=None, preset=None, rules=()): configure the "
+    "ustack_host fixture (every keyword optional; kernel_addr with or without a prefix, "
+    "/24 by default; the faults as Stack.faults, rate_bps, queue and gemodel as "
+    "Stack.shape, preset ('wifi', '3g', 'satellite') as Stack.preset and alone, rules as "
+    "Stack.rule)"
 )
 
 T = TypeVar("T")
@@ -76,6 +78,9 @@ class Options:
     corrupt: float = 0.0
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
+    distribution: str = "uniform"
+    correlation: float = 0.0
+    reorder_gap: int = 0
     seed: int | None = 1
     mtu: int = 1500
     offload: bool = True  # checksum and TSO offloads, as `Stack(offload=...)`
@@ -83,6 +88,7 @@ class Options:
     rate_bps: float | None = None  # shaping, as `Stack.shape`
     queue: int = 1000
     gemodel: tuple[float, float, float, float] | None = None
+    preset: str | None = None  # a named link, as `Stack.preset` (instead of the above)
     rules: tuple[str, ...] = ()  # faults that know TCP, as `Stack.rule`
     addr: str = "10.77.0.2"
     kernel_addr: str = "10.77.0.1/24"  # the kernel's side of the device, address/prefix
@@ -90,7 +96,9 @@ class Options:
     def fault_kwargs(self) -> dict[str, Any]:
         return {"loss": self.loss, "dup": self.dup, "reorder": self.reorder,
                 "corrupt": self.corrupt, "delay_ms": self.delay_ms,
-                "jitter_ms": self.jitter_ms, "seed": self.seed}
+                "jitter_ms": self.jitter_ms, "seed": self.seed,
+                "distribution": self.distribution, "correlation": self.correlation,
+                "reorder_gap": self.reorder_gap}
 
 
 def _options(marker: pytest.Mark | None) -> Options:
@@ -111,7 +119,19 @@ def _options(marker: pytest.Mark | None) -> Options:
             kwargs[name] = (value,) if isinstance(value, str) else tuple(value)
     if "kernel_addr" in kwargs:
         kwargs["kernel_addr"] = _interface(kwargs["kernel_addr"])
+    if kwargs.get("preset") is not None:
+        beside = sorted(set(kwargs) & _PRESET_SETS)
+        if beside:
+            raise pytest.UsageError(f"@pytest.mark.ustack: preset={kwargs['preset']!r} sets "
+                                    f"the link's faults and shaping; drop {', '.join(beside)}"
+                                    " or the preset")
     return Options(**kwargs)
+
+
+# What a preset sets (`ustack.link.presets`): a marker giving one of these beside it is
+# refused. The seed is not among them: it makes a preset's run replayable.
+_PRESET_SETS = {"loss", "dup", "reorder", "corrupt", "delay_ms", "jitter_ms", "distribution",
+                "correlation", "reorder_gap", "rate_bps", "queue", "gemodel"}
 
 
 def _interface(text: object) -> str:
@@ -190,15 +210,24 @@ class UstackHost:
 
     def faults(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
                corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
-               seed: int | None = None) -> int | None:
-        """Replace the link's faults (fractions; no arguments = none). Returns the seed."""
+               seed: int | None = None, distribution: str = "uniform",
+               correlation: float = 0.0, reorder_gap: int = 0) -> int | None:
+        """Replace the link's faults (`Stack.faults`; fractions; no arguments = none).
+        Returns the seed."""
         def change() -> int | None:
             seed_in_use: int | None = self.stack.faults(
                 loss=loss, dup=dup, reorder=reorder, corrupt=corrupt, delay_ms=delay_ms,
-                jitter_ms=jitter_ms, seed=seed)
+                jitter_ms=jitter_ms, seed=seed, distribution=distribution,
+                correlation=correlation, reorder_gap=reorder_gap)
             return seed_in_use
 
         return self.call(change)
+
+    def preset(self, name: str, seed: int | None = None) -> int | None:
+        """Make the link a named one (`Stack.preset`: "wifi", "3g", "satellite"), its
+        faults and shaping together. Returns the seed."""
+        seed_in_use: int | None = self.call(self.stack.preset, name, seed)
+        return seed_in_use
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -262,8 +291,12 @@ class _Runner:
         stack = Stack(dev=self.dev, addr=opts.addr, kernel_addr=opts.kernel_addr,
                       mtu=opts.mtu, pcap=host.pcap_path, trace=self.trace_file,
                       offload=opts.offload)
-        stack.faults(**opts.fault_kwargs())
-        stack.shape(opts.rate_bps, queue=opts.queue, gemodel=opts.gemodel, seed=opts.seed)
+        if opts.preset is not None:
+            stack.preset(opts.preset, seed=opts.seed)
+        else:
+            stack.faults(**opts.fault_kwargs())
+            stack.shape(opts.rate_bps, queue=opts.queue, gemodel=opts.gemodel,
+                        seed=opts.seed)
         for rule in opts.rules:
             stack.rule(rule)
         await stack.__aenter__()

@@ -274,13 +274,16 @@ def test_parse_probability_rejects(text):
         parse_probability(text)
 
 
-@pytest.mark.parametrize("text,value", [("10", (10.0, 0.0)), ("10:3", (10.0, 3.0)),
-                                        ("0.5:0", (0.5, 0.0))])
+@pytest.mark.parametrize("text,value", [("10", (10.0, 0.0, 0.0)), ("10:3", (10.0, 3.0, 0.0)),
+                                        ("0.5:0", (0.5, 0.0, 0.0)),
+                                        ("100:10:25%", (100.0, 10.0, 0.25)),
+                                        ("100:10:0.5", (100.0, 10.0, 0.5))])
 def test_parse_delay_accepts(text, value):
     assert parse_delay(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "x", "-1", "10:-2", "1:2:3", "10:", "inf", "nan:1"])
+@pytest.mark.parametrize("text", ["", "x", "-1", "10:-2", "1:2:3", "1:2:3:4", "10:",
+                                  "inf", "nan:1", "1:2:x"])
 def test_parse_delay_rejects(text):
     with pytest.raises(ValueError, match="not a delay"):
         parse_delay(text)

@@ -20,6 +20,7 @@ from ustack.link import (
     Pipeline,
     Shaper,
     pipeline_of,
+    presets,
 )
 from ustack.link.rules import RULE_COUNTERS, Rule, TcpRules, parse_rule
 from ustack.packet import Packet, ip_of
@@ -60,14 +61,19 @@ class LinkControls:
 
     def faults(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
                corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
-               seed: int | None = None) -> int | None:
+               seed: int | None = None, distribution: str = "uniform",
+               correlation: float = 0.0, reorder_gap: int = 0) -> int | None:
         """Put a seeded fault injector on the link, in both directions, replacing any
-        before it; with no arguments (or all zero) remove it. Probabilities are fractions
-        (0.05 = 5%). Returns the seed in use (log it to replay a run), or None when no
-        faults are on. May be called before the stack starts or while it runs; packets
-        the old injector held back are sent on, not lost."""
+        before it; with no arguments (or all zero) remove it (netem's `loss`, `duplicate`,
+        `reorder P gap G`, `corrupt`, `delay D J C% distribution NAME`; see
+        `ustack.link.FaultInjector`). Probabilities are fractions (0.05 = 5%). Returns
+        the seed in use (log it to replay a run), or None when no faults are on. May be
+        called before the stack starts or while it runs; packets the old injector held
+        back are sent on, not lost."""
         injector = FaultInjector(loss=loss, dup=dup, reorder=reorder, corrupt=corrupt,
-                                 delay_ms=delay_ms, jitter_ms=jitter_ms, seed=seed)
+                                 delay_ms=delay_ms, jitter_ms=jitter_ms, seed=seed,
+                                 distribution=distribution, correlation=correlation,
+                                 reorder_gap=reorder_gap)
         injector.probe = self._on_fault
         new = injector if injector.active else None
         old, self._faults = self._faults, new
@@ -75,6 +81,14 @@ class LinkControls:
             self._fault_totals.update(old.counters)
         self._replace_pipeline()
         return new.seed if new is not None else None
+
+    def preset(self, name: str, seed: int | None = None) -> int | None:
+        """Make the link one of the named ones (`ustack.link.presets`: "wifi", "3g",
+        "satellite"): its faults and its shaping, replacing both. Returns the seed."""
+        chosen = presets.preset(name)
+        used = self.faults(**chosen.faults, seed=seed)
+        self.shape(**chosen.shape, seed=used if seed is None else seed)
+        return used
 
     def _on_fault(self, kind: str, direction: int, packet: Packet, now: float) -> None:
         """The fault injector dropped, duplicated or corrupted `packet`: into the ladder

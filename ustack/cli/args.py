@@ -9,6 +9,7 @@ from typing import Any
 import ustack
 from ustack import link, services
 from ustack.api import check_own_addr, check_own_addr6
+from ustack.link.presets import PRESETS
 from ustack.link.rules import parse_rule
 from ustack.link.shaper import parse_gemodel, parse_queue, parse_rate
 from ustack.tcp import congestion
@@ -159,6 +160,12 @@ _probability = _via(link.parse_probability)
 _delay = _via(link.parse_delay)
 
 
+def _gap(text: str) -> int:
+    if not text.isdecimal() or int(text) > 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a gap: a whole number of packets")
+    return int(text)
+
+
 def _seed(text: str) -> int:
     if not text.isdecimal() or int(text) >= 2**64:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed (an integer 0..2**64-1)")
@@ -251,9 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
                                help="hold packets back so a later one overtakes them")
         link_opts.add_argument("--corrupt", type=_probability, default=0.0, metavar="P",
                                help="flip one bit of packets with probability P")
-        link_opts.add_argument("--delay", type=_delay, default=(0.0, 0.0),
-                               metavar="MS[:JITTER_MS]",
-                               help="delay every packet by MS milliseconds, +- JITTER_MS")
+        link_opts.add_argument("--reorder-gap", type=_gap, default=0, metavar="G",
+                               help="with --reorder: at most one packet in G held back "
+                               "(netem's reorder P gap G)")
+        link_opts.add_argument("--delay", type=_delay, default=(0.0, 0.0, 0.0),
+                               metavar="MS[:JITTER_MS[:CORRELATION]]",
+                               help="delay every packet by MS milliseconds, +- JITTER_MS, "
+                               "each packet's jitter correlated with the last's (netem's "
+                               "delay D J C%%)")
+        link_opts.add_argument("--distribution", choices=link.DISTRIBUTIONS,
+                               default="uniform", help="of the jitter: uniform (default), "
+                               "normal, pareto or paretonormal, as netem's")
+        link_opts.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                               help="a named link, its faults and shaping together: "
+                               + "; ".join(f"{p.name}: {p.about}" for p in PRESETS.values())
+                               + " (alone: not with the other fault or shaping options)")
         link_opts.add_argument("--seed", type=_seed, default=None, metavar="N",
                                help="seed of the fault injector (default: random, logged)")
         link_opts.add_argument("--rate", type=_via(parse_rate), default=None,

@@ -33,6 +33,24 @@ from ustack.devices import LinkLost
 from ustack.heap import keep_freed_heap
 from ustack.tun import TunError
 
+# The link options a --preset sets, with their defaults (given beside it: refused).
+_PRESET_SETS = {"loss": 0.0, "dup": 0.0, "reorder": 0.0, "corrupt": 0.0,
+                "delay": (0.0, 0.0, 0.0), "distribution": "uniform", "reorder_gap": 0,
+                "rate": None, "gemodel": None}
+
+
+def preset_problem(args: argparse.Namespace) -> str | None:
+    """--preset with an option it sets: one sentence saying so (two settings for one
+    thing would leave the user guessing which won)."""
+    if getattr(args, "preset", None) is None:
+        return None
+    given = [f"--{name.replace('_', '-')}" for name, default in _PRESET_SETS.items()
+             if getattr(args, name, default) != default]
+    if given:
+        return (f"--preset {args.preset} sets the link's faults and shaping; drop "
+                f"{', '.join(given)} or the preset")
+    return None
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -55,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = "--workers N runs on the queues of a TUN; a --link is one stream"
     if problem is None and args.command in ("serve", "sandbox"):
         problem = services_problem(args)
+    if problem is None:
+        problem = preset_problem(args)
     if problem is not None:
         log(problem)
         return EXIT_USAGE

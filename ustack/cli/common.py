@@ -55,9 +55,14 @@ def make_stack(args: argparse.Namespace, **given: Any) -> Stack:
         options["device"] = opener(host, port, mtu=args.mtu or STREAM_MTU)
     options.update(given)
     stack = Stack(args.dev, args.addr, **options)
-    delay_ms, jitter_ms = args.delay
-    stack.faults(loss=args.loss, dup=args.dup, reorder=args.reorder, corrupt=args.corrupt,
-                 delay_ms=delay_ms, jitter_ms=jitter_ms, seed=args.seed)
+    if args.preset is not None:  # alone (`commands.preset_problem`)
+        stack.preset(args.preset, seed=args.seed)
+    delay_ms, jitter_ms, correlation = args.delay
+    if args.preset is None:
+        stack.faults(loss=args.loss, dup=args.dup, reorder=args.reorder,
+                     corrupt=args.corrupt, delay_ms=delay_ms, jitter_ms=jitter_ms,
+                     seed=args.seed, distribution=args.distribution,
+                     correlation=correlation, reorder_gap=args.reorder_gap)
     if args.rate is not None or args.gemodel is not None:
         packets, nbytes = args.queue
         stack.shape(args.rate, queue=packets, queue_bytes=nbytes, gemodel=args.gemodel,

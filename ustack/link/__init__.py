@@ -1,7 +1,8 @@
 """Link middleware between the TUN device and the host: pcap capture (`pcap`), fault
 injection (`faults`, per wire segment: `segmentation` cuts the offloads' super-packets),
-shaping (`shaper`: a rate with a bounded queue, Gilbert–Elliott loss), taps and pipelines
-(`stage`).
+shaping (`shaper`: a rate with a bounded queue, Gilbert–Elliott loss), named links made
+of both (`presets`), faults that know TCP (`rules`, following connections from the wire
+with `track`), taps and pipelines (`stage`).
 
 Sans-IO like the TCP core: no asyncio, no clock reads; `now` (the core's monotonic
 clock) is passed in. Every stage has the same small interface (smoltcp's `phy::Device`
@@ -29,6 +30,7 @@ sent them on receive, and corrupted as the kernel got them on transmit.
 
 from ustack.link.faults import (
     DIRECTIONS,
+    DISTRIBUTIONS,
     FAULT_COUNTERS,
     REORDER_MS,
     FaultInjector,
@@ -52,9 +54,9 @@ from ustack.link.shaper import SHAPER_COUNTERS, GilbertElliott, Shaper
 from ustack.link.stage import RX, TX, Packets, Pipeline, Stage, Tap, pipeline_of
 
 __all__ = [
-    "DIRECTIONS", "FAULT_COUNTERS", "FLUSH_INTERVAL", "LINKTYPE_RAW", "REORDER_MS", "RX",
-    "SHAPER_COUNTERS", "TX", "CaptureError", "FaultInjector", "GilbertElliott", "Packets",
-    "PcapWriter", "Pipeline", "Shaper", "Stage", "Tap",
+    "DIRECTIONS", "DISTRIBUTIONS", "FAULT_COUNTERS", "FLUSH_INTERVAL", "LINKTYPE_RAW",
+    "REORDER_MS", "RX", "SHAPER_COUNTERS", "TX", "CaptureError", "FaultInjector",
+    "GilbertElliott", "Packets", "PcapWriter", "Pipeline", "Shaper", "Stage", "Tap",
     "check_millis", "check_probability", "flip_bit", "merge_captures", "merge_fault_logs",
     "merge_parts", "open_capture", "parse_delay", "parse_probability", "pipeline_of",
 ]

@@ -9,6 +9,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable
+from statistics import NormalDist
 
 from ustack.link.segmentation import cut
 from ustack.link.stage import RX, TX, Packets, Stage
@@ -20,6 +21,29 @@ FAULT_COUNTERS = ("fault_dropped", "fault_duplicated", "fault_corrupted", "fault
                   "fault_delayed")
 DIRECTIONS = ("both", "rx", "tx")
 REORDER_MS = 5.0  # the longest a reordered packet waits for a later one to overtake it
+DISTRIBUTIONS = ("uniform", "normal", "pareto", "paretonormal")
+_PARETO_SHAPE = 3.0  # netem's pareto table (iproute2 netem/pareto.c) uses a = 3
+_PARETO_MEAN = _PARETO_SHAPE / (_PARETO_SHAPE - 1)  # of x_m (u)^(-1/a) with x_m = 1
+_PARETO_SD = math.sqrt(_PARETO_SHAPE / ((_PARETO_SHAPE - 1) ** 2 * (_PARETO_SHAPE - 2)))
+_UNIT_NORMAL = NormalDist()
+_EDGE = 1e-12  # keeps a quantile's argument inside (0, 1)
+
+
+def jitter_quantile(distribution: str, u: float) -> float:
+    """The jitter, in units of the jitter's size, at quantile `u` of `distribution`:
+    uniform over [-1, 1] (netem's default), a unit normal, a Pareto of shape 3 (a long
+    tail of late packets) scaled to mean 0 and deviation 1, or netem's paretonormal mix
+    (iproute2 netem/paretonormal.c: a quarter Pareto, three quarters normal)."""
+    u = min(max(u, _EDGE), 1.0 - _EDGE)
+    if distribution == "uniform":
+        return 2.0 * u - 1.0
+    normal = _UNIT_NORMAL.inv_cdf(u)
+    if distribution == "normal":
+        return normal
+    pareto = ((1.0 - u) ** (-1.0 / _PARETO_SHAPE) - _PARETO_MEAN) / _PARETO_SD
+    if distribution == "pareto":
+        return pareto
+    return 0.25 * pareto + 0.75 * normal
 
 
 class FaultInjector(Stage):
@@ -29,9 +53,20 @@ class FaultInjector(Stage):
 
     For each packet, in this order: drop it (p = `loss`); else send it twice (p = `dup`);
     each copy: flip one random bit of one random byte (p = `corrupt`), delay it by
-    `delay_ms` plus uniform(-`jitter_ms`, +`jitter_ms`) (never below zero; like netem,
-    jitter alone reorders), and with p = `reorder` hold it back until the next later
-    packet of its direction has gone out ahead of it (or `reorder_ms` at most).
+    `delay_ms` plus a jitter (never below zero; like netem, jitter alone reorders), and
+    with p = `reorder` hold it back until the next later packet of its direction has
+    gone out ahead of it (or `reorder_ms` at most). With `reorder_gap` G > 1 at most one
+    packet in G is held back (netem's `reorder P gap G`: G-1 in order between two).
+
+    The jitter is `jitter_ms` times a draw from `distribution` (`jitter_quantile`:
+    uniform over ±`jitter_ms` by default, or normal, pareto, paretonormal with that
+    deviation), correlated with the draw before it by `correlation` (netem's `delay D J
+    C%`). netem mixes the last uniform draw into the next, which narrows the
+    distribution as the correlation grows; here the draws are an AR(1) series of normal
+    variables (each the last times `correlation` plus fresh noise) mapped to their
+    quantile (a Gaussian copula), so the distribution stays the one asked for;
+    consecutive normal jitters correlate by `correlation`, and the ranks of any
+    distribution's by (6/pi) asin(`correlation`/2), within 0.02 of it.
 
     Held packets come out of `poll(now)` once due; nothing blocks. Same seed, same
     packets, same `now`s: the same decisions, so a failure replays. With `seed=None` a
@@ -41,7 +76,8 @@ class FaultInjector(Stage):
     def __init__(self, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
                  corrupt: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
                  seed: int | None = None, directions: str = "both",
-                 reorder_ms: float = REORDER_MS) -> None:
+                 reorder_ms: float = REORDER_MS, distribution: str = "uniform",
+                 correlation: float = 0.0, reorder_gap: int = 0) -> None:
         self.loss = check_probability("loss", loss)
         self.dup = check_probability("dup", dup)
         self.reorder = check_probability("reorder", reorder)
@@ -49,6 +85,15 @@ class FaultInjector(Stage):
         self.delay_ms = check_millis("delay_ms", delay_ms)
         self.jitter_ms = check_millis("jitter_ms", jitter_ms)
         self.reorder_ms = check_millis("reorder_ms", reorder_ms)
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, "
+                             f"not {distribution!r}")
+        self.distribution = distribution
+        self.correlation = check_probability("correlation", correlation)
+        if (isinstance(reorder_gap, bool) or not isinstance(reorder_gap, int)
+                or reorder_gap < 0):
+            raise ValueError(f"reorder_gap must be a whole number >= 0, not {reorder_gap!r}")
+        self.reorder_gap = reorder_gap
         if directions not in DIRECTIONS:
             raise ValueError(f"directions must be one of {', '.join(DIRECTIONS)}, "
                              f"not {directions!r}")
@@ -63,6 +108,9 @@ class FaultInjector(Stage):
         self._delay = self.delay_ms / 1000.0
         self._jitter = self.jitter_ms / 1000.0
         self._reorder_s = self.reorder_ms / 1000.0
+        self._last_normal = 0.0  # the jitter's AR(1) state, in normal units
+        self._fresh_sd = math.sqrt(1.0 - self.correlation ** 2)
+        self._since_held = [reorder_gap, reorder_gap]  # per direction, since one was held
         self.counters: Counter[str] = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
         self._order = 0
         # Delayed packets: (release at, arrival order, direction, packet).
@@ -84,6 +132,12 @@ class FaultInjector(Stage):
         parts = [f"loss={self.loss:g}", f"dup={self.dup:g}", f"reorder={self.reorder:g}",
                  f"corrupt={self.corrupt:g}", f"delay={self.delay_ms:g}ms",
                  f"jitter={self.jitter_ms:g}ms"]
+        if self.jitter_ms and self.distribution != "uniform":
+            parts.append(f"distribution={self.distribution}")
+        if self.jitter_ms and self.correlation:
+            parts.append(f"correlation={self.correlation:g}")
+        if self.reorder_gap > 1:
+            parts.append(f"gap={self.reorder_gap}")
         if self.directions != "both":
             parts.append(f"directions={self.directions}")
         return " ".join([*parts, f"seed={self.seed}"])
@@ -138,20 +192,39 @@ class FaultInjector(Stage):
             if self._delay or self._jitter:
                 extra = self._delay
                 if self._jitter:
-                    extra += rng.uniform(-self._jitter, self._jitter)
+                    extra += self._jitter * self._jitter_draw()
                 if extra > 0:
                     counters["fault_delayed"] += 1
                     at = now + extra
             order = self._order
             self._order += 1
-            if self.reorder and rng.random() < self.reorder:
+            if self.reorder and self._may_hold(d) and rng.random() < self.reorder:
                 counters["fault_reordered"] += 1
+                self._since_held[d] = 0
                 self._held[d].append((at, at + self._reorder_s, order, copy))
             elif at > now:
                 heapq.heappush(self._queue, (at, order, d, copy))
             else:
                 self._emit(d, order, copy, now, out)
         return out
+
+    def _jitter_draw(self) -> float:
+        """The next jitter in units of `jitter_ms` (see the class: a Gaussian copula)."""
+        rng = self._rng
+        if self.distribution == "uniform" and not self.correlation:
+            return rng.uniform(-1.0, 1.0)  # as before distributions: seeds replay alike
+        z = self.correlation * self._last_normal + self._fresh_sd * rng.gauss()
+        self._last_normal = z
+        if self.distribution == "normal":
+            return z
+        return jitter_quantile(self.distribution, _UNIT_NORMAL.cdf(z))
+
+    def _may_hold(self, d: int) -> bool:
+        """With a gap G, G-1 packets of a direction go in order after one held back."""
+        if self.reorder_gap <= 1:
+            return True
+        self._since_held[d] += 1
+        return self._since_held[d] >= self.reorder_gap
 
     def _emit(self, d: int, order: int, packet: Packet, now: float, out: Packets) -> None:
         """`packet` goes out; packets held back for reordering that it overtook follow it."""
@@ -253,11 +326,20 @@ def parse_probability(text: str) -> float:
     return value
 
 
-def parse_delay(text: str) -> tuple[float, float]:
-    """`MS` or `MS:JITTER_MS` (milliseconds, >= 0) as (delay_ms, jitter_ms)."""
+def parse_delay(text: str) -> tuple[float, float, float]:
+    """`MS`, `MS:JITTER_MS` or `MS:JITTER_MS:CORRELATION` (milliseconds >= 0; the
+    correlation a fraction or a percentage, as netem's `delay 100ms 10ms 25%`) as
+    (delay_ms, jitter_ms, correlation)."""
     parts = text.split(":")
-    if len(parts) > 2:
-        raise ValueError(f"{text!r} is not a delay: write MS or MS:JITTER_MS")
+    if len(parts) > 3:
+        raise ValueError(f"{text!r} is not a delay: write MS, MS:JITTER_MS or "
+                         "MS:JITTER_MS:CORRELATION")
+    correlation = 0.0
+    if len(parts) == 3:
+        try:
+            correlation = parse_probability(parts.pop())
+        except ValueError as e:
+            raise ValueError(f"{text!r} is not a delay: its correlation: {e}") from None
     values: list[float] = []
     for part in parts:
         try:
@@ -269,6 +351,4 @@ def parse_delay(text: str) -> tuple[float, float]:
             raise ValueError(f"{text!r} is not a delay: milliseconds must be finite "
                              "and >= 0")
         values.append(value)
-    return values[0], values[1] if len(values) == 2 else 0.0
-
-
+    return values[0], values[1] if len(values) == 2 else 0.0, correlation
