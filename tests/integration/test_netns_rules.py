@@ -2,7 +2,8 @@
 effect shown in the capture and its firing in the ladder: two SYN-ACKs dropped, then the
 handshake completes; a black hole past 100 kB makes `curl --max-time 3` time out (exit
 28); a RST after 100 kB or in ESTABLISHED makes curl fail (56); the close's final ACK
-dropped makes its FIN go twice; a zero window holds an upload back."""
+dropped makes its FIN go twice; a zero window holds an upload back; the segment carrying
+byte 100,000 corrupted goes twice."""
 
 from __future__ import annotations
 
@@ -143,3 +144,20 @@ def test_a_zero_window_holds_the_kernels_upload_back(netns, start_ustack, tmp_pa
     assert len(zero) >= 2, zero  # the first, and the answers to the kernel's probes
     reopened = next(e for e in events if e.outbound and e.wnd and e.time > zero[0].time)
     assert reopened.time - zero[0].time >= 0.95, (zero, reopened)
+
+
+def test_the_segment_carrying_a_byte_is_corrupted_and_sent_again(netns, start_ustack,
+                                                                 tmp_path):
+    require_tools("curl")
+    server, pcap = traced(netns, start_ustack, tmp_path, "http:80",
+                          "corrupt offset=100000 dir=tx")
+    got = netns.run(["curl", "-sS", "--fail", "--max-time", "10",
+                     "http://10.77.0.2/bytes/300000"], timeout=20)
+    assert got.returncode == 0 and sha256(got.stdout) == pattern_sha256(300_000)
+    log, events = stopped(server, pcap)
+    assert log.count("fault: corrupted (corrupt offset=100000 dir=tx)") == 1, log
+    isn = next(e.seq for e in events if e.outbound and e.flags & 0x02)
+    carrying = [e for e in events if e.outbound
+                and 0 <= (isn + 1 + 100_000 - e.seq) % 2**32 < e.length]
+    # The corrupted copy (the kernel dropped it: a bad checksum) and the one sent again.
+    assert len(carrying) >= 2, carrying
