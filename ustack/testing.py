@@ -125,7 +125,14 @@ def _options(marker: pytest.Mark | None) -> Options:
             raise pytest.UsageError(f"@pytest.mark.ustack: preset={kwargs['preset']!r} sets "
                                     f"the link's faults and shaping; drop {', '.join(beside)}"
                                     " or the preset")
-    return Options(**kwargs)
+    opts = Options(**kwargs)
+    from ustack.link import ignored_settings
+
+    unused = ignored_settings(opts.reorder, opts.jitter_ms, opts.distribution,
+                              opts.correlation, opts.reorder_gap)
+    if unused:
+        raise pytest.UsageError(f"@pytest.mark.ustack: {unused}")
+    return opts
 
 
 # What a preset sets (`ustack.link.presets`): a marker giving one of these beside it is

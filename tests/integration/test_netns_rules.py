@@ -116,7 +116,14 @@ def test_the_final_acks_dropped_the_connection_still_completes(netns, start_usta
     got = netns.run(["curl", "-sS", "--fail", "--max-time", "10",
                      "http://10.77.0.2/bytes/100000"], timeout=20)
     assert got.returncode == 0 and sha256(got.stdout) == pattern_sha256(100_000)
-    time.sleep(1.0)  # the close's FIN, sent again once its final ACK was lost
+    # The close's FIN goes again once its final ACK was lost (after the sender's RTO,
+    # 0.2 s or more): wait for it in the capture (flushed every 0.1 s), 10 s at most.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with pcap.open("rb") as f:
+            if sum(1 for e in capture_events(f, "10.77.0.2")[0] if e.flags & 0x01) >= 3:
+                break
+        time.sleep(0.1)
     log, events = stopped(server, pcap)
     assert log.count("fault: dropped (drop final=handshake dir=rx)") == 1, log
     assert log.count("fault: dropped (drop final=close)") == 1, log

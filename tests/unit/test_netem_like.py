@@ -103,3 +103,19 @@ def test_a_preset_is_refused_beside_what_it_sets(capsys) -> None:
     with pytest.raises(pytest.UsageError, match="drop jitter_ms or the preset"):
         _options(mark)
     assert _options(pytest.mark.ustack(preset="3g", seed=4).mark).preset == "3g"
+
+
+def test_full_correlation_is_one_random_jitter_and_settings_that_do_nothing_are_refused(
+        capsys) -> None:
+    got = delays(FaultInjector(delay_ms=50, jitter_ms=10, distribution="normal",
+                               correlation=1.0, seed=9))
+    # One draw, not the median (float sums of send and release times differ by an ulp).
+    assert max(got) - min(got) < 1e-6 and abs(got[-1] - 50) > 1e-3
+    with pytest.raises(ValueError, match="a reorder gap needs a reordering probability"):
+        FaultInjector(reorder_gap=3)
+    with pytest.raises(ValueError, match="needs a jitter"):
+        FaultInjector(delay_ms=5, distribution="pareto")
+    assert cli.main(["serve", "--reorder-gap", "3"]) == 2
+    assert "a reorder gap needs a reordering probability" in capsys.readouterr().err
+    with pytest.raises(pytest.UsageError, match="needs a jitter"):
+        _options(pytest.mark.ustack(correlation=0.5).mark)

@@ -58,7 +58,7 @@ def test_a_black_hole_past_n_bytes_stalls_the_connection() -> None:
     ("drop colour=red", "is not one of"),
     ("blackhole", "takes after=BYTES"),
     ("reset", "after=BYTES, state=STATE or both"),
-    ("reset state=OPEN", "one of LISTEN"),
+    ("reset state=OPEN", "one of SYN-SENT"),
     ("drop final=syn", "handshake or close"),
     ("drop after=10", "for blackhole, reset and zerowindow only"),
     ("zerowindow", "takes ms=MILLISECONDS"),
@@ -133,7 +133,7 @@ def test_the_tracker_follows_a_passive_open_and_a_passive_close() -> None:
         (RX, 100, 0, S, 0), (TX, 500, 101, SA, 0), (RX, 101, 501, A_, 0),
         (RX, 101, 501, A_, 10), (RX, 111, 501, FA, 0), (TX, 501, 112, FA, 0),
         (RX, 112, 502, A_, 0),
-    ]) == [("LISTEN", None), ("SYN-RECEIVED", None), ("ESTABLISHED", "handshake"),
+    ]) == [("SYN-RECEIVED", None), ("SYN-RECEIVED", None), ("ESTABLISHED", "handshake"),
            ("ESTABLISHED", None), ("CLOSE-WAIT", None), ("LAST-ACK", None),
            ("CLOSED", "close")]
 
@@ -149,3 +149,53 @@ def test_the_tracker_follows_an_active_open_and_close_and_a_simultaneous_one() -
                     (TX, 502, 102, A_, 0), (RX, 102, 502, A_, 0)])
     assert [s for s, _ in both[3:]] == ["FIN-WAIT-1", "CLOSING", "CLOSING", "TIME-WAIT"]
     assert _states([*opening, (RX, 101, 501, 0x14, 0)])[-1] == ("CLOSED", None)  # RST
+
+
+def test_the_tracker_starts_again_on_a_new_syn_and_joins_a_running_connection() -> None:
+    conn = Conn()
+    for step in [(TX, 500, 0, S, 0), (RX, 100, 501, SA, 0), (TX, 501, 101, A_, 0),
+                 (RX, 100, 501, 0x14, 0)]:
+        conn.see(*step)
+    assert conn.state() == "CLOSED" and conn.new_incarnation(TX, 900, S)
+    assert not Conn().new_incarnation(TX, 500, S) and not conn.new_incarnation(RX, 5, SA)
+    midway = Conn()
+    midway.see(RX, 7000, 9000, A_, 100)
+    assert midway.state() == "ESTABLISHED"
+    midway.see(RX, 7100, 9000, FA, 0)
+    assert midway.state() == "CLOSE-WAIT"
+
+
+def test_crossing_fins_are_a_simultaneous_close() -> None:
+    opening = [(TX, 500, 0, S, 0), (RX, 100, 501, SA, 0), (TX, 501, 101, A_, 0)]
+    # The peer's FIN arrives first, but ours (not acknowledging it) was already sent.
+    assert [s for s, _ in _states([*opening, (RX, 101, 501, FA, 0), (TX, 501, 101, FA, 0),
+                                   (RX, 102, 502, A_, 0)])][3:] == [
+        "CLOSE-WAIT", "CLOSING", "TIME-WAIT"]
+
+
+def test_a_dropped_final_ack_sent_again_is_final_again() -> None:
+    stage = TcpRules([parse_rule("drop final=handshake count=2 dir=tx")])
+    fired: list[str] = []
+    stage.probe = lambda kind, d, packet, now: fired.append(kind)
+    a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+
+    def packet(seq: int, ack: int, flags: int) -> bytes:
+        from ustack import ip
+        from ustack.tcp.segment import Segment, encode
+        header, data = encode(Segment(1000, 80, seq, ack, flags, 100), a, b)
+        return ip.header(a, b, ip.PROTO_TCP, len(header) + len(data), 0) + header + data
+
+    stage.tx(packet(500, 0, S), 0.0)
+    stage.rx(bytes(ip_swap(packet(100, 501, SA))), 0.0)
+    assert stage.tx(packet(501, 101, A_), 0.0) == []
+    assert stage.tx(packet(501, 101, A_), 0.1) == []  # the same ACK again: final again
+    assert len(stage.tx(packet(501, 101, A_), 0.2)) == 1 and len(fired) == 2
+
+
+def ip_swap(ip4: bytes) -> bytearray:
+    """An IPv4 TCP packet as if sent the other way (addresses and ports swapped; the
+    checksums do not matter to the rules)."""
+    out = bytearray(ip4)
+    out[12:16], out[16:20] = ip4[16:20], ip4[12:16]
+    out[20:22], out[22:24] = ip4[22:24], ip4[20:22]
+    return out

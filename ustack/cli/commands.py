@@ -36,14 +36,19 @@ from ustack.tun import TunError
 # The link options a --preset sets, with their defaults (given beside it: refused).
 _PRESET_SETS = {"loss": 0.0, "dup": 0.0, "reorder": 0.0, "corrupt": 0.0,
                 "delay": (0.0, 0.0, 0.0), "distribution": "uniform", "reorder_gap": 0,
-                "rate": None, "gemodel": None}
+                "rate": None, "queue": (1000, None), "gemodel": None}
 
 
 def preset_problem(args: argparse.Namespace) -> str | None:
     """--preset with an option it sets: one sentence saying so (two settings for one
-    thing would leave the user guessing which won)."""
+    thing would leave the user guessing which won); without one, an option that would do
+    nothing without another (`link.ignored_settings`)."""
     if getattr(args, "preset", None) is None:
-        return None
+        if not hasattr(args, "delay"):
+            return None
+        _, jitter, correlation = args.delay
+        return link.ignored_settings(args.reorder, jitter, args.distribution, correlation,
+                                     args.reorder_gap)
     given = [f"--{name.replace('_', '-')}" for name, default in _PRESET_SETS.items()
              if getattr(args, name, default) != default]
     if given:

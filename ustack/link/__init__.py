@@ -37,6 +37,7 @@ from ustack.link.faults import (
     check_millis,
     check_probability,
     flip_bit,
+    ignored_settings,
     parse_delay,
     parse_probability,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "DIRECTIONS", "DISTRIBUTIONS", "FAULT_COUNTERS", "FLUSH_INTERVAL", "LINKTYPE_RAW",
     "REORDER_MS", "RX", "SHAPER_COUNTERS", "TX", "CaptureError", "FaultInjector",
     "GilbertElliott", "Packets", "PcapWriter", "Pipeline", "Shaper", "Stage", "Tap",
-    "check_millis", "check_probability", "flip_bit", "merge_captures", "merge_fault_logs",
-    "merge_parts", "open_capture", "parse_delay", "parse_probability", "pipeline_of",
+    "check_millis", "check_probability", "flip_bit", "ignored_settings", "merge_captures",
+    "merge_fault_logs", "merge_parts", "open_capture", "parse_delay", "parse_probability",
+    "pipeline_of",
 ]

@@ -33,7 +33,8 @@ def jitter_quantile(distribution: str, u: float) -> float:
     """The jitter, in units of the jitter's size, at quantile `u` of `distribution`:
     uniform over [-1, 1] (netem's default), a unit normal, a Pareto of shape 3 (a long
     tail of late packets) scaled to mean 0 and deviation 1, or netem's paretonormal mix
-    (iproute2 netem/paretonormal.c: a quarter Pareto, three quarters normal)."""
+    (iproute2 netem/paretonormal.c: a quarter Pareto, three quarters normal, of one draw:
+    its deviation is about 0.94)."""
     u = min(max(u, _EDGE), 1.0 - _EDGE)
     if distribution == "uniform":
         return 2.0 * u - 1.0
@@ -94,6 +95,10 @@ class FaultInjector(Stage):
                 or reorder_gap < 0):
             raise ValueError(f"reorder_gap must be a whole number >= 0, not {reorder_gap!r}")
         self.reorder_gap = reorder_gap
+        unused = ignored_settings(self.reorder, self.jitter_ms, distribution,
+                                  self.correlation, reorder_gap)
+        if unused:
+            raise ValueError(unused)
         if directions not in DIRECTIONS:
             raise ValueError(f"directions must be one of {', '.join(DIRECTIONS)}, "
                              f"not {directions!r}")
@@ -108,7 +113,8 @@ class FaultInjector(Stage):
         self._delay = self.delay_ms / 1000.0
         self._jitter = self.jitter_ms / 1000.0
         self._reorder_s = self.reorder_ms / 1000.0
-        self._last_normal = 0.0  # the jitter's AR(1) state, in normal units
+        # The jitter's AR(1) state per direction, in normal units (None: no draw yet).
+        self._last_normal: list[float | None] = [None, None]
         self._fresh_sd = math.sqrt(1.0 - self.correlation ** 2)
         self._since_held = [reorder_gap, reorder_gap]  # per direction, since one was held
         self.counters: Counter[str] = Counter(dict.fromkeys(FAULT_COUNTERS, 0))
@@ -191,8 +197,10 @@ class FaultInjector(Stage):
             at = now
             if self._delay or self._jitter:
                 extra = self._delay
-                if self._jitter:
-                    extra += self._jitter * self._jitter_draw()
+                if self._jitter and self.distribution == "uniform" and not self.correlation:
+                    extra += rng.uniform(-self._jitter, self._jitter)  # as before: replays
+                elif self._jitter:
+                    extra += self._jitter * self._jitter_draw(d)
                 if extra > 0:
                     counters["fault_delayed"] += 1
                     at = now + extra
@@ -208,13 +216,14 @@ class FaultInjector(Stage):
                 self._emit(d, order, copy, now, out)
         return out
 
-    def _jitter_draw(self) -> float:
-        """The next jitter in units of `jitter_ms` (see the class: a Gaussian copula)."""
-        rng = self._rng
-        if self.distribution == "uniform" and not self.correlation:
-            return rng.uniform(-1.0, 1.0)  # as before distributions: seeds replay alike
-        z = self.correlation * self._last_normal + self._fresh_sd * rng.gauss()
-        self._last_normal = z
+    def _jitter_draw(self, d: int) -> float:
+        """The next jitter of direction `d` in units of `jitter_ms` (see the class: a
+        Gaussian copula; one series per direction, as netem keeps one per qdisc). The
+        first draw is plain: with a correlation of 1 every packet gets that one."""
+        last = self._last_normal[d]
+        fresh = self._rng.gauss()
+        z = fresh if last is None else self.correlation * last + self._fresh_sd * fresh
+        self._last_normal[d] = z
         if self.distribution == "normal":
             return z
         return jitter_quantile(self.distribution, _UNIT_NORMAL.cdf(z))
@@ -267,6 +276,18 @@ class FaultInjector(Stage):
             outs[d].extend(h[3] for h in sorted(self._held[d], key=lambda h: h[2]))
             self._held[d].clear()
         return outs
+
+
+def ignored_settings(reorder: float, jitter_ms: float, distribution: str,
+                     correlation: float, reorder_gap: int) -> str | None:
+    """A sentence naming a setting that would do nothing without another, or None (the
+    user meant something: silence would leave them thinking it acts)."""
+    if reorder_gap and not reorder:
+        return "a reorder gap needs a reordering probability (reorder, --reorder)"
+    if (distribution != "uniform" or correlation) and not jitter_ms:
+        return ("a jitter distribution or correlation needs a jitter (jitter_ms, "
+                "--delay MS:JITTER_MS)")
+    return None
 
 
 def flip_bit(packet: Packet, rng: random.Random) -> Packet:

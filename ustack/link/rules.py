@@ -22,12 +22,14 @@ without ACK, "SA" a SYN-ACK, "FA" a FIN with its ACK, "A" a bare ACK (with or wi
 data). `final` picks a final ACK: the one that completes the three-way handshake, or the
 one that acknowledges the second FIN of a close (`ustack.link.track`). `state` matches
 while ustack's side of the connection is in that RFC 9293 state, as the wire shows it
-once the segment has arrived (LISTEN, SYN-SENT, SYN-RECEIVED, ESTABLISHED, FIN-WAIT-1,
-FIN-WAIT-2, CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT). `dir` is rx (toward ustack), tx
-(from it) or both (default). `nth` is the first matching segment that fires (default 1);
-`count` how many fire from there (default 1; 0: every one). `offset` counts from the
-first byte after the SYN of that direction. A RST is injected right behind the segment
-that fires, from that segment's sender, at the sequence number its receiver expects.
+once the segment has arrived (SYN-SENT, SYN-RECEIVED, ESTABLISHED, FIN-WAIT-1,
+FIN-WAIT-2, CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT, CLOSED; `ustack.link.track`). A
+dropped segment changes no connection's state: a resent one can be dropped again. `dir`
+is rx (toward ustack), tx (from it) or both (default). `nth` is the first matching
+segment that fires (default 1); `count` how many fire from there (default 1; 0: every
+one). `offset` counts from the first byte after the SYN of that direction. A RST is
+injected right behind the segment that fires, from that segment's sender, at the
+sequence number its receiver expects.
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ class TcpRules(Stage):
         self._rng = random.Random(seed)  # which bit a corruption flips
         self.counters: Counter[str] = Counter(dict.fromkeys(RULE_COUNTERS, 0))
         self.probe: Callable[[str, int, Packet, float], None] | None = None
-        self._conns: dict[tuple[bytes, int, bytes, int], Conn] = {}  # by `_key`
+        # Followed connections, least recently seen first (bounded by MAX_TRACKED).
+        self._conns: dict[tuple[bytes, int, bytes, int], Conn] = {}
         self._holes: set[tuple[bytes, int, bytes, int]] = set()  # black-holed connections
         self._reset: bytes | None = None  # a RST to send right after the current packet
         self._zero_until: dict[tuple[bytes, int, bytes, int], float] = {}  # per connection
@@ -180,12 +183,24 @@ class TcpRules(Stage):
             return packet
         src, dst, sport, dport, seq, ack, flags, payload = tcp
         key = min((src, sport, dst, dport), (dst, dport, src, sport))  # both directions
-        conn = self._conns.get(key)
-        if conn is None:
-            if len(self._conns) >= MAX_TRACKED:  # bounded: the oldest goes first
+        conn = self._conns.pop(key, None)  # and put back last: the oldest go first
+        if conn is None or conn.new_incarnation(d, seq, flags):
+            if len(self._conns) >= MAX_TRACKED:
                 del self._conns[next(iter(self._conns))]
-            conn = self._conns[key] = Conn()
+            conn = Conn()
+        self._conns[key] = conn
+        before = conn.copy()
         final = conn.see(d, seq, ack, flags, payload)
+        kept = self._decide(d, packet, tcp, key, conn, final, now)
+        if kept is None:  # a segment dropped changed nothing (a resent one is final again)
+            self._conns[key] = before
+        return kept
+
+    def _decide(self, d: int, packet: Packet, tcp: _Tcp,
+                key: tuple[bytes, int, bytes, int], conn: Conn, final: str | None,
+                now: float) -> Packet | None:
+        """What the rules do with one segment, the connection having seen it."""
+        _, _, sport, dport, seq, _, flags, payload = tcp
         if d == TX and key in self._zero_until:
             if now < self._zero_until[key]:
                 return _zero_window(packet)
@@ -221,6 +236,7 @@ class TcpRules(Stage):
                 rule.fired += 1
                 if rule.action == "reset":
                     self._reset = _reset_after(bytes(ip_of(packet)), tcp)
+                    conn.reset = True  # what it does to both ends
                     self._fire(f"reset injected ({rule.describe()})", d, self._reset, now)
                     return packet
                 self._holes.add(key)

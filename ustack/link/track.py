@@ -6,7 +6,10 @@ one is smaller: it trusts the segments (the rules act on ustack's own link, not 
 adversary's) and keeps what picking a segment needs.
 
 A state is the one ustack's side is in once the segment seen has arrived where it goes:
-an inbound SYN-ACK leaves it ESTABLISHED, its own FIN leaves it FIN-WAIT-1 (or LAST-ACK).
+an inbound SYN leaves it SYN-RECEIVED (a listener's TCB), an inbound SYN-ACK ESTABLISHED,
+its own FIN FIN-WAIT-1 (or LAST-ACK). A connection first seen past its handshake (rules
+added while it ran) counts as ESTABLISHED until its FINs say more. Not followed: a
+simultaneous open (it stays SYN-SENT).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from ustack.tcp import seq as sq
 
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 
-STATES = ("LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1", "FIN-WAIT-2",
+STATES = ("SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1", "FIN-WAIT-2",
           "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT", "CLOSED")
 FINAL_ACKS = ("handshake", "close")  # what `Conn.see` calls a final ACK
 
@@ -33,27 +36,56 @@ class Side:
         self.fin: int | None = None  # the FIN's sequence number
         self.fin_acked = False
 
+    def copy(self) -> Side:
+        twin = Side()
+        twin.isn, twin.syn_acked, twin.fin, twin.fin_acked = (
+            self.isn, self.syn_acked, self.fin, self.fin_acked)
+        return twin
+
 
 class Conn:
     """One connection, both directions; `local` is ustack's side (its segments are TX)."""
 
-    __slots__ = ("bytes", "local", "local_first_fin", "opener_local", "peer", "reset")
+    __slots__ = ("bytes", "joined", "local", "local_first_fin", "opener_local", "peer",
+                 "reset")
 
     def __init__(self) -> None:
         self.local = Side()
         self.peer = Side()
         self.opener_local: bool | None = None  # who sent the first SYN
-        self.local_first_fin = False  # ustack's FIN went before the peer's (it closed first)
+        self.local_first_fin = False  # ustack's FIN went first (it closed first, or both)
         self.reset = False
+        self.joined = False  # first seen past its handshake
         self.bytes = 0  # payload bytes seen, both directions
+
+    def copy(self) -> Conn:
+        """A copy to go back to (`TcpRules`: a segment a rule drops changes nothing)."""
+        twin = Conn()
+        twin.local, twin.peer = self.local.copy(), self.peer.copy()
+        twin.opener_local, twin.local_first_fin = self.opener_local, self.local_first_fin
+        twin.reset, twin.joined, twin.bytes = self.reset, self.joined, self.bytes
+        return twin
+
+    def new_incarnation(self, d: int, seq: int, flags: int) -> bool:
+        """Whether a SYN (`flags`) opens a new connection on this 4-tuple: this one was
+        reset or closed, or its opener's SYN now has another ISN (not a retransmission)."""
+        if flags & (_SYN | _ACK) != _SYN or not (self.local.isn is not None
+                                                 or self.peer.isn is not None
+                                                 or self.joined or self.reset):
+            return False  # not a SYN, or nothing seen yet
+        isn = (self.local if d == TX else self.peer).isn
+        return (self.reset or self.joined or (isn is not None and isn != seq)
+                or self.state() in ("TIME-WAIT", "CLOSED"))
 
     def see(self, d: int, seq: int, ack: int, flags: int, payload: int) -> str | None:
         """Take one segment (direction `d`); returns "handshake" when it is the ACK that
         completes the three-way handshake (the first to acknowledge the SYN of the side
         that did not open), "close" when it is the last segment of a close (the first
-        ACK, without a FIN, of the second FIN by the side that sent a FIN too), else
-        None."""
+        ACK, without a FIN, of a FIN by a side that sent its own FIN before: in a
+        simultaneous close each side's), else None."""
         me, other = (self.local, self.peer) if d == TX else (self.peer, self.local)
+        if not self.bytes and me.isn is None and other.isn is None and not flags & _SYN:
+            self.joined = True
         self.bytes += payload
         if flags & _RST:
             self.reset = True
@@ -76,7 +108,9 @@ class Conn:
                     final = "close"
         if flags & _FIN and me.fin is None:
             me.fin = sq.add(seq, payload + (1 if flags & _SYN else 0))
-            if me is self.local and self.peer.fin is None:
+            # Ours first, or crossing the peer's (a FIN that does not acknowledge the
+            # peer's was sent before it arrived): a simultaneous close, CLOSING.
+            if me is self.local and (self.peer.fin is None or not self.peer.fin_acked):
                 self.local_first_fin = True
         return final
 
@@ -85,10 +119,11 @@ class Conn:
         local, peer = self.local, self.peer
         if self.reset:
             return "CLOSED"
-        if local.isn is None:
-            return "LISTEN" if peer.isn is not None else "CLOSED"
-        if not local.syn_acked or peer.isn is None:
-            return "SYN-SENT" if self.opener_local else "SYN-RECEIVED"
+        if not self.joined:
+            if local.isn is None:
+                return "SYN-RECEIVED" if peer.isn is not None else "CLOSED"
+            if not local.syn_acked or peer.isn is None:
+                return "SYN-SENT" if self.opener_local else "SYN-RECEIVED"
         if local.fin is None:
             return "CLOSE-WAIT" if peer.fin is not None else "ESTABLISHED"
         if peer.fin is None:
