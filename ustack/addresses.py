@@ -39,3 +39,16 @@ def scope_id(interface: str | None) -> int:
         return socket.if_nametoindex(interface)
     except OSError:
         return 0
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """`10.77.0.1:8000` or `[fd77::1]:8000` as (address, port); ValueError saying why."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: an IPv6 address goes in brackets, [fd77::1]:8000")
+    if not sep or not port_text.isdecimal() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} is not ADDRESS:PORT (a port 1..65535)")
+    pton(host)  # raises for what is not an address
+    return host, int(port_text)

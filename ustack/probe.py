@@ -85,4 +85,17 @@ class FaultEvent:
     length: int
 
 
-Event = SegmentEvent | StateEvent | TimerEvent | RecoveryEvent | FaultEvent
+@dataclass(frozen=True, slots=True)
+class ToxicEvent:
+    """A proxy's toxic (`ustack.services.toxics`) was drawn for a connection: `local` and
+    `remote` are the client's connection to the proxy, `kind` the toxic, `detail` its
+    settings and stream."""
+
+    time: float
+    local: Endpoint
+    remote: Endpoint
+    kind: str
+    detail: str = ""
+
+
+Event = SegmentEvent | StateEvent | TimerEvent | RecoveryEvent | FaultEvent | ToxicEvent

@@ -46,6 +46,8 @@ from typing import Any, TypeVar
 import pytest
 
 from ustack import netns, rootless
+from ustack.marker import MARKER_DOC, Options
+from ustack.marker import options_of as _options
 
 __all__ = ["UstackHost", "ustack_host"]
 
@@ -55,102 +57,7 @@ START_TIMEOUT = 10.0  # seconds for the stack to come up
 STOP_TIMEOUT = 10.0  # seconds for it to shut down
 RUN_TIMEOUT = 30.0  # default for `run(coro)`
 
-_MARKER_DOC = (
-    "ustack(services=['echo:7', 'http:80'], loss=0, dup=0, reorder=0, corrupt=0, "
-    "delay_ms=0, jitter_ms=0, distribution='uniform', correlation=0, reorder_gap=0, "
-    "seed=1, mtu=1500, trace=False, addr='10.77.0.2', kernel_addr='10.77.0.1/24', "
-    "rate_bps=None, queue=1000, gemodel=None, preset=None, rules=()): configure the "
-    "ustack_host fixture (every keyword optional; kernel_addr with or without a prefix, "
-    "/24 by default; the faults as Stack.faults, rate_bps, queue and gemodel as "
-    "Stack.shape, preset ('wifi', '3g', 'satellite') as Stack.preset and alone, rules as "
-    "Stack.rule)"
-)
-
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Options:
-    services: tuple[str, ...] = ("echo:7", "http:80")
-    loss: float = 0.0
-    dup: float = 0.0
-    reorder: float = 0.0
-    corrupt: float = 0.0
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    distribution: str = "uniform"
-    correlation: float = 0.0
-    reorder_gap: int = 0
-    seed: int | None = 1
-    mtu: int = 1500
-    offload: bool = True  # checksum and TSO offloads, as `Stack(offload=...)`
-    trace: bool = False
-    rate_bps: float | None = None  # shaping, as `Stack.shape`
-    queue: int = 1000
-    gemodel: tuple[float, float, float, float] | None = None
-    preset: str | None = None  # a named link, as `Stack.preset` (instead of the above)
-    rules: tuple[str, ...] = ()  # faults that know TCP, as `Stack.rule`
-    addr: str = "10.77.0.2"
-    kernel_addr: str = "10.77.0.1/24"  # the kernel's side of the device, address/prefix
-
-    def fault_kwargs(self) -> dict[str, Any]:
-        return {"loss": self.loss, "dup": self.dup, "reorder": self.reorder,
-                "corrupt": self.corrupt, "delay_ms": self.delay_ms,
-                "jitter_ms": self.jitter_ms, "seed": self.seed,
-                "distribution": self.distribution, "correlation": self.correlation,
-                "reorder_gap": self.reorder_gap}
-
-
-def _options(marker: pytest.Mark | None) -> Options:
-    if marker is None:
-        return Options()
-    if marker.args:
-        raise pytest.UsageError("@pytest.mark.ustack takes keywords only, e.g. "
-                                "@pytest.mark.ustack(loss=0.05)")
-    known = set(Options.__dataclass_fields__)
-    unknown = sorted(set(marker.kwargs) - known)
-    if unknown:
-        raise pytest.UsageError(f"@pytest.mark.ustack: unknown keyword(s) {', '.join(unknown)} "
-                                f"(known: {', '.join(sorted(known))})")
-    kwargs = dict(marker.kwargs)
-    for name in ("services", "rules"):
-        if name in kwargs:
-            value = kwargs[name]
-            kwargs[name] = (value,) if isinstance(value, str) else tuple(value)
-    if "kernel_addr" in kwargs:
-        kwargs["kernel_addr"] = _interface(kwargs["kernel_addr"])
-    if kwargs.get("preset") is not None:
-        beside = sorted(set(kwargs) & _PRESET_SETS)
-        if beside:
-            raise pytest.UsageError(f"@pytest.mark.ustack: preset={kwargs['preset']!r} sets "
-                                    f"the link's faults and shaping; drop {', '.join(beside)}"
-                                    " or the preset")
-    opts = Options(**kwargs)
-    from ustack.link import ignored_settings
-
-    unused = ignored_settings(opts.reorder, opts.jitter_ms, opts.distribution,
-                              opts.correlation, opts.reorder_gap)
-    if unused:
-        raise pytest.UsageError(f"@pytest.mark.ustack: {unused}")
-    return opts
-
-
-# What a preset sets (`ustack.link.presets`): a marker giving one of these beside it is
-# refused. The seed is not among them: it makes a preset's run replayable.
-_PRESET_SETS = {"loss", "dup", "reorder", "corrupt", "delay_ms", "jitter_ms", "distribution",
-                "correlation", "reorder_gap", "rate_bps", "queue", "gemodel"}
-
-
-def _interface(text: object) -> str:
-    """`10.77.0.1` or `10.77.0.1/24` (the default prefix /24) as address/prefix."""
-    import ipaddress
-
-    try:
-        iface = ipaddress.IPv4Interface(text if "/" in str(text) else f"{text}/24")
-    except ValueError:
-        raise pytest.UsageError(f"@pytest.mark.ustack: kernel_addr={text!r} is not an IPv4 "
-                                "address (with an optional /prefix)") from None
-    return str(iface)
 
 
 def _strict() -> bool:
@@ -230,6 +137,15 @@ class UstackHost:
 
         return self.call(change)
 
+    def proxy(self, port: int, host: str | None = None, upstream_port: int = 0,
+              toxics: tuple[str, ...] = ()) -> Any:
+        """A proxy on ustack's `port` to (`host`, default the kernel's side, and
+        `upstream_port`), with `toxics` (`Stack.create_proxy`). Returns the running
+        `ustack.services.proxy.Proxy`: change its toxics with `ustack_host.call(
+        proxy.add_toxic, "latency latency=50")`, `proxy.clear_toxics` and the rest."""
+        return self.run(self.stack.create_proxy(port, host or self.kernel_addr,
+                                                upstream_port, toxics=toxics))
+
     def preset(self, name: str, seed: int | None = None) -> int | None:
         """Make the link a named one (`Stack.preset`: "wifi", "3g", "satellite"), its
         faults and shaping together. Returns the seed."""
@@ -292,6 +208,7 @@ class _Runner:
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         from ustack.api import Stack
         from ustack.services import BACKLOG, parse_service_spec, protocol_factory
+        from ustack.services.proxy import parse_proxy_spec, proxy_upstream
 
         opts, host = self.opts, self.host
         specs = [parse_service_spec(s) for s in opts.services]
@@ -311,6 +228,12 @@ class _Runner:
             for name, port in specs:
                 await stack.create_server(protocol_factory(name), port=port,
                                           backlog=BACKLOG)
+            for spec in opts.proxies:
+                name, port = parse_proxy_spec(f"proxy:{spec}")
+                upstream = proxy_upstream(name)
+                assert upstream is not None
+                await stack.create_proxy(port, *upstream, toxics=opts.toxics,
+                                         seed=opts.seed)
             host.stack = stack
             host.loop = loop
             if stack.addr6 and not stack.ipv6_refused:
@@ -433,7 +356,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", _MARKER_DOC)
+    config.addinivalue_line("markers", MARKER_DOC)
 
 
 @pytest.hookimpl(wrapper=True)

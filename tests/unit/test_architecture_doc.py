@@ -25,8 +25,7 @@ def resolve(prefix: str) -> object:
     if prefix in ("asyncio", "ustack"):
         return importlib.import_module(prefix)
     for package in ("ustack.tcp", "ustack.host", "ustack.api", "ustack.cli", "ustack.devices",
-                    "ustack.link",
-                    "ustack"):
+                    "ustack.link", "ustack.services", "ustack"):
         try:
             return importlib.import_module(f"{package}.{prefix}")
         except ModuleNotFoundError:

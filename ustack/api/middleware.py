@@ -23,7 +23,9 @@ from ustack.link import (
     presets,
 )
 from ustack.link.rules import RULE_COUNTERS, Rule, TcpRules, parse_rule
+from ustack.link.stage import Spared, Stage
 from ustack.packet import Packet, ip_of
+from ustack.services.proxy import Proxy
 
 
 class LinkControls:
@@ -40,6 +42,8 @@ class LinkControls:
     _fault_log: TextIO | None
     _driver: Driver
     _device: object | None
+    _proxies: list[Proxy]
+    _spared: set[tuple[bytes, int]]
 
     def shape(self, rate_bps: float | None = None, queue: int = 1000,
               queue_bytes: int | None = None,
@@ -148,7 +152,13 @@ class LinkControls:
             self._replace_pipeline()
 
     def _pipeline(self) -> Pipeline | None:
-        return pipeline_of([self._pcap, self._shaper, self._faults, self._rules])
+        # A proxy's upstream legs pass the shaper, faults and rules untouched
+        # (`Stack.create_proxy(faults_upstream=False)`); the capture shows everything.
+        def spare(stage: Stage | None) -> Stage | None:
+            return Spared(stage, self._spared) if stage is not None and self._spared else stage
+
+        return pipeline_of([self._pcap, spare(self._shaper), spare(self._faults),
+                            spare(self._rules)])
 
     def _replace_pipeline(self) -> None:
         if self._device is not None:  # running: the driver exists
@@ -167,4 +177,6 @@ class LinkControls:
                     counters.update(current.counters)
         if self._pcap is not None:
             counters.update(self._pcap.counters)
+        for proxy in self._proxies:
+            counters.update(proxy.counters)
         return counters

@@ -24,6 +24,7 @@ from ustack.api.calls import AsyncioCalls
 from ustack.api.checks import check_own_addr, check_own_addr6
 from ustack.api.dispatch import Dispatch
 from ustack.api.middleware import LinkControls
+from ustack.api.proxying import ProxyControls
 from ustack.api.server import Server
 from ustack.api.transport import Transport
 from ustack.conninfo import ConnectionInfo
@@ -32,6 +33,7 @@ from ustack.ip6 import MIN_MTU
 from ustack.ladder import Ladder
 from ustack.link import FaultInjector, PcapWriter, Shaper
 from ustack.link.rules import TcpRules
+from ustack.services.proxy import Proxy
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.listener import Listener
 from ustack.tcp.states import State
@@ -42,7 +44,7 @@ from ustack.tun import DEFAULT_KERNEL_ADDR6, TunDevice, TunError, route_problem
 _FLUSHING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 
 
-class Stack(AsyncioCalls, LinkControls):
+class Stack(AsyncioCalls, LinkControls, ProxyControls):
     """A ustack host on a TUN device: `async with Stack(...) as stack:`; its methods
     mirror asyncio's (`start_server`, `open_connection`, `create_server`,
     `create_connection`, `start_tls`). One `async with` per Stack.
@@ -141,6 +143,8 @@ class Stack(AsyncioCalls, LinkControls):
         self._shaper_totals: Counter[str] = Counter()  # of shapers since replaced
         self._rules: TcpRules | None = None  # faults that know TCP (`rule`)
         self._rule_totals: Counter[str] = Counter()
+        self._proxies: list[Proxy] = []  # `create_proxy`
+        self._spared: set[tuple[bytes, int]] = set()  # their upstream servers
         self._phase = "new"  # then "running" (inside `async with`), then "closed"
         self._ladder: Ladder | None = None
         self._fault_log: TextIO | None = None  # <pcap>.faults, once a fault happened

@@ -12,6 +12,8 @@ from ustack.api import check_own_addr, check_own_addr6
 from ustack.link.presets import PRESETS
 from ustack.link.rules import parse_rule
 from ustack.link.shaper import parse_gemodel, parse_queue, parse_rate
+from ustack.services.proxy import parse_proxy_spec
+from ustack.services.toxics import parse_toxic
 from ustack.tcp import congestion
 from ustack.tun import MAX_QUEUES
 
@@ -130,6 +132,11 @@ def _mtu(text: str) -> int:
 def _service(text: str) -> tuple[str, int]:
     name, sep, port_text = text.strip().partition(":")
     name = name.strip().lower()
+    if name == "proxy":
+        try:
+            return parse_proxy_spec(text.strip())
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     try:
         if name not in TLS_SERVICES:
             return services.parse_service_spec(text)
@@ -290,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "'blackhole after=1000000' (repeatable)")
 
     def service_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--toxic", type=_via(parse_toxic), action="append", default=[],
+                       metavar="TOXIC", help="a toxic on every proxy's stream, e.g. "
+                       "'latency latency=50', 'bandwidth rate=1000' (KB/s), 'limit_data "
+                       "bytes=100000', 'reset_peer timeout=100', 'timeout timeout=0' "
+                       "(repeatable; ustack.services.toxics lists them)")
         p.add_argument("--backlog", type=_backlog, default=services.BACKLOG,
                        help="listen backlog: SYN queue and accept queue of each service "
                        f"(default {services.BACKLOG}, what a kernel server gets: Linux's "
@@ -314,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the kernel hands each flow to one queue), under a supervisor that "
                        "restarts a worker that dies; default 1: one process")
     serve.add_argument("services", nargs="*", type=_service, metavar="SERVICE[:PORT]",
-                       help="echo (7), discard (9), chargen (19), http (80), https (443); "
-                       "default echo:7")
+                       help="echo (7), discard (9), chargen (19), http (80), https (443), "
+                       "proxy:PORT=ADDRESS:PORT (to a server, with --toxic); default echo:7")
 
     sandbox = sub.add_parser(
         "sandbox", help="a private network of its own, no root needed: ustack serving in "

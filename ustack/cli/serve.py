@@ -22,6 +22,7 @@ from ustack.cli.common import (
     on_signals,
     warn_kernel_addr,
 )
+from ustack.services.proxy import PREFIX, proxy_upstream
 
 DEFAULT_SERVICES = [("echo", 7)]
 
@@ -61,7 +62,13 @@ async def serve(args: argparse.Namespace, announcer: Announcer | None = None) ->
         if link is not None and link[0] == "tcp":
             await stack.ready()  # a link this side opens: serve once it is open
         for name, port in args.services or DEFAULT_SERVICES:
-            if name in TLS_SERVICES:
+            upstream = proxy_upstream(name)
+            if upstream is not None:
+                proxy = await stack.create_proxy(port, *upstream, toxics=args.toxic,
+                                                 seed=args.seed, backlog=args.backlog)
+                toxics = "; ".join(t.describe() for t in proxy.toxics) or "none"
+                log(f"proxy {service_text(name, port)}, toxics: {toxics}", announcer.who)
+            elif name in TLS_SERVICES:
                 plain, _ = TLS_SERVICES[name]
                 await stack.create_server(services.protocol_factory(plain), None, port,
                                           backlog=args.backlog, ssl=args.sslcontext)
@@ -88,14 +95,23 @@ def services_problem(args: argparse.Namespace) -> str | None:
     ports = [port for _, port in specs]
     twice = sorted({p for p in ports if ports.count(p) > 1})
     if twice:
-        names = " and ".join(f"{n}:{p}" for n, p in specs if p == twice[0])
+        names = " and ".join(service_text(n, p) for n, p in specs if p == twice[0])
         return f"two services on port {twice[0]} ({names}): give each its own port"
+    if getattr(args, "toxic", None) and not any(n.startswith(PREFIX) for n, _ in specs):
+        return "--toxic acts on a proxy's stream: add a proxy:PORT=ADDRESS:PORT service"
     return None
 
 
 def listing(args: argparse.Namespace) -> str:
     """`echo:7 http:80`: the services, for the start-up line."""
-    return " ".join(f"{name}:{port}" for name, port in args.services or DEFAULT_SERVICES)
+    return " ".join(service_text(name, port) for name, port in args.services or DEFAULT_SERVICES)
+
+
+def service_text(name: str, port: int) -> str:
+    """`http:80`, `proxy:8080=10.77.0.1:8000`: as the command line takes it."""
+    if name.startswith(PREFIX):
+        return f"proxy:{port}={name[len(PREFIX):]}"
+    return f"{name}:{port}"
 
 
 def serving_line(args: argparse.Namespace, mtu: int, offloads: tuple[str, ...],

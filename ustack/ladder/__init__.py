@@ -15,10 +15,12 @@ from ustack.probe import (
     SegmentEvent,
     StateEvent,
     TimerEvent,
+    ToxicEvent,
 )
 
 __all__ = [
     "CaptureError", "Endpoint", "Event", "FaultEvent", "Ladder", "RecoveryEvent",
-    "SegmentEvent", "StateEvent", "TimerEvent", "Tracker", "capture_events", "fault_event",
+    "SegmentEvent", "StateEvent", "TimerEvent", "ToxicEvent", "Tracker", "capture_events",
+    "fault_event",
     "flag_names", "read_capture", "svg",
 ]

@@ -12,6 +12,7 @@ from ustack.probe import (
     SegmentEvent,
     StateEvent,
     TimerEvent,
+    ToxicEvent,
 )
 from ustack.tcp.options import Options
 from ustack.tcp.sack import is_dsack
@@ -43,10 +44,13 @@ RECOVERY_NAMES = {
 }
 
 
-def event_label(ev: "TimerEvent | RecoveryEvent") -> tuple[str, str]:
-    """(`timer`, `retransmission timeout`), (`recovery`, `fast recovery (RACK: 3 lost)`)."""
+def event_label(ev: "TimerEvent | RecoveryEvent | ToxicEvent") -> tuple[str, str]:
+    """(`timer`, `retransmission timeout`), (`recovery`, `fast recovery (RACK: 3 lost)`),
+    (`toxic`, `latency (latency=50 downstream)`)."""
     if isinstance(ev, TimerEvent):
         return "timer", TIMER_NAMES.get(ev.kind, ev.kind)
+    if isinstance(ev, ToxicEvent):
+        return "toxic", f"{ev.kind} ({ev.detail})" if ev.detail else ev.kind
     name = RECOVERY_NAMES.get(ev.kind, ev.kind)
     return "recovery", f"{name} ({ev.detail})" if ev.detail else name
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from ustack.packet import Packet
+from ustack.packet import Packet, ip_of
 
 Packets = list[Packet]  # IP packets, some with offload metadata (`ustack.packet`)
 RX, TX = 0, 1  # indexes of the two directions
@@ -163,3 +163,59 @@ def pipeline_of(stages: Sequence[Stage | None]) -> Pipeline | None:
     """A pipeline of the stages that are not None, or None when there are none."""
     present = [s for s in stages if s is not None]
     return Pipeline(present) if present else None
+
+
+# ------------------------------------------------------------------------------ spared
+
+
+def peer_endpoint(packet: Packet, direction: int) -> tuple[bytes, int] | None:
+    """The address and TCP port of the far side (the source of an inbound packet, the
+    destination of an outbound one), or None for anything but TCP."""
+    ip = ip_of(packet)
+    if len(ip) < 20:
+        return None
+    if ip[0] >> 4 == 4:
+        start = (ip[0] & 0x0F) * 4
+        if ip[9] != 6 or len(ip) < start + 4:
+            return None
+        addr = ip[12:16] if direction == RX else ip[16:20]
+    elif ip[0] >> 4 == 6 and len(ip) >= 44 and ip[6] == 6:
+        start = 40
+        addr = ip[8:24] if direction == RX else ip[24:40]
+    else:
+        return None
+    at = start if direction == RX else start + 2
+    return bytes(addr), int.from_bytes(ip[at:at + 2], "big")
+
+
+class Spared(Stage):
+    """`inner` for every packet except those of connections whose far side is one of
+    `spared` (address, port): they pass as if it were not there. A proxy's upstream leg
+    crosses the same link as its clients; its faults are for the clients' side."""
+
+    def __init__(self, inner: Stage, spared: set[tuple[bytes, int]]) -> None:
+        self.inner = inner
+        self.spared = spared
+        self.counters = inner.counters
+
+    def rx(self, packet: Packet, now: float) -> Packets:
+        if peer_endpoint(packet, RX) in self.spared:
+            return [packet]
+        return self.inner.rx(packet, now)
+
+    def tx(self, packet: Packet, now: float) -> Packets:
+        if peer_endpoint(packet, TX) in self.spared:
+            return [packet]
+        return self.inner.tx(packet, now)
+
+    def poll(self, now: float) -> tuple[Packets, Packets]:
+        return self.inner.poll(now)
+
+    def next_deadline(self) -> float | None:
+        return self.inner.next_deadline()
+
+    def drain(self, now: float) -> tuple[Packets, Packets]:
+        return self.inner.drain(now)
+
+    def close(self) -> None:
+        self.inner.close()
