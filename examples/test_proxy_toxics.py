@@ -120,5 +120,5 @@ def test_a_silent_dependency_times_out(ustack_host, kv):
     toxic = ustack_host.call(kv.add_toxic, "timeout timeout=0")
     with pytest.raises(TimeoutError):
         client.request("GET c")
-    ustack_host.call(kv.remove_toxic, toxic)  # what it held goes on
+    ustack_host.call(kv.remove_toxic, toxic)  # the request it swallowed is gone
     assert ustack_host.stats()["toxic_timeout"] == 1

@@ -108,17 +108,59 @@ def test_reset_peer_resets_the_client() -> None:
     run(main())
 
 
-def test_timeout_holds_data_until_it_is_removed() -> None:
+def test_timeout_drops_data_while_it_is_on_and_closes_after_its_time() -> None:
     async def main() -> None:
         a, b, proxy = await pair("timeout timeout=0")
         reader, writer = await a.open_connection(B["addr"], 8080)
-        writer.write(b"held")
+        writer.write(b"lost")  # as toxiproxy: dropped, the connection kept open
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(reader.readexactly(4), 0.3)
         proxy.clear_toxics()
-        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"held"
+        writer.write(b"next")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"next"
+        # Added to a running connection, a timeout with a time closes it then.
+        proxy.add_toxic("timeout timeout=100")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
         await close(a, b)
+    run(main())
+
+
+def test_a_reset_from_the_server_follows_the_data_it_sent() -> None:
+    async def main() -> None:
+        link = MemoryLink()
+        async with Stack(device=link.a, linger=0, **A) as a, \
+                Stack(device=link.b, linger=0, **B) as b:
+            async def answer_then_reset(reader: Any, writer: Any) -> None:
+                await reader.readexactly(1)
+                writer.write(b"reply")
+                await writer.drain()
+                # The reply reached the proxy, which holds it 100 ms: then a reset.
+                await asyncio.sleep(0.05)
+                writer.transport.abort()
+
+            await a.start_server(answer_then_reset, port=8000)
+            proxy = await b.create_proxy(8080, A["addr"], 8000,
+                                         toxics=["latency latency=100"])
+            seen: list[object] = []
+            lost = asyncio.get_running_loop().create_future()
+
+            class Client(asyncio.Protocol):  # a StreamReader raises before its data
+                def connection_made(self, transport: Any) -> None:
+                    transport.write(b"?")
+
+                def data_received(self, data: bytes) -> None:
+                    seen.append(data)
+
+                def connection_lost(self, exc: Exception | None) -> None:
+                    seen.append(type(exc))
+                    lost.set_result(None)
+
+            await a.create_connection(Client, B["addr"], 8080)
+            await asyncio.wait_for(lost, 5)
+            assert seen == [b"reply", ConnectionResetError]
+            proxy.close()
+            assert not proxy.connections and b.stats()["proxy_connections"] == 1
     run(main())
 
 
@@ -177,6 +219,7 @@ def test_bad_toxics_are_refused(text: str, words: str) -> None:
 def test_a_toxic_reads_back_as_written() -> None:
     assert parse_toxic("latency latency=50 stream=upstream toxicity=0.5").describe() == (
         "latency latency=50 stream=upstream toxicity=0.5")
+    assert parse_toxic("limit_data bytes=1234567").describe() == "limit_data bytes=1234567"
     assert Toxic("limit_data", attrs={"bytes": 10}).describe() == "limit_data bytes=10"
 
 

@@ -44,6 +44,8 @@ class LinkControls:
     _device: object | None
     _proxies: list[Proxy]
     _spared: set[tuple[bytes, int]]
+    _wrapped: dict[Stage, Spared]
+    _proxy_totals: Counter[str]
 
     def shape(self, rate_bps: float | None = None, queue: int = 1000,
               queue_bytes: int | None = None,
@@ -154,11 +156,17 @@ class LinkControls:
     def _pipeline(self) -> Pipeline | None:
         # A proxy's upstream legs pass the shaper, faults and rules untouched
         # (`Stack.create_proxy(faults_upstream=False)`); the capture shows everything.
-        def spare(stage: Stage | None) -> Stage | None:
-            return Spared(stage, self._spared) if stage is not None and self._spared else stage
-
-        return pipeline_of([self._pcap, spare(self._shaper), spare(self._faults),
-                            spare(self._rules)])
+        # One wrapper per stage for its life: the driver keeps the stages a new pipeline
+        # keeps (by identity), and a shaper's queue must not be emptied by a rewrap.
+        wrapped: dict[Stage, Spared] = {}
+        for stage in (self._shaper, self._faults, self._rules):
+            if stage is not None:
+                wrapped[stage] = self._wrapped.get(stage) or Spared(stage, self._spared)
+        self._wrapped = wrapped
+        return pipeline_of([self._pcap, *(wrapped.get(s) for s in (self._shaper,
+                                                                  self._faults,
+                                                                  self._rules)
+                                          if s is not None)])
 
     def _replace_pipeline(self) -> None:
         if self._device is not None:  # running: the driver exists
@@ -177,6 +185,7 @@ class LinkControls:
                     counters.update(current.counters)
         if self._pcap is not None:
             counters.update(self._pcap.counters)
+        counters.update(self._proxy_totals)  # closed proxies'
         for proxy in self._proxies:
             counters.update(proxy.counters)
         return counters

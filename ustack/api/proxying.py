@@ -6,6 +6,7 @@ unless asked: the upstream leg's far side is spared (`ustack.link.stage.Spared`)
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
@@ -24,6 +25,7 @@ class ProxyControls:
     # What `Stack` provides.
     _proxies: list[Proxy]
     _spared: set[tuple[bytes, int]]
+    _proxy_totals: Counter[str]
     _ladder: Ladder | None
 
     def _replace_pipeline(self) -> None:
@@ -35,8 +37,11 @@ class ProxyControls:
         """Listen on `port` (both families, as `create_server`) and forward each
         connection to (`host`, `upstream_port`) through the toxics (`Proxy.add_toxic`
         and the rest change them while it runs). The link's faults and shaping skip the
-        upstream leg unless `faults_upstream`. Close it with `proxy.server.close()`;
-        `proxy.counters` (also in `stats()`) count its connections and toxics."""
+        upstream leg unless `faults_upstream` (spared by the server's address and port:
+        every connection of the stack to it). `proxy.close()` stops it and resets its
+        connections; `proxy.counters` (also in `stats()`) count its connections and
+        toxics."""
+        upstream = (pton(host), upstream_port)  # an address, checked before listening
         calls = cast("AsyncioCalls", self)
         connect = cast(Connect, calls.create_connection)
         proxy = Proxy(connect, host, upstream_port,
@@ -45,8 +50,16 @@ class ProxyControls:
         proxy.server = await calls.create_server(proxy.protocol, None, port, backlog=backlog)
         self._proxies.append(proxy)
         if not faults_upstream:
-            self._spared.add((pton(host), upstream_port))
-            self._replace_pipeline()
+            self._spared.add(upstream)  # the pipeline's Spared stages read this set
+
+        def forget(closed: Proxy) -> None:
+            if closed in self._proxies:
+                self._proxies.remove(closed)
+                self._proxy_totals.update(closed.counters)  # its counts stay in stats()
+            if not any(p.upstream == closed.upstream for p in self._proxies):
+                self._spared.discard(upstream)
+
+        proxy.on_close = forget
         return proxy
 
     def _on_toxic(self, toxic: Toxic, client: asyncio.BaseTransport) -> None:

@@ -33,6 +33,7 @@ from ustack.ip6 import MIN_MTU
 from ustack.ladder import Ladder
 from ustack.link import FaultInjector, PcapWriter, Shaper
 from ustack.link.rules import TcpRules
+from ustack.link.stage import Spared, Stage
 from ustack.services.proxy import Proxy
 from ustack.tcp.config import TcpConfig
 from ustack.tcp.listener import Listener
@@ -145,6 +146,8 @@ class Stack(AsyncioCalls, LinkControls, ProxyControls):
         self._rule_totals: Counter[str] = Counter()
         self._proxies: list[Proxy] = []  # `create_proxy`
         self._spared: set[tuple[bytes, int]] = set()  # their upstream servers
+        self._proxy_totals: Counter[str] = Counter()  # the counters of closed ones
+        self._wrapped: dict[Stage, Spared] = {}  # the link's stages as the pipeline has them
         self._phase = "new"  # then "running" (inside `async with`), then "closed"
         self._ladder: Ladder | None = None
         self._fault_log: TextIO | None = None  # <pcap>.faults, once a fault happened

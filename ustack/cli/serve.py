@@ -5,6 +5,7 @@ supervisor instead of the terminal."""
 
 import argparse
 import asyncio
+import copy
 import signal
 import ssl
 import tempfile
@@ -64,7 +65,9 @@ async def serve(args: argparse.Namespace, announcer: Announcer | None = None) ->
         for name, port in args.services or DEFAULT_SERVICES:
             upstream = proxy_upstream(name)
             if upstream is not None:
-                proxy = await stack.create_proxy(port, *upstream, toxics=args.toxic,
+                # Each proxy its own toxics (their `applied` counts are its own).
+                proxy = await stack.create_proxy(port, *upstream,
+                                                 toxics=[copy.copy(t) for t in args.toxic],
                                                  seed=args.seed, backlog=args.backlog)
                 toxics = "; ".join(t.describe() for t in proxy.toxics) or "none"
                 log(f"proxy {service_text(name, port)}, toxics: {toxics}", announcer.who)
@@ -97,8 +100,15 @@ def services_problem(args: argparse.Namespace) -> str | None:
     if twice:
         names = " and ".join(service_text(n, p) for n, p in specs if p == twice[0])
         return f"two services on port {twice[0]} ({names}): give each its own port"
-    if getattr(args, "toxic", None) and not any(n.startswith(PREFIX) for n, _ in specs):
+    proxies = any(n.startswith(PREFIX) for n, _ in specs)
+    if getattr(args, "toxic", None) and not proxies:
         return "--toxic acts on a proxy's stream: add a proxy:PORT=ADDRESS:PORT service"
+    if proxies and getattr(args, "workers", 1) > 1:
+        # The device steers a flow to the queue that last wrote it, for a few seconds
+        # only (the tun flow table's expiry): an idle upstream leg's answer could reach
+        # another worker, which would reset it.
+        return ("a proxy opens upstream connections, which must come back to the worker "
+                "that opened them: run proxies with --workers 1")
     return None
 
 

@@ -28,6 +28,7 @@ from ustack.services.toxics import Toxic, parse_toxic
 
 HIGH_WATER = 1 << 20  # bytes queued in one direction before its source is paused
 LOW_WATER = HIGH_WATER // 4
+RESET_GRACE = 0.01  # seconds between the last data passed on and a reset passed on
 PROXY_COUNTERS = ("proxy_connections", "proxy_upstream_failed")
 
 PREFIX = "proxy="  # a proxy's service name: proxy=ADDRESS:PORT, its upstream
@@ -69,11 +70,11 @@ class Proxy:
     """One listening port's forwarding to `upstream` (host, port), with its toxics.
 
     `toxics` may change while connections run (`add_toxic`, `remove_toxic`,
-    `clear_toxics`): a toxic added is drawn (its `toxicity`) for a running connection
-    when it next passes a chunk; one removed stops acting on its next chunk, and what a
-    `timeout` toxic held goes on. `on_toxic(toxic, client_leg)` is told each time a
-    toxic is drawn for a connection (the stack's ladder); `counters` counts connections
-    and toxics applied (`toxic_latency`, ...)."""
+    `clear_toxics`): a toxic added is drawn (its `toxicity`) for every running
+    connection at once (a reset_peer's or timeout's timer starts then); one removed
+    stops acting on the next chunk, and its timer is cancelled. `on_toxic(toxic,
+    client_leg)` is told each time a toxic is drawn for a connection (the stack's
+    ladder); `counters` counts connections and toxics applied (`toxic_latency`, ...)."""
 
     def __init__(self, connect: Connect, host: str, port: int, *,
                  toxics: list[Toxic] | None = None, seed: int | None = None,
@@ -87,6 +88,7 @@ class Proxy:
         self.rng = random.Random(seed)
         self.connections: set[Connection] = set()
         self.server: Listening | None = None  # the listener, once serving
+        self.on_close: Callable[[Proxy], None] | None = None  # the stack's, to forget it
         self._changed: asyncio.Event | None = None
 
     def protocol(self) -> asyncio.Protocol:
@@ -108,11 +110,18 @@ class Proxy:
         self._change()
 
     def close(self) -> None:
-        """Close every connection it forwards (the listener is its server's to close)."""
+        """Stop listening and reset every connection it forwards."""
+        if self.server is not None:
+            self.server.close()
         for conn in list(self.connections):
             conn.close(abort=True)
+        if self.on_close is not None:
+            self.on_close(self)
+            self.on_close = None
 
     def _change(self) -> None:
+        for conn in list(self.connections):
+            conn.toxics_changed()
         if self._changed is not None:
             self._changed.set()
             self._changed = None
@@ -162,9 +171,9 @@ class Leg(asyncio.Protocol):
         self.closed = True
         self.writable.set()
         if self.out is not None:
-            self.out.feed_eof()
+            self.out.feed_eof(reset=exc is not None)
         if self.conn is not None:
-            self.conn.leg_lost(self, exc)
+            self.conn.leg_lost(self)
 
 
 class Connection:
@@ -176,9 +185,9 @@ class Connection:
         self.upstream: Leg | None = None
         self.drawn: dict[Toxic, bool] = {}
         self.task: asyncio.Future[None] | None = None
-        self.timers: list[asyncio.TimerHandle] = []
+        self.timers: dict[Toxic, asyncio.TimerHandle] = {}  # reset_peer's and timeout's
         self.pipes: list[Pipe] = []
-        self.drawn_timeout: set[Toxic] = set()  # timeout toxics whose close is timed
+        self.closed = False
         proxy.connections.add(self)
         proxy.counters["proxy_connections"] += 1
 
@@ -190,22 +199,27 @@ class Connection:
                       Pipe(self, "upstream", self.client, upstream)]
         try:
             await self.proxy.connect(lambda: upstream, host, port)
-        except (TimeoutError, OSError):
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # refused, timed out, reset, the stack closing
             # As toxiproxy: the client's connection closes when the server cannot be
             # reached (an orderly close: the client sees an empty reply).
             self.proxy.counters["proxy_upstream_failed"] += 1
             self.close()
             return
-        if self.client.closed:
-            upstream.transport.close()  # type: ignore[union-attr]
-            return
         self.upstream = upstream
+        if self.closed:  # the client went, or the proxy closed, while it connected
+            if upstream.transport is not None:
+                upstream.transport.close()
+            return
         for toxic in list(self.proxy.toxics):
             self.draw(toxic)
-        self.client.transport.resume_reading()  # type: ignore[union-attr]
+        if not self.closed:
+            self.client.transport.resume_reading()  # type: ignore[union-attr]
 
     def draw(self, toxic: Toxic) -> bool:
-        """Whether `toxic` acts on this connection, drawn once (its toxicity)."""
+        """Whether `toxic` acts on this connection, drawn once (its toxicity). A drawn
+        reset_peer, or timeout with a time, starts its timer then."""
         hit = self.drawn.get(toxic)
         if hit is None:
             hit = self.drawn[toxic] = self.proxy.rng.random() < toxic.toxicity
@@ -214,18 +228,32 @@ class Connection:
                 self.proxy.counters[f"toxic_{toxic.kind}"] += 1
                 if self.proxy.on_toxic is not None and self.client.transport is not None:
                     self.proxy.on_toxic(toxic, self.client.transport)
-                if toxic.kind == "reset_peer":
-                    loop = asyncio.get_running_loop()
-                    self.timers.append(loop.call_later(toxic["timeout"] / 1000,
-                                                       self.close, True))
+                if toxic.kind == "reset_peer" or (toxic.kind == "timeout"
+                                                  and toxic["timeout"]):
+                    self.timers[toxic] = asyncio.get_running_loop().call_later(
+                        toxic["timeout"] / 1000, self.close, toxic.kind == "reset_peer")
         return hit
 
-    def leg_lost(self, leg: Leg, exc: Exception | None) -> None:
-        other = self.upstream if leg is self.client else self.client
-        if exc is not None and other is not None:
-            self.close(abort=True)  # a reset on one side resets the other
-        elif other is None or other.closed:
-            self.close()
+    def toxics_changed(self) -> None:
+        """Toxics added act at once (their timers start); removed ones' timers stop."""
+        for toxic, timer in list(self.timers.items()):
+            if toxic not in self.proxy.toxics:
+                timer.cancel()
+                del self.timers[toxic]
+        if self.upstream is not None:
+            for toxic in list(self.proxy.toxics):
+                self.draw(toxic)
+
+    def leg_lost(self, leg: Leg) -> None:
+        """`leg` is gone: nothing more goes to it; what it sent still goes on (its pipe
+        ends with a FIN, or with a reset if it was reset)."""
+        if self.upstream is None and leg is self.client:
+            self.close()  # before the upstream leg opened
+            return
+        for pipe in self.pipes:
+            if pipe.dst is leg:
+                pipe.stop()
+        self.pipe_done()
 
     def pipe_done(self) -> None:
         if all(p.done for p in self.pipes):
@@ -233,8 +261,11 @@ class Connection:
 
     def close(self, abort: bool = False) -> None:
         """Both legs closed (`abort`: reset, as `transport.abort()`)."""
+        if self.closed and not abort:
+            return
+        self.closed = True
         self.proxy.connections.discard(self)
-        for timer in self.timers:
+        for timer in self.timers.values():
             timer.cancel()
         for pipe in self.pipes:
             pipe.stop()
@@ -257,8 +288,10 @@ class Pipe:
         self.queue: deque[tuple[bytes, float]] = deque()
         self.queued = 0
         self.eof = False
+        self.reset = False  # the source was reset: so is the destination, after the data
         self.done = False
         self.sent = 0
+        self.limit_base: dict[Toxic, int] = {}  # limit_data counts from when it came
         self.next_free = 0.0  # bandwidth: when the link is free again
         self.wake = asyncio.Event()
         self.loop = asyncio.get_running_loop()
@@ -266,18 +299,22 @@ class Pipe:
         self.task = asyncio.ensure_future(self.run())
 
     def feed(self, data: bytes) -> None:
+        if self.done:
+            return
         self.queue.append((data, self.loop.time()))
         self.queued += len(data)
         if self.queued > HIGH_WATER and self.src.transport is not None:
             self.src.transport.pause_reading()
         self.wake.set()
 
-    def feed_eof(self) -> None:
+    def feed_eof(self, reset: bool = False) -> None:
         self.eof = True
+        self.reset = self.reset or reset
         self.wake.set()
 
     def stop(self) -> None:
         self.done = True
+        self.queue.clear()
         if not self.task.done():
             self.task.cancel()
 
@@ -299,6 +336,12 @@ class Pipe:
                     return
         except asyncio.CancelledError:
             pass
+        except Exception:  # a failing callback (the ladder's) must not stall the stream
+            self.conn.close(abort=True)
+        finally:
+            if not self.done:
+                self.done = True
+                self.conn.pipe_done()
 
     def toxics(self, kind: str | None = None) -> list[Toxic]:
         return [t for t in list(self.conn.proxy.toxics)
@@ -306,41 +349,41 @@ class Pipe:
                 and self.conn.draw(t)]
 
     async def through(self, data: bytes, arrived: float) -> bool:
-        """Deliver one chunk through the toxics; False when the connection ended."""
+        """Deliver one chunk through the toxics, in the order they were added; False
+        when the connection ended."""
         pieces = [data]
-        pause = 0.0
+        pause = rate = 0.0
         limit_hit = False
         for toxic in self.toxics():
             kind = toxic.kind
             if kind == "timeout":
-                if toxic["timeout"] and toxic not in self.conn.drawn_timeout:
-                    self.conn.drawn_timeout.add(toxic)
-                    self.conn.timers.append(self.loop.call_later(
-                        toxic["timeout"] / 1000, self.conn.close))
-                while toxic in self.conn.proxy.toxics:  # held until it is removed
-                    await self.conn.proxy.changed()
-            elif kind == "latency":
+                return True  # as toxiproxy: the data is dropped while it is on
+            if kind == "latency":
                 jitter = toxic["jitter"]
                 delay = toxic["latency"] + (self.conn.proxy.rng.uniform(-jitter, jitter)
                                             if jitter else 0.0)
                 await self.sleep_until(arrived + max(0.0, delay) / 1000)
             elif kind == "bandwidth":
-                self.next_free = (max(self.next_free, self.loop.time())
-                                  + len(data) / (toxic["rate"] * 1000))
-                await self.sleep_until(self.next_free)
+                rate = toxic["rate"] * 1000  # bytes a second, paced as they are written
             elif kind == "limit_data":
-                room = max(0, int(toxic["bytes"]) - self.sent)
-                if len(data) >= room:
-                    data, limit_hit = data[:room], True
-                    pieces = [data]
+                room = max(0, int(toxic["bytes"]) - self.sent
+                           + self.limit_base.setdefault(toxic, self.sent))
+                pieces, limit_hit = cut_to(pieces, room)
             elif kind == "slicer":
-                pieces = self.slices(data, toxic)
+                pieces = [p for piece in pieces for p in self.slices(piece, toxic)]
                 pause = toxic["delay"] / 1e6
         for i, piece in enumerate(pieces):
             if i and pause:
                 await asyncio.sleep(pause)
-            if not await self.write(piece):
-                return False
+            # At a rate, in pieces of a tenth of a second's worth (as toxiproxy's).
+            step = max(1, int(rate / 10)) if rate else len(piece) or 1
+            for at in range(0, len(piece), step):
+                part = piece[at:at + step]
+                if rate:
+                    self.next_free = max(self.next_free, self.loop.time()) + len(part) / rate
+                    await self.sleep_until(self.next_free)
+                if not await self.write(part):
+                    return False
         if limit_hit:
             self.conn.close()
             return False
@@ -357,7 +400,7 @@ class Pipe:
         return out
 
     async def write(self, data: bytes) -> bool:
-        if self.dst.closed or self.dst.transport is None:
+        if self.dst.closed or self.dst.transport is None or self.dst.transport.is_closing():
             return False
         if data:
             self.dst.transport.write(data)
@@ -366,11 +409,22 @@ class Pipe:
         return not self.dst.closed
 
     async def end(self) -> None:
-        """The source's end of stream, passed on (after a slow_close's delay)."""
+        """The source's end of stream, passed on (after a slow_close's delay): a FIN,
+        or a reset when the source was reset. Not while a timeout toxic is on: it
+        keeps the connection open (the client waits, as for a silent server)."""
+        while self.toxics("timeout"):
+            await self.conn.proxy.changed()
         for toxic in self.toxics("slow_close"):
             await asyncio.sleep(toxic["delay"] / 1000)
+        if self.reset:
+            # A moment for the stack to put what was just written on the wire first:
+            # an abort discards what a transport has not sent yet.
+            await asyncio.sleep(RESET_GRACE)
+            self.conn.close(abort=True)
+            return
         transport = self.dst.transport
-        if transport is not None and not self.dst.closed and transport.can_write_eof():
+        if (transport is not None and not self.dst.closed and not transport.is_closing()
+                and transport.can_write_eof()):
             transport.write_eof()
         self.done = True
         self.conn.pipe_done()
@@ -379,3 +433,17 @@ class Pipe:
         wait = at - self.loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
+
+
+def cut_to(pieces: list[bytes], room: int) -> tuple[list[bytes], bool]:
+    """The first `room` bytes of `pieces`, and whether anything was cut off (or the
+    limit reached exactly: nothing more may pass)."""
+    out = []
+    for piece in pieces:
+        if len(piece) >= room:
+            if room:
+                out.append(piece[:room])
+            return out, True
+        out.append(piece)
+        room -= len(piece)
+    return out, False

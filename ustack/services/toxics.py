@@ -6,9 +6,11 @@ default; "upstream": client to server), each drawn once per connection with prob
     latency latency=50 jitter=10        every chunk 50 ms (± 10) after it arrived
     bandwidth rate=1000                 at most 1000 KB/s
     slow_close delay=500                the end of the stream (FIN) 0.5 s late
-    timeout timeout=0                   nothing more delivered, the connection kept
-                                        open (timeout=T: closed after T ms)
-    reset_peer timeout=200              both ends reset (RST) 200 ms after it opened
+    timeout timeout=0                   nothing more delivered (dropped, as toxiproxy
+                                        does), the connection kept open, its end too
+                                        (timeout=T: closed T ms after the toxic came)
+    reset_peer timeout=200              both ends reset (RST) 200 ms after the
+                                        connection opened (or the toxic came)
     slicer average_size=64 size_variation=32 delay=100
                                         chunks cut into 64 ± 32-byte writes, 100 µs apart
     limit_data bytes=100000             closed once 100,000 bytes went through
@@ -59,7 +61,7 @@ class Toxic:
         if unknown:
             raise ValueError(f"toxic {self.kind}: {', '.join(unknown)} is not one of "
                              f"{', '.join(known) or 'no attributes'}")
-        self.attrs = {**known, **self.attrs}
+        self.attrs = {**known, **{k: float(v) for k, v in self.attrs.items()}}
         if any(v < 0 for v in self.attrs.values()):
             raise ValueError(f"toxic {self.kind}: attributes are >= 0")
         must = self._positive.get(self.kind)
@@ -71,13 +73,18 @@ class Toxic:
 
     def describe(self) -> str:
         """The line that makes it again (`parse_toxic`)."""
-        parts = [self.kind] + [f"{k}={v:g}" for k, v in self.attrs.items()
+        parts = [self.kind] + [f"{k}={_number(v)}" for k, v in self.attrs.items()
                                if v != KINDS[self.kind][k]]
         if self.stream != "downstream":
             parts.append(f"stream={self.stream}")
         if self.toxicity != 1.0:
-            parts.append(f"toxicity={self.toxicity:g}")
+            parts.append(f"toxicity={_number(self.toxicity)}")
         return " ".join(parts)
+
+
+def _number(value: float) -> str:
+    """`5`, `0.25`: a whole number without its point, any other as repr (exact)."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 def parse_toxic(text: str) -> Toxic:
