@@ -75,7 +75,9 @@ def options_of(marker: pytest.Mark | None) -> Options:
     if "kernel_addr" in kwargs:
         kwargs["kernel_addr"] = _interface(kwargs["kernel_addr"])
     if kwargs.get("preset") is not None:
-        beside = sorted(set(kwargs) & _PRESET_SETS)
+        from ustack.link.presets import SETS
+
+        beside = sorted(set(kwargs) & set(SETS))
         if beside:
             raise pytest.UsageError(f"@pytest.mark.ustack: preset={kwargs['preset']!r} sets "
                                     f"the link's faults and shaping; drop {', '.join(beside)}"
@@ -98,12 +100,6 @@ def options_of(marker: pytest.Mark | None) -> Options:
     if unused:
         raise pytest.UsageError(f"@pytest.mark.ustack: {unused}")
     return opts
-
-
-# What a preset sets (`ustack.link.presets`): a marker giving one of these beside it is
-# refused. The seed is not among them: it makes a preset's run replayable.
-_PRESET_SETS = {"loss", "dup", "reorder", "corrupt", "delay_ms", "jitter_ms", "distribution",
-                "correlation", "reorder_gap", "rate_bps", "queue", "gemodel"}
 
 
 def _interface(text: object) -> str:

@@ -163,10 +163,7 @@ class LinkControls:
             if stage is not None:
                 wrapped[stage] = self._wrapped.get(stage) or Spared(stage, self._spared)
         self._wrapped = wrapped
-        return pipeline_of([self._pcap, *(wrapped.get(s) for s in (self._shaper,
-                                                                  self._faults,
-                                                                  self._rules)
-                                          if s is not None)])
+        return pipeline_of([self._pcap, *wrapped.values()])  # shaper, faults, rules
 
     def _replace_pipeline(self) -> None:
         if self._device is not None:  # running: the driver exists

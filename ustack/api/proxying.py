@@ -69,6 +69,6 @@ class ProxyControls:
         local, remote = client.get_extra_info("sockname"), client.get_extra_info("peername")
         if local is None or remote is None:
             return
-        detail = " ".join([*toxic.describe().split()[1:], toxic.stream])
+        detail = " ".join([*toxic.settings(), toxic.stream])
         self._ladder.feed(ToxicEvent(clock(), Endpoint(local[0], local[1]),
                                      Endpoint(remote[0], remote[1]), toxic.kind, detail))

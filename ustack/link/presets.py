@@ -16,6 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The `Stack.faults` and `Stack.shape` keywords a preset sets (all of them: it replaces
+# both), which may not be given beside it (the marker's check; the CLI's names its flags).
+SETS = ("loss", "dup", "reorder", "corrupt", "delay_ms", "jitter_ms", "distribution",
+        "correlation", "reorder_gap", "rate_bps", "queue", "gemodel")
+
 
 @dataclass(frozen=True)
 class Preset:

@@ -35,7 +35,6 @@ sequence number its receiver expects.
 from __future__ import annotations
 
 import random
-import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from ustack import ip as ip4
 from ustack import ip6
 from ustack.link.faults import flip_bit
 from ustack.link.segmentation import cut
-from ustack.link.stage import RX, TX, Packets, Stage
+from ustack.link.stage import RX, TX, Packets, Stage, TcpFields, tcp_fields
 from ustack.link.track import FINAL_ACKS, STATES, Conn
 from ustack.packet import Offloaded, Packet, ip_of
 from ustack.tcp.segment import ACK, RST, Segment, encode
@@ -143,9 +142,6 @@ def parse_rule(text: str) -> Rule:
     return Rule(words[0], **kwargs)  # type: ignore[arg-type]
 
 
-_TCP = struct.Struct("!HHII")
-
-
 class TcpRules(Stage):
     """The rules as a link stage, per wire segment (a super-packet is cut first)."""
 
@@ -178,7 +174,7 @@ class TcpRules(Stage):
         return out
 
     def _apply(self, d: int, packet: Packet, now: float) -> Packet | None:
-        tcp = _tcp(bytes(ip_of(packet)))
+        tcp = tcp_fields(ip_of(packet))
         if tcp is None:
             return packet
         src, dst, sport, dport, seq, ack, flags, payload = tcp
@@ -196,7 +192,7 @@ class TcpRules(Stage):
             self._conns[key] = before
         return kept
 
-    def _decide(self, d: int, packet: Packet, tcp: _Tcp,
+    def _decide(self, d: int, packet: Packet, tcp: TcpFields,
                 key: tuple[bytes, int, bytes, int], conn: Conn, final: str | None,
                 now: float) -> Packet | None:
         """What the rules do with one segment, the connection having seen it."""
@@ -267,32 +263,7 @@ class TcpRules(Stage):
             self.probe(kind, d, packet, now)
 
 
-_Tcp = tuple[bytes, bytes, int, int, int, int, int, int]
-
-
-def _tcp(ip: bytes) -> _Tcp | None:
-    """(src, dst, sport, dport, seq, ack, flags, payload length) of a TCP packet, or
-    None."""
-    if not ip:
-        return None
-    if ip[0] >> 4 == 4 and len(ip) >= 20 and ip[9] == 6:
-        ihl = (ip[0] & 0x0F) * 4
-        src, dst, start = ip[12:16], ip[16:20], ihl
-        total = int.from_bytes(ip[2:4], "big")
-    elif ip[0] >> 4 == 6 and len(ip) >= 40 and ip[6] == 6:
-        src, dst, start = ip[8:24], ip[24:40], 40
-        total = 40 + int.from_bytes(ip[4:6], "big")
-    else:
-        return None
-    if len(ip) < start + 20:
-        return None
-    sport, dport, seq, ack = _TCP.unpack_from(ip, start)
-    header = (ip[start + 12] >> 4) * 4
-    return (src, dst, sport, dport, seq, ack, ip[start + 13],
-            max(0, min(total, len(ip)) - start - header))
-
-
-def _reset_after(ip: bytes, tcp: _Tcp) -> bytes:
+def _reset_after(ip: bytes, tcp: TcpFields) -> bytes:
     """A RST from the sender of `ip` to its receiver with the sequence number the
     receiver expects next (this packet's end), so that it is taken at once (RFC 9293
     §3.10.7.4, RFC 5961 §3.2: a RST exactly at RCV.NXT resets)."""

@@ -18,6 +18,7 @@ device: inbound packets go through the stages in order, outbound ones in reverse
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
@@ -168,24 +169,41 @@ def pipeline_of(stages: Sequence[Stage | None]) -> Pipeline | None:
 # ------------------------------------------------------------------------------ spared
 
 
+_TCP = struct.Struct("!HHII")
+# (src, dst, sport, dport, seq, ack, flags, payload length) of a TCP packet
+TcpFields = tuple[bytes, bytes, int, int, int, int, int, int]
+
+
+def tcp_fields(ip: bytes | memoryview) -> TcpFields | None:
+    """The TCP header fields a link stage picks packets by, of an IPv4 or IPv6 packet
+    (the IPv6 header followed by TCP at once), or None for anything else or too short."""
+    if not ip:
+        return None
+    if ip[0] >> 4 == 4 and len(ip) >= 20 and ip[9] == 6:
+        start = (ip[0] & 0x0F) * 4
+        src, dst = bytes(ip[12:16]), bytes(ip[16:20])
+        total = int.from_bytes(ip[2:4], "big")
+    elif ip[0] >> 4 == 6 and len(ip) >= 40 and ip[6] == 6:
+        start = 40
+        src, dst = bytes(ip[8:24]), bytes(ip[24:40])
+        total = 40 + int.from_bytes(ip[4:6], "big")
+    else:
+        return None
+    if len(ip) < start + 20:
+        return None
+    sport, dport, seq, ack = _TCP.unpack_from(ip, start)
+    header = (ip[start + 12] >> 4) * 4
+    return (src, dst, sport, dport, seq, ack, ip[start + 13],
+            max(0, min(total, len(ip)) - start - header))
+
+
 def peer_endpoint(packet: Packet, direction: int) -> tuple[bytes, int] | None:
     """The address and TCP port of the far side (the source of an inbound packet, the
     destination of an outbound one), or None for anything but TCP."""
-    ip = ip_of(packet)
-    if len(ip) < 20:
+    tcp = tcp_fields(ip_of(packet))
+    if tcp is None:
         return None
-    if ip[0] >> 4 == 4:
-        start = (ip[0] & 0x0F) * 4
-        if ip[9] != 6 or len(ip) < start + 4:
-            return None
-        addr = ip[12:16] if direction == RX else ip[16:20]
-    elif ip[0] >> 4 == 6 and len(ip) >= 44 and ip[6] == 6:
-        start = 40
-        addr = ip[8:24] if direction == RX else ip[24:40]
-    else:
-        return None
-    at = start if direction == RX else start + 2
-    return bytes(addr), int.from_bytes(ip[at:at + 2], "big")
+    return (tcp[0], tcp[2]) if direction == RX else (tcp[1], tcp[3])
 
 
 class Spared(Stage):

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from ustack.link.stage import TX
 from ustack.tcp import seq as sq
-
-_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
+from ustack.tcp.segment import ACK, FIN, RST, SYN
 
 STATES = ("SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1", "FIN-WAIT-2",
           "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT", "CLOSED")
@@ -69,7 +68,7 @@ class Conn:
     def new_incarnation(self, d: int, seq: int, flags: int) -> bool:
         """Whether a SYN (`flags`) opens a new connection on this 4-tuple: this one was
         reset or closed, or its opener's SYN now has another ISN (not a retransmission)."""
-        if flags & (_SYN | _ACK) != _SYN or not (self.local.isn is not None
+        if flags & (SYN | ACK) != SYN or not (self.local.isn is not None
                                                  or self.peer.isn is not None
                                                  or self.joined or self.reset):
             return False  # not a SYN, or nothing seen yet
@@ -84,30 +83,30 @@ class Conn:
         ACK, without a FIN, of a FIN by a side that sent its own FIN before: in a
         simultaneous close each side's), else None."""
         me, other = (self.local, self.peer) if d == TX else (self.peer, self.local)
-        if not self.bytes and me.isn is None and other.isn is None and not flags & _SYN:
+        if not self.bytes and me.isn is None and other.isn is None and not flags & SYN:
             self.joined = True
         self.bytes += payload
-        if flags & _RST:
+        if flags & RST:
             self.reset = True
             return None
         final = None
-        if flags & _SYN:
+        if flags & SYN:
             me.isn = seq
-            if self.opener_local is None and not flags & _ACK:
+            if self.opener_local is None and not flags & ACK:
                 self.opener_local = d == TX
-        if flags & _ACK:
+        if flags & ACK:
             if (other.isn is not None and not other.syn_acked
                     and ack == sq.add(other.isn, 1)):
                 other.syn_acked = True
-                if not flags & _SYN:
+                if not flags & SYN:
                     final = "handshake"
             if (other.fin is not None and not other.fin_acked
                     and ack == sq.add(other.fin, 1)):
                 other.fin_acked = True
-                if me.fin is not None and not flags & _FIN:
+                if me.fin is not None and not flags & FIN:
                     final = "close"
-        if flags & _FIN and me.fin is None:
-            me.fin = sq.add(seq, payload + (1 if flags & _SYN else 0))
+        if flags & FIN and me.fin is None:
+            me.fin = sq.add(seq, payload + (1 if flags & SYN else 0))
             # Ours first, or crossing the peer's (a FIN that does not acknowledge the
             # peer's was sent before it arrived): a simultaneous close, CLOSING.
             if me is self.local and (self.peer.fin is None or not self.peer.fin_acked):

@@ -71,10 +71,14 @@ class Toxic:
     def __getitem__(self, name: str) -> float:
         return self.attrs[name]
 
+    def settings(self) -> list[str]:
+        """`latency=50`, ...: the attributes that differ from the kind's defaults."""
+        return [f"{k}={_number(v)}" for k, v in self.attrs.items()
+                if v != KINDS[self.kind][k]]
+
     def describe(self) -> str:
         """The line that makes it again (`parse_toxic`)."""
-        parts = [self.kind] + [f"{k}={_number(v)}" for k, v in self.attrs.items()
-                               if v != KINDS[self.kind][k]]
+        parts = [self.kind, *self.settings()]
         if self.stream != "downstream":
             parts.append(f"stream={self.stream}")
         if self.toxicity != 1.0:
